@@ -1,0 +1,240 @@
+"""The ``debunkbot`` command: submit, run, status, log, render, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from datetime import date
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from bot.dispatch import make_client
+from bot.intake import expand, submit_files
+from bot.outlets import MatrixError, OutletMatrix, Tier, load_matrix
+from bot.regions import RegionTable
+from bot.settings import Settings
+from bot.store import Store, dumps
+
+app = typer.Typer(help="Push verified debunk notices (辟谣通报) to every outlet of the matrix.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+console = Console()
+errors = Console(stderr=True)
+
+STATUS_WORDS = {"delivered": "已送达 delivered", "pending": "待发送 pending", "failed": "失败 failed",
+                "held": "暂缓 held"}
+
+
+class LogStatus(StrEnum):
+    pending = "pending"
+    delivered = "delivered"
+    failed = "failed"
+    held = "held"
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic's ValidationError names the setting
+        errors.print(f"[red]bad setting:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _regions(settings: Settings) -> RegionTable:
+    try:
+        return RegionTable.load(settings.regions)
+    except ValueError as exc:
+        errors.print(f"[red]region table refused:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _matrix(settings: Settings, regions: RegionTable) -> OutletMatrix:
+    try:
+        return load_matrix(settings.outlets, regions)
+    except MatrixError as exc:
+        errors.print(f"[red]outlet matrix refused, nothing sent:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _store(settings: Settings) -> Store:
+    return Store.open(settings.database_url)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=errors, show_path=False)])
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+@app.command()
+def submit(paths: Annotated[list[Path], typer.Argument(help="notice files or folders")]) -> None:
+    """Validate and store notices. Exits 0 only when every file was valid, 2 otherwise."""
+    settings = _settings()
+    regions = _regions(settings)
+    matrix = _matrix(settings, regions)
+    store = _store(settings)
+    files = expand(paths)
+    if not files:
+        errors.print("[red]no notice files found[/] (expected .yaml, .yml or .json)")
+        raise typer.Exit(2)
+    results = submit_files(files, store, matrix, regions)
+    for result in results:
+        if result.ok:
+            for added in result.added:
+                what = f"stored, {added.deliveries} deliveries" if added.created else "already stored, unchanged"
+                console.print(f"[green]ok[/] {result.path}: {added.ref} {what}")
+        else:
+            errors.print(f"[red]rejected[/] {result.error}")
+    raise typer.Exit(0 if all(r.ok for r in results) else 2)
+
+
+@app.command()
+def run(
+    until_idle: Annotated[bool, typer.Option("--until-idle", help="exit 0 once nothing is pending")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the bot: watch the inbox, release embargoes, send and retry. Stops on SIGINT/SIGTERM."""
+    from bot.scheduler import Daemon
+
+    _logging(verbose)
+    settings = _settings()
+    regions = _regions(settings)
+    matrix = _matrix(settings, regions)
+    store = _store(settings)
+
+    async def main() -> None:
+        async with make_client(settings) as client:
+            daemon = Daemon(settings, store, matrix, regions, client)
+            daemon.install_signal_handlers()
+            await daemon.run(until_idle=until_idle)
+
+    asyncio.run(main())
+    counts = store.counts()
+    logging.getLogger("debunkbot").info("stopped; deliveries: %s", counts or "none")
+
+
+@app.command()
+def status(ref: str) -> None:
+    """Who has notice REF: a summary per tier and the outlets not yet delivered."""
+    settings = _settings()
+    store = _store(settings)
+    if store.notice(ref) is None:
+        errors.print(f"[red]no notice with ref {ref!r}[/]")
+        raise typer.Exit(2)
+    rows = store.delivery_log(ref=ref)
+    table = Table(title=f"{ref}: deliveries by tier")
+    for column in ("tier", "outlets", "delivered", "pending", "held", "failed"):
+        table.add_column(column, justify="left" if column == "tier" else "right")
+    for tier in Tier:
+        tier_rows = [r for r in rows if r["tier"] == tier.value]
+        if tier_rows:
+            table.add_row(tier.value, str(len(tier_rows)),
+                          *(str(sum(r["status"] == s for r in tier_rows)) for s in ("delivered", "pending", "held", "failed")))
+    console.print(table)
+    missing = [r for r in rows if r["status"] != "delivered"]
+    if not missing:
+        console.print(f"[green]every outlet ({len(rows)}) has {ref}[/]")
+        return
+    outstanding = Table(title=f"{len(missing)} outlet(s) without {ref}")
+    for column in ("outlet", "status", "attempts", "last error", "next try"):
+        outstanding.add_column(column)
+    for r in missing:
+        outstanding.add_row(r["outlet"], STATUS_WORDS[r["status"]], str(r["attempts"]), r["error"] or "",
+                            r["next_attempt_at"].isoformat(timespec="seconds") if r["next_attempt_at"] else "")
+    console.print(outstanding)
+
+
+LOG_KEYS = ("notice", "outlet", "status", "attempts", "http_status", "error", "delivered_at")
+
+
+@app.command("log")
+def log_(
+    notice: Annotated[str | None, typer.Option("--notice", help="only this notice ref")] = None,
+    outlet: Annotated[str | None, typer.Option("--outlet", help="only this outlet id")] = None,
+    status: Annotated[LogStatus | None, typer.Option("--status")] = None,
+    attempts: Annotated[bool, typer.Option("--attempts", help="every HTTP try instead of one row per delivery")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
+) -> None:
+    """The delivery log: one row per notice x outlet, or with --attempts every try."""
+    store = _store(_settings())
+    if attempts:
+        rows = store.attempt_log(ref=notice, outlet_id=outlet)
+        keys = ("notice", "outlet", "attempt", "trigger", "started_at", "latency_ms", "outcome", "http_status", "error")
+    else:
+        rows = store.delivery_log(ref=notice, outlet_id=outlet, status=status.value if status else None)
+        keys = LOG_KEYS
+    if as_json:
+        for row in rows:
+            sys.stdout.write(dumps({k: row[k] for k in ((*keys, "response") if attempts else keys)}) + "\n")
+        return
+    table = Table(show_lines=False)
+    for key in keys:
+        table.add_column(key)
+    for row in rows:
+        table.add_row(*(_cell(row[k]) for k in keys))
+    console.print(table)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    if hasattr(value, "isoformat"):
+        return value.isoformat(timespec="seconds")  # type: ignore[attr-defined]
+    return str(value)
+
+
+@app.command()
+def render(ref: str, outlet: Annotated[str, typer.Option("--outlet", help="outlet id")]) -> None:
+    """Preview what outlet ID would get for notice REF."""
+    from channels import CHANNELS
+
+    settings = _settings()
+    regions = _regions(settings)
+    matrix = _matrix(settings, regions)
+    store = _store(settings)
+    found = store.notice(ref)
+    if found is None:
+        errors.print(f"[red]no notice with ref {ref!r}[/]")
+        raise typer.Exit(2)
+    target = matrix.by_id.get(outlet)
+    if target is None:
+        errors.print(f"[red]no outlet {outlet!r} in {settings.outlets}[/]")
+        raise typer.Exit(2)
+    notice_id, notice = found
+    _, published_at = store.notices_by_id([notice_id])[notice_id]
+    rendered = CHANNELS[target.channel].render(notice, published_at)
+    console.rule(f"{target.name} ({target.id}) · {target.channel}")
+    console.print(rendered.text, markup=False, highlight=False)
+    console.rule("body")
+    try:
+        console.print_json(rendered.body.decode())
+    except json.JSONDecodeError:
+        console.print(rendered.body.decode(), markup=False, highlight=False)
+
+
+@app.command()
+def demo() -> None:
+    """The main job end to end on the embedded default: SQLite and simulated outlets on loopback."""
+    from bot.demo import run_demo
+
+    raise typer.Exit(asyncio.run(run_demo(console)))
+
+
+@app.command()
+def regions(on: Annotated[str | None, typer.Option(help="date, YYYY-MM-DD")] = None) -> None:
+    """The district-level units that exist on a date (default today)."""
+    table = _regions(_settings())
+    day = date.fromisoformat(on) if on else date.today()
+    units = table.units_on(day)
+    for unit in units:
+        console.print(f"{unit.name}\t{unit.kind}\t{', '.join(unit.aliases)}")
+    console.print(f"{len(units)} district-level units on {day}")

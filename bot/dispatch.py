@@ -1,0 +1,293 @@
+"""The dispatcher: claim due deliveries, send them concurrently, record every attempt.
+
+The store is the only limiter: a claim takes at most ``concurrency`` deliveries for this
+process and at most ``per_outlet_concurrency`` in flight per outlet (counted across every
+worker, by lease), so a slow or dead outlet never holds up the others. Retries live in the
+store as ``next_attempt_at``; nothing about a delivery's future is only in memory.
+
+    >>> async with make_client(settings) as client:                       # doctest: +SKIP
+    ...     await Dispatcher(store, matrix, settings, client).run(until_idle=True)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import httpx
+from httpx_aiohttp import AiohttpTransport
+from tenacity import RetryCallState, stop_after_attempt, wait_chain, wait_random
+
+from bot.model import Notice
+from bot.outlets import Outlet, OutletMatrix
+from bot.settings import Settings
+from bot.store import AttemptRecord, Claim, Store, utcnow
+from channels import CHANNELS, Channel, Outcome, Rendered
+
+log = logging.getLogger("debunkbot.dispatch")
+T = TypeVar("T")
+
+READ_CAP = 64 * 1024  # bytes of an answer read for classification; the rest is not read
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The durable retry schedule: tenacity's wait and stop strategies, evaluated per attempt.
+
+    >>> RetryPolicy((5, 300), jitter=0).delay_after(1, retry_after=None)
+    5.0
+    """
+
+    delays: tuple[float, ...]
+    jitter: float = 0.2
+    retry_after_max: float = 3600.0
+    _wait: Any = field(init=False, repr=False, compare=False)
+    _stop: Any = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        waits = [wait_random(d * (1 - self.jitter), d * (1 + self.jitter)) for d in self.delays] or [wait_random(0, 0)]
+        object.__setattr__(self, "_wait", wait_chain(*waits))
+        object.__setattr__(self, "_stop", stop_after_attempt(len(self.delays) + 1))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(settings.retry_delays, settings.retry_jitter, settings.retry_after_max)
+
+    def delay_after(self, attempt: int, retry_after: float | None) -> float | None:
+        """Seconds to wait after failed try number ``attempt``; None when the schedule is exhausted."""
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = attempt
+        if self._stop(state):
+            return None
+        delay = float(self._wait(state))
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.retry_after_max))
+        return delay
+
+
+def make_client(settings: Settings) -> httpx.AsyncClient:
+    """One pooled client for every outlet: httpx's API over aiohttp's connection pool.
+
+    httpx's native pool slows down as concurrency rises (shared/reference/http-clients.md);
+    the aiohttp transport keeps the httpx interface at aiohttp's speed. TLS is verified,
+    redirects are never followed.
+    """
+    limits = httpx.Limits(max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency)
+    transport = AiohttpTransport(limits=limits, verify=True, trust_env=False)
+    return httpx.AsyncClient(
+        transport=transport, follow_redirects=False, timeout=httpx.Timeout(settings.http_timeout), trust_env=False
+    )
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        matrix: OutletMatrix,
+        settings: Settings,
+        client: httpx.AsyncClient,
+        channels: dict[str, Channel] | None = None,
+        on_recorded: Callable[[Sequence[AttemptRecord]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.matrix = matrix
+        self.settings = settings
+        self.client = client
+        self.channels = channels or CHANNELS
+        self.policy = RetryPolicy.from_settings(settings)
+        self.on_recorded = on_recorded
+        self.capacity = settings.concurrency
+        self._lease = timedelta(seconds=max(settings.lease_seconds, settings.http_timeout * 2 + 10))
+        # SQLite wants one writer: every store call runs on this one thread, off the event loop.
+        self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="debunkbot-store")
+        self._wake = asyncio.Event()
+        self._flush_needed = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._unrecorded: list[AttemptRecord] = []
+        self._notices: OrderedDict[int, tuple[Notice, datetime]] = OrderedDict()
+        self._rendered: OrderedDict[tuple[int, str], Rendered] = OrderedDict()
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
+
+    def wake(self) -> None:
+        """New work may be due: claim now instead of at the next poll."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event | None = None, until_idle: bool = False) -> None:
+        """Send until ``stop`` is set, or (``until_idle``) until nothing is pending or scheduled."""
+        stop = stop or asyncio.Event()
+        flusher = asyncio.create_task(self._flush_forever())
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                room = self.capacity - len(self._in_flight)
+                if room >= max(1, self.capacity // 2) or (room > 0 and self._wake.is_set()):
+                    self._wake.clear()
+                    if await self._claim_and_send(room):
+                        continue
+                if until_idle and not self._in_flight and not self._unrecorded:
+                    next_due = await self.db(self.store.next_due_at)
+                    if next_due is None:
+                        return
+                    wait = max(0.0, (next_due - utcnow()).total_seconds())
+                else:
+                    wait = self.settings.scan_interval
+                waker = asyncio.create_task(self._wake.wait())
+                await asyncio.wait({waker, stopping}, timeout=max(0.01, min(wait, self.settings.scan_interval)),
+                                   return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+        finally:
+            stopping.cancel()
+            if self._in_flight:  # finish what is in flight within the grace period; give back the rest
+                _, abandoned = await asyncio.wait(self._in_flight, timeout=self.settings.shutdown_grace)
+                for task in abandoned:
+                    task.cancel()
+                if abandoned:
+                    await asyncio.wait(abandoned)
+            flusher.cancel()
+            await self._flush()
+            await self.db(self.store.release_claims)
+
+    async def close(self) -> None:
+        self._db_thread.shutdown(wait=True)
+
+    async def _claim_and_send(self, room: int) -> int:
+        def claim() -> tuple[list[Claim], dict[int, tuple[Notice, datetime]]]:
+            claims = self.store.claim_due(room, self.settings.per_outlet_concurrency, self._lease)
+            missing = {c.notice_id for c in claims} - self._notices.keys()
+            return claims, (self.store.notices_by_id(missing) if missing else {})
+
+        claims, loaded = await self.db(claim)
+        for notice_id, value in loaded.items():
+            self._notices[notice_id] = value
+        while len(self._notices) > 1000:
+            self._notices.popitem(last=False)
+        for c in claims:
+            task = asyncio.create_task(self._deliver(c))
+            self._in_flight.add(task)
+            task.add_done_callback(self._sent)
+        return len(claims)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if len(self._in_flight) <= self.capacity // 2:
+            self._wake.set()
+
+    async def _deliver(self, claim: Claim) -> None:
+        record = await self._attempt(claim)
+        self._unrecorded.append(record)
+        self._flush_needed.set()
+
+    async def _attempt(self, claim: Claim) -> AttemptRecord:
+        started = utcnow()
+        outlet = self.matrix.by_id.get(claim.outlet_id)
+        if outlet is None:
+            return self._record(claim, started, 0.0, Outcome(
+                "failed", f"outlet {claim.outlet_id!r} is no longer in the outlet matrix"))
+        channel = self.channels[outlet.channel]
+        notice, published_at = self._notices[claim.notice_id]
+        rendered = self._rendered_for(claim.notice_id, notice, published_at, channel)
+        secret = self.matrix.secret_for(outlet.id)
+        clock = time.perf_counter()
+        status: int | None = None
+        body = b""
+        try:
+            request = channel.build(rendered, outlet, secret, claim.message_id, started)
+            async with asyncio.timeout(self.settings.http_timeout):
+                response = await self.client.send(request, stream=True)
+                status = response.status_code
+                try:
+                    body = await _read_capped(response, READ_CAP)
+                finally:
+                    await response.aclose()
+            outcome = channel.classify(status, response.headers, body)
+        except TimeoutError:
+            outcome = Outcome("retry", f"timed out after {self.settings.http_timeout:g}s")
+        except httpx.TransportError as exc:
+            outcome = Outcome("retry", f"{type(exc).__name__}: {exc}".strip().rstrip(":"))
+        except Exception as exc:  # a bug in a channel must not kill the fan-out; it is logged and retried
+            log.exception("unexpected error sending to outlet %s", outlet.id)
+            outcome = Outcome("retry", f"internal error: {type(exc).__name__}: {exc}")
+        latency = (time.perf_counter() - clock) * 1000
+        return self._record(claim, started, latency, outcome, status, body, outlet)
+
+    def _record(
+        self, claim: Claim, started: datetime, latency_ms: float, outcome: Outcome,
+        status: int | None = None, body: bytes = b"", outlet: Outlet | None = None,
+    ) -> AttemptRecord:
+        result, error, next_at = outcome.result, outcome.error, None
+        if result == "retry":
+            delay = self.policy.delay_after(claim.attempt, outcome.retry_after)
+            if delay is None:
+                result = "failed"
+                error = f"{error}; retries exhausted after {claim.attempt} attempts"
+            else:
+                next_at = utcnow() + timedelta(seconds=delay)
+        secret = self.matrix.secret_for(outlet.id) if outlet else None
+        return AttemptRecord(
+            delivery_id=claim.delivery_id, attempt=claim.attempt, started_at=started, latency_ms=latency_ms,
+            outcome=result, http_status=status, error=_redact(error, outlet, secret),
+            response=_redact(_text(body, self.settings.response_max_bytes), outlet, secret) or None,
+            next_attempt_at=next_at, pause_outlet=claim.outlet_id if outcome.pause_outlet else None,
+        )
+
+    def _rendered_for(self, notice_id: int, notice: Notice, published_at: datetime, channel: Channel) -> Rendered:
+        key = (notice_id, channel.name)
+        rendered = self._rendered.get(key)
+        if rendered is None:
+            rendered = self._rendered[key] = channel.render(notice, published_at)
+            while len(self._rendered) > 1000:
+                self._rendered.popitem(last=False)
+        return rendered
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._flush_needed.wait()
+            self._flush_needed.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        while self._unrecorded:
+            batch, self._unrecorded = self._unrecorded, []
+            await self.db(self.store.record_attempts, batch)
+            if self.on_recorded:
+                self.on_recorded(batch)
+            if not self._in_flight and not self._unrecorded:
+                self._wake.set()  # an until-idle run may be waiting to look again
+
+
+async def _read_capped(response: httpx.Response, cap: int) -> bytes:
+    """Read at most ``cap`` bytes of an answer; a hostile outlet cannot fill memory."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= cap:
+            break
+    return b"".join(chunks)[:cap]
+
+
+def _text(body: bytes, limit: int) -> str:
+    """At most ``limit`` bytes of an answer as text, never cut inside a UTF-8 character."""
+    return body[:limit].decode("utf-8", errors="ignore") if len(body) > limit else body.decode("utf-8", "replace")
+
+
+def _redact(text: str | None, outlet: Outlet | None, secret: str | None) -> str | None:
+    """Secrets never reach the delivery log: not the secret, not a URL's query (tokens live there)."""
+    if not text:
+        return text
+    if secret:
+        text = text.replace(secret, "[secret]")
+    if outlet and outlet.url and "?" in outlet.url:
+        query = outlet.url.split("?", 1)[1]
+        text = text.replace(query, "[query]")
+    return text

@@ -1,0 +1,144 @@
+"""The outlet matrix: who gets a notice, over which channel, with which secret.
+
+The whole file is validated before anything is sent; one bad entry refuses start-up
+and the error names the outlet id and the field.
+
+    >>> matrix = load_matrix(Path("config/outlets.yaml"), environ={...})  # doctest: +SKIP
+    >>> [o.id for o in matrix.concerned_by(notice)]                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bot.model import Notice
+from bot.regions import CITYWIDE, RegionTable
+
+
+class Tier(StrEnum):
+    city = "city"
+    district = "district"
+    other = "other"
+
+
+class MatrixError(ValueError):
+    """The outlet matrix cannot be used; nothing was loaded and nothing was sent."""
+
+
+class Outlet(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    tier: Tier
+    region: str = CITYWIDE
+    channel: str
+    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] | None = None
+    secret_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("channel")
+    @classmethod
+    def _channel_is_known(cls, value: str) -> str:
+        from channels import CHANNELS
+
+        if value not in CHANNELS:
+            raise ValueError(f"unknown channel {value!r}; known: {', '.join(sorted(CHANNELS))}")
+        return value
+
+
+class _MatrixFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    outlets: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class OutletMatrix:
+    outlets: tuple[Outlet, ...]
+    _secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_id", {outlet.id: outlet for outlet in self.outlets})
+
+    by_id: dict[str, Outlet] = field(init=False, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.outlets)
+
+    def secret_for(self, outlet_id: str) -> str | None:
+        """The outlet's secret, from the environment variable its entry names. Never log it."""
+        return self._secrets.get(outlet_id)
+
+    def concerned_by(self, notice: Notice) -> list[Outlet]:
+        """Citywide outlets get every notice; a district outlet gets citywide ones and its own region's."""
+        return [o for o in self.outlets if notice.citywide or o.region == CITYWIDE or o.region in notice.regions]
+
+
+def load_matrix(
+    path: Path, regions: RegionTable, environ: Mapping[str, str] | None = None, on: date | None = None
+) -> OutletMatrix:
+    """Load and check every entry; raise MatrixError listing every problem, by outlet id and field."""
+    environ = os.environ if environ is None else environ
+    day = on or date.today()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MatrixError(f"{path}: outlet matrix not found (set DEBUNKBOT_OUTLETS)") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise MatrixError(f"{path}: not valid UTF-8 YAML: {_one_line(exc)}") from None
+    try:
+        entries = _MatrixFile.model_validate(raw).outlets
+    except ValidationError as exc:
+        raise MatrixError(f"{path}: expected a top-level 'outlets:' list ({_one_line(exc)})") from None
+
+    problems: list[str] = []
+    outlets: list[Outlet] = []
+    secrets: dict[str, str] = {}
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        label = f"outlet {entry.get('id')!r}" if isinstance(entry, dict) and entry.get("id") else f"outlet #{index + 1}"
+        try:
+            outlet = Outlet.model_validate(entry)
+        except ValidationError as exc:
+            problems += [f"{label} field {_loc(err['loc'])!r}: {err['msg']}" for err in exc.errors()]
+            continue
+        try:
+            outlet = outlet.model_copy(update={"region": regions.resolve(outlet.region, day)})
+        except ValueError as exc:
+            problems.append(f"{label} field 'region': {exc}")
+        if outlet.id in seen:
+            problems.append(f"{label} field 'id': duplicate id")
+        seen.add(outlet.id)
+        from channels import CHANNELS
+
+        channel = CHANNELS[outlet.channel]
+        problems += [f"{label} field {fld!r}: {msg}" for fld, msg in channel.check_outlet(outlet)]
+        if outlet.secret_env:
+            secret = environ.get(outlet.secret_env)
+            if not secret:
+                problems.append(f"{label} field 'secret_env': environment variable {outlet.secret_env} is not set")
+            else:
+                secrets[outlet.id] = secret
+        outlets.append(outlet)
+    if problems:
+        raise MatrixError(f"{path}: " + "; ".join(problems) if len(problems) == 1
+                          else f"{path}: {len(problems)} problems:\n  " + "\n  ".join(problems))
+    return OutletMatrix(tuple(outlets), secrets)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(entry)"
+
+
+def _one_line(exc: Exception) -> str:
+    return re.sub(r"\s+", " ", str(exc)).strip()[:300]

@@ -1,0 +1,66 @@
+"""Rendering: Jinja2 templates under templates/<channel>/, editor text passed in as data.
+
+Editor text is never template source: it only ever arrives as a variable, and each format
+escapes it (HTML and XML autoescape; ``|md`` for markdown). StrictUndefined turns a typo
+in a template into an error instead of an empty string.
+
+    >>> render("webhook/text.j2", notice_context(notice, published_at))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from bot.settings import TEMPLATES
+
+if TYPE_CHECKING:
+    from bot.model import Notice
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~@])")
+
+
+def markdown_escape(value: object) -> str:
+    """Make editor text inert in markdown: no links, emphasis, headings, HTML or @-mentions."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(value))
+
+
+@cache
+def environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        undefined=StrictUndefined,
+        autoescape=select_autoescape(enabled_extensions=("html", "xml", "html.j2", "xml.j2"), default=False),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+    )
+    env.filters["md"] = markdown_escape
+    return env
+
+
+def render(template: str, context: dict[str, Any]) -> str:
+    return environment().get_template(template).render(context).strip()
+
+
+def notice_context(notice: Notice, published_at: datetime) -> dict[str, Any]:
+    """What every template may use. All of it is data."""
+    return {
+        "ref": notice.ref,
+        "title": notice.title,
+        "rumour": notice.rumour,
+        "truth": notice.truth,
+        "verdict": notice.verdict.value,
+        "verdict_label": notice.verdict.label,
+        "authority": notice.authority,
+        "regions": list(notice.regions),
+        "citywide": notice.citywide,
+        "category": notice.category,
+        "urgent": notice.urgency.value == "urgent",
+        "sources": [{"title": s.title, "url": str(s.url)} for s in notice.sources],
+        "published_at": published_at,
+    }

@@ -1,0 +1,52 @@
+"""Settings, read from the environment (``DEBUNKBOT_*``) by pydantic-settings only.
+
+    >>> settings = Settings(retry_schedule="1,2")
+    >>> settings.retry_delays
+    (1.0, 2.0)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "config"
+TEMPLATES = ROOT / "templates"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DEBUNKBOT_", extra="ignore")
+
+    database_url: str = f"sqlite:///{ROOT / 'var' / 'debunkbot.sqlite3'}"
+    outlets: Path = CONFIG / "outlets.yaml"
+    regions: Path = CONFIG / "regions.yaml"
+    inbox: Path | None = None
+
+    concurrency: int = Field(default=200, ge=1, description="sends in flight at once, all outlets together")
+    per_outlet_concurrency: int = Field(default=2, ge=1, description="sends in flight at once to one outlet")
+    http_timeout: float = Field(default=15.0, gt=0, description="seconds for one send, connect to last byte")
+    retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
+    retry_jitter: float = Field(default=0.2, ge=0, lt=1)
+    retry_after_max: float = Field(default=3600.0, gt=0, description="cap on an outlet's Retry-After")
+    response_max_bytes: int = Field(default=4096, ge=0, description="response bytes kept per attempt")
+    scan_interval: float = Field(default=2.0, gt=0, description="seconds between inbox scans and polls")
+    shutdown_grace: float = Field(default=10.0, ge=0, description="seconds in-flight sends get to finish on stop")
+    lease_seconds: float = Field(default=60.0, gt=0, description="how long a claimed delivery stays claimed")
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _schedule_is_seconds(cls, value: str) -> str:
+        try:
+            delays = [float(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError(f"DEBUNKBOT_RETRY_SCHEDULE must be seconds separated by commas, got {value!r}") from None
+        if any(delay < 0 for delay in delays):
+            raise ValueError(f"DEBUNKBOT_RETRY_SCHEDULE has a negative delay: {value!r}")
+        return value
+
+    @property
+    def retry_delays(self) -> tuple[float, ...]:
+        return tuple(float(part) for part in self.retry_schedule.split(",") if part.strip())

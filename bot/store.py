@@ -1,0 +1,459 @@
+"""The central store: notices, their deliveries (one per notice x outlet) and every attempt.
+
+One narrow interface over SQLAlchemy Core, portable SQL, SQLite by default (WAL, one file),
+PostgreSQL for scale-out. Every method is synchronous and short; the dispatcher calls them
+off the event loop.
+
+    >>> store = Store.open("sqlite:///var/debunkbot.sqlite3")   # doctest: +SKIP
+    >>> store.add_notices([(notice, outlets)], source="cli")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from bot.model import Notice
+from bot.outlets import Outlet
+
+metadata = sa.MetaData()
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every backend."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+notices = sa.Table(
+    "notices", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("ref", sa.String(64), nullable=False, unique=True),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("title", sa.String(200), nullable=False),
+    sa.Column("urgency", sa.String(16), nullable=False),
+    sa.Column("publish_at", UTCDateTime, nullable=True),
+    sa.Column("submitted_at", UTCDateTime, nullable=False),
+    sa.Column("released_at", UTCDateTime, nullable=True),
+    sa.Column("source", sa.String(500), nullable=False),
+)
+
+deliveries = sa.Table(
+    "deliveries", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("notice_id", sa.Integer, sa.ForeignKey("notices.id"), nullable=False),
+    sa.Column("outlet_id", sa.String(64), nullable=False),
+    sa.Column("tier", sa.String(16), nullable=False),
+    # held (embargoed) -> pending -> delivered | failed
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("message_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=True),
+    sa.Column("lease_owner", sa.String(64), nullable=True),
+    sa.Column("lease_expires_at", UTCDateTime, nullable=True),
+    sa.Column("http_status", sa.Integer, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("delivered_at", UTCDateTime, nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("notice_id", "outlet_id"),
+    sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
+    sa.Index("ix_deliveries_outlet", "outlet_id", "status"),
+)
+
+attempts = sa.Table(
+    "attempts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("delivery_id", sa.Integer, sa.ForeignKey("deliveries.id"), nullable=False, index=True),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("trigger", sa.String(16), nullable=False),  # scheduled | manual
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),  # delivered | retry | failed
+    sa.Column("http_status", sa.Integer, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("response", sa.Text, nullable=True),
+)
+
+# Outlets the store holds sends for, whatever the matrix says: a 410 pauses an outlet.
+outlet_health = sa.Table(
+    "outlet_health", metadata,
+    sa.Column("outlet_id", sa.String(64), primary_key=True),
+    sa.Column("paused_at", UTCDateTime, nullable=True),
+    sa.Column("paused_reason", sa.Text, nullable=True),
+)
+
+
+class RefConflict(ValueError):
+    """A ref already stored with different content. Corrections are a later feature."""
+
+
+@dataclass(frozen=True)
+class Added:
+    ref: str
+    created: bool  # False: the identical notice was already stored (a no-op)
+    deliveries: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A delivery claimed under a lease, ready to send."""
+
+    delivery_id: int
+    notice_id: int
+    outlet_id: str
+    message_id: str
+    attempt: int  # the number this try will have, from 1
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """What one HTTP try did, and what the delivery becomes."""
+
+    delivery_id: int
+    attempt: int
+    started_at: datetime
+    latency_ms: float
+    outcome: str  # delivered | retry | failed
+    http_status: int | None = None
+    error: str | None = None
+    response: str | None = None
+    next_attempt_at: datetime | None = None  # for retry
+    pause_outlet: str | None = None  # outlet id to pause (410 Gone)
+    trigger: str = "scheduled"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_message_id() -> str:
+    """Stable per notice x outlet; sent as webhook-id on every try so receivers can dedupe."""
+    return "msg_" + secrets.token_hex(12)
+
+
+class Store:
+    def __init__(self, engine: Engine, owner: str | None = None) -> None:
+        self.engine = engine
+        self.owner = owner or f"bot-{secrets.token_hex(4)}"
+
+    @classmethod
+    def open(cls, url: str, create: bool = True) -> Store:
+        engine = _engine(url)
+        if create:
+            metadata.create_all(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        """A write transaction (on SQLite: BEGIN IMMEDIATE, so writers queue rather than fail)."""
+        with self.engine.connect() as conn:
+            conn.execution_options(write=True)
+            with conn.begin():
+                yield conn
+
+    # -- intake ---------------------------------------------------------------------------------
+
+    def add_notices(
+        self, batch: Sequence[tuple[Notice, Sequence[Outlet]]], source: str, now: datetime | None = None
+    ) -> list[Added]:
+        """Store notices with all their deliveries in one transaction: all of them, or none.
+
+        Raises RefConflict, storing nothing, when a ref is already stored with other content.
+        """
+        now = now or utcnow()
+        results: list[Added] = []
+        with self._tx() as conn:
+            for notice, outlets in batch:
+                digest = notice.content_hash()
+                existing = conn.execute(
+                    sa.select(notices.c.id, notices.c.content_hash).where(notices.c.ref == notice.ref)
+                ).first()
+                if existing is not None:
+                    if existing.content_hash != digest:
+                        raise RefConflict(
+                            f"ref {notice.ref!r} is already stored with different content; "
+                            "use a new ref (corrections are not supported yet)"
+                        )
+                    results.append(Added(notice.ref, created=False, deliveries=0))
+                    continue
+                held = notice.publish_at is not None and notice.publish_at > now
+                notice_id = conn.execute(
+                    notices.insert().values(
+                        ref=notice.ref, content_hash=digest, payload=notice.canonical_json(),
+                        title=notice.title, urgency=notice.urgency.value, publish_at=notice.publish_at,
+                        submitted_at=now, released_at=None if held else now, source=source,
+                    )
+                ).inserted_primary_key[0]
+                if outlets:
+                    conn.execute(deliveries.insert(), [
+                        {"notice_id": notice_id, "outlet_id": o.id, "tier": o.tier.value,
+                         "status": "held" if held else "pending", "message_id": new_message_id(),
+                         "attempts": 0, "next_attempt_at": notice.publish_at if held else now,
+                         "updated_at": now}
+                        for o in outlets
+                    ])
+                results.append(Added(notice.ref, created=True, deliveries=len(outlets)))
+        return results
+
+    def release_due(self, now: datetime | None = None) -> int:
+        """Release embargoed notices whose publish_at has come; returns deliveries released."""
+        now = now or utcnow()
+        with self._tx() as conn:
+            due = sa.select(notices.c.id).where(notices.c.released_at.is_(None), notices.c.publish_at <= now)
+            released = conn.execute(
+                deliveries.update()
+                .where(deliveries.c.status == "held", deliveries.c.notice_id.in_(due))
+                .values(status="pending", next_attempt_at=now, updated_at=now)
+            ).rowcount
+            conn.execute(notices.update().where(notices.c.id.in_(due)).values(released_at=now))
+        return released
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def claim_due(
+        self, limit: int, per_outlet: int, lease: timedelta, now: datetime | None = None
+    ) -> list[Claim]:
+        """Claim up to ``limit`` due deliveries under a lease, at most ``per_outlet`` in flight per outlet."""
+        now = now or utcnow()
+        d = deliveries
+        in_flight = (
+            sa.select(d.c.outlet_id, sa.func.count().label("n"))
+            .where(d.c.status == "pending", d.c.lease_expires_at > now)
+            .group_by(d.c.outlet_id)
+            .cte("in_flight")
+        )
+        # A bounded look at the head of the queue keeps the claim cheap with a deep backlog.
+        head = (
+            sa.select(d.c.id, d.c.outlet_id, d.c.next_attempt_at)
+            .where(
+                d.c.status == "pending", d.c.next_attempt_at <= now,
+                sa.or_(d.c.lease_expires_at.is_(None), d.c.lease_expires_at <= now),
+                d.c.outlet_id.not_in(sa.select(outlet_health.c.outlet_id).where(outlet_health.c.paused_at.is_not(None))),
+            )
+            .order_by(d.c.next_attempt_at, d.c.id)
+            .limit(limit * 4)
+            .cte("head")
+        )
+        ranked = sa.select(
+            head.c.id, head.c.outlet_id, head.c.next_attempt_at,
+            sa.func.row_number().over(partition_by=head.c.outlet_id, order_by=(head.c.next_attempt_at, head.c.id))
+            .label("rank"),
+        ).cte("ranked")
+        chosen = (
+            sa.select(ranked.c.id)
+            .select_from(ranked.outerjoin(in_flight, in_flight.c.outlet_id == ranked.c.outlet_id))
+            .where(ranked.c.rank + sa.func.coalesce(in_flight.c.n, 0) <= per_outlet)
+            .order_by(ranked.c.next_attempt_at, ranked.c.id)
+            .limit(limit)
+        )
+        with self._tx() as conn:
+            ids = [row.id for row in conn.execute(chosen)]
+            if not ids:
+                return []
+            rows = conn.execute(
+                d.update()
+                .where(d.c.id.in_(ids), sa.or_(d.c.lease_expires_at.is_(None), d.c.lease_expires_at <= now))
+                .values(lease_owner=self.owner, lease_expires_at=now + lease, updated_at=now)
+                .returning(d.c.id, d.c.notice_id, d.c.outlet_id, d.c.message_id, d.c.attempts)
+            ).all()
+        return [Claim(r.id, r.notice_id, r.outlet_id, r.message_id, r.attempts + 1) for r in rows]
+
+    def record_attempts(self, records: Sequence[AttemptRecord], now: datetime | None = None) -> None:
+        """Write a batch of attempts and move their deliveries on, in one transaction."""
+        if not records:
+            return
+        now = now or utcnow()
+        status = {"delivered": "delivered", "retry": "pending", "failed": "failed"}
+        with self._tx() as conn:
+            conn.execute(attempts.insert(), [
+                {"delivery_id": r.delivery_id, "number": r.attempt, "trigger": r.trigger,
+                 "started_at": r.started_at, "latency_ms": r.latency_ms, "outcome": r.outcome,
+                 "http_status": r.http_status, "error": r.error, "response": r.response}
+                for r in records
+            ])
+            conn.execute(
+                deliveries.update()
+                .where(deliveries.c.id == sa.bindparam("b_id"), deliveries.c.status == "pending",
+                       deliveries.c.lease_owner == self.owner)
+                .values(
+                    status=sa.bindparam("b_status"), attempts=sa.bindparam("b_attempts"),
+                    next_attempt_at=sa.bindparam("b_next"), lease_owner=None, lease_expires_at=None,
+                    http_status=sa.bindparam("b_http"), error=sa.bindparam("b_error"),
+                    delivered_at=sa.bindparam("b_delivered"), updated_at=now,
+                ),
+                [
+                    {"b_id": r.delivery_id, "b_status": status[r.outcome], "b_attempts": r.attempt,
+                     "b_next": r.next_attempt_at if r.outcome == "retry" else None,
+                     "b_http": r.http_status, "b_error": r.error,
+                     "b_delivered": r.started_at if r.outcome == "delivered" else None}
+                    for r in records
+                ],
+            )
+            for outlet_id in {r.pause_outlet for r in records if r.pause_outlet}:
+                reason = next(r.error for r in records if r.pause_outlet == outlet_id)
+                self._pause(conn, outlet_id, reason or "paused", now)
+
+    def release_claims(self) -> int:
+        """Give back this owner's unfinished claims (graceful shutdown)."""
+        with self._tx() as conn:
+            return conn.execute(
+                deliveries.update()
+                .where(deliveries.c.lease_owner == self.owner, deliveries.c.status == "pending")
+                .values(lease_owner=None, lease_expires_at=None)
+            ).rowcount
+
+    def _pause(self, conn: Connection, outlet_id: str, reason: str, now: datetime) -> None:
+        updated = conn.execute(
+            outlet_health.update().where(outlet_health.c.outlet_id == outlet_id)
+            .values(paused_at=now, paused_reason=reason)
+        ).rowcount
+        if not updated:
+            conn.execute(outlet_health.insert().values(outlet_id=outlet_id, paused_at=now, paused_reason=reason))
+
+    def notices_by_id(self, notice_ids: Iterable[int]) -> dict[int, tuple[Notice, datetime]]:
+        """Notices with the time they were released (their publication time)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(notices.c.id, notices.c.payload, notices.c.released_at, notices.c.submitted_at)
+                .where(notices.c.id.in_(set(notice_ids)))
+            )
+            return {row.id: (Notice.from_stored(row.payload), row.released_at or row.submitted_at) for row in rows}
+
+    def next_due_at(self) -> datetime | None:
+        """When the earliest pending delivery (retry or released) comes due; None when nothing is pending."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(sa.func.min(deliveries.c.next_attempt_at)).where(
+                    deliveries.c.status == "pending",
+                    deliveries.c.outlet_id.not_in(
+                        sa.select(outlet_health.c.outlet_id).where(outlet_health.c.paused_at.is_not(None))
+                    ),
+                )
+            ).scalar_one_or_none()
+
+    def next_release_at(self) -> datetime | None:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(sa.func.min(notices.c.publish_at)).where(notices.c.released_at.is_(None))
+            ).scalar_one_or_none()
+
+    # -- the delivery log -----------------------------------------------------------------------
+
+    def notice(self, ref: str) -> tuple[int, Notice] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(notices.c.id, notices.c.payload).where(notices.c.ref == ref)).first()
+        return (row.id, Notice.from_stored(row.payload)) if row else None
+
+    def delivery_log(
+        self, ref: str | None = None, outlet_id: str | None = None, status: str | None = None
+    ) -> list[dict[str, Any]]:
+        """One row per delivery, oldest notice first."""
+        d, n = deliveries, notices
+        query = (
+            sa.select(
+                n.c.ref.label("notice"), d.c.outlet_id.label("outlet"), d.c.tier, d.c.status, d.c.attempts,
+                d.c.http_status, d.c.error, d.c.delivered_at, d.c.next_attempt_at, d.c.message_id,
+            )
+            .select_from(d.join(n, n.c.id == d.c.notice_id))
+            .order_by(d.c.notice_id, d.c.id)
+        )
+        if ref:
+            query = query.where(n.c.ref == ref)
+        if outlet_id:
+            query = query.where(d.c.outlet_id == outlet_id)
+        if status:
+            query = query.where(d.c.status == status)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def attempt_log(self, ref: str | None = None, outlet_id: str | None = None) -> list[dict[str, Any]]:
+        """Every HTTP try, in order."""
+        a, d, n = attempts, deliveries, notices
+        query = (
+            sa.select(
+                n.c.ref.label("notice"), d.c.outlet_id.label("outlet"), a.c.number.label("attempt"), a.c.trigger,
+                a.c.started_at, a.c.latency_ms, a.c.outcome, a.c.http_status, a.c.error, a.c.response,
+            )
+            .select_from(a.join(d, d.c.id == a.c.delivery_id).join(n, n.c.id == d.c.notice_id))
+            .order_by(a.c.id)
+        )
+        if ref:
+            query = query.where(n.c.ref == ref)
+        if outlet_id:
+            query = query.where(d.c.outlet_id == outlet_id)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def paused_outlets(self) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(outlet_health.c.outlet_id, outlet_health.c.paused_reason)
+                .where(outlet_health.c.paused_at.is_not(None))
+            )
+            return {row.outlet_id: row.paused_reason or "" for row in rows}
+
+    def counts(self, ref: str | None = None) -> dict[str, int]:
+        """Deliveries by status, for one notice or all."""
+        query = sa.select(deliveries.c.status, sa.func.count()).group_by(deliveries.c.status)
+        if ref:
+            query = query.join(notices, notices.c.id == deliveries.c.notice_id).where(notices.c.ref == ref)
+        with self.engine.connect() as conn:
+            return {status: n for status, n in conn.execute(query)}
+
+
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = sa.make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            # Writers take the lock up front, so two writers queue instead of failing mid-transaction.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def dumps(row: dict[str, Any]) -> str:
+    """A delivery-log row as one JSON line."""
+    return json.dumps(
+        {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}, ensure_ascii=False
+    )

@@ -1,0 +1,16 @@
+"""The channels debunkbot can post to, registered in one place.
+
+To add one: write channels/<name>.py with a class following ``channels.base.Channel``,
+its templates in templates/<name>/, and add it to CHANNELS below.
+"""
+
+from __future__ import annotations
+
+from channels.base import Channel, Outcome, Rendered, classify_http
+from channels.webhook import Webhook
+
+CHANNELS: dict[str, Channel] = {
+    Webhook.name: Webhook(),
+}
+
+__all__ = ["CHANNELS", "Channel", "Outcome", "Rendered", "classify_http"]

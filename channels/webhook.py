@@ -1,0 +1,89 @@
+"""Standard Webhooks: signed JSON for outlets with their own endpoint.
+
+Headers ``webhook-id`` (stable per notice x outlet, the receiver's dedupe key),
+``webhook-timestamp`` and ``webhook-signature`` (``v1,`` + base64 HMAC-SHA256 of
+``id.timestamp.body`` under the outlet's ``whsec_`` secret), signed with the reference
+``standardwebhooks`` library so any receiver using it verifies every post.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import httpx
+from standardwebhooks import Webhook as Signer
+
+from bot.render import notice_context, render
+from channels.base import Outcome, Rendered, classify_http
+
+if TYPE_CHECKING:
+    from bot.model import Notice
+    from bot.outlets import Outlet
+
+
+class Webhook:
+    name: ClassVar[str] = "webhook"
+    event_type: ClassVar[str] = "notice.published"
+
+    def check_outlet(self, outlet: Outlet) -> list[tuple[str, str]]:
+        problems = []
+        if not outlet.url:
+            problems.append(("url", "a webhook outlet needs a url"))
+        if not outlet.secret_env:
+            problems.append(("secret_env", "a webhook outlet needs secret_env naming its whsec_ secret"))
+        return problems
+
+    def render(self, notice: Notice, published_at: datetime) -> Rendered:
+        context = notice_context(notice, published_at)
+        text = render("webhook/text.j2", context)
+        data = notice.model_dump(mode="json") | {
+            "verdict_label": notice.verdict.label,
+            "published_at": published_at.isoformat(),
+            "text": text,
+            "claim_review": claim_review(notice, published_at),
+        }
+        payload = {"type": self.event_type, "timestamp": published_at.isoformat(), "data": data}
+        return Rendered(text=text, body=json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
+
+    def build(
+        self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime
+    ) -> httpx.Request:
+        assert outlet.url and secret  # check_outlet and load_matrix guarantee both
+        signature = Signer(secret).sign(message_id, now, rendered.body.decode())
+        return httpx.Request("POST", outlet.url, content=rendered.body, headers={
+            "content-type": "application/json; charset=utf-8",
+            "webhook-id": message_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": signature,
+            "user-agent": "debunkbot/0.1",
+        })
+
+    def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome:
+        return classify_http(status, headers)
+
+
+def claim_review(notice: Notice, published_at: datetime) -> dict[str, Any]:
+    """schema.org ClaimReview JSON-LD, so fact-check aggregators can read the verdict."""
+    review: dict[str, Any] = {
+        "@context": "https://schema.org",
+        "@type": "ClaimReview",
+        "claimReviewed": notice.rumour,
+        "reviewRating": {
+            "@type": "Rating",
+            "alternateName": notice.verdict.label,
+            "name": notice.verdict.english,
+        },
+        "author": {"@type": "Organization", "name": notice.authority},
+        "datePublished": published_at.date().isoformat(),
+        "inLanguage": "zh-CN",
+        "headline": notice.title,
+        "itemReviewed": {
+            "@type": "Claim",
+            "appearance": [{"@type": "CreativeWork", "url": str(s.url), "name": s.title} for s in notice.sources],
+        },
+    }
+    if notice.sources:
+        review["url"] = str(notice.sources[0].url)
+    return review

@@ -1,0 +1,178 @@
+"""The dispatcher against real webhook outlets on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from bot.dispatch import Dispatcher, RetryPolicy, make_client
+from bot.model import Notice
+from bot.settings import Settings
+from bot.store import Store
+from bot.testing import HANG
+
+
+async def fan_out(store: Store, matrix: Any, settings: Settings, *notices: Notice) -> None:
+    store.add_notices([(n, matrix.concerned_by(n)) for n in notices], source="test")
+    async with make_client(settings) as client:
+        dispatcher = Dispatcher(store, matrix, settings, client)
+        await dispatcher.run(until_idle=True)
+        await dispatcher.close()
+
+
+async def test_every_outlet_gets_a_verified_post_and_the_log_says_so(
+    store: Store, settings: Settings, loopback: Callable[..., Any], make_notice: Callable[..., Notice]
+) -> None:
+    outlets, matrix = await loopback(30)
+    await fan_out(store, matrix, settings, make_notice(ref="a"), make_notice(ref="b", title="另一条"))
+
+    assert outlets.refused == []
+    assert {o: len(ids) for o, ids in outlets.delivered().items()} == {o.id: 2 for o in matrix.outlets}
+    rows = store.delivery_log()
+    assert len(rows) == 60 and {r["status"] for r in rows} == {"delivered"}
+    assert all(r["attempts"] == 1 and r["http_status"] == 200 and r["delivered_at"] for r in rows)
+
+
+async def test_an_outlet_that_fails_twice_is_retried_and_then_delivered(
+    store: Store, settings: Settings, loopback: Callable[..., Any], make_notice: Callable[..., Notice]
+) -> None:
+    outlets, matrix = await loopback(3, script={"outlet-0001": [503, 502]})
+    await fan_out(store, matrix, settings, make_notice())
+
+    tries = store.attempt_log(outlet_id="outlet-0001")
+    assert [(t["outcome"], t["http_status"]) for t in tries] == [("retry", 503), ("retry", 502), ("delivered", 200)]
+    assert [t["attempt"] for t in tries] == [1, 2, 3]
+    (row,) = store.delivery_log(outlet_id="outlet-0001")
+    assert row["status"] == "delivered" and row["attempts"] == 3
+    # every try carried the same webhook-id, so the receiver could dedupe
+    assert outlets.tries["outlet-0001"] == 3
+    assert {p.message_id for p in outlets.posts if p.outlet == "outlet-0001"} == {row["message_id"]}
+
+
+async def test_a_410_outlet_fails_at_once_and_is_paused(
+    store: Store, settings: Settings, loopback: Callable[..., Any], make_notice: Callable[..., Notice]
+) -> None:
+    outlets, matrix = await loopback(3, script={"outlet-0002": [410, 410, 410]})
+    await fan_out(store, matrix, settings, make_notice(ref="first"))
+
+    (row,) = store.delivery_log(outlet_id="outlet-0002")
+    assert row["status"] == "failed" and row["attempts"] == 1 and row["http_status"] == 410
+    assert outlets.tries["outlet-0002"] == 1
+    assert "outlet-0002" in store.paused_outlets()
+
+    # a later notice is held for the paused outlet, not sent and not dropped
+    await fan_out(store, matrix, settings, make_notice(ref="second", title="第二条"))
+    assert outlets.tries["outlet-0002"] == 1
+    assert store.delivery_log(ref="second", outlet_id="outlet-0002")[0]["status"] == "pending"
+    assert {r["status"] for r in store.delivery_log(ref="second") if r["outlet"] != "outlet-0002"} == {"delivered"}
+
+
+async def test_other_4xx_is_a_permanent_failure_without_retries(
+    store: Store, settings: Settings, loopback: Callable[..., Any], make_notice: Callable[..., Notice]
+) -> None:
+    outlets, matrix = await loopback(2, script={"outlet-0000": [400]})
+    await fan_out(store, matrix, settings, make_notice())
+    (row,) = store.delivery_log(outlet_id="outlet-0000")
+    assert (row["status"], row["attempts"], row["http_status"]) == ("failed", 1, 400)
+    assert outlets.tries["outlet-0000"] == 1
+
+
+async def test_a_delivery_fails_when_the_schedule_is_exhausted(
+    store: Store, settings: Settings, loopback: Callable[..., Any], make_notice: Callable[..., Notice]
+) -> None:
+    outlets, matrix = await loopback(2, script={"outlet-0000": [500] * 10})
+    await fan_out(store, matrix, settings, make_notice())
+    (row,) = store.delivery_log(outlet_id="outlet-0000")
+    # three delays in the schedule: four tries, then failed
+    assert (row["status"], row["attempts"]) == ("failed", 4)
+    assert "retries exhausted after 4 attempts" in row["error"]
+    assert outlets.tries["outlet-0000"] == 4
+
+
+async def test_a_hanging_outlet_does_not_hold_up_the_others(
+    store: Store, tmp_path: Any, loopback: Callable[..., Any], make_notice: Callable[..., Notice]
+) -> None:
+    settings = Settings(database_url=str(store.engine.url), retry_schedule="60", http_timeout=30,
+                        concurrency=4, scan_interval=0.05, shutdown_grace=0.1)
+    outlets, matrix = await loopback(12, script={"outlet-0000": [HANG], "outlet-0001": [HANG]})
+    store.add_notices([(make_notice(), matrix.outlets)], source="test")
+    stop = asyncio.Event()
+
+    def stop_when_the_rest_are_delivered(records: Any) -> None:
+        if store.counts().get("delivered", 0) == 10:
+            stop.set()
+
+    async with make_client(settings) as client:
+        dispatcher = Dispatcher(store, matrix, settings, client, on_recorded=stop_when_the_rest_are_delivered)
+        run = asyncio.create_task(dispatcher.run(stop))
+        await asyncio.wait_for(stop.wait(), timeout=20)  # far below the 30 s the hung sends hold their slots
+        pending = {r["outlet"] for r in store.delivery_log(status="pending")}
+        await run  # stop is set: the hung sends are abandoned after the grace period
+        await dispatcher.close()
+    # with concurrency 4, two slots were held by hung outlets the whole time
+    assert pending == {"outlet-0000", "outlet-0001"}
+    # and their claims were given back, so a restarted bot sends them at once
+    assert all(r["status"] == "pending" for r in store.delivery_log(status="pending"))
+    assert store.claim_due(10, 2, timedelta(seconds=5)) != []
+
+
+async def test_connection_refused_is_retried_and_recorded(
+    store: Store, settings: Settings, tmp_path: Any, regions: Any, make_notice: Callable[..., Notice]
+) -> None:
+    import socket
+
+    import yaml
+
+    from bot.outlets import load_matrix
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = tmp_path / "outlets.yaml"
+    path.write_text(yaml.safe_dump({"outlets": [{"id": "dead", "name": "关停的站点", "tier": "other", "channel": "webhook",
+                                                 "url": f"http://127.0.0.1:{port}/hook", "secret_env": "S"}]}))
+    matrix = load_matrix(path, regions, environ={"S": "whsec_" + "A" * 32})
+    await fan_out(store, matrix, settings, make_notice())
+    tries = store.attempt_log()
+    assert len(tries) == 4 and {t["outcome"] for t in tries[:3]} == {"retry"} and tries[-1]["outcome"] == "failed"
+    assert all(t["http_status"] is None and "Connect" in t["error"] for t in tries)
+
+
+def test_the_retry_schedule_is_svix_like_with_jitter_and_ends() -> None:
+    policy = RetryPolicy(Settings().retry_delays, jitter=0.2)
+    assert Settings().retry_delays == (5, 300, 1800, 7200, 18000, 36000, 36000)
+    for attempt, base in enumerate(Settings().retry_delays, start=1):
+        delay = policy.delay_after(attempt, retry_after=None)
+        assert delay is not None and base * 0.8 <= delay <= base * 1.2
+    assert policy.delay_after(8, retry_after=None) is None
+
+
+def test_retry_after_is_honoured_within_bounds() -> None:
+    policy = RetryPolicy((5, 300), jitter=0, retry_after_max=600)
+    assert policy.delay_after(1, retry_after=120) == 120
+    assert policy.delay_after(1, retry_after=1) == 5  # never sooner than the schedule
+    assert policy.delay_after(1, retry_after=86400) == 600  # capped
+
+
+async def test_redirects_are_not_followed_and_count_as_failures(
+    store: Store, settings: Settings, loopback: Callable[..., Any], make_notice: Callable[..., Notice]
+) -> None:
+    _, matrix = await loopback(1)
+    calls: list[str] = []
+
+    def redirecting(request: httpx.Request) -> httpx.Response:
+        calls.append(str(request.url))
+        return httpx.Response(302, headers={"location": "http://elsewhere.example/"})
+
+    store.add_notices([(make_notice(), matrix.outlets)], source="test")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(redirecting)) as client:
+        dispatcher = Dispatcher(store, matrix, settings, client)
+        await dispatcher.run(until_idle=True)
+        await dispatcher.close()
+    (row,) = store.delivery_log()
+    assert len(calls) == 1 and row["status"] == "failed" and "302" in row["error"] and "not followed" in row["error"]

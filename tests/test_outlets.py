@@ -1,0 +1,77 @@
+"""The outlet matrix: validated whole at start, errors by outlet id and field, secrets from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bot.outlets import MatrixError, load_matrix
+from bot.regions import RegionTable
+from bot.settings import CONFIG
+
+
+def example_environ() -> dict[str, str]:
+    entries = yaml.safe_load((CONFIG / "outlets.yaml").read_text(encoding="utf-8"))["outlets"]
+    return {e["secret_env"]: "whsec_AAAA" for e in entries if e.get("secret_env")}
+
+
+def test_the_example_matrix_is_laid_out_like_chongqings(regions: RegionTable) -> None:
+    from datetime import date
+
+    matrix = load_matrix(CONFIG / "outlets.yaml", regions, environ=example_environ())
+    tiers = [o.tier.value for o in matrix.outlets]
+    assert tiers.count("city") == 5
+    districts = {o.region for o in matrix.outlets if o.tier.value == "district"}
+    assert districts == {u.name for u in regions.units_on(date(2026, 11, 27))}
+    assert tiers.count("other") >= 3
+
+
+def write_matrix(tmp_path: Path, entries: list[dict[str, Any]]) -> Path:
+    path = tmp_path / "outlets.yaml"
+    path.write_text(yaml.safe_dump({"outlets": entries}, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+GOOD = {"id": "dist-yuzhong", "name": "渝中区融媒体中心", "tier": "district", "region": "渝中区",
+        "channel": "webhook", "url": "https://yz.example/hook", "secret_env": "S_YZ"}
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"channel": "pigeon"}, "outlet 'dist-yuzhong' field 'channel': Value error, unknown channel 'pigeon'"),
+    ({"region": "火星区"}, "outlet 'dist-yuzhong' field 'region': unknown region '火星区'"),
+    ({"tier": "province"}, "outlet 'dist-yuzhong' field 'tier'"),
+    ({"url": None}, "outlet 'dist-yuzhong' field 'url': a webhook outlet needs a url"),
+    ({"secret_env": "S_MISSING"}, "outlet 'dist-yuzhong' field 'secret_env': environment variable S_MISSING is not set"),
+    ({"secret": "whsec_in_the_file"}, "outlet 'dist-yuzhong' field 'secret'"),
+    ({"id": "Bad Id"}, "outlet 'Bad Id' field 'id'"),
+])
+def test_a_bad_entry_refuses_the_whole_matrix_naming_outlet_and_field(
+    tmp_path: Path, regions: RegionTable, change: dict[str, Any], expected: str
+) -> None:
+    other = GOOD | {"id": "dist-wanzhou", "region": "万州区"}
+    path = write_matrix(tmp_path, [other, {k: v for k, v in (GOOD | change).items() if v is not None}])
+    with pytest.raises(MatrixError) as error:
+        load_matrix(path, regions, environ={"S_YZ": "whsec_AAAA"})
+    assert expected in str(error.value) and str(path) in str(error.value)
+
+
+def test_duplicate_ids_are_refused(tmp_path: Path, regions: RegionTable) -> None:
+    path = write_matrix(tmp_path, [GOOD, GOOD])
+    with pytest.raises(MatrixError, match="outlet 'dist-yuzhong' field 'id': duplicate id"):
+        load_matrix(path, regions, environ={"S_YZ": "whsec_AAAA"})
+
+
+def test_a_file_that_is_not_a_matrix_says_so(tmp_path: Path, regions: RegionTable) -> None:
+    path = tmp_path / "outlets.yaml"
+    path.write_text("- just a list\n", encoding="utf-8")
+    with pytest.raises(MatrixError, match="top-level 'outlets:' list"):
+        load_matrix(path, regions, environ={})
+
+
+def test_secrets_come_from_the_environment_and_never_show_in_the_model(tmp_path: Path, regions: RegionTable) -> None:
+    matrix = load_matrix(write_matrix(tmp_path, [GOOD]), regions, environ={"S_YZ": "whsec_TOPSECRET"})
+    assert matrix.secret_for("dist-yuzhong") == "whsec_TOPSECRET"
+    assert "TOPSECRET" not in repr(matrix) and "TOPSECRET" not in matrix.outlets[0].model_dump_json()

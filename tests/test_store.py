@@ -1,0 +1,93 @@
+"""The store: atomic intake, leases, per-outlet limits, embargo release."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bot.model import Notice
+from bot.outlets import Outlet
+from bot.store import AttemptRecord, RefConflict, Store
+
+OUTLETS = [Outlet(id=f"o{i}", name=f"站点{i}", tier="district", channel="webhook", url="https://x.example/",
+                  secret_env="S") for i in range(5)]
+LEASE = timedelta(seconds=30)
+
+
+def test_a_notice_and_its_deliveries_are_stored_together_or_not_at_all(
+    store: Store, make_notice: Callable[..., Notice]
+) -> None:
+    store.add_notices([(make_notice(ref="kept"), OUTLETS)], source="t")
+    with pytest.raises(RefConflict):
+        store.add_notices([(make_notice(ref="new"), OUTLETS), (make_notice(ref="kept", title="改了"), OUTLETS)], source="t")
+    assert store.notice("new") is None
+    assert len(store.delivery_log()) == 5
+
+
+def test_each_delivery_has_its_own_stable_message_id(store: Store, make_notice: Callable[..., Notice]) -> None:
+    store.add_notices([(make_notice(), OUTLETS)], source="t")
+    ids = [r["message_id"] for r in store.delivery_log()]
+    assert len(set(ids)) == 5 and all(i.startswith("msg_") for i in ids)
+
+
+def test_a_claim_respects_the_per_outlet_limit_across_notices(store: Store, make_notice: Callable[..., Notice]) -> None:
+    for n in range(4):
+        store.add_notices([(make_notice(ref=f"n{n}", title=f"第{n}条"), OUTLETS[:2])], source="t")
+    first = store.claim_due(100, per_outlet=2, lease=LEASE)
+    assert sorted(c.outlet_id for c in first) == ["o0", "o0", "o1", "o1"]
+    # in flight already counts against the limit
+    assert store.claim_due(100, per_outlet=2, lease=LEASE) == []
+    assert len(store.claim_due(100, per_outlet=3, lease=LEASE)) == 2
+
+
+def test_an_expired_lease_is_claimed_again_after_a_crash(store: Store, make_notice: Callable[..., Notice]) -> None:
+    store.add_notices([(make_notice(), OUTLETS[:1])], source="t")
+    now = datetime.now(UTC)
+    (claim,) = store.claim_due(10, 2, LEASE, now=now)
+    assert store.claim_due(10, 2, LEASE, now=now + timedelta(seconds=29)) == []
+    crashed_owner = store.owner
+    store.owner = "another-bot"
+    (again,) = store.claim_due(10, 2, LEASE, now=now + timedelta(seconds=31))
+    assert again.delivery_id == claim.delivery_id and again.message_id == claim.message_id
+    # the crashed owner's late answer does not overwrite the new owner's claim
+    store.owner = crashed_owner
+    store.record_attempts([AttemptRecord(claim.delivery_id, 1, now, 5.0, "failed", 400, "HTTP 400")])
+    assert store.delivery_log()[0]["status"] == "pending"
+    assert len(store.attempt_log()) == 1
+
+
+def test_recorded_attempts_move_deliveries_on(store: Store, make_notice: Callable[..., Notice]) -> None:
+    store.add_notices([(make_notice(), OUTLETS[:3])], source="t")
+    now = datetime.now(UTC)
+    a, b, c = store.claim_due(10, 2, LEASE, now=now)
+    store.record_attempts([
+        AttemptRecord(a.delivery_id, 1, now, 12.5, "delivered", 200),
+        AttemptRecord(b.delivery_id, 1, now, 30.0, "retry", 503, "HTTP 503", next_attempt_at=now + timedelta(hours=1)),
+        AttemptRecord(c.delivery_id, 1, now, 1.0, "failed", 404, "HTTP 404"),
+    ])
+    rows = {r["outlet"]: r for r in store.delivery_log()}
+    assert rows["o0"]["status"] == "delivered" and rows["o0"]["delivered_at"] is not None
+    assert rows["o1"]["status"] == "pending" and rows["o1"]["next_attempt_at"] == now + timedelta(hours=1)
+    assert rows["o2"]["status"] == "failed" and rows["o2"]["error"] == "HTTP 404"
+    assert store.claim_due(10, 2, LEASE, now=now + timedelta(minutes=59)) == []
+    assert [c.attempt for c in store.claim_due(10, 2, LEASE, now=now + timedelta(hours=1))] == [2]
+
+
+def test_an_embargoed_notice_is_held_until_its_publish_time(store: Store, make_notice: Callable[..., Notice]) -> None:
+    now = datetime.now(UTC)
+    notice = make_notice(publish_at=(now + timedelta(hours=2)).isoformat())
+    store.add_notices([(notice, OUTLETS[:2])], source="t", now=now)
+    assert {r["status"] for r in store.delivery_log()} == {"held"}
+    assert store.claim_due(10, 2, LEASE, now=now + timedelta(hours=3)) == []
+    assert store.release_due(now=now + timedelta(hours=1)) == 0
+    assert store.release_due(now=now + timedelta(hours=2, seconds=1)) == 2
+    assert len(store.claim_due(10, 2, LEASE, now=now + timedelta(hours=2, seconds=1))) == 2
+
+
+def test_given_back_claims_are_claimable_at_once(store: Store, make_notice: Callable[..., Notice]) -> None:
+    store.add_notices([(make_notice(), OUTLETS[:2])], source="t")
+    assert len(store.claim_due(10, 2, LEASE)) == 2
+    assert store.release_claims() == 2
+    assert len(store.claim_due(10, 2, LEASE)) == 2

@@ -104,6 +104,7 @@ class Dispatcher:
         self.policy = RetryPolicy.from_settings(settings)
         self.on_recorded = on_recorded
         self.capacity = settings.concurrency
+        self._rate_limits = matrix.rate_limits()
         self._lease = timedelta(seconds=max(settings.lease_seconds, settings.http_timeout * 2 + 10))
         # SQLite wants one writer: every store call runs on this one thread, off the event loop.
         self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="debunkbot-store")
@@ -161,7 +162,8 @@ class Dispatcher:
 
     async def _claim_and_send(self, room: int) -> int:
         def claim() -> tuple[list[Claim], dict[int, tuple[Notice, datetime]]]:
-            claims = self.store.claim_due(room, self.settings.per_outlet_concurrency, self._lease)
+            claims = self.store.claim_due(room, self.settings.per_outlet_concurrency, self._lease,
+                                          rate_limits=self._rate_limits)
             missing = {c.notice_id for c in claims} - self._notices.keys()
             return claims, (self.store.notices_by_id(missing) if missing else {})
 
@@ -233,7 +235,8 @@ class Dispatcher:
                 next_at = utcnow() + timedelta(seconds=delay)
         secret = self.matrix.secret_for(outlet.id) if outlet else None
         return AttemptRecord(
-            delivery_id=claim.delivery_id, attempt=claim.attempt, started_at=started, latency_ms=latency_ms,
+            delivery_id=claim.delivery_id, outlet_id=claim.outlet_id, attempt=claim.attempt, started_at=started,
+            latency_ms=latency_ms,
             outcome=result, http_status=status, error=_redact(error, outlet, secret),
             response=_redact(_text(body, self.settings.response_max_bytes), outlet, secret) or None,
             next_attempt_at=next_at, pause_outlet=claim.outlet_id if outcome.pause_outlet else None,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -29,6 +29,27 @@ class Tier(StrEnum):
     city = "city"
     district = "district"
     other = "other"
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``count`` sends to one outlet in any ``seconds``-long window.
+
+    >>> RateLimit.parse("20/min")
+    RateLimit(count=20, seconds=60.0)
+    """
+
+    count: int
+    seconds: float
+
+    UNITS: ClassVar[dict[str, float]] = {"s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0}
+
+    @classmethod
+    def parse(cls, text: str) -> RateLimit:
+        match = re.fullmatch(r"(\d+)/(\d+(?:\.\d+)?)?(s|sec|min|h)", text.replace(" ", ""))
+        if not match or int(match[1]) < 1:
+            raise ValueError(f"rate limit {text!r} should look like '20/min', '5/s' or '100/10min'")
+        return cls(int(match[1]), float(match[2] or 1) * cls.UNITS[match[3]])
 
 
 class MatrixError(ValueError):
@@ -45,7 +66,23 @@ class Outlet(BaseModel):
     channel: str
     url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] | None = None
     secret_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")] | None = None
+    rate_limits: tuple[str, ...] | None = None  # e.g. ["20/min"]; default: the channel's
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _rate_limits_parse(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for text in value or ():
+            RateLimit.parse(text)
+        return value
+
+    def limits(self) -> tuple[RateLimit, ...]:
+        """This outlet's rate limits: its own if set, else its channel's defaults."""
+        if self.rate_limits is not None:
+            return tuple(RateLimit.parse(text) for text in self.rate_limits)
+        from channels import CHANNELS
+
+        return tuple(CHANNELS[self.channel].rate_limits)
 
     @field_validator("channel")
     @classmethod
@@ -74,6 +111,10 @@ class OutletMatrix:
 
     def __len__(self) -> int:
         return len(self.outlets)
+
+    def rate_limits(self) -> dict[str, tuple[RateLimit, ...]]:
+        """outlet id -> its rate limits, for the outlets that have any."""
+        return {o.id: limits for o in self.outlets if (limits := o.limits())}
 
     def secret_for(self, outlet_id: str) -> str | None:
         """The outlet's secret, from the environment variable its entry names. Never log it."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from bot.model import Notice
-from bot.outlets import Outlet
+from bot.outlets import Outlet, RateLimit
 
 metadata = sa.MetaData()
 
@@ -86,6 +86,7 @@ attempts = sa.Table(
     "attempts", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("delivery_id", sa.Integer, sa.ForeignKey("deliveries.id"), nullable=False, index=True),
+    sa.Column("outlet_id", sa.String(64), nullable=False),  # copied from the delivery: rate limits count by outlet
     sa.Column("number", sa.Integer, nullable=False),
     sa.Column("trigger", sa.String(16), nullable=False),  # scheduled | manual
     sa.Column("started_at", UTCDateTime, nullable=False),
@@ -94,6 +95,7 @@ attempts = sa.Table(
     sa.Column("http_status", sa.Integer, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("response", sa.Text, nullable=True),
+    sa.Index("ix_attempts_outlet_time", "outlet_id", "started_at"),
 )
 
 # Outlets the store holds sends for, whatever the matrix says: a 410 pauses an outlet.
@@ -132,6 +134,7 @@ class AttemptRecord:
     """What one HTTP try did, and what the delivery becomes."""
 
     delivery_id: int
+    outlet_id: str
     attempt: int
     started_at: datetime
     latency_ms: float
@@ -236,9 +239,16 @@ class Store:
     # -- dispatch -------------------------------------------------------------------------------
 
     def claim_due(
-        self, limit: int, per_outlet: int, lease: timedelta, now: datetime | None = None
+        self, limit: int, per_outlet: int, lease: timedelta, now: datetime | None = None,
+        rate_limits: Mapping[str, Sequence[RateLimit]] | None = None,
     ) -> list[Claim]:
-        """Claim up to ``limit`` due deliveries under a lease, at most ``per_outlet`` in flight per outlet."""
+        """Claim up to ``limit`` due deliveries under a lease.
+
+        At most ``per_outlet`` are in flight per outlet, and an outlet with ``rate_limits`` gets no more
+        sends than its windows allow, counting every recorded attempt and every claim in flight, so the
+        limit holds across restarts and workers. An outlet at its limit has its due deliveries moved to
+        the moment its window frees up.
+        """
         now = now or utcnow()
         d = deliveries
         in_flight = (
@@ -271,8 +281,14 @@ class Store:
             .order_by(ranked.c.next_attempt_at, ranked.c.id)
             .limit(limit)
         )
+        chosen = chosen.add_columns(ranked.c.outlet_id)
         with self._tx() as conn:
-            ids = [row.id for row in conn.execute(chosen)]
+            candidates = conn.execute(chosen).all()
+            limited = {r.outlet_id for r in candidates} & (rate_limits or {}).keys()
+            if limited:
+                assert rate_limits is not None
+                candidates = self._within_rate_limits(conn, candidates, limited, rate_limits, now)
+            ids = [row.id for row in candidates]
             if not ids:
                 return []
             rows = conn.execute(
@@ -283,6 +299,53 @@ class Store:
             ).all()
         return [Claim(r.id, r.notice_id, r.outlet_id, r.message_id, r.attempts + 1) for r in rows]
 
+    def _within_rate_limits(
+        self, conn: Connection, candidates: Sequence[Any], limited: set[str],
+        rate_limits: Mapping[str, Sequence[RateLimit]], now: datetime,
+    ) -> list[Any]:
+        d, a = deliveries, attempts
+        in_flight = dict(conn.execute(
+            sa.select(d.c.outlet_id, sa.func.count()).where(
+                d.c.outlet_id.in_(limited), d.c.status == "pending", d.c.lease_expires_at > now
+            ).group_by(d.c.outlet_id)
+        ).all())
+        allowed: dict[str, int] = {}
+        frees_at: dict[str, datetime] = {}
+        for window in {rl.seconds for o in limited for rl in rate_limits[o]}:
+            since = now - timedelta(seconds=window)
+            sent = {row.outlet_id: row for row in conn.execute(
+                sa.select(a.c.outlet_id, sa.func.count().label("n"), sa.func.min(a.c.started_at).label("oldest"))
+                .where(a.c.outlet_id.in_(limited), a.c.started_at > since)
+                .group_by(a.c.outlet_id)
+            )}
+            for outlet_id in limited:
+                for rl in rate_limits[outlet_id]:
+                    if rl.seconds != window:
+                        continue
+                    row = sent.get(outlet_id)
+                    room = rl.count - (row.n if row else 0) - in_flight.get(outlet_id, 0)
+                    allowed[outlet_id] = min(allowed.get(outlet_id, room), room)
+                    if room <= 0:
+                        free = (row.oldest + timedelta(seconds=window)) if row else now + timedelta(seconds=1)
+                        frees_at[outlet_id] = max(frees_at.get(outlet_id, free), free)
+        kept, taken = [], dict.fromkeys(limited, 0)
+        for row in candidates:
+            if row.outlet_id in limited:
+                if taken[row.outlet_id] >= allowed[row.outlet_id]:
+                    frees_at.setdefault(row.outlet_id, now + timedelta(seconds=1))
+                    continue
+                taken[row.outlet_id] += 1
+            kept.append(row)
+        for outlet_id, free in frees_at.items():
+            if taken[outlet_id] == 0:  # out of room: wait for the window instead of clogging the queue's head
+                conn.execute(
+                    d.update().where(
+                        d.c.outlet_id == outlet_id, d.c.status == "pending", d.c.next_attempt_at <= now,
+                        sa.or_(d.c.lease_expires_at.is_(None), d.c.lease_expires_at <= now),
+                    ).values(next_attempt_at=free)
+                )
+        return kept
+
     def record_attempts(self, records: Sequence[AttemptRecord], now: datetime | None = None) -> None:
         """Write a batch of attempts and move their deliveries on, in one transaction."""
         if not records:
@@ -291,7 +354,7 @@ class Store:
         status = {"delivered": "delivered", "retry": "pending", "failed": "failed"}
         with self._tx() as conn:
             conn.execute(attempts.insert(), [
-                {"delivery_id": r.delivery_id, "number": r.attempt, "trigger": r.trigger,
+                {"delivery_id": r.delivery_id, "outlet_id": r.outlet_id, "number": r.attempt, "trigger": r.trigger,
                  "started_at": r.started_at, "latency_ms": r.latency_ms, "outcome": r.outcome,
                  "http_status": r.http_status, "error": r.error, "response": r.response}
                 for r in records

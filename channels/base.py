@@ -14,7 +14,7 @@ import httpx
 
 if TYPE_CHECKING:
     from bot.model import Notice
-    from bot.outlets import Outlet
+    from bot.outlets import Outlet, RateLimit
 
 Result = Literal["delivered", "retry", "failed"]
 
@@ -40,6 +40,7 @@ class Rendered:
 
 class Channel(Protocol):
     name: ClassVar[str]
+    rate_limits: ClassVar[tuple[RateLimit, ...]]  # the platform's, per outlet; an outlet may override
 
     def check_outlet(self, outlet: Outlet) -> list[tuple[str, str]]:
         """Problems with an outlet entry for this channel, as (field, message)."""

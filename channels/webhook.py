@@ -20,12 +20,13 @@ from channels.base import Outcome, Rendered, classify_http
 
 if TYPE_CHECKING:
     from bot.model import Notice
-    from bot.outlets import Outlet
+    from bot.outlets import Outlet, RateLimit
 
 
 class Webhook:
     name: ClassVar[str] = "webhook"
     event_type: ClassVar[str] = "notice.published"
+    rate_limits: ClassVar[tuple[RateLimit, ...]] = ()
 
     def check_outlet(self, outlet: Outlet) -> list[tuple[str, str]]:
         problems = []

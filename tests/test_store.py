@@ -53,7 +53,7 @@ def test_an_expired_lease_is_claimed_again_after_a_crash(store: Store, make_noti
     assert again.delivery_id == claim.delivery_id and again.message_id == claim.message_id
     # the crashed owner's late answer does not overwrite the new owner's claim
     store.owner = crashed_owner
-    store.record_attempts([AttemptRecord(claim.delivery_id, 1, now, 5.0, "failed", 400, "HTTP 400")])
+    store.record_attempts([AttemptRecord(claim.delivery_id, claim.outlet_id, 1, now, 5.0, "failed", 400, "HTTP 400")])
     assert store.delivery_log()[0]["status"] == "pending"
     assert len(store.attempt_log()) == 1
 
@@ -63,9 +63,9 @@ def test_recorded_attempts_move_deliveries_on(store: Store, make_notice: Callabl
     now = datetime.now(UTC)
     a, b, c = store.claim_due(10, 2, LEASE, now=now)
     store.record_attempts([
-        AttemptRecord(a.delivery_id, 1, now, 12.5, "delivered", 200),
-        AttemptRecord(b.delivery_id, 1, now, 30.0, "retry", 503, "HTTP 503", next_attempt_at=now + timedelta(hours=1)),
-        AttemptRecord(c.delivery_id, 1, now, 1.0, "failed", 404, "HTTP 404"),
+        AttemptRecord(a.delivery_id, a.outlet_id, 1, now, 12.5, "delivered", 200),
+        AttemptRecord(b.delivery_id, b.outlet_id, 1, now, 30.0, "retry", 503, "HTTP 503", next_attempt_at=now + timedelta(hours=1)),
+        AttemptRecord(c.delivery_id, c.outlet_id, 1, now, 1.0, "failed", 404, "HTTP 404"),
     ])
     rows = {r["outlet"]: r for r in store.delivery_log()}
     assert rows["o0"]["status"] == "delivered" and rows["o0"]["delivered_at"] is not None
@@ -91,3 +91,40 @@ def test_given_back_claims_are_claimable_at_once(store: Store, make_notice: Call
     assert len(store.claim_due(10, 2, LEASE)) == 2
     assert store.release_claims() == 2
     assert len(store.claim_due(10, 2, LEASE)) == 2
+
+
+def test_a_rate_limited_outlet_gets_no_more_than_its_window_allows_and_waits_for_it(
+    store: Store, make_notice: Callable[..., Notice]
+) -> None:
+    from bot.outlets import RateLimit
+
+    robot = OUTLETS[0]
+    limits = {robot.id: (RateLimit.parse("20/min"),)}
+    store.add_notices([(make_notice(ref=f"n{i}", title=f"第{i}条"), [robot]) for i in range(30)], source="t")
+    now = datetime.now(UTC)
+    sent = 0
+    for second in range(0, 60, 1):  # a busy minute, claiming and answering as fast as we can
+        at = now + timedelta(seconds=second)
+        claims = store.claim_due(100, per_outlet=5, lease=LEASE, now=at, rate_limits=limits)
+        store.record_attempts([AttemptRecord(c.delivery_id, c.outlet_id, c.attempt, at, 1.0, "delivered", 200)
+                               for c in claims], now=at)
+        sent += len(claims)
+    assert sent == 20
+    # the other ten wait for the window, and go out when it frees
+    waiting = {r["next_attempt_at"] for r in store.delivery_log(status="pending")}
+    assert len(store.delivery_log(status="pending")) == 10
+    assert min(waiting) >= now + timedelta(seconds=60)
+    later = now + timedelta(seconds=61)
+    assert len(store.claim_due(100, per_outlet=20, lease=LEASE, now=later, rate_limits=limits)) == 10
+
+
+def test_rate_limits_parse_the_way_operators_write_them() -> None:
+    import pytest as _pytest
+
+    from bot.outlets import RateLimit
+
+    assert RateLimit.parse("20/min") == RateLimit(20, 60)
+    assert RateLimit.parse("5/s") == RateLimit(5, 1)
+    assert RateLimit.parse("100 / 10min") == RateLimit(100, 600)
+    with _pytest.raises(ValueError, match="should look like"):
+        RateLimit.parse("fast")

@@ -15,7 +15,11 @@ $(STAMP): requirements.lock pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/debunkbot demo
 
+# The PostgreSQL half runs when a server answers on 127.0.0.1:5432 (or DEBUNKBOT_TEST_POSTGRES_URL is set).
+PG_TEST_URL := postgresql+psycopg://postgres@127.0.0.1:5432/test
 test: $(STAMP)
+	@if [ -z "$$DEBUNKBOT_TEST_POSTGRES_URL" ] && command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p 5432; then \
+	  export DEBUNKBOT_TEST_POSTGRES_URL=$(PG_TEST_URL); fi; \
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -25,8 +25,8 @@ from bot.store import Store, dumps
 
 app = typer.Typer(help="Push verified debunk notices (辟谣通报) to every outlet of the matrix.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-console = Console()
-errors = Console(stderr=True)
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)  # messages name paths: never wrap them
 
 STATUS_WORDS = {"delivered": "已送达 delivered", "pending": "待发送 pending", "failed": "失败 failed",
                 "held": "暂缓 held"}
@@ -64,7 +64,13 @@ def _matrix(settings: Settings, regions: RegionTable) -> OutletMatrix:
 
 
 def _store(settings: Settings) -> Store:
-    return Store.open(settings.database_url)
+    from bot.schema import SchemaOutdated
+
+    try:
+        return Store.open(settings.database_url)
+    except SchemaOutdated as exc:
+        errors.print(f"[red]store refused:[/] {exc}")
+        raise typer.Exit(2) from None
 
 
 def _logging(verbose: bool) -> None:
@@ -95,12 +101,23 @@ def submit(paths: Annotated[list[Path], typer.Argument(help="notice files or fol
     raise typer.Exit(0 if all(r.ok for r in results) else 2)
 
 
+UntilIdle = Annotated[bool, typer.Option("--until-idle", help="exit 0 once nothing is pending or scheduled")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v")]
+
+
 @app.command()
-def run(
-    until_idle: Annotated[bool, typer.Option("--until-idle", help="exit 0 once nothing is pending")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
+def run(until_idle: UntilIdle = False, verbose: Verbose = False) -> None:
     """Run the bot: watch the inbox, release embargoes, send and retry. Stops on SIGINT/SIGTERM."""
+    _daemon(until_idle, verbose, cluster_jobs=True)
+
+
+@app.command()
+def worker(until_idle: UntilIdle = False, verbose: Verbose = False) -> None:
+    """Send only: claim and deliver from the shared store. Run any number, on any machine."""
+    _daemon(until_idle, verbose, cluster_jobs=False)
+
+
+def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool) -> None:
     from bot.scheduler import Daemon
 
     _logging(verbose)
@@ -111,13 +128,30 @@ def run(
 
     async def main() -> None:
         async with make_client(settings) as client:
-            daemon = Daemon(settings, store, matrix, regions, client)
+            daemon = Daemon(settings, store, matrix, regions, client, cluster_jobs=cluster_jobs)
             daemon.install_signal_handlers()
             await daemon.run(until_idle=until_idle)
 
     asyncio.run(main())
-    counts = store.counts()
-    logging.getLogger("debunkbot").info("stopped; deliveries: %s", counts or "none")
+    store.close()
+    logging.getLogger("debunkbot").info("stopped (%s)", store.owner)
+
+
+db = typer.Typer(help="The store's schema.", no_args_is_help=True)
+app.add_typer(db, name="db")
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the store to this version's schema (SQLite or PostgreSQL)."""
+    from bot.schema import upgrade
+    from bot.store import make_engine
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    before, after = upgrade(engine)
+    engine.dispose()
+    console.print(f"schema at {after}" + (f" (was {before})" if before != after else " (already current)"))
 
 
 @app.command()

@@ -105,7 +105,8 @@ class Dispatcher:
         self.on_recorded = on_recorded
         self.capacity = settings.concurrency
         self._rate_limits = matrix.rate_limits()
-        self._lease = timedelta(seconds=max(settings.lease_seconds, settings.http_timeout * 2 + 10))
+        # a lease outlives the longest send, plus time to record it
+        self._lease = timedelta(seconds=max(settings.lease_seconds, settings.http_timeout + 5))
         # SQLite wants one writer: every store call runs on this one thread, off the event loop.
         self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="debunkbot-store")
         self._wake = asyncio.Event()
@@ -126,6 +127,7 @@ class Dispatcher:
         """Send until ``stop`` is set, or (``until_idle``) until nothing is pending or scheduled."""
         stop = stop or asyncio.Event()
         flusher = asyncio.create_task(self._flush_forever())
+        listener = asyncio.create_task(self._listen()) if self.store.postgres else None
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
@@ -147,6 +149,8 @@ class Dispatcher:
                 waker.cancel()
         finally:
             stopping.cancel()
+            if listener:
+                listener.cancel()
             if self._in_flight:  # finish what is in flight within the grace period; give back the rest
                 _, abandoned = await asyncio.wait(self._in_flight, timeout=self.settings.shutdown_grace)
                 for task in abandoned:
@@ -156,6 +160,25 @@ class Dispatcher:
             flusher.cancel()
             await self._flush()
             await self.db(self.store.release_claims)
+
+    async def _listen(self) -> None:
+        """PostgreSQL: LISTEN for new work from any process and claim at once; polling stays the fallback."""
+        import psycopg
+
+        from bot.store import WORK_CHANNEL
+
+        dsn = self.store.listen_dsn()
+        assert dsn is not None
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {WORK_CHANNEL}")
+                    self.wake()  # anything sent while we were not listening
+                    async for _ in conn.notifies():
+                        self.wake()
+            except psycopg.Error as exc:
+                log.warning("LISTEN connection lost (%s); polling until it is back", type(exc).__name__)
+                await asyncio.sleep(self.settings.scan_interval)
 
     async def close(self) -> None:
         self._db_thread.shutdown(wait=True)

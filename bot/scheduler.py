@@ -12,7 +12,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC
 
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -36,7 +36,9 @@ class Daemon:
         regions: RegionTable,
         client: httpx.AsyncClient,
         on_recorded: Callable[[Sequence[AttemptRecord]], None] | None = None,
+        cluster_jobs: bool = True,
     ) -> None:
+        self.cluster_jobs = cluster_jobs  # False for `debunkbot worker`: dispatch only
         self.settings = settings
         self.store = store
         self.matrix = matrix
@@ -47,18 +49,20 @@ class Daemon:
     async def run(self, until_idle: bool = False) -> None:
         scheduler = AsyncIOScheduler(timezone=UTC)
         every = self.settings.scan_interval
-        now = datetime.now(UTC)
-        if self.settings.inbox:
-            scheduler.add_job(self.scan_inbox, "interval", seconds=every, next_run_time=now,
-                              id="scan-inbox", max_instances=1, coalesce=True)
-        scheduler.add_job(self.release_embargoed, "interval", seconds=min(every, 1.0), next_run_time=now,
-                          id="release-embargoed", max_instances=1, coalesce=True)
+        if self.cluster_jobs:
+            # Cluster-wide jobs: every process ticks, only the leader (see Store.lead) does the work.
+            if self.settings.inbox:
+                scheduler.add_job(self.scan_inbox, "interval", seconds=every, id="scan-inbox",
+                                  max_instances=1, coalesce=True)
+            scheduler.add_job(self.release_embargoed, "interval", seconds=min(every, 1.0), id="release-embargoed",
+                              max_instances=1, coalesce=True)
         scheduler.add_job(self.dispatcher.wake, "interval", seconds=every, id="dispatch-due", coalesce=True)
         scheduler.start()
         try:
-            if self.settings.inbox:
-                await self.scan_inbox()  # files already waiting count before an until-idle run decides it is idle
-            await self.release_embargoed()
+            if self.cluster_jobs:
+                # files already waiting count before an until-idle run decides it is idle
+                await self.scan_inbox()
+                await self.release_embargoed()
             await self.dispatcher.run(self.stop, until_idle=until_idle)
         finally:
             scheduler.shutdown(wait=False)
@@ -70,7 +74,8 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop.set)
 
     async def scan_inbox(self) -> list[FileResult]:
-        assert self.settings.inbox is not None
+        if self.settings.inbox is None or not await self.dispatcher.db(self.store.lead):
+            return []
         results = await self.dispatcher.db(scan_inbox, self.settings.inbox, self.store, self.matrix, self.regions)
         for result in results:
             if result.ok:
@@ -83,6 +88,8 @@ class Daemon:
         return results
 
     async def release_embargoed(self) -> None:
+        if not await self.dispatcher.db(self.store.lead):
+            return
         released = await self.dispatcher.db(self.store.release_due)
         if released:
             log.info("released %d embargoed deliveries", released)

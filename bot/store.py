@@ -11,7 +11,9 @@ off the event loop.
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -156,19 +158,32 @@ def new_message_id() -> str:
     return "msg_" + secrets.token_hex(12)
 
 
+CLAIM_LOCK = 0x6465_6272  # pg advisory lock keys ("debr", "debs")
+LEADER_LOCK = 0x6465_6273
+WORK_CHANNEL = "debunkbot_work"  # pg NOTIFY channel: new deliveries are due
+
+
 class Store:
     def __init__(self, engine: Engine, owner: str | None = None) -> None:
         self.engine = engine
-        self.owner = owner or f"bot-{secrets.token_hex(4)}"
+        self.owner = owner or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.postgres = engine.dialect.name == "postgresql"
+        self._leader: Connection | None = None
 
     @classmethod
-    def open(cls, url: str, create: bool = True) -> Store:
-        engine = _engine(url)
-        if create:
-            metadata.create_all(engine)
+    def open(cls, url: str, check_schema: bool = True) -> Store:
+        """Open the store; an empty one is created, an outdated one refused (SchemaOutdated)."""
+        from bot.schema import ensure_current
+
+        engine = make_engine(url)
+        if check_schema:
+            ensure_current(engine)
         return cls(engine)
 
     def close(self) -> None:
+        if self._leader is not None:
+            self._leader.close()
+            self._leader = None
         self.engine.dispose()
 
     @contextmanager
@@ -221,6 +236,7 @@ class Store:
                         for o in outlets
                     ])
                 results.append(Added(notice.ref, created=True, deliveries=len(outlets)))
+            self._notify(conn)
         return results
 
     def release_due(self, now: datetime | None = None) -> int:
@@ -234,6 +250,8 @@ class Store:
                 .values(status="pending", next_attempt_at=now, updated_at=now)
             ).rowcount
             conn.execute(notices.update().where(notices.c.id.in_(due)).values(released_at=now))
+            if released:
+                self._notify(conn)
         return released
 
     # -- dispatch -------------------------------------------------------------------------------
@@ -283,12 +301,20 @@ class Store:
         )
         chosen = chosen.add_columns(ranked.c.outlet_id)
         with self._tx() as conn:
+            if self.postgres:
+                # Claimers take turns, so per-outlet and rate limits count what every worker has in flight.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": CLAIM_LOCK})
             candidates = conn.execute(chosen).all()
             limited = {r.outlet_id for r in candidates} & (rate_limits or {}).keys()
             if limited:
                 assert rate_limits is not None
                 candidates = self._within_rate_limits(conn, candidates, limited, rate_limits, now)
             ids = [row.id for row in candidates]
+            if ids and self.postgres:
+                # Rows another worker is writing right now (recording an attempt) are skipped, not waited for.
+                ids = list(conn.execute(
+                    sa.select(d.c.id).where(d.c.id.in_(ids)).with_for_update(skip_locked=True)
+                ).scalars())
             if not ids:
                 return []
             rows = conn.execute(
@@ -384,11 +410,49 @@ class Store:
     def release_claims(self) -> int:
         """Give back this owner's unfinished claims (graceful shutdown)."""
         with self._tx() as conn:
-            return conn.execute(
+            released = conn.execute(
                 deliveries.update()
                 .where(deliveries.c.lease_owner == self.owner, deliveries.c.status == "pending")
                 .values(lease_owner=None, lease_expires_at=None)
             ).rowcount
+            if released:
+                self._notify(conn)
+            return released
+
+    def _notify(self, conn: Connection) -> None:
+        """Wake idle workers at once (PostgreSQL NOTIFY, sent on commit); elsewhere they poll."""
+        if self.postgres:
+            conn.execute(sa.text(f"NOTIFY {WORK_CHANNEL}"))
+
+    def lead(self) -> bool:
+        """Whether this process runs the cluster-wide jobs (inbox, embargoes, alerts, pruning).
+
+        On PostgreSQL the leader holds a session advisory lock on a connection of its own: if
+        it dies, the lock goes with its connection and the next process to ask takes over.
+        SQLite is one process on one machine: it always leads.
+        """
+        if not self.postgres:
+            return True
+        try:
+            if self._leader is not None:
+                self._leader.execute(sa.text("SELECT 1"))
+                return True
+        except sa.exc.DBAPIError:
+            self._leader = None  # the connection (and with it the lock) is gone
+        conn = self.engine.connect()
+        won = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_LOCK}).scalar_one()
+        conn.commit()
+        if won:
+            self._leader = conn
+        else:
+            conn.close()
+        return bool(won)
+
+    def listen_dsn(self) -> str | None:
+        """A libpq connection string for LISTEN, on PostgreSQL."""
+        if not self.postgres:
+            return None
+        return self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
     def _pause(self, conn: Connection, outlet_id: str, reason: str, now: datetime) -> None:
         updated = conn.execute(
@@ -410,8 +474,13 @@ class Store:
     def next_due_at(self) -> datetime | None:
         """When the earliest pending delivery (retry or released) comes due; None when nothing is pending."""
         with self.engine.connect() as conn:
+            # a delivery leased by another process is due when its lease runs out, if it is not recorded before
+            due = sa.case(
+                (deliveries.c.lease_expires_at > deliveries.c.next_attempt_at, deliveries.c.lease_expires_at),
+                else_=deliveries.c.next_attempt_at,
+            )
             return conn.execute(
-                sa.select(sa.func.min(deliveries.c.next_attempt_at)).where(
+                sa.select(sa.func.min(due)).where(
                     deliveries.c.status == "pending",
                     deliveries.c.outlet_id.not_in(
                         sa.select(outlet_health.c.outlet_id).where(outlet_health.c.paused_at.is_not(None))
@@ -489,7 +558,7 @@ class Store:
             return {status: n for status, n in conn.execute(query)}
 
 
-def _engine(url: str) -> Engine:
+def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = sa.make_url(url).database
         if path and path != ":memory:":

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import yaml
 
 from bot.model import Notice
@@ -24,9 +27,51 @@ def regions() -> RegionTable:
     return RegionTable.load(CONFIG / "regions.yaml")
 
 
+POSTGRES_URL = os.environ.get("DEBUNKBOT_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Every store test runs on both backends: a fresh SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    else:
+        with postgres_schema() as url:
+            yield url
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store.open(f"sqlite:///{tmp_path / 'store.sqlite3'}")
+def postgres_url() -> Iterator[str]:
+    """PostgreSQL only: for what only a shared server can do (several workers)."""
+    with postgres_schema() as url:
+        yield url
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A fresh schema in the test database, dropped afterwards."""
+    if not POSTGRES_URL:
+        pytest.skip("PostgreSQL half: set DEBUNKBOT_TEST_POSTGRES_URL (make test does when PostgreSQL is up)")
+    schema = f"t_{secrets.token_hex(6)}"
+    admin = sa.create_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield with_search_path(POSTGRES_URL, schema)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def with_search_path(url: str, schema: str) -> str:
+    parsed = sa.make_url(url)
+    return parsed.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    store = Store.open(database_url)
     yield store
     store.close()
 

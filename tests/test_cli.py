@@ -27,9 +27,11 @@ async def debunkbot(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     return proc.returncode or 0, out.decode(), err.decode()
 
 
-async def bot_env(tmp_path: Path, loopback: Callable[..., Any], n: int, **script: Any) -> tuple[Any, dict[str, str]]:
+async def bot_env(
+    tmp_path: Path, loopback: Callable[..., Any], n: int, database_url: str, **script: Any
+) -> tuple[Any, dict[str, str]]:
     outlets, matrix = await loopback(n, script=script)
-    env = {"DEBUNKBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'bot.sqlite3'}",
+    env = {"DEBUNKBOT_DATABASE_URL": database_url,
            "DEBUNKBOT_OUTLETS": str(tmp_path / "outlets.yaml"),
            "DEBUNKBOT_RETRY_SCHEDULE": "0.05,0.05", "DEBUNKBOT_SCAN_INTERVAL": "0.1",
            "COLUMNS": "200"}
@@ -38,9 +40,9 @@ async def bot_env(tmp_path: Path, loopback: Callable[..., Any], n: int, **script
 
 
 async def test_submit_then_run_until_idle_delivers_everywhere_and_the_log_shows_it(
-    tmp_path: Path, loopback: Callable[..., Any]
+    tmp_path: Path, loopback: Callable[..., Any], database_url: str
 ) -> None:
-    outlets, env = await bot_env(tmp_path, loopback, 8, **{"outlet-0003": [503]})
+    outlets, env = await bot_env(tmp_path, loopback, 8, database_url, **{"outlet-0003": [503]})
     notice = tmp_path / "n.yaml"
     notice.write_text(yaml.safe_dump(notice_data(), allow_unicode=True), encoding="utf-8")
 
@@ -66,9 +68,9 @@ async def test_submit_then_run_until_idle_delivers_everywhere_and_the_log_shows_
 
 
 async def test_submit_exits_2_naming_the_bad_file_and_still_stores_the_good_one(
-    tmp_path: Path, loopback: Callable[..., Any]
+    tmp_path: Path, loopback: Callable[..., Any], database_url: str
 ) -> None:
-    _, env = await bot_env(tmp_path, loopback, 2)
+    _, env = await bot_env(tmp_path, loopback, 2, database_url)
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(notice_data(), allow_unicode=True), encoding="utf-8")
     bad = tmp_path / "bad.yaml"
@@ -85,9 +87,9 @@ async def test_submit_exits_2_naming_the_bad_file_and_still_stores_the_good_one(
 
 
 async def test_a_bad_outlet_matrix_stops_start_up_before_anything_is_sent(
-    tmp_path: Path, loopback: Callable[..., Any]
+    tmp_path: Path, loopback: Callable[..., Any], database_url: str
 ) -> None:
-    outlets, env = await bot_env(tmp_path, loopback, 3)
+    outlets, env = await bot_env(tmp_path, loopback, 3, database_url)
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(notice_data(), allow_unicode=True), encoding="utf-8")
     assert (await debunkbot(env, "submit", str(good)))[0] == 0
@@ -100,8 +102,8 @@ async def test_a_bad_outlet_matrix_stops_start_up_before_anything_is_sent(
     assert outlets.posts == [] and sum(outlets.tries.values()) == 0
 
 
-async def test_render_previews_what_an_outlet_would_get(tmp_path: Path, loopback: Callable[..., Any]) -> None:
-    _, env = await bot_env(tmp_path, loopback, 2)
+async def test_render_previews_what_an_outlet_would_get(tmp_path: Path, loopback: Callable[..., Any], database_url: str) -> None:
+    _, env = await bot_env(tmp_path, loopback, 2, database_url)
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(notice_data(), allow_unicode=True), encoding="utf-8")
     await debunkbot(env, "submit", str(good))
@@ -110,9 +112,9 @@ async def test_render_previews_what_an_outlet_would_get(tmp_path: Path, loopback
 
 
 async def test_the_daemon_takes_inbox_files_and_stops_cleanly_on_sigterm(
-    tmp_path: Path, loopback: Callable[..., Any]
+    tmp_path: Path, loopback: Callable[..., Any], database_url: str
 ) -> None:
-    outlets, env = await bot_env(tmp_path, loopback, 4)
+    outlets, env = await bot_env(tmp_path, loopback, 4, database_url)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     env["DEBUNKBOT_INBOX"] = str(inbox)

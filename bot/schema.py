@@ -1,0 +1,80 @@
+"""Schema migrations (Alembic), the same on SQLite and PostgreSQL.
+
+A fresh, empty store is created at the newest revision when the bot first opens it. A store
+at an older revision is refused until an operator runs ``debunkbot db upgrade``, so no process
+ever runs against tables it does not understand.
+
+    >>> upgrade(engine)                         # doctest: +SKIP
+    >>> ensure_current(engine)                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, Engine
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+MIGRATION_LOCK = 0x6465_6275  # pg advisory lock key: one process migrates at a time
+
+
+class SchemaOutdated(RuntimeError):
+    """The store's schema is older (or newer) than this debunkbot's."""
+
+
+def _config(conn: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = conn
+    return config
+
+
+def head() -> str:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    revision = ScriptDirectory.from_config(config).get_current_head()
+    assert revision is not None
+    return revision
+
+
+def current(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str]:
+    """Bring the store to the newest revision; returns (before, after)."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+            conn.commit()
+        try:
+            before = current(conn)
+            command.upgrade(_config(conn), "head")
+            conn.commit()
+            return before, head()
+        finally:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+                conn.commit()
+
+
+def ensure_current(engine: Engine) -> None:
+    """Create an empty store; refuse one whose schema is not this version's."""
+    with engine.connect() as conn:
+        revision = current(conn)
+        tables = set(sa.inspect(conn).get_table_names())
+    if revision is None and not tables - {"alembic_version"}:
+        upgrade(engine)
+        return
+    wanted = head()
+    if revision != wanted:
+        url = engine.url.render_as_string(hide_password=True)
+        raise SchemaOutdated(
+            f"the store at {url} has schema revision {revision or 'none'}, this debunkbot needs {wanted}: "
+            "run `debunkbot db upgrade` (back the database up first)"
+        )

@@ -53,7 +53,7 @@ def postgres_schema() -> Iterator[str]:
     if not POSTGRES_URL:
         pytest.skip("PostgreSQL half: set DEBUNKBOT_TEST_POSTGRES_URL (make test does when PostgreSQL is up)")
     schema = f"t_{secrets.token_hex(6)}"
-    admin = sa.create_engine(POSTGRES_URL)
+    admin = sa.create_engine(POSTGRES_URL, connect_args={"options": "-c lock_timeout=10s"})  # a leak fails, not hangs
     with admin.begin() as conn:
         conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
     try:
@@ -120,10 +120,13 @@ async def loopback(tmp_path: Path, regions: RegionTable) -> AsyncIterator[Callab
     """Start n real webhook outlets on loopback and the matrix that points at them."""
     started: list[WebhookOutlets] = []
 
-    async def start(n: int, script: dict[str, list[int | str]] | None = None) -> tuple[WebhookOutlets, OutletMatrix]:
-        entries = outlet_entries(n)
+    async def start(
+        n: int, script: dict[str, list[int | str]] | None = None, delay: float = 0.0,
+        entry_changes: dict[str, dict[str, Any]] | None = None,
+    ) -> tuple[WebhookOutlets, OutletMatrix]:
+        entries = [e | (entry_changes or {}).get(e["id"], {}) for e in outlet_entries(n)]
         keys = {e["id"]: whsec() for e in entries}
-        outlets = WebhookOutlets(keys, script=script or {})
+        outlets = WebhookOutlets(keys, script=script or {}, delay=delay)
         await outlets.__aenter__()
         started.append(outlets)
         for entry in entries:

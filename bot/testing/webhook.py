@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ class Post:
     message_id: str
     payload: dict[str, Any]
     headers: dict[str, str]
+    received_at: float = 0.0
 
 
 @dataclass
@@ -36,6 +38,7 @@ class WebhookOutlets:
     secrets: dict[str, str]
     script: dict[str, list[int | str]] = field(default_factory=dict)
     host: str = "127.0.0.1"
+    delay: float = 0.0  # seconds each answer takes, like a real server across a network
     posts: list[Post] = field(default_factory=list)  # every verified post, duplicates included
     refused: list[tuple[str, str]] = field(default_factory=list)  # (outlet, why) for posts that failed to verify
     tries: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -86,7 +89,9 @@ class WebhookOutlets:
         except WebhookVerificationError as exc:
             self.refused.append((outlet, str(exc)))
             return web.json_response({"error": f"signature: {exc}"}, status=401)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if step != 200:
             return web.json_response({"error": "scripted failure"}, status=int(step))
-        self.posts.append(Post(outlet, request.headers["webhook-id"], payload, dict(request.headers)))
+        self.posts.append(Post(outlet, request.headers["webhook-id"], payload, dict(request.headers), time.time()))
         return web.Response(text=json.dumps({"ok": True}), content_type="application/json")

@@ -211,7 +211,7 @@ def render(ref: str, outlet: Annotated[str, typer.Option("--outlet", help="outle
         raise typer.Exit(2)
     notice_id, notice = found
     _, published_at = store.notices_by_id([notice_id])[notice_id]
-    rendered = CHANNELS[target.channel].render(notice, published_at)
+    rendered = CHANNELS[target.channel].render(notice, published_at, target.options)
     console.rule(f"{target.name} ({target.id}) · {target.channel}")
     console.print(rendered.text, markup=False, highlight=False)
     console.rule("body")

@@ -87,12 +87,21 @@ VERDICT_SENTENCES = {
 }
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Editor text without control characters (XML forbids them; HTML sanitisers drop them); CR LF -> LF."""
+    return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
 def form_context(notice: Notice, published_at: datetime, form: Form) -> dict[str, Any]:
     """``notice_context`` showing a (possibly cut) form of the notice; see channels.fit."""
     return notice_context(notice, published_at) | {
-        "title": form.title,
-        "rumour": form.rumour,
-        "truth": form.truth,
+        "title": " ".join(printable(form.title).split()),  # a title is one line in every format
+        "authority": printable(form.authority),
+        "rumour": printable(form.rumour),
+        "truth": printable(form.truth),
         "sources": list(form.sources),
         "cut": form.cut,
         "read_more": form.read_more,

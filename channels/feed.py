@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 
-from bot.render import form_context, render
+from bot.render import form_context, printable, render
 from channels.base import NO_OPTIONS, Outcome, Rendered
 from channels.fit import Form, cut, read_more
 
@@ -37,16 +37,16 @@ class Feed:
 
     def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
         sources = tuple({"title": s.title, "url": str(s.url)} for s in notice.sources)
-        form = Form(notice.title, notice.rumour, notice.truth, sources, read_more=read_more(notice, options))
+        form = Form(notice.title, notice.authority, notice.rumour, notice.truth, sources, read_more=read_more(notice, options))
         text = render("feed/entry.j2", form_context(notice, published_at, form))
         item = {
             "id": f"tag:debunkbot,{published_at.date().isoformat()}:{notice.ref}",
             "url": form.read_more,
-            "title": ("【紧急】" if notice.urgency.value == "urgent" else "") + f"【辟谣】{notice.title}",
-            "summary": cut(f"{notice.verdict.label}：{notice.truth}", 140),
+            "title": ("【紧急】" if notice.urgency.value == "urgent" else "") + f"【辟谣】{printable(notice.title)}",
+            "summary": cut(f"{notice.verdict.label}：{printable(notice.truth)}", 140),
             "content_text": text,
             "date_published": published_at.isoformat(),
-            "authors": [{"name": notice.authority}],
+            "authors": [{"name": printable(notice.authority)}],
             "tags": [notice.verdict.label, *([notice.category] if notice.category else [])],
         }
         return Rendered(text=text, body=json.dumps(item, ensure_ascii=False).encode(), extra=item)

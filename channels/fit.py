@@ -3,7 +3,7 @@
 Every channel renders through ``fit``: the full form if it fits; otherwise the same template
 with the editor's text cut (never the markup around it), in this order of sacrifice: the source
 list, the rumour (down to its lead sentence, then nothing), the truth past its lead sentence,
-the truth lead, and only as a last resort the title. Cuts fall on a sentence end when that keeps
+the truth lead, and only as a last resort the title and authority. Cuts fall on a sentence end when that keeps
 most of the room, else on a character boundary, and never split a surrogate pair, an emoji
 sequence or a combining mark. Because text is cut before the template escapes it, a cut can never
 fall inside a markdown link, an HTML tag or an escape. A cut form says so and links to the full
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 Unit = Literal["bytes", "chars"]
 ELLIPSIS = "…"
-SENTENCE_END = re.compile(r"[。！？!?；;…\n]+[”’」』）)]*")
+SENTENCE_END = re.compile(r"[。！？!?；…\n]+[”’」』）)]*")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class Form:
     """What a template shows of a notice: the editor's text, possibly cut, and whether it was."""
 
     title: str
+    authority: str
     rumour: str
     truth: str
     sources: tuple[dict[str, str], ...]
@@ -74,7 +75,7 @@ def fit(
     ``render`` returns exactly what the platform measures (a JSON body, a markdown content, a status).
     """
     sources = tuple({"title": s.title, "url": str(s.url)} for s in notice.sources)
-    full = Form(notice.title, notice.rumour, notice.truth, sources, read_more=read_more)
+    full = Form(notice.title, notice.authority, notice.rumour, notice.truth, sources, read_more=read_more)
     text = render(full)
     if fits(text, limits):
         return text, full
@@ -85,8 +86,10 @@ def fit(
         best = _longest(lambda n, f=form: replace(f, truth=cut(notice.truth, n)), len(notice.truth), render, limits)
         if best is not None and (best[0] >= len(truth_lead) or rumour == ""):
             return best[1], best[2]
-    bare = replace(short, rumour="", truth="")
-    best = _longest(lambda n: replace(bare, title=cut(notice.title, n)), len(notice.title), render, limits)
+    bare = replace(short, rumour="", truth="")  # a 140-character post may not hold a long title and authority
+    upto = max(len(notice.title), len(notice.authority))
+    best = _longest(lambda n: replace(bare, title=cut(notice.title, n, sentence=False),
+                                      authority=cut(notice.authority, n, sentence=False)), upto, render, limits)
     if best is None:
         raise DoesNotFit(f"even the title-only form is over {', '.join(map(str, limits))}")
     return best[1], best[2]
@@ -114,9 +117,9 @@ def lead(text: str) -> str:
     return text[: match.end()].rstrip() if match else text
 
 
-def cut(text: str, room: int) -> str:
-    """``text`` in at most ``room`` characters: whole; up to a sentence end if that keeps most of it; else
-    cut on a character boundary with an ellipsis.
+def cut(text: str, room: int, sentence: bool = True) -> str:
+    """``text`` in at most ``room`` characters: whole; up to a sentence end if that keeps most of it (and
+    ``sentence``); else cut on a character boundary with an ellipsis.
 
     >>> cut("水位平稳。请勿信谣。", 6)
     '水位平稳。'
@@ -128,7 +131,7 @@ def cut(text: str, room: int) -> str:
     if room <= 0:
         return ""
     ends = [m.end() for m in SENTENCE_END.finditer(text, 0, room + 1) if m.end() <= room]
-    if ends and ends[-1] >= room * 0.6:
+    if sentence and ends and ends[-1] >= room * 0.6:
         return text[: ends[-1]].rstrip()
     return text[: safe_boundary(text, room - 1)].rstrip() + ELLIPSIS
 

@@ -67,5 +67,5 @@ class FeishuBots(LoopbackPlatform):
             return self._answer(token, 11232, "frequency limited")
         if step is not None:
             return self._answer(token, step, "scripted")
-        self.received.append(Received(token, payload, request.loop.time()))
+        self.received.append(Received(token, payload, time.monotonic()))
         return self._answer(token, 0, "success")

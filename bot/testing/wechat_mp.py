@@ -10,9 +10,12 @@
 
 from __future__ import annotations
 
+import time
 import json
 import secrets
 from typing import Any
+
+import time
 
 from aiohttp import web
 
@@ -75,7 +78,7 @@ class WeChatMPAPI(LoopbackPlatform):
         self.scripts += "<script" in content.lower()
         media_id = secrets.token_hex(8)
         self.drafts[media_id] = article
-        self.received.append(Received(appid, article, request.loop.time()))
+        self.received.append(Received(appid, article, time.monotonic()))
         return web.json_response({"media_id": media_id})
 
     async def _publish(self, request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import time
 import json
 from typing import Any
 
@@ -62,5 +63,5 @@ class WeComRobots(LoopbackPlatform):
             return self._answer(key, 45009, "api freq out of limit")
         if step is not None:
             return self._answer(key, step, "scripted")
-        self.received.append(Received(key, payload, request.loop.time()))
+        self.received.append(Received(key, payload, time.monotonic()))
         return self._answer(key, 0, "ok")

@@ -7,6 +7,8 @@ Answers as the Weibo wiki documents: HTTP 400 with ``{"error_code": N, "error": 
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
 from bot.testing.platform import LoopbackPlatform, Received, Window
@@ -51,5 +53,5 @@ class WeiboAPI(LoopbackPlatform):
             return self._error(token, 10023, "User requests out of rate limit!")
         if step is not None:
             return self._error(token, step, "scripted")
-        self.received.append(Received(token, status, request.loop.time()))
+        self.received.append(Received(token, status, time.monotonic()))
         return web.json_response({"id": len(self.received), "idstr": str(len(self.received)), "text": status})

@@ -42,7 +42,7 @@ class Feed:
         item = {
             "id": f"tag:debunkbot,{published_at.date().isoformat()}:{notice.ref}",
             "url": form.read_more,
-            "title": ("【紧急】" if notice.urgency.value == "urgent" else "") + f"【辟谣】{printable(notice.title)}",
+            "title": ("【紧急】" if notice.urgency.value == "urgent" else "") + f"【辟谣】{' '.join(printable(notice.title).split())}",
             "summary": cut(f"{notice.verdict.label}：{printable(notice.truth)}", 140),
             "content_text": text,
             "date_published": published_at.isoformat(),

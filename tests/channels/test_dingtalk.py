@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+import yaml
 
+from bot.dispatch import Dispatcher, make_client
 from bot.model import Notice
+from bot.outlets import load_matrix
+from bot.regions import RegionTable
+from bot.settings import Settings
+from bot.store import Store
+from bot.testing import DingTalkRobots
 from channels.dingtalk import DingTalk, sign
 from tests.channels.conftest import DINGTALK, Platforms, render_for, send
 
@@ -84,3 +92,34 @@ async def test_action_card_carries_a_read_more_button_and_editor_markup_is_inert
     card = payload["actionCard"]
     assert card["singleURL"] == "https://slj.cq.example/1" and card["singleTitle"] == "阅读全文"
     assert r"\[点我\]\(http://evil\.example\) \*重要\* \@all \{\{ 7\*7 \}\} 😀" in card["text"]
+
+
+async def test_a_burst_to_a_rate_limited_robot_is_paced_by_the_store_and_provokes_no_130101(
+    store: Store, settings: Settings, tmp_path: Path, regions: RegionTable, make_notice: Callable[..., Notice]
+) -> None:
+    """30 notices to a robot allowing 20 per window: 20 go now, 10 once the window has moved, none refused.
+
+    The window is 2 s instead of DingTalk's 60 (the fake enforces 2 s, the outlet overrides its limit to
+    20 per 2.5 s: a margin for the time a post takes to arrive), so the test takes about 2.5 s.
+    """
+    async with DingTalkRobots({DINGTALK[0]: DINGTALK[1]}, per_minute=20, window=2.0, throttle=600) as robot:
+        path = tmp_path / "outlets.yaml"
+        path.write_text(yaml.safe_dump({"outlets": [{
+            "id": "dist-yuzhong", "name": "渝中区融媒体中心", "tier": "district", "region": "渝中区",
+            "channel": "dingtalk", "url": robot.url, "secret_env": "DT", "rate_limits": ["20/2.5s"]}]},
+            allow_unicode=True))
+        matrix = load_matrix(path, regions, environ={"DT": ":".join(DINGTALK)})
+        burst = [make_notice(ref=f"burst-{i:02d}", title=f"第{i}条") for i in range(30)]
+        store.add_notices([(n, matrix.outlets) for n in burst], source="test")
+        async with make_client(settings) as client:
+            dispatcher = Dispatcher(store, matrix, settings, client)
+            await dispatcher.run(until_idle=True)
+            await dispatcher.close()
+
+    assert robot.refused == []  # no 130101, nor anything else
+    rows = store.delivery_log()
+    assert len(rows) == 30 and all(r["status"] == "delivered" and r["attempts"] == 1 for r in rows)
+    arrivals = sorted(r.at for r in robot.received)
+    first = arrivals[0]
+    assert sum(at - first < 2.0 for at in arrivals) == 20  # 20 at once
+    assert all(at - first >= 2.0 for at in arrivals[20:])  # the other 10 after the window

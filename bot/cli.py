@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -110,7 +111,13 @@ def run(
     store = _store(settings)
 
     async def main() -> None:
-        async with make_client(settings) as client:
+        async with make_client(settings) as client, contextlib.AsyncExitStack() as feeds:
+            if any(o.channel == "feed" for o in matrix.outlets):  # feed outlets fetch from the bot
+                from bot.feed import FeedServer
+
+                server = await feeds.enter_async_context(FeedServer(store, matrix, settings.feed_host, settings.feed_port))
+                logging.getLogger("debunkbot").info("feeds at http://%s:%d/feeds/OUTLET.atom (or .json)",
+                                                    server.host, server.port)
             daemon = Daemon(settings, store, matrix, regions, client)
             daemon.install_signal_handlers()
             await daemon.run(until_idle=until_idle)

@@ -87,7 +87,7 @@ class Feishu:
             header = {"template": "red", "title": {"tag": "plain_text", "content": title}}
             return {"msg_type": "interactive", "card": {"header": header, "elements": elements}}
 
-        signed_size, form = fit(lambda f: _dumps(SIGNATURE_PLACEHOLDER | message(f)), notice, self.limits, link)
+        _, form = fit(lambda f: _dumps(SIGNATURE_PLACEHOLDER | message(f)), notice, self.limits, link)
         return Rendered(text=text(form), body=_dumps(message(form)).encode())
 
     def build(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -127,7 +128,13 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool) -> None:
     store = _store(settings)
 
     async def main() -> None:
-        async with make_client(settings) as client:
+        async with make_client(settings) as client, contextlib.AsyncExitStack() as feeds:
+            if cluster_jobs and any(o.channel == "feed" for o in matrix.outlets):  # feed outlets fetch from the bot
+                from bot.feed import FeedServer
+
+                server = await feeds.enter_async_context(FeedServer(store, matrix, settings.feed_host, settings.feed_port))
+                logging.getLogger("debunkbot").info("feeds at http://%s:%d/feeds/OUTLET.atom (or .json)",
+                                                    server.host, server.port)
             daemon = Daemon(settings, store, matrix, regions, client, cluster_jobs=cluster_jobs)
             daemon.install_signal_handlers()
             await daemon.run(until_idle=until_idle)
@@ -245,7 +252,7 @@ def render(ref: str, outlet: Annotated[str, typer.Option("--outlet", help="outle
         raise typer.Exit(2)
     notice_id, notice = found
     _, published_at = store.notices_by_id([notice_id])[notice_id]
-    rendered = CHANNELS[target.channel].render(notice, published_at)
+    rendered = CHANNELS[target.channel].render(notice, published_at, target.options)
     console.rule(f"{target.name} ({target.id}) · {target.channel}")
     console.print(rendered.text, markup=False, highlight=False)
     console.rule("body")

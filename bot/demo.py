@@ -1,8 +1,10 @@
 """``debunkbot demo``: the whole job on the embedded default, against simulated outlets.
 
 A temporary SQLite store, the example 5+41+N matrix from config/outlets.yaml with every
-outlet replaced by a real HTTP server on loopback (some flaky, all verifying signatures),
-and the sample notices in config/samples/. Exits 0 once every outlet has every notice.
+outlet replaced by a real HTTP server on loopback (some flaky, all verifying signatures):
+the platform fakes of bot/testing (webhook receivers, DingTalk and WeCom robots, Feishu and
+Lark bots, Weibo, WeChat drafts), and the bot's own feed server, which the demo then reads as
+the feed outlets would. Exits 0 once every outlet has every notice.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import base64
 import secrets
 import tempfile
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import yaml
 from rich.console import Console
@@ -25,32 +28,103 @@ from bot.regions import RegionTable
 from bot.scheduler import Daemon
 from bot.settings import CONFIG, Settings
 from bot.store import Store
-from bot.testing import WebhookOutlets
+from bot.feed import FeedServer
+from bot.testing import DingTalkRobots, FeishuBots, WeChatMPAPI, WebhookOutlets, WeComRobots, WeiboAPI, read_feed
 
 FLAKY = [503, 502]  # a few outlets fail twice before they take a post
+
+
+class Fakes:
+    """One fake per platform, with a credential for each outlet of the example matrix."""
+
+    def __init__(self, example: list[dict[str, Any]]) -> None:
+        by_channel: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for entry in example:
+            by_channel[entry["channel"]].append(entry)
+        self.secrets: dict[str, str] = {}  # outlet id -> what its secret_env holds
+        self.flaky = {o["id"] for o in example[3::7] if o["channel"] in ("webhook", "dingtalk", "wecom")}
+        hooks, robots, keys, bots, larks, tokens, accounts = {}, {}, set(), {}, {}, set(), {}
+        for o in example:
+            i, channel = o["id"], o["channel"]
+            token = secrets.token_hex(8)
+            if channel == "webhook":
+                hooks[i] = self.secrets[i] = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+            elif channel == "dingtalk":
+                robots[token] = "SEC" + secrets.token_hex(16)
+                self.secrets[i] = f"{token}:{robots[token]}"
+            elif channel == "wecom":
+                keys.add(token)
+                self.secrets[i] = token
+            elif channel in ("feishu", "lark"):
+                (bots if channel == "feishu" else larks)[token] = secrets.token_hex(8)
+                self.secrets[i] = f"{token}:{(bots if channel == 'feishu' else larks)[token]}"
+            elif channel == "weibo":
+                tokens.add(token)
+                self.secrets[i] = token
+            elif channel == "wechat_mp":
+                accounts[o["options"]["appid"]] = self.secrets[i] = secrets.token_hex(16)
+            elif channel == "feed" and o.get("secret_env"):
+                self.secrets[i] = token
+        self.robot_of = {i: s.split(":")[0] for i, s in self.secrets.items()}
+        script = {(i if by == "webhook" else self.robot_of[i]): list(FLAKY)
+                  for i in self.flaky for by in [next(o["channel"] for o in example if o["id"] == i)]}
+        self.webhook = WebhookOutlets(hooks, script={i: s for i, s in script.items() if i in hooks})
+        self.platforms: dict[str, Any] = {
+            "dingtalk": DingTalkRobots(robots, script=script),
+            "wecom": WeComRobots(keys, script=script),
+            "feishu": FeishuBots(bots),
+            "lark": FeishuBots(larks),
+            "weibo": WeiboAPI(tokens, "piyao.cq.example"),
+            "wechat_mp": WeChatMPAPI(accounts, {o["options"]["thumb_media_id"] for o in by_channel["wechat_mp"]}),
+        }
+
+    async def __aenter__(self) -> Fakes:
+        await self.webhook.__aenter__()
+        for fake in self.platforms.values():
+            await fake.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.webhook.__aexit__(*exc)
+        for fake in self.platforms.values():
+            await fake.__aexit__(*exc)
+
+    def url(self, entry: dict[str, Any]) -> str | None:
+        if entry["channel"] == "webhook":
+            return self.webhook.url(entry["id"])
+        return None if entry["channel"] == "feed" else self.platforms[entry["channel"]].url
+
+    def refused(self) -> int:
+        """Posts a fake refused for a signature, a length or a rate limit (scripted failures aside)."""
+        return len(self.webhook.refused) + sum(code != -1 for f in self.platforms.values() for _, code in f.refused)
+
+    def received(self) -> int:
+        return sum(len(ids) for ids in self.webhook.delivered().values()) + sum(
+            len(f.received) for f in self.platforms.values())
 
 
 async def run_demo(console: Console) -> int:
     regions = RegionTable.load(CONFIG / "regions.yaml")
     example = yaml.safe_load((CONFIG / "outlets.yaml").read_text(encoding="utf-8"))["outlets"]
-    outlet_secrets = {o["id"]: "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode() for o in example}
-    script: dict[str, list[int | str]] = {o["id"]: list(FLAKY) for o in example[3::7]}
 
     with tempfile.TemporaryDirectory(prefix="debunkbot-demo-") as tmp:
         work = Path(tmp)
-        async with WebhookOutlets(outlet_secrets, script=script) as outlets:
+        async with Fakes(example) as outlets:
             for entry in example:
-                entry["url"] = outlets.url(entry["id"])
+                if url := outlets.url(entry):
+                    entry["url"] = url
             matrix_path = work / "outlets.yaml"
             matrix_path.write_text(yaml.safe_dump({"outlets": example}, allow_unicode=True), encoding="utf-8")
-            environ = {o["secret_env"]: outlet_secrets[o["id"]] for o in example}
+            environ = {o["secret_env"]: outlets.secrets[o["id"]] for o in example if o.get("secret_env")}
             matrix = load_matrix(matrix_path, regions, environ=environ)
             settings = Settings(database_url=f"sqlite:///{work / 'demo.sqlite3'}", outlets=matrix_path,
                                 retry_schedule="0.5,1,2,4", scan_interval=0.5, inbox=None)
             store = Store.open(settings.database_url)
 
+            channels = Counter(o.channel for o in matrix.outlets)
             console.print(f"[bold]debunkbot demo[/]: {len(matrix)} simulated outlets on 127.0.0.1 "
-                          f"({_tiers(matrix.outlets)}), {len(script)} of them flaky; store {settings.database_url}")
+                          f"({_tiers(matrix.outlets)}; {', '.join(f'{n} {c}' for c, n in channels.items())}), "
+                          f"{len(outlets.flaky)} of them flaky; store {settings.database_url}")
             results = submit_files(expand([CONFIG / "samples"]), store, matrix, regions)
             for result in results:
                 for added in result.added:
@@ -72,15 +146,20 @@ async def run_demo(console: Console) -> int:
 
                 async with make_client(settings) as client:
                     await Daemon(settings, store, matrix, regions, client, on_recorded=progress).run(until_idle=True)
+                async with FeedServer(store, matrix) as feeds:  # the feed outlets pull: each fetch is a delivery
+                    for outlet in matrix.outlets:
+                        if outlet.channel == "feed":
+                            entries = await read_feed(feeds.url(outlet.id), matrix.secret_for(outlet.id))
+                            bar.update(task, advance=len(entries))
 
             console.print(_matrix_table(store))
             counts = store.counts()
-            unique = sum(len(ids) for ids in outlets.delivered().values())
-            ok = counts.get("delivered", 0) == total and not outlets.refused and unique == total
+            fetched = sum(1 for t in store.attempt_log() if t["trigger"] == "fetch")
+            ok = counts.get("delivered", 0) == total and not outlets.refused() and outlets.received() + fetched == total
             console.print(
                 f"{counts.get('delivered', 0)}/{total} deliveries confirmed in the delivery log; "
-                f"receivers verified {len(outlets.posts)} signed posts ({unique} distinct), "
-                f"refused {len(outlets.refused)}."
+                f"platforms verified and took {outlets.received()} posts, feeds were fetched for {fetched}, "
+                f"refused {outlets.refused()}."
             )
             console.print("[green bold]every outlet has every notice[/]" if ok else "[red bold]not every outlet has every notice[/]")
             store.close()

@@ -12,6 +12,7 @@ store as ``next_attempt_at``; nothing about a delivery's future is only in memor
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -105,6 +106,7 @@ class Dispatcher:
         self.on_recorded = on_recorded
         self.capacity = settings.concurrency
         self._rate_limits = matrix.rate_limits()
+        self._pulled = frozenset(o.id for o in matrix.outlets if self.channels[o.channel].pull)  # feeds fetch
         # a lease outlives the longest send, plus time to record it
         self._lease = timedelta(seconds=max(settings.lease_seconds, settings.http_timeout + 5))
         # SQLite wants one writer: every store call runs on this one thread, off the event loop.
@@ -114,7 +116,7 @@ class Dispatcher:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._unrecorded: list[AttemptRecord] = []
         self._notices: OrderedDict[int, tuple[Notice, datetime]] = OrderedDict()
-        self._rendered: OrderedDict[tuple[int, str], Rendered] = OrderedDict()
+        self._rendered: OrderedDict[tuple[int, str, str], Rendered] = OrderedDict()
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
@@ -137,7 +139,7 @@ class Dispatcher:
                     if await self._claim_and_send(room):
                         continue
                 if until_idle and not self._in_flight and not self._unrecorded:
-                    next_due = await self.db(self.store.next_due_at)
+                    next_due = await self.db(self.store.next_due_at, self._pulled)
                     if next_due is None:
                         return
                     wait = max(0.0, (next_due - utcnow()).total_seconds())
@@ -186,7 +188,7 @@ class Dispatcher:
     async def _claim_and_send(self, room: int) -> int:
         def claim() -> tuple[list[Claim], dict[int, tuple[Notice, datetime]]]:
             claims = self.store.claim_due(room, self.settings.per_outlet_concurrency, self._lease,
-                                          rate_limits=self._rate_limits)
+                                          rate_limits=self._rate_limits, skip_outlets=self._pulled)
             missing = {c.notice_id for c in claims} - self._notices.keys()
             return claims, (self.store.notices_by_id(missing) if missing else {})
 
@@ -219,21 +221,27 @@ class Dispatcher:
                 "failed", f"outlet {claim.outlet_id!r} is no longer in the outlet matrix"))
         channel = self.channels[outlet.channel]
         notice, published_at = self._notices[claim.notice_id]
-        rendered = self._rendered_for(claim.notice_id, notice, published_at, channel)
+        rendered = self._rendered_for(claim.notice_id, notice, published_at, channel, outlet)
         secret = self.matrix.secret_for(outlet.id)
         clock = time.perf_counter()
         status: int | None = None
         body = b""
         try:
-            request = channel.build(rendered, outlet, secret, claim.message_id, started)
+            deliver = getattr(channel, "deliver", None)  # channels.base.Exchanging: several requests (wechat_mp)
             async with asyncio.timeout(self.settings.http_timeout):
-                response = await self.client.send(request, stream=True)
-                status = response.status_code
-                try:
-                    body = await _read_capped(response, READ_CAP)
-                finally:
-                    await response.aclose()
-            outcome = channel.classify(status, response.headers, body)
+                if deliver is not None:
+                    status, headers, body = await deliver(self.client, rendered, outlet, secret, claim.message_id,
+                                                          started)
+                    body = body[:READ_CAP]
+                else:
+                    request = channel.build(rendered, outlet, secret, claim.message_id, started)
+                    response = await self.client.send(request, stream=True)
+                    status, headers = response.status_code, response.headers
+                    try:
+                        body = await _read_capped(response, READ_CAP)
+                    finally:
+                        await response.aclose()
+            outcome = channel.classify(status, headers, body)
         except TimeoutError:
             outcome = Outcome("retry", f"timed out after {self.settings.http_timeout:g}s")
         except httpx.TransportError as exc:
@@ -265,11 +273,13 @@ class Dispatcher:
             next_attempt_at=next_at, pause_outlet=claim.outlet_id if outcome.pause_outlet else None,
         )
 
-    def _rendered_for(self, notice_id: int, notice: Notice, published_at: datetime, channel: Channel) -> Rendered:
-        key = (notice_id, channel.name)
+    def _rendered_for(
+        self, notice_id: int, notice: Notice, published_at: datetime, channel: Channel, outlet: Outlet
+    ) -> Rendered:
+        key = (notice_id, channel.name, json.dumps(outlet.options, sort_keys=True, default=str))
         rendered = self._rendered.get(key)
         if rendered is None:
-            rendered = self._rendered[key] = channel.render(notice, published_at)
+            rendered = self._rendered[key] = channel.render(notice, published_at, outlet.options)
             while len(self._rendered) > 1000:
                 self._rendered.popitem(last=False)
         return rendered
@@ -311,8 +321,9 @@ def _redact(text: str | None, outlet: Outlet | None, secret: str | None) -> str 
     """Secrets never reach the delivery log: not the secret, not a URL's query (tokens live there)."""
     if not text:
         return text
-    if secret:
-        text = text.replace(secret, "[secret]")
+    for part in sorted({secret, *secret.split(":")} if secret else (), key=len, reverse=True):
+        if len(part) >= 6:  # the whole secret, and each part of TOKEN:SIGNING_SECRET (channels.base.token_and_key)
+            text = text.replace(part, "[secret]")
     if outlet and outlet.url and "?" in outlet.url:
         query = outlet.url.split("?", 1)[1]
         text = text.replace(query, "[query]")

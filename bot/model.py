@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -53,9 +54,19 @@ def _known_region(name: str, info: ValidationInfo) -> str:
     return table.resolve(name, (info.context or {}).get("on") or date.today())  # UnknownRegion is a ValueError
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _printable(value: str) -> str:
+    """No control characters: no platform shows them, XML forbids them, PostgreSQL refuses NUL."""
+    if found := _CONTROL.search(value):
+        raise ValueError(f"contains the control character U+{ord(found[0]):04X} at position {found.start() + 1}")
+    return value
+
+
 def Text(max_length: int) -> Any:  # noqa: N802 - reads as a type in the model below
-    """Non-blank text (surrounding whitespace is stripped) of at most ``max_length`` characters."""
-    return Annotated[str, Field(min_length=1, max_length=max_length)]
+    """Non-blank printable text (surrounding whitespace stripped) of at most ``max_length`` characters."""
+    return Annotated[str, Field(min_length=1, max_length=max_length), AfterValidator(_printable)]
 
 
 RegionName = Annotated[str, Field(min_length=1, max_length=40), AfterValidator(_known_region)]

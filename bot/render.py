@@ -20,6 +20,7 @@ from bot.settings import TEMPLATES
 
 if TYPE_CHECKING:
     from bot.model import Notice
+    from channels.fit import Form
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~@])")
 
@@ -27,6 +28,16 @@ _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~@])")
 def markdown_escape(value: object) -> str:
     """Make editor text inert in markdown: no links, emphasis, headings, HTML or @-mentions."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", str(value))
+
+
+def markdown_url(value: object) -> str:
+    """A URL safe inside markdown's ``[text](url)``: parentheses, spaces and angle brackets percent-encoded."""
+    return str(value).translate({ord(c): f"%{ord(c):02X}" for c in "()<> \\`*_[]"})
+
+
+def plain_inert(value: object) -> str:
+    """Plain text that platforms still parse (Weibo's ``@name`` and ``#topic#``) made inert with full-width signs."""
+    return str(value).replace("@", "＠").replace("#", "＃")
 
 
 @cache
@@ -40,6 +51,8 @@ def environment() -> Environment:
         keep_trailing_newline=False,
     )
     env.filters["md"] = markdown_escape
+    env.filters["md_url"] = markdown_url
+    env.filters["plain"] = plain_inert
     return env
 
 
@@ -63,4 +76,34 @@ def notice_context(notice: Notice, published_at: datetime) -> dict[str, Any]:
         "urgent": notice.urgency.value == "urgent",
         "sources": [{"title": s.title, "url": str(s.url)} for s in notice.sources],
         "published_at": published_at,
+    }
+
+
+VERDICT_SENTENCES = {
+    "false": "经核实，网传信息系谣言。",
+    "misleading": "经核实，网传信息不实。",
+    "misconception": "经核实，该说法属于认识误区。",
+    "unproven": "经核实，该信息目前未经证实，请勿转发。",
+}
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Editor text without control characters (XML forbids them; HTML sanitisers drop them); CR LF -> LF."""
+    return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def form_context(notice: Notice, published_at: datetime, form: Form) -> dict[str, Any]:
+    """``notice_context`` showing a (possibly cut) form of the notice; see channels.fit."""
+    return notice_context(notice, published_at) | {
+        "title": " ".join(printable(form.title).split()),  # a title is one line in every format
+        "authority": printable(form.authority),
+        "rumour": printable(form.rumour),
+        "truth": printable(form.truth),
+        "sources": list(form.sources),
+        "cut": form.cut,
+        "read_more": form.read_more,
+        "verdict_sentence": VERDICT_SENTENCES[notice.verdict.value],
     }

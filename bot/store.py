@@ -14,7 +14,7 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -258,14 +258,14 @@ class Store:
 
     def claim_due(
         self, limit: int, per_outlet: int, lease: timedelta, now: datetime | None = None,
-        rate_limits: Mapping[str, Sequence[RateLimit]] | None = None,
+        rate_limits: Mapping[str, Sequence[RateLimit]] | None = None, skip_outlets: Collection[str] = (),
     ) -> list[Claim]:
         """Claim up to ``limit`` due deliveries under a lease.
 
         At most ``per_outlet`` are in flight per outlet, and an outlet with ``rate_limits`` gets no more
         sends than its windows allow, counting every recorded attempt and every claim in flight, so the
         limit holds across restarts and workers. An outlet at its limit has its due deliveries moved to
-        the moment its window frees up.
+        the moment its window frees up. Outlets in ``skip_outlets`` (feeds: they fetch) are never claimed.
         """
         now = now or utcnow()
         d = deliveries
@@ -282,6 +282,7 @@ class Store:
                 d.c.status == "pending", d.c.next_attempt_at <= now,
                 sa.or_(d.c.lease_expires_at.is_(None), d.c.lease_expires_at <= now),
                 d.c.outlet_id.not_in(sa.select(outlet_health.c.outlet_id).where(outlet_health.c.paused_at.is_not(None))),
+                *([d.c.outlet_id.not_in(list(skip_outlets))] if skip_outlets else []),
             )
             .order_by(d.c.next_attempt_at, d.c.id)
             .limit(limit * 4)
@@ -471,7 +472,7 @@ class Store:
             )
             return {row.id: (Notice.from_stored(row.payload), row.released_at or row.submitted_at) for row in rows}
 
-    def next_due_at(self) -> datetime | None:
+    def next_due_at(self, skip_outlets: Collection[str] = ()) -> datetime | None:
         """When the earliest pending delivery (retry or released) comes due; None when nothing is pending."""
         with self.engine.connect() as conn:
             # a delivery leased by another process is due when its lease runs out, if it is not recorded before
@@ -482,6 +483,7 @@ class Store:
             return conn.execute(
                 sa.select(sa.func.min(due)).where(
                     deliveries.c.status == "pending",
+                    *([deliveries.c.outlet_id.not_in(list(skip_outlets))] if skip_outlets else []),
                     deliveries.c.outlet_id.not_in(
                         sa.select(outlet_health.c.outlet_id).where(outlet_health.c.paused_at.is_not(None))
                     ),
@@ -493,6 +495,45 @@ class Store:
             return conn.execute(
                 sa.select(sa.func.min(notices.c.publish_at)).where(notices.c.released_at.is_(None))
             ).scalar_one_or_none()
+
+    # -- feeds (outlets that fetch) -------------------------------------------------------------
+
+    def feed_entries(self, outlet_id: str, limit: int = 50) -> list[tuple[int, str, Notice, datetime]]:
+        """An outlet's released notices, newest first: (delivery id, delivery status, notice, published at)."""
+        d, n = deliveries, notices
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(d.c.id, d.c.status, n.c.payload, n.c.released_at)
+                .select_from(d.join(n, n.c.id == d.c.notice_id))
+                .where(d.c.outlet_id == outlet_id, d.c.status.in_(("pending", "delivered")), n.c.released_at.is_not(None))
+                .order_by(n.c.released_at.desc(), n.c.id.desc())
+                .limit(limit)
+            ).all()
+        return [(r.id, r.status, Notice.from_stored(r.payload), r.released_at) for r in rows]
+
+    def record_fetch(self, outlet_id: str, delivery_ids: Sequence[int], latency_ms: float = 0.0,
+                     now: datetime | None = None) -> int:
+        """A feed fetch was answered: its pending deliveries are delivered, the fetch recorded as their attempt."""
+        now = now or utcnow()
+        d = deliveries
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(d.c.id, d.c.attempts).where(d.c.id.in_(list(delivery_ids)), d.c.outlet_id == outlet_id,
+                                                      d.c.status == "pending")
+            ).all()
+            if not rows:
+                return 0
+            conn.execute(attempts.insert(), [
+                {"delivery_id": r.id, "outlet_id": outlet_id, "number": r.attempts + 1, "trigger": "fetch",
+                 "started_at": now, "latency_ms": latency_ms, "outcome": "delivered", "http_status": 200,
+                 "error": None, "response": None} for r in rows
+            ])
+            conn.execute(
+                d.update().where(d.c.id.in_([r.id for r in rows]), d.c.status == "pending")
+                .values(status="delivered", attempts=d.c.attempts + 1, next_attempt_at=None, http_status=200,
+                        error=None, delivered_at=now, updated_at=now)
+            )
+        return len(rows)
 
     # -- the delivery log -----------------------------------------------------------------------
 

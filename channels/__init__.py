@@ -6,11 +6,18 @@ its templates in templates/<name>/, and add it to CHANNELS below.
 
 from __future__ import annotations
 
-from channels.base import Channel, Outcome, Rendered, classify_http
+from channels.base import Channel, Outcome, Rendered, classify_http, classify_json
+from channels.dingtalk import DingTalk
+from channels.feed import Feed
+from channels.feishu import Feishu, Lark
 from channels.webhook import Webhook
+from channels.wechat_mp import WeChatMP
+from channels.wecom import WeCom
+from channels.weibo import Weibo
 
 CHANNELS: dict[str, Channel] = {
-    Webhook.name: Webhook(),
+    channel.name: channel
+    for channel in (Webhook(), DingTalk(), WeCom(), Feishu(), Lark(), Weibo(), WeChatMP(), Feed())
 }
 
-__all__ = ["CHANNELS", "Channel", "Outcome", "Rendered", "classify_http"]
+__all__ = ["CHANNELS", "Channel", "Outcome", "Rendered", "classify_http", "classify_json"]

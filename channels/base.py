@@ -6,6 +6,8 @@ channels/__init__.py. Rendering happens once per notice x channel; signing once 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
@@ -38,21 +40,40 @@ class Rendered:
     extra: Any = None
 
 
+NO_OPTIONS: Mapping[str, Any] = {}
+
+
 class Channel(Protocol):
     name: ClassVar[str]
     rate_limits: ClassVar[tuple[RateLimit, ...]]  # the platform's, per outlet; an outlet may override
+    pull: ClassVar[bool]  # True: outlets fetch (the feed); the dispatcher never sends to them
 
     def check_outlet(self, outlet: Outlet) -> list[tuple[str, str]]:
         """Problems with an outlet entry for this channel, as (field, message)."""
         ...
 
-    def render(self, notice: Notice, published_at: datetime) -> Rendered: ...
+    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
+        """Render once per notice x channel x outlet options (e.g. ``msgtype``); cached by the dispatcher."""
+        ...
 
     def build(
         self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime
     ) -> httpx.Request: ...
 
     def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome: ...
+
+
+class Exchanging(Protocol):
+    """A channel that needs more than one request per delivery (wechat_mp: token, draft, publish).
+
+    The dispatcher calls ``deliver`` instead of sending ``build``'s request, then classifies the
+    answer it returns (status, headers, body) as usual.
+    """
+
+    async def deliver(
+        self, client: httpx.AsyncClient, rendered: Rendered, outlet: Outlet, secret: str | None,
+        message_id: str, now: datetime,
+    ) -> tuple[int, httpx.Headers, bytes]: ...
 
 
 RETRYABLE = frozenset({408, 425, 429})
@@ -91,3 +112,51 @@ def _retry_after(value: str | None) -> float | None:
     from datetime import UTC
 
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def classify_json(
+    status: int, headers: httpx.Headers, body: bytes, *, code_keys: tuple[str, ...] = ("errcode",),
+    retry: Mapping[int, str] = NO_OPTIONS, missing_is_ok: bool = False,
+) -> Outcome:
+    """The platforms' reading: HTTP first, then the JSON answer's code, since most answer errors in a 200.
+
+    A code in ``retry`` (rate limits: DingTalk 130101, Feishu 11232, WeCom 45009) is retried, never
+    dropped, whatever the HTTP status; any other non-zero code fails. A 2xx without a readable code
+    is retried (a proxy's page is not the platform's answer) unless ``missing_is_ok``.
+
+    >>> classify_json(200, httpx.Headers(), b'{"errcode":130101,"errmsg":"send too fast"}', retry={130101: "x"}).result
+    'retry'
+    """
+    http = classify_http(status, headers)
+    try:
+        answer = json.loads(body) if body else None
+    except ValueError:
+        answer = None
+    code: Any = None
+    message = ""
+    if isinstance(answer, dict):
+        code = next((answer[k] for k in code_keys if k in answer), None)
+        message = str(answer.get("errmsg") or answer.get("msg") or answer.get("error") or answer.get("StatusMessage") or "")
+    said = f"{code_keys[0]} {code}: {message}"[:300] if code not in (None, 0) else ""
+    if isinstance(code, int) and code in retry:
+        return Outcome("retry", f"{said} ({retry[code]})", retry_after=http.retry_after)
+    if http.result != "delivered":
+        return Outcome(http.result, f"{http.error}; {said}" if said else http.error, http.retry_after, http.pause_outlet)
+    if code == 0 or (code is None and missing_is_ok):
+        return http
+    if code is None:
+        return Outcome("retry", f"HTTP {status} without the platform's JSON answer")
+    return Outcome("failed", said)
+
+
+def token_and_key(secret: str | None) -> tuple[str, str | None]:
+    """A robot's credentials from its one environment variable: ``TOKEN`` or ``TOKEN:SIGNING_SECRET``.
+
+    The token (DingTalk's access_token, Feishu's hook token) and the signing secret both stay out of
+    the outlet matrix; the dispatcher redacts both from the delivery log.
+
+    >>> token_and_key("abc123:SECxyz")
+    ('abc123', 'SECxyz')
+    """
+    token, _, key = (secret or "").partition(":")
+    return token, key or None

@@ -9,6 +9,7 @@ Headers ``webhook-id`` (stable per notice x outlet, the receiver's dedupe key),
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -16,7 +17,7 @@ import httpx
 from standardwebhooks import Webhook as Signer
 
 from bot.render import notice_context, render
-from channels.base import Outcome, Rendered, classify_http
+from channels.base import NO_OPTIONS, Outcome, Rendered, classify_http
 
 if TYPE_CHECKING:
     from bot.model import Notice
@@ -27,6 +28,7 @@ class Webhook:
     name: ClassVar[str] = "webhook"
     event_type: ClassVar[str] = "notice.published"
     rate_limits: ClassVar[tuple[RateLimit, ...]] = ()
+    pull: ClassVar[bool] = False
 
     def check_outlet(self, outlet: Outlet) -> list[tuple[str, str]]:
         problems = []
@@ -36,7 +38,7 @@ class Webhook:
             problems.append(("secret_env", "a webhook outlet needs secret_env naming its whsec_ secret"))
         return problems
 
-    def render(self, notice: Notice, published_at: datetime) -> Rendered:
+    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
         context = notice_context(notice, published_at)
         text = render("webhook/text.j2", context)
         data = notice.model_dump(mode="json") | {

@@ -53,6 +53,7 @@ BAD_FILES = {
     "naive publish_at": ("bad.yaml", "ref: x\npublish_at: 2026-11-27 10:00:00\n", "field 'publish_at'"),
     "duplicate refs in a file": ("bad.yaml", [notice_data(), notice_data(title="别的")], "duplicate ref 'cq-test-001'"),
     "empty file": ("bad.yaml", "", "no notices"),
+    "control character": ("bad.json", notice_data(title="标题\u0000"), "field 'title': contains the control character U+0000"),
 }
 
 

@@ -4,6 +4,16 @@ They ship with the bot, not only with the tests, because the demo and the benche
 ones: one implementation that behaves as each platform documents (signatures, limits, error codes).
 """
 
+from bot.testing.dingtalk import DingTalkRobots
+from bot.testing.feed import read_feed
+from bot.testing.feishu import FeishuBots
+from bot.testing.platform import LoopbackPlatform, Window
 from bot.testing.webhook import HANG, Post, WebhookOutlets
+from bot.testing.wechat_mp import WeChatMPAPI
+from bot.testing.wecom import WeComRobots
+from bot.testing.weibo import WeiboAPI
 
-__all__ = ["HANG", "Post", "WebhookOutlets"]
+__all__ = [
+    "HANG", "DingTalkRobots", "FeishuBots", "LoopbackPlatform", "Post", "WeChatMPAPI", "WeComRobots",
+    "WebhookOutlets", "WeiboAPI", "Window", "read_feed",
+]

@@ -1,0 +1,92 @@
+"""A loopback WeChat Official Account API: access tokens, drafts and publishing, as WeChat documents.
+
+- ``GET /cgi-bin/token``: 40013 unknown appid, 40125 wrong AppSecret, else a fresh token (7,200 s);
+- ``POST /cgi-bin/draft/add``: 40001 unknown or expired token (``expire_tokens()`` expires them all),
+  40007 unknown thumb_media_id, 45003 title over 64 characters, 45002 content of 20,000 characters
+  or 1 MB or more; else ``{"media_id": …}``. Drafts keep their article; ``scripts`` counts any that
+  carried a ``<script``;
+- ``POST /cgi-bin/freepublish/submit``: publishes a draft by media_id.
+"""
+
+from __future__ import annotations
+
+import time
+import json
+import secrets
+from typing import Any
+
+import time
+
+from aiohttp import web
+
+from bot.testing.platform import LoopbackPlatform, Received
+
+
+class WeChatMPAPI(LoopbackPlatform):
+    def __init__(self, accounts: dict[str, str], thumbs: set[str], script: dict[str, list[int]] | None = None) -> None:
+        super().__init__(script)
+        self.accounts = accounts  # appid -> AppSecret
+        self.thumbs = thumbs
+        self.tokens: dict[str, str] = {}  # live token -> appid
+        self.tokens_issued = 0
+        self.drafts: dict[str, dict[str, Any]] = {}
+        self.published: list[str] = []
+        self.scripts = 0
+
+    @property
+    def url(self) -> str:
+        return self.base
+
+    def expire_tokens(self) -> None:
+        self.tokens.clear()
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/cgi-bin/token", self._token)
+        app.router.add_post("/cgi-bin/draft/add", self._draft)
+        app.router.add_post("/cgi-bin/freepublish/submit", self._publish)
+
+    def _error(self, key: str, errcode: int, errmsg: str) -> web.Response:
+        self.refused.append((key, errcode))
+        return web.json_response({"errcode": errcode, "errmsg": errmsg})
+
+    async def _token(self, request: web.Request) -> web.Response:
+        appid, secret = request.query.get("appid", ""), request.query.get("secret", "")
+        if appid not in self.accounts:
+            return self._error(appid, 40013, "invalid appid")
+        if secret != self.accounts[appid]:
+            return self._error(appid, 40125, "invalid appsecret")
+        token = secrets.token_urlsafe(24)
+        self.tokens[token] = appid
+        self.tokens_issued += 1
+        return web.json_response({"access_token": token, "expires_in": 7200})
+
+    async def _draft(self, request: web.Request) -> web.Response:
+        appid = self.tokens.get(request.query.get("access_token", ""))
+        if appid is None:
+            return self._error("?", 40001, "invalid credential, access_token is invalid or not latest")
+        step = self.scripted(appid)
+        if step is not None:
+            return self._error(appid, step, "scripted") if step >= 1000 else web.json_response({}, status=step)
+        (article,) = json.loads(await request.read())["articles"]
+        content = article["content"]
+        if article.get("thumb_media_id") not in self.thumbs:
+            return self._error(appid, 40007, "invalid media_id")
+        if len(article["title"]) > 64:
+            return self._error(appid, 45003, "title size out of limit")
+        if len(content) >= 20_000 or len(content.encode()) >= 1_000_000:
+            return self._error(appid, 45002, "content size out of limit")
+        self.scripts += "<script" in content.lower()
+        media_id = secrets.token_hex(8)
+        self.drafts[media_id] = article
+        self.received.append(Received(appid, article, time.monotonic()))
+        return web.json_response({"media_id": media_id})
+
+    async def _publish(self, request: web.Request) -> web.Response:
+        appid = self.tokens.get(request.query.get("access_token", ""))
+        if appid is None:
+            return self._error("?", 40001, "invalid credential")
+        media_id = (await request.json()).get("media_id")
+        if media_id not in self.drafts:
+            return self._error(appid, 40007, "invalid media_id")
+        self.published.append(media_id)
+        return web.json_response({"errcode": 0, "errmsg": "ok", "publish_id": secrets.token_hex(6)})

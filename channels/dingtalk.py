@@ -1,0 +1,99 @@
+"""DingTalk custom robot (钉钉自定义机器人): markdown or actionCard, signed, read by errcode.
+
+Facts (shared/reference/channels.md; DingTalk's 自定义机器人接入 page, open.dingtalk.com):
+- ``POST https://oapi.dingtalk.com/robot/send?access_token=TOKEN&timestamp=MS&sign=SIGN`` where
+  SIGN = urlencode(base64(HMAC-SHA256(key=secret, msg=f"{MS}\\n{secret}"))), MS within 1 h of DingTalk's clock;
+- the message is at most 20,000 bytes (we count the whole JSON body in UTF-8 bytes);
+- 20 messages a minute per robot, else errcode 130101 and the robot is throttled ~10 minutes;
+- HTTP 200 with ``errcode`` != 0 is a failure.
+
+Outlet: ``secret_env`` holds ``ACCESS_TOKEN:SEC…`` (or just the token for an unsigned robot);
+``url`` defaults to DingTalk's endpoint; ``options.msgtype`` is ``markdown`` (default) or
+``actionCard`` (a 阅读全文 button when the notice has a full-text link).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote_plus
+
+import httpx
+
+from bot.outlets import RateLimit
+from bot.render import form_context, render
+from channels.base import NO_OPTIONS, Outcome, Rendered, classify_json, token_and_key
+from channels.fit import Form, Limit, fit, read_more
+
+if TYPE_CHECKING:
+    from bot.model import Notice
+    from bot.outlets import Outlet
+
+ENDPOINT = "https://oapi.dingtalk.com/robot/send"
+MSGTYPES = ("markdown", "actionCard")
+
+
+def sign(secret: str, timestamp_ms: int) -> str:
+    """DingTalk's signature, already urlencoded, as the ``sign`` query parameter wants it."""
+    digest = hmac.new(secret.encode(), f"{timestamp_ms}\n{secret}".encode(), hashlib.sha256).digest()
+    return quote_plus(base64.b64encode(digest).decode())
+
+
+class DingTalk:
+    name: ClassVar[str] = "dingtalk"
+    rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(20, 60),)
+    pull: ClassVar[bool] = False
+    limits: ClassVar[tuple[Limit, ...]] = (Limit(20_000, "bytes"),)
+    retry_codes: ClassVar[dict[int, str]] = {130101: "sending too fast: the robot is throttled ~10 minutes"}
+
+    def check_outlet(self, outlet: Outlet) -> list[tuple[str, str]]:
+        problems = []
+        if not outlet.secret_env:
+            problems.append(("secret_env", "a dingtalk outlet needs secret_env naming ACCESS_TOKEN:SEC… (or the token)"))
+        if outlet.url and "?" in outlet.url:
+            problems.append(("url", "the robot's access_token belongs in the environment (secret_env), not the matrix"))
+        if outlet.options.get("msgtype", "markdown") not in MSGTYPES:
+            problems.append(("options.msgtype", f"should be one of {', '.join(MSGTYPES)}"))
+        return problems
+
+    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
+        msgtype = options.get("msgtype", "markdown")
+        link = read_more(notice, options)
+        if msgtype == "actionCard" and not link:
+            msgtype = "markdown"  # a card's button needs somewhere to go
+
+        def markdown(form: Form) -> str:
+            return render("dingtalk/markdown.j2", form_context(notice, published_at, form))
+
+        def body(form: Form) -> str:
+            title = f"【辟谣】{form.title}"
+            text = markdown(form)
+            message: dict[str, Any] = {"title": title, "text": text}
+            if msgtype == "actionCard":
+                message |= {"btnOrientation": "0", "singleTitle": "阅读全文", "singleURL": link}
+            return json.dumps({"msgtype": msgtype, msgtype: message}, ensure_ascii=False, separators=(",", ":"))
+
+        text, form = fit(body, notice, self.limits, link)
+        return Rendered(text=markdown(form), body=text.encode())
+
+    def build(
+        self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime
+    ) -> httpx.Request:
+        token, key = token_and_key(secret)
+        url = f"{outlet.url or ENDPOINT}?access_token={quote_plus(token)}"
+        if key:
+            timestamp = int(now.timestamp() * 1000)
+            url += f"&timestamp={timestamp}&sign={sign(key, timestamp)}"
+        return httpx.Request("POST", url, content=rendered.body,
+                             headers={"content-type": "application/json; charset=utf-8", "user-agent": "debunkbot/0.1"})
+
+    def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome:
+        outcome = classify_json(status, headers, body, retry=self.retry_codes)
+        if outcome.result == "retry" and "130101" in (outcome.error or ""):
+            return Outcome("retry", outcome.error, retry_after=max(outcome.retry_after or 0, 600))
+        return outcome

@@ -1,0 +1,60 @@
+"""Feeds: outlets that prefer to pull. The bot serves each feed outlet an Atom feed and a JSON Feed.
+
+Nothing is pushed: the dispatcher never claims a feed delivery (``pull = True``). The feed server
+(bot/feed.py) lists the outlet's released notices, and once a fetch has been answered it marks the
+listed deliveries delivered, recording the fetch as the attempt (trigger ``fetch``). JSON Feed 1.1
+(jsonfeed.org/version/1.1) and Atom (RFC 4287) carry the same entries.
+
+Outlet: ``secret_env`` (optional) names a token the reader must send as ``Authorization: Bearer …``
+or ``?token=…``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import httpx
+
+from bot.render import form_context, printable, render
+from channels.base import NO_OPTIONS, Outcome, Rendered
+from channels.fit import Form, cut, read_more
+
+if TYPE_CHECKING:
+    from bot.model import Notice
+    from bot.outlets import Outlet, RateLimit
+
+
+class Feed:
+    name: ClassVar[str] = "feed"
+    rate_limits: ClassVar[tuple[RateLimit, ...]] = ()
+    pull: ClassVar[bool] = True
+
+    def check_outlet(self, outlet: Outlet) -> list[tuple[str, str]]:
+        return [("url", "a feed outlet fetches from the bot; it has no url")] if outlet.url else []
+
+    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
+        sources = tuple({"title": s.title, "url": str(s.url)} for s in notice.sources)
+        form = Form(notice.title, notice.authority, notice.rumour, notice.truth, sources, read_more=read_more(notice, options))
+        text = render("feed/entry.j2", form_context(notice, published_at, form))
+        item = {
+            "id": f"tag:debunkbot,{published_at.date().isoformat()}:{notice.ref}",
+            "url": form.read_more,
+            "title": ("【紧急】" if notice.urgency.value == "urgent" else "") + f"【辟谣】{' '.join(printable(notice.title).split())}",
+            "summary": cut(f"{notice.verdict.label}：{printable(notice.truth)}", 140),
+            "content_text": text,
+            "date_published": published_at.isoformat(),
+            "authors": [{"name": printable(notice.authority)}],
+            "tags": [notice.verdict.label, *([notice.category] if notice.category else [])],
+        }
+        return Rendered(text=text, body=json.dumps(item, ensure_ascii=False).encode(), extra=item)
+
+    def build(
+        self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime
+    ) -> httpx.Request:
+        raise RuntimeError("feed outlets fetch; the dispatcher never sends to them")
+
+    def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome:
+        raise RuntimeError("feed outlets fetch; the dispatcher never sends to them")

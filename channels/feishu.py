@@ -1,0 +1,112 @@
+"""Feishu custom bot (飞书自定义机器人), and Lark (the same bot on larksuite.com): post or card, signed in the body.
+
+Facts (shared/reference/channels.md; Feishu's 自定义机器人使用指南, open.feishu.cn / open.larkoffice.com):
+- ``POST https://open.feishu.cn/open-apis/bot/v2/hook/TOKEN`` (Lark: ``open.larksuite.com``);
+- signed bots put ``timestamp`` (seconds, within 1 h) and ``sign`` = base64(HMAC-SHA256(
+  key=f"{timestamp}\\n{secret}", msg=b"")) in the JSON body; the key and message are DingTalk's the other way round;
+- the request body is at most 20 KB (we count the whole signed body, as UTF-8 bytes, against 20,000);
+- 100 a minute and 5 a second per bot; ``code`` 11232 is rate-limited (retry), any other non-zero ``code`` fails.
+
+Outlet: ``secret_env`` holds ``HOOK_TOKEN:SIGNING_SECRET`` (or just the token for an unsigned bot);
+``url`` defaults to the platform's hook prefix; ``options.msg_type`` is ``post`` (default) or ``interactive``.
+Editor text goes in plain-text elements only, which Feishu never parses as markup or mentions.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
+
+import httpx
+
+from bot.outlets import RateLimit
+from bot.render import form_context, render
+from channels.base import NO_OPTIONS, Outcome, Rendered, classify_json, token_and_key
+from channels.fit import Form, Limit, fit, read_more
+
+if TYPE_CHECKING:
+    from bot.model import Notice
+    from bot.outlets import Outlet
+
+MSG_TYPES = ("post", "interactive")
+# The signature's size, so a body is measured exactly as it will be sent (10-digit seconds, 44-char base64).
+SIGNATURE_PLACEHOLDER = {"timestamp": "0" * 10, "sign": "0" * 44}
+
+
+def sign(secret: str, timestamp: int) -> str:
+    """Feishu's signature: the HMAC key is ``timestamp\\nsecret`` and the message is empty."""
+    return base64.b64encode(hmac.new(f"{timestamp}\n{secret}".encode(), b"", hashlib.sha256).digest()).decode()
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class Feishu:
+    name: ClassVar[str] = "feishu"
+    endpoint: ClassVar[str] = "https://open.feishu.cn/open-apis/bot/v2/hook/"
+    rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(5, 1), RateLimit(100, 60))
+    pull: ClassVar[bool] = False
+    limits: ClassVar[tuple[Limit, ...]] = (Limit(20_000, "bytes"),)
+    retry_codes: ClassVar[dict[int, str]] = {11232: "rate-limited"}
+
+    def check_outlet(self, outlet: Outlet) -> list[tuple[str, str]]:
+        problems = []
+        if not outlet.secret_env:
+            problems.append(("secret_env", f"a {self.name} outlet needs secret_env naming HOOK_TOKEN:SIGNING_SECRET"))
+        if outlet.url and not outlet.url.endswith("/"):
+            problems.append(("url", "give the hook prefix ending in '/'; the hook token belongs in the environment"))
+        if outlet.options.get("msg_type", "post") not in MSG_TYPES:
+            problems.append(("options.msg_type", f"should be one of {', '.join(MSG_TYPES)}"))
+        return problems
+
+    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
+        link = read_more(notice, options)
+        msg_type = options.get("msg_type", "post")
+
+        def text(form: Form) -> str:
+            return render("feishu/post.j2", form_context(notice, published_at, form))
+
+        def message(form: Form) -> dict[str, Any]:
+            title = ("【紧急】" if notice.urgency.value == "urgent" else "") + f"【辟谣】{form.title}"
+            if msg_type == "post":
+                paragraphs: list[list[dict[str, str]]] = [[{"tag": "text", "text": line}] for line in text(form).split("\n")]
+                if form.read_more and (form.cut or not form.sources):
+                    paragraphs.append([{"tag": "a", "text": "阅读全文", "href": form.read_more}])
+                return {"msg_type": "post", "content": {"post": {"zh_cn": {"title": title, "content": paragraphs}}}}
+            elements: list[dict[str, Any]] = [{"tag": "div", "text": {"tag": "plain_text", "content": text(form)}}]
+            if form.read_more:
+                elements.append({"tag": "action", "actions": [{"tag": "button", "type": "primary", "url": form.read_more,
+                                                               "text": {"tag": "plain_text", "content": "阅读全文"}}]})
+            header = {"template": "red", "title": {"tag": "plain_text", "content": title}}
+            return {"msg_type": "interactive", "card": {"header": header, "elements": elements}}
+
+        _, form = fit(lambda f: _dumps(SIGNATURE_PLACEHOLDER | message(f)), notice, self.limits, link)
+        return Rendered(text=text(form), body=_dumps(message(form)).encode())
+
+    def build(
+        self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime
+    ) -> httpx.Request:
+        token, key = token_and_key(secret)
+        body = rendered.body
+        if key:
+            timestamp = int(now.timestamp())
+            body = _dumps({"timestamp": str(timestamp), "sign": sign(key, timestamp)} | json.loads(body)).encode()
+        return httpx.Request("POST", (outlet.url or self.endpoint) + quote(token, safe=""), content=body,
+                             headers={"content-type": "application/json; charset=utf-8", "user-agent": "debunkbot/0.1"})
+
+    def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome:
+        return classify_json(status, headers, body, code_keys=("code", "StatusCode"), retry=self.retry_codes)
+
+
+class Lark(Feishu):
+    """The same custom bot on Lark, Feishu's international edition."""
+
+    name: ClassVar[str] = "lark"
+    endpoint: ClassVar[str] = "https://open.larksuite.com/open-apis/bot/v2/hook/"

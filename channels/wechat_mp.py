@@ -1,0 +1,145 @@
+"""WeChat Official Account (微信公众号) drafts: an HTML article, added as a draft for a human to publish.
+
+Facts (shared/reference/channels.md; developers.weixin.qq.com: 获取 Access token, 草稿箱/新建草稿, 发布能力/发布接口):
+- ``GET /cgi-bin/token?grant_type=client_credential&appid=…&secret=…`` gives ``access_token`` valid
+  ``expires_in`` (7,200) seconds: cached per appid and refreshed a few minutes early;
+- ``POST /cgi-bin/draft/add?access_token=…`` with ``{"articles":[{title, author, digest, content,
+  content_source_url, thumb_media_id}]}`` answers ``{"media_id": …}``; ``content`` is HTML under 20,000
+  characters and under 1 MB, scripts stripped (we strip them too, with nh3); a cover ``thumb_media_id`` is required;
+- errcode 40001/42001 (token invalid or expired): fetch a new token once and try again;
+  45009 (API quota) and -1 (system busy) are retried later; 45002/45003 (content/title too large) fail;
+- ``POST /cgi-bin/freepublish/submit`` with the ``media_id`` publishes; only with ``options.publish: true``.
+
+Outlet: ``secret_env`` holds the AppSecret; ``options.appid`` and ``options.thumb_media_id`` are required;
+``url`` is the API base (default https://api.weixin.qq.com).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlencode
+
+import httpx
+import nh3
+
+from bot.outlets import RateLimit
+from bot.render import form_context, render
+from channels.base import NO_OPTIONS, Outcome, Rendered, classify_json
+from channels.fit import Form, Limit, cut, fit, read_more
+
+if TYPE_CHECKING:
+    from bot.model import Notice
+    from bot.outlets import Outlet
+
+API = "https://api.weixin.qq.com"
+STALE_TOKEN = frozenset({40001, 40014, 42001})
+TITLE_CHARS = 64  # longer titles answer 45003 (the documented cap; unverified)
+DIGEST_CHARS = 120
+
+
+class WeChatMP:
+    name: ClassVar[str] = "wechat_mp"
+    rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(60, 60),)
+    pull: ClassVar[bool] = False
+    limits: ClassVar[tuple[Limit, ...]] = (Limit(19_999, "chars"), Limit(1_000_000 - 1, "bytes"))
+    retry_codes: ClassVar[dict[int, str]] = {45009: "API quota reached", -1: "system busy",
+                                             **{code: "access token invalid" for code in STALE_TOKEN}}
+
+    def __init__(self) -> None:
+        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}  # (api, appid) -> (token, expires at, monotonic)
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def check_outlet(self, outlet: Outlet) -> list[tuple[str, str]]:
+        problems = []
+        if not outlet.secret_env:
+            problems.append(("secret_env", "a wechat_mp outlet needs secret_env naming its AppSecret"))
+        for option in ("appid", "thumb_media_id"):
+            if not outlet.options.get(option):
+                problems.append((f"options.{option}", "required for a wechat_mp draft"))
+        if not isinstance(outlet.options.get("publish", False), bool):
+            problems.append(("options.publish", "should be true or false"))
+        return problems
+
+    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
+        def article(form: Form) -> str:
+            html = render("wechat_mp/article.html.j2", form_context(notice, published_at, form))
+            return nh3.clean(html, link_rel=None)  # scripts and event handlers gone, whatever a template does
+
+        link = read_more(notice, options)
+        content, form = fit(article, notice, self.limits, link)
+        draft = {
+            "title": cut(f"【辟谣】{notice.title}", TITLE_CHARS),
+            "author": str(options.get("author", notice.authority))[:16],
+            "digest": cut(f"{notice.verdict.label}：{notice.truth}", DIGEST_CHARS),
+            "content": content,
+            "content_source_url": link or "",
+            "need_open_comment": 0,
+        }
+        return Rendered(text=content, body=json.dumps(draft, ensure_ascii=False).encode(), extra=draft)
+
+    def build(
+        self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime
+    ) -> httpx.Request:
+        """The draft request without a token; ``deliver`` adds one (kept for previews and the Protocol)."""
+        return self._draft(rendered, outlet, token="")
+
+    def _draft(self, rendered: Rendered, outlet: Outlet, token: str) -> httpx.Request:
+        article = dict(rendered.extra) | {"thumb_media_id": outlet.options["thumb_media_id"]}
+        return httpx.Request("POST", f"{outlet.url or API}/cgi-bin/draft/add?{urlencode({'access_token': token})}",
+                             content=json.dumps({"articles": [article]}, ensure_ascii=False).encode(),
+                             headers={"content-type": "application/json; charset=utf-8"})
+
+    async def deliver(
+        self, client: httpx.AsyncClient, rendered: Rendered, outlet: Outlet, secret: str | None,
+        message_id: str, now: datetime,
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """Token (cached), draft/add (once more with a fresh token on 40001/42001), then publish if asked."""
+        api = outlet.url or API
+        for fresh in (False, True):
+            token, refused = await self._token(client, api, outlet.options["appid"], secret or "", refresh=fresh)
+            if token is None:
+                return refused  # the token endpoint's own answer, e.g. 40125 wrong AppSecret, 40164 IP not allowed
+            answer = await client.send(self._draft(rendered, outlet, token))
+            if _json(answer.content).get("errcode") not in STALE_TOKEN:
+                break
+        media_id = _json(answer.content).get("media_id")
+        if not (media_id and outlet.options.get("publish")):
+            return answer.status_code, answer.headers, answer.content
+        published = await client.post(f"{api}/cgi-bin/freepublish/submit?{urlencode({'access_token': token})}",
+                                      json={"media_id": media_id})
+        return published.status_code, published.headers, published.content
+
+    async def _token(
+        self, client: httpx.AsyncClient, api: str, appid: str, secret: str, refresh: bool
+    ) -> tuple[str, None] | tuple[None, tuple[int, httpx.Headers, bytes]]:
+        key = (api, appid)
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            cached = self._tokens.get(key)
+            if cached and not refresh and cached[1] > time.monotonic():
+                return cached[0], None
+            answer = await client.get(f"{api}/cgi-bin/token", params={
+                "grant_type": "client_credential", "appid": appid, "secret": secret})
+            data = _json(answer.content)
+            if not data.get("access_token"):
+                status = answer.status_code if "errcode" in data else 502  # never read a tokenless answer as success
+                return None, (status, answer.headers, answer.content)
+            expires_in = float(data.get("expires_in", 7200))
+            self._tokens[key] = (str(data["access_token"]), time.monotonic() + max(60.0, expires_in - 300))
+            return str(data["access_token"]), None
+
+    def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome:
+        # draft/add answers {"media_id": …} with no errcode on success
+        return classify_json(status, headers, body, retry=self.retry_codes, missing_is_ok=True)
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

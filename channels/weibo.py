@@ -1,0 +1,71 @@
+"""Weibo (微博) ``statuses/share``: a short post with a link to the full notice.
+
+Facts (shared/reference/channels.md; open.weibo.com wiki ``2/statuses/share``):
+- ``POST https://api.weibo.com/2/statuses/share.json`` form-encoded: ``access_token``, ``status``, ``rip``;
+- the status is at most 140 characters and must carry a link on the app's safe domain; we count every
+  character (code point) including the link, which is stricter than Weibo's half-width discount;
+- errors come as ``{"error_code": N, "error": "..."}``, mostly with HTTP 4xx; 10022/10023/10024 are rate
+  limits (retry later); 20019 (same content already posted) means an earlier try landed.
+  The codes are from the public wiki's error table (unverified against the live API).
+
+Outlet: ``secret_env`` holds the access token; ``options.read_more_url`` (required, on the safe domain,
+``{ref}`` filled in) is the link; ``options.rip`` the caller's public IP if Weibo requires it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlencode
+
+import httpx
+
+from bot.outlets import RateLimit
+from bot.render import form_context, render
+from channels.base import NO_OPTIONS, Outcome, Rendered, classify_json
+from channels.fit import Limit, fit, read_more
+
+if TYPE_CHECKING:
+    from bot.model import Notice
+    from bot.outlets import Outlet
+
+ENDPOINT = "https://api.weibo.com/2/statuses/share.json"
+
+
+class Weibo:
+    name: ClassVar[str] = "weibo"
+    rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(30, 3600),)  # Weibo publishes no figure; be modest
+    pull: ClassVar[bool] = False
+    limits: ClassVar[tuple[Limit, ...]] = (Limit(140, "chars"),)
+    retry_codes: ClassVar[dict[int, str]] = {10022: "IP rate limit", 10023: "user rate limit", 10024: "API rate limit"}
+
+    def check_outlet(self, outlet: Outlet) -> list[tuple[str, str]]:
+        problems = []
+        if not outlet.secret_env:
+            problems.append(("secret_env", "a weibo outlet needs secret_env naming its access token"))
+        if not str(outlet.options.get("read_more_url", "")).startswith(("https://", "http://")):
+            problems.append(("options.read_more_url", "a weibo post must link to the full notice on the app's safe "
+                                                      "domain, e.g. https://piyao.example.cn/{ref}"))
+        return problems
+
+    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
+        status, _ = fit(lambda form: render("weibo/status.j2", form_context(notice, published_at, form)),
+                        notice, self.limits, read_more(notice, options))
+        return Rendered(text=status, body=status.encode())
+
+    def build(
+        self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime
+    ) -> httpx.Request:
+        form = {"access_token": secret or "", "status": rendered.text}
+        if rip := outlet.options.get("rip"):
+            form["rip"] = str(rip)
+        return httpx.Request("POST", outlet.url or ENDPOINT, content=urlencode(form).encode(), headers={
+            "content-type": "application/x-www-form-urlencoded", "user-agent": "debunkbot/0.1"})
+
+    def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome:
+        outcome = classify_json(status, headers, body, code_keys=("error_code",), retry=self.retry_codes,
+                                missing_is_ok=True)
+        if "error_code 20019" in (outcome.error or ""):
+            return Outcome("delivered", "already posted (error_code 20019 on a retry)")
+        return outcome

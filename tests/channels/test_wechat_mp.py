@@ -1,0 +1,67 @@
+"""WeChat Official Account: a cached token, a draft with scripts stripped, one token refresh, publish on request."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from bot.model import Notice
+from channels import CHANNELS
+from channels.wechat_mp import WeChatMP
+from tests.channels.conftest import WECHAT, Platforms, render_for, send
+
+
+async def test_a_draft_is_added_with_a_cached_token_and_without_scripts(
+    platforms: Platforms, make_notice: Callable[..., Notice]
+) -> None:
+    outlet, secret = platforms.outlet("wechat_mp")
+    notice = make_notice(truth="第一段<script>alert(1)</script>\n第二段 <img src=x onerror=alert(1)>")
+    for ref in ("a", "b"):
+        assert (await send(outlet, secret, render_for(outlet, make_notice(ref=ref)))).result == "delivered"
+    assert (await send(outlet, secret, render_for(outlet, notice))).result == "delivered"
+    assert platforms.wechat_mp.tokens_issued == 1  # one token served three drafts
+    article = platforms.wechat_mp.by(WECHAT[0])[-1]
+    assert platforms.wechat_mp.scripts == 0 and "<img" not in article["content"]
+    assert "&lt;img src=x onerror=alert(1)&gt;" in article["content"]
+    assert "<p>第一段&lt;script&gt;alert(1)&lt;/script&gt;</p>" in article["content"]  # inert and readable
+    assert article["thumb_media_id"] == "thumb-media-0001" and platforms.wechat_mp.published == []
+
+
+async def test_an_expired_token_is_refreshed_once_and_the_draft_goes_through(
+    platforms: Platforms, make_notice: Callable[..., Notice]
+) -> None:
+    outlet, secret = platforms.outlet("wechat_mp", publish=True)
+    assert (await send(outlet, secret, render_for(outlet, make_notice(ref="a")))).result == "delivered"
+    platforms.wechat_mp.expire_tokens()
+    assert (await send(outlet, secret, render_for(outlet, make_notice(ref="b")))).result == "delivered"
+    assert platforms.wechat_mp.tokens_issued == 2
+    assert [code for _, code in platforms.wechat_mp.refused] == [40001]
+    assert len(platforms.wechat_mp.published) == 2  # publish: true publishes each draft
+
+
+async def test_a_wrong_app_secret_fails_with_the_token_endpoints_errcode(
+    platforms: Platforms, make_notice: Callable[..., Notice]
+) -> None:
+    outlet, _ = platforms.outlet("wechat_mp")
+    CHANNELS["wechat_mp"]._tokens.clear()  # type: ignore[attr-defined]
+    outcome = await send(outlet, "not-the-secret", render_for(outlet, make_notice()))
+    assert outcome.result == "failed" and "40125" in (outcome.error or "")
+
+
+def test_a_wechat_outlet_needs_its_appid_and_cover() -> None:
+    from bot.outlets import Outlet
+
+    outlet = Outlet(id="w", name="w", tier="other", channel="wechat_mp", secret_env="S", options={"publish": "yes"})
+    assert [f for f, _ in WeChatMP().check_outlet(outlet)] == ["options.appid", "options.thumb_media_id", "options.publish"]
+
+
+@pytest.mark.parametrize(("answer", "result"), [
+    ({"media_id": "m"}, "delivered"), ({"errcode": 0, "publish_id": "p"}, "delivered"),
+    ({"errcode": 45009, "errmsg": "quota"}, "retry"), ({"errcode": 42001, "errmsg": "expired"}, "retry"),
+    ({"errcode": 45002, "errmsg": "too large"}, "failed"),
+])
+def test_errcode_decides_the_outcome(answer: dict[str, object], result: str) -> None:
+    assert WeChatMP().classify(200, httpx.Headers(), json.dumps(answer).encode()).result == result

@@ -1,0 +1,43 @@
+"""Weibo: 140 characters with the link counted, the token in the form, error_code read."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from bot.model import Notice
+from channels.weibo import Weibo
+from tests.channels.conftest import WEIBO, Platforms, render_for, send
+
+
+async def test_a_long_notice_becomes_a_140_character_post_that_keeps_the_title_and_links_the_full_text(
+    platforms: Platforms, make_notice: Callable[..., Notice]
+) -> None:
+    outlet, secret = platforms.outlet("weibo")
+    notice = make_notice(truth="经核实，目前长江重庆段水位平稳。" * 40, title="网传#洪水#@所有人 长江水位暴涨系谣言")
+    rendered = render_for(outlet, notice)
+    assert len(rendered.text) <= 140
+    assert "网传＃洪水＃＠所有人 长江水位暴涨系谣言" in rendered.text  # no topic, no mention
+    assert rendered.text.endswith("阅读全文：https://piyao.cq.example/cq-test-001")
+    assert (await send(outlet, secret, rendered)).result == "delivered"
+    again = await send(outlet, secret, rendered)  # an earlier try that landed: Weibo says "repeat content"
+    assert again.result == "delivered" and "20019" in (again.error or "")
+    assert platforms.weibo.by(WEIBO) == [rendered.text]
+
+
+def test_a_weibo_outlet_must_name_its_safe_domain_link() -> None:
+    from bot.outlets import Outlet
+
+    outlet = Outlet(id="w", name="w", tier="other", channel="weibo", secret_env="S")
+    assert [field for field, _ in Weibo().check_outlet(outlet)] == ["options.read_more_url"]
+
+
+@pytest.mark.parametrize(("status", "answer", "result"), [
+    (200, {"id": 1, "text": "x"}, "delivered"), (400, {"error_code": 10023, "error": "rate"}, "retry"),
+    (400, {"error_code": 20012, "error": "too long"}, "failed"), (400, {"error_code": 21332, "error": "token"}, "failed"),
+])
+def test_error_code_decides_the_outcome(status: int, answer: dict[str, object], result: str) -> None:
+    assert Weibo().classify(status, httpx.Headers(), json.dumps(answer).encode()).result == result

@@ -128,22 +128,16 @@ def bench_env(work: Path, **settings: Any) -> dict[str, str]:
 
 def run_measured(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> dict[str, Any]:
     """Run one worker process; returns its JSON line plus wall seconds and peak RSS (MiB)."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    deadline = started + timeout
-    while True:  # os.wait4 gives the child's own rusage (ru_maxrss), like /usr/bin/time -v
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() > deadline:
-            proc.kill()
-            raise RuntimeError(f"{cmd} ran over {timeout} s")
-        time.sleep(0.005)
-    wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    out = proc.stdout.read() if proc.stdout else ""
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd} exited {proc.returncode}: {out[-2000:]}")
-    lines = [line for line in out.splitlines() if line.startswith("{")]
+    # /usr/bin/time reports the peak RSS of its own child; a child forked straight from this process
+    # would inherit this process's high-water mark in ru_maxrss.
+    with tempfile.NamedTemporaryFile("r", prefix="debunkbot-rss-") as rss:
+        started = time.perf_counter()
+        proc = subprocess.run(["/usr/bin/time", "-o", rss.name, "-f", "%M", *cmd], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True, timeout=timeout)
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd} exited {proc.returncode}: {proc.stdout[-2000:]}")
+        peak_kib = int(rss.read().split()[-1])
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     result: dict[str, Any] = json.loads(lines[-1]) if lines else {}
-    return result | {"process_seconds": round(wall, 3), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+    return result | {"process_seconds": round(wall, 3), "peak_rss_mib": round(peak_kib / 1024, 1)}

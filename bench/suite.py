@@ -261,7 +261,7 @@ def main() -> None:
     table("Goals", [[g, "met" if ok else "NOT MET"] for g, ok in goals.items()], ["goal", ""])
     args.out.parent.mkdir(exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    print(f"\nwrote {args.out.relative_to(ROOT)}")
+    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

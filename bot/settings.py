@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     scan_interval: float = Field(default=2.0, gt=0, description="seconds between inbox scans and polls")
     shutdown_grace: float = Field(default=10.0, ge=0, description="seconds in-flight sends get to finish on stop")
     lease_seconds: float = Field(default=60.0, gt=0, description="how long a claimed delivery stays claimed")
+    slow_send_after: float = Field(default=1.0, gt=0, description="seconds after which a send stops counting "
+                                   "against concurrency (a slow lane as large again)")
+    wake_poll_interval: float = Field(default=0.015, gt=0, description="seconds between looks for other "
+                                      "processes' writes to the store (submit from the CLI)")
 
     @field_validator("retry_schedule")
     @classmethod

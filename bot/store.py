@@ -160,6 +160,8 @@ class Store:
     def __init__(self, engine: Engine, owner: str | None = None) -> None:
         self.engine = engine
         self.owner = owner or f"bot-{secrets.token_hex(4)}"
+        self._watch: Any = None  # the connection changed_since_last_look keeps (SQLite)
+        self._seen_version: int | None = None
 
     @classmethod
     def open(cls, url: str, create: bool = True) -> Store:
@@ -169,7 +171,31 @@ class Store:
         return cls(engine)
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         self.engine.dispose()
+
+    def changed_since_last_look(self) -> bool:
+        """Whether another connection may have committed since the previous call; False on the first.
+
+        The dispatcher's cheap wake-up for work written by other processes (``debunkbot submit``).
+        SQLite: ``PRAGMA data_version`` on a connection kept for this, microseconds per look; it also
+        changes on this process's own writes, which costs the dispatcher an empty claim at most.
+        Other databases: always False, and the poll every scan_interval stands (PostgreSQL: LISTEN/NOTIFY).
+        """
+        if self.engine.dialect.name != "sqlite":
+            return False
+        if self._watch is None:
+            self._watch = self.engine.raw_connection()
+        cursor = self._watch.cursor()
+        try:
+            version = cursor.execute("PRAGMA data_version").fetchone()[0]
+        finally:
+            cursor.close()
+        changed = self._seen_version is not None and version != self._seen_version
+        self._seen_version = version
+        return changed
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -114,6 +114,9 @@ class Dispatcher:
         self._flush_needed = asyncio.Event()
         self._in_flight: dict[asyncio.Task[None], float] = {}  # counted sends -> monotonic start, oldest first
         self._slow: set[asyncio.Task[None]] = set()  # sends past slow_send_after: not counted
+        # Claimed ahead (as many again as concurrency, under lease): a freed slot starts the next send
+        # at once instead of waiting for a store round trip.
+        self._ready: deque[Claim] = deque()
         self._transport = _transport_of(client)
         self._unrecorded: list[AttemptRecord] = []
         self._notices: OrderedDict[int, tuple[Notice, datetime]] = OrderedDict()
@@ -134,12 +137,12 @@ class Dispatcher:
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
-                room = self.capacity - self._counted()
+                room = self._room()
                 if room >= max(1, self.capacity // 2) or (room > 0 and self._wake.is_set()):
                     self._wake.clear()
                     if await self._claim_and_send(room):
                         continue
-                if until_idle and not self._in_flight and not self._slow and not self._unrecorded:
+                if until_idle and not (self._in_flight or self._slow or self._ready or self._unrecorded):
                     next_due = await self.db(self.store.next_due_at)
                     if next_due is None:
                         return
@@ -178,16 +181,25 @@ class Dispatcher:
             self._notices[notice_id] = value
         while len(self._notices) > 1000:
             self._notices.popitem(last=False)
-        for c in claims:
-            task = asyncio.create_task(self._deliver(c))
+        self._ready.extend(claims)
+        self._start_ready()
+        return len(claims)
+
+    def _start_ready(self) -> None:
+        while self._ready and self._counted() < self.capacity:
+            task = asyncio.create_task(self._deliver(self._ready.popleft()))
             self._in_flight[task] = time.monotonic()
             task.add_done_callback(self._sent)
-        return len(claims)
+
+    def _room(self) -> int:
+        """How many more deliveries to claim: room for the sends and for as many again ready."""
+        return 2 * self.capacity - self._counted() - len(self._ready)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
         self._slow.discard(task)
-        if self._counted() <= self.capacity // 2:
+        self._start_ready()
+        if self._room() >= self.capacity // 2:
             self._wake.set()
 
     def _counted(self) -> int:
@@ -302,7 +314,7 @@ class Dispatcher:
             await self.db(self.store.record_attempts, batch)
             if self.on_recorded:
                 self.on_recorded(batch)
-            if not self._in_flight and not self._slow and not self._unrecorded:
+            if not (self._in_flight or self._slow or self._ready or self._unrecorded):
                 self._wake.set()  # an until-idle run may be waiting to look again
 
 

@@ -80,6 +80,8 @@ deliveries = sa.Table(
     sa.UniqueConstraint("notice_id", "outlet_id"),
     sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
     sa.Index("ix_deliveries_outlet", "outlet_id", "status"),
+    # claim_due counts leases in flight: without this it reads every pending row (slow with a backlog)
+    sa.Index("ix_deliveries_leased", "status", "lease_expires_at"),
 )
 
 attempts = sa.Table(

@@ -24,7 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r bench/requirements.lock
-	$(PY) bench/fanout.py
+	$(PY) bench/suite.py
 
 lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(apprise|requests|requests-oauthlib|oauthlib|markdown|charset-normalizer|urllib3)==' > requirements.lock

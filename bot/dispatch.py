@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -80,7 +80,9 @@ def make_client(settings: Settings) -> httpx.AsyncClient:
     the aiohttp transport keeps the httpx interface at aiohttp's speed. TLS is verified,
     redirects are never followed.
     """
-    limits = httpx.Limits(max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency)
+    # Twice the concurrency: sends slower than slow_send_after leave the budget (Dispatcher), not the pool.
+    pool = 2 * settings.concurrency
+    limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
     transport = AiohttpTransport(limits=limits, verify=True, trust_env=False)
     return httpx.AsyncClient(
         transport=transport, follow_redirects=False, timeout=httpx.Timeout(settings.http_timeout), trust_env=False
@@ -113,7 +115,12 @@ class Dispatcher:
         self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="debunkbot-store")
         self._wake = asyncio.Event()
         self._flush_needed = asyncio.Event()
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[asyncio.Task[None], float] = {}  # counted sends -> monotonic start, oldest first
+        self._slow: set[asyncio.Task[None]] = set()  # sends past slow_send_after: not counted
+        # Claimed ahead (as many again as concurrency, under lease): a freed slot starts the next send
+        # at once instead of waiting for a store round trip.
+        self._ready: deque[Claim] = deque()
+        self._transport = _transport_of(client)
         self._unrecorded: list[AttemptRecord] = []
         self._notices: OrderedDict[int, tuple[Notice, datetime]] = OrderedDict()
         self._rendered: OrderedDict[tuple[int, str, str], Rendered] = OrderedDict()
@@ -129,16 +136,16 @@ class Dispatcher:
         """Send until ``stop`` is set, or (``until_idle``) until nothing is pending or scheduled."""
         stop = stop or asyncio.Event()
         flusher = asyncio.create_task(self._flush_forever())
-        listener = asyncio.create_task(self._listen()) if self.store.postgres else None
+        watcher = asyncio.create_task(self._watch_store())
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
-                room = self.capacity - len(self._in_flight)
+                room = self._room()
                 if room >= max(1, self.capacity // 2) or (room > 0 and self._wake.is_set()):
                     self._wake.clear()
                     if await self._claim_and_send(room):
                         continue
-                if until_idle and not self._in_flight and not self._unrecorded:
+                if until_idle and not (self._in_flight or self._slow or self._ready or self._unrecorded):
                     next_due = await self.db(self.store.next_due_at, self._pulled)
                     if next_due is None:
                         return
@@ -146,15 +153,14 @@ class Dispatcher:
                 else:
                     wait = self.settings.scan_interval
                 waker = asyncio.create_task(self._wake.wait())
-                await asyncio.wait({waker, stopping}, timeout=max(0.01, min(wait, self.settings.scan_interval)),
-                                   return_when=asyncio.FIRST_COMPLETED)
+                wait = min(wait, self.settings.scan_interval, self._next_slow_in())
+                await asyncio.wait({waker, stopping}, timeout=max(0.01, wait), return_when=asyncio.FIRST_COMPLETED)
                 waker.cancel()
         finally:
             stopping.cancel()
-            if listener:
-                listener.cancel()
-            if self._in_flight:  # finish what is in flight within the grace period; give back the rest
-                _, abandoned = await asyncio.wait(self._in_flight, timeout=self.settings.shutdown_grace)
+            watcher.cancel()
+            if self._in_flight or self._slow:  # finish what is in flight within the grace period; give back the rest
+                _, abandoned = await asyncio.wait({*self._in_flight, *self._slow}, timeout=self.settings.shutdown_grace)
                 for task in abandoned:
                     task.cancel()
                 if abandoned:
@@ -197,16 +203,61 @@ class Dispatcher:
             self._notices[notice_id] = value
         while len(self._notices) > 1000:
             self._notices.popitem(last=False)
-        for c in claims:
-            task = asyncio.create_task(self._deliver(c))
-            self._in_flight.add(task)
-            task.add_done_callback(self._sent)
+        self._ready.extend(claims)
+        self._start_ready()
         return len(claims)
 
+    def _start_ready(self) -> None:
+        while self._ready and self._counted() < self.capacity:
+            task = asyncio.create_task(self._deliver(self._ready.popleft()))
+            self._in_flight[task] = time.monotonic()
+            task.add_done_callback(self._sent)
+
+    def _room(self) -> int:
+        """How many more deliveries to claim: room for the sends and for as many again ready."""
+        return 2 * self.capacity - self._counted() - len(self._ready)
+
     def _sent(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        if len(self._in_flight) <= self.capacity // 2:
+        self._in_flight.pop(task, None)
+        self._slow.discard(task)
+        self._start_ready()
+        if self._room() >= self.capacity // 2:
             self._wake.set()
+
+    def _counted(self) -> int:
+        """Sends that count against ``concurrency``.
+
+        A send still waiting after ``slow_send_after`` seconds moves to a slow lane as large again,
+        so a few hung outlets (each held to ``per_outlet_concurrency`` by the store) cannot take
+        every slot for a whole timeout while the healthy outlets wait.
+        """
+        limit = time.monotonic() - self.settings.slow_send_after
+        while self._in_flight and len(self._slow) < self.capacity:
+            oldest = next(iter(self._in_flight))
+            if self._in_flight[oldest] > limit:
+                break
+            del self._in_flight[oldest]
+            self._slow.add(oldest)
+        return len(self._in_flight)
+
+    def _next_slow_in(self) -> float:
+        """Seconds until the oldest counted send would move to the slow lane (inf if none)."""
+        if len(self._slow) >= self.capacity:
+            return float("inf")
+        oldest = next(iter(self._in_flight.values()), None)
+        return float("inf") if oldest is None else oldest + self.settings.slow_send_after - time.monotonic()
+
+    async def _watch_store(self) -> None:
+        """Wake when another process wrote to the store (a submit from the CLI, another worker).
+
+        PostgreSQL tells us (LISTEN/NOTIFY); on SQLite we take cheap, frequent looks.
+        """
+        if self.store.postgres:
+            await self._listen()
+        while True:
+            await asyncio.sleep(self.settings.wake_poll_interval)
+            if await self.db(self.store.changed_since_last_look):
+                self._wake.set()
 
     async def _deliver(self, claim: Claim) -> None:
         record = await self._attempt(claim)
@@ -235,7 +286,9 @@ class Dispatcher:
                     body = body[:READ_CAP]
                 else:
                     request = channel.build(rendered, outlet, secret, claim.message_id, started)
-                    response = await self.client.send(request, stream=True)
+                    # Straight to the transport: AsyncClient.send's layers (auth, redirects, cookie jar,
+                    # hooks) do nothing for a fan-out and cost about a third of a delivery's CPU.
+                    response = await self._transport.handle_async_request(request)
                     status, headers = response.status_code, response.headers
                     try:
                         body = await _read_capped(response, READ_CAP)
@@ -296,8 +349,16 @@ class Dispatcher:
             await self.db(self.store.record_attempts, batch)
             if self.on_recorded:
                 self.on_recorded(batch)
-            if not self._in_flight and not self._unrecorded:
+            if not (self._in_flight or self._slow or self._ready or self._unrecorded):
                 self._wake.set()  # an until-idle run may be waiting to look again
+
+
+def _transport_of(client: httpx.AsyncClient) -> httpx.AsyncBaseTransport:
+    """The transport the client was built with (httpx keeps it private; the fan-out sends through it)."""
+    transport = getattr(client, "_transport", None)
+    if not isinstance(transport, httpx.AsyncBaseTransport):
+        raise TypeError("the dispatcher needs an httpx.AsyncClient built with transport=...")
+    return transport
 
 
 async def _read_capped(response: httpx.Response, cap: int) -> bytes:

@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bot.model import Notice
 from bot.regions import CITYWIDE, RegionTable
 
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in: a big matrix loads ~10x faster
+
 
 class Tier(StrEnum):
     city = "city"
@@ -132,7 +134,7 @@ def load_matrix(
     environ = os.environ if environ is None else environ
     day = on or date.today()
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=SafeLoader)
     except FileNotFoundError:
         raise MatrixError(f"{path}: outlet matrix not found (set DEBUNKBOT_OUTLETS)") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

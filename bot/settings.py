@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=60.0, gt=0, description="how long a claimed delivery stays claimed")
     feed_host: str = Field(default="127.0.0.1", description="where the feed server listens (feed outlets)")
     feed_port: int = Field(default=8780, ge=0, le=65535, description="the feed server's port")
+    slow_send_after: float = Field(default=1.0, gt=0, description="seconds after which a send stops counting "
+                                   "against concurrency (a slow lane as large again)")
+    wake_poll_interval: float = Field(default=0.015, gt=0, description="seconds between looks for other "
+                                      "processes' writes to the store (submit from the CLI)")
 
     @field_validator("retry_schedule")
     @classmethod

@@ -82,6 +82,8 @@ deliveries = sa.Table(
     sa.UniqueConstraint("notice_id", "outlet_id"),
     sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
     sa.Index("ix_deliveries_outlet", "outlet_id", "status"),
+    # claim_due counts leases in flight: without this it reads every pending row (slow with a backlog)
+    sa.Index("ix_deliveries_leased", "status", "lease_expires_at"),
 )
 
 attempts = sa.Table(
@@ -169,6 +171,8 @@ class Store:
         self.owner = owner or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.postgres = engine.dialect.name == "postgresql"
         self._leader: Connection | None = None
+        self._watch: Any = None  # the connection changed_since_last_look keeps (SQLite)
+        self._seen_version: int | None = None
 
     @classmethod
     def open(cls, url: str, check_schema: bool = True) -> Store:
@@ -184,7 +188,31 @@ class Store:
         if self._leader is not None:
             self._leader.close()
             self._leader = None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         self.engine.dispose()
+
+    def changed_since_last_look(self) -> bool:
+        """Whether another connection may have committed since the previous call; False on the first.
+
+        The dispatcher's cheap wake-up for work written by other processes (``debunkbot submit``).
+        SQLite: ``PRAGMA data_version`` on a connection kept for this, microseconds per look; it also
+        changes on this process's own writes, which costs the dispatcher an empty claim at most.
+        Other databases: always False, and the poll every scan_interval stands (PostgreSQL: LISTEN/NOTIFY).
+        """
+        if self.engine.dialect.name != "sqlite":
+            return False
+        if self._watch is None:
+            self._watch = self.engine.raw_connection()
+        cursor = self._watch.cursor()
+        try:
+            version = cursor.execute("PRAGMA data_version").fetchone()[0]
+        finally:
+            cursor.close()
+        changed = self._seen_version is not None and version != self._seen_version
+        self._seen_version = version
+        return changed
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:

@@ -121,6 +121,53 @@ async def test_a_hanging_outlet_does_not_hold_up_the_others(
     assert store.claim_due(10, 2, timedelta(seconds=5)) != []
 
 
+async def test_hung_sends_move_to_the_slow_lane_so_they_cannot_take_every_slot(
+    store: Store, loopback: Callable[..., Any], make_notice: Callable[..., Notice]
+) -> None:
+    settings = Settings(database_url=str(store.engine.url), retry_schedule="60", http_timeout=30,
+                        concurrency=2, slow_send_after=0.1, scan_interval=0.05, shutdown_grace=0.1)
+    outlets, matrix = await loopback(8, script={"outlet-0000": [HANG], "outlet-0001": [HANG]})
+    store.add_notices([(make_notice(), matrix.outlets)], source="test")
+    stop = asyncio.Event()
+
+    def stop_when_the_rest_are_delivered(records: Any) -> None:
+        if store.counts().get("delivered", 0) == 6:
+            stop.set()
+
+    async with make_client(settings) as client:
+        dispatcher = Dispatcher(store, matrix, settings, client, on_recorded=stop_when_the_rest_are_delivered)
+        run = asyncio.create_task(dispatcher.run(stop))
+        # both slots go to the hung outlets first; without the slow lane nothing else moves for 30 s
+        await asyncio.wait_for(stop.wait(), timeout=20)
+        await run
+        await dispatcher.close()
+    assert {r["outlet"] for r in store.delivery_log(status="pending")} == {"outlet-0000", "outlet-0001"}
+
+
+async def test_a_notice_stored_by_another_process_is_sent_without_waiting_for_the_poll(
+    store: Store, loopback: Callable[..., Any], make_notice: Callable[..., Notice]
+) -> None:
+    settings = Settings(database_url=str(store.engine.url), scan_interval=60, wake_poll_interval=0.01)
+    outlets, matrix = await loopback(3)
+    stop = asyncio.Event()
+
+    def stop_when_delivered(records: Any) -> None:
+        if store.counts().get("delivered", 0) == 3:
+            stop.set()
+
+    async with make_client(settings) as client:
+        dispatcher = Dispatcher(store, matrix, settings, client, on_recorded=stop_when_delivered)
+        run = asyncio.create_task(dispatcher.run(stop))
+        await asyncio.sleep(0.1)  # the dispatcher has looked, found nothing, and waits for the 60 s poll
+        other = Store.open(str(store.engine.url))  # `debunkbot submit` in another process
+        other.add_notices([(make_notice(), matrix.outlets)], source="cli")
+        other.close()
+        await asyncio.wait_for(stop.wait(), timeout=20)  # far below scan_interval
+        await run
+        await dispatcher.close()
+    assert outlets.refused == [] and len(outlets.delivered()) == 3
+
+
 async def test_connection_refused_is_retried_and_recorded(
     store: Store, settings: Settings, tmp_path: Any, regions: Any, make_notice: Callable[..., Notice]
 ) -> None:

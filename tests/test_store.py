@@ -128,3 +128,19 @@ def test_rate_limits_parse_the_way_operators_write_them() -> None:
     assert RateLimit.parse("100 / 10min") == RateLimit(100, 600)
     with _pytest.raises(ValueError, match="should look like"):
         RateLimit.parse("fast")
+
+
+def test_a_write_from_another_process_is_seen_by_the_next_look(
+    store: Store, make_notice: Callable[..., Notice]
+) -> None:
+    if store.postgres:
+        pytest.skip("SQLite's data_version; PostgreSQL wakes workers by LISTEN/NOTIFY (tests/test_dispatch.py)")
+    assert store.changed_since_last_look() is False  # the first look only takes the baseline
+    assert store.changed_since_last_look() is False
+    other = Store.open(str(store.engine.url))  # another process's connection
+    try:
+        other.add_notices([(make_notice(), OUTLETS)], source="t")
+    finally:
+        other.close()
+    assert store.changed_since_last_look() is True
+    assert store.changed_since_last_look() is False

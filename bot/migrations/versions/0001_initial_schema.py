@@ -63,6 +63,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
         batch_op.create_index('ix_deliveries_due', ['status', 'next_attempt_at'], unique=False)
+        batch_op.create_index('ix_deliveries_leased', ['status', 'lease_expires_at'], unique=False)
         batch_op.create_index('ix_deliveries_outlet', ['outlet_id', 'status'], unique=False)
 
     op.create_table('attempts',
@@ -97,6 +98,7 @@ def downgrade() -> None:
     op.drop_table('attempts')
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
         batch_op.drop_index('ix_deliveries_outlet')
+        batch_op.drop_index('ix_deliveries_leased')
         batch_op.drop_index('ix_deliveries_due')
 
     op.drop_table('deliveries')

@@ -1,0 +1,143 @@
+"""What the benches share: the loopback receiver, the bench outlet matrix, and a worker runner.
+
+The receiver is nginx (Debian's package, with the echo module for delays and hung outlets) when
+it is installed, else bench/receiver.py (aiohttp in its own process). Both listen on 100
+consecutive loopback ports; outlet i posts to port base + i % 100 at /hook/i.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.receiver import free_base_port  # noqa: E402
+from bot.model import Notice  # noqa: E402
+
+SECRET = "whsec_" + "QUJD" * 8
+PORTS = 100
+ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
+
+
+def receiver_kind() -> str:
+    return "nginx" if shutil.which("nginx") and ECHO_MODULE.exists() else "aiohttp"
+
+
+@contextmanager
+def receiver(delay: float = 0.0, hang_every: int = 0, kind: str | None = None) -> Iterator[int]:
+    """A loopback receiver on 100 ports; yields the first port. It stops when the block ends."""
+    kind = kind or receiver_kind()
+    with tempfile.TemporaryDirectory(prefix="debunkbot-recv-") as tmp:
+        if kind == "nginx":
+            base = free_base_port(PORTS)
+            conf = Path(tmp) / "nginx.conf"
+            conf.write_text(_nginx_conf(Path(tmp), base, delay, hang_every))
+            proc = subprocess.Popen(["nginx", "-c", str(conf), "-e", str(Path(tmp) / "error.log"),
+                                     "-g", "daemon off;"], stdout=subprocess.DEVNULL)
+            _wait_listening(base + PORTS - 1)
+        else:
+            extra = ["--delay", str(delay), "--hang-every", str(hang_every)]
+            proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "receiver.py"), "--ports", str(PORTS),
+                                     *extra], stdout=subprocess.PIPE, text=True)
+            assert proc.stdout is not None
+            base = int(proc.stdout.readline())
+        try:
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _nginx_conf(tmp: Path, base: int, delay: float, hang_every: int) -> str:
+    assert hang_every in (0, 10), "nginx receiver hangs every 10th outlet or none"
+    listens = "\n".join(f"    listen 127.0.0.1:{p} backlog=4096 reuseport;" for p in range(base, base + PORTS))
+    answer = (f"echo_read_request_body; echo_sleep {delay}; echo -n '{{\"ok\":true}}';" if delay
+              else "return 200 '{\"ok\":true}';")
+    hang = "location ~ ^/hook/[0-9]*0$ { echo_read_request_body; echo_sleep 3600; echo -n x; }" if hang_every else ""
+    temp = " ".join(f"{name}_temp_path {tmp}/{name};" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return f"""
+load_module {ECHO_MODULE};
+worker_processes 1;
+pid {tmp}/nginx.pid;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off; {temp}
+  default_type application/json; keepalive_requests 1000000; keepalive_timeout 120s;
+  client_body_buffer_size 64k;
+  server {{
+{listens}
+    {hang}
+    location /hook/ {{ {answer} }}
+  }}
+}}
+"""
+
+
+def _wait_listening(port: int, timeout: float = 5.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"receiver did not listen on {port}")
+
+
+def write_matrix(path: Path, base: int, outlets: int, ports: int = PORTS) -> None:
+    entries = [{"id": f"o{i:05d}", "name": f"站点{i}", "tier": "other", "channel": "webhook",
+                "url": f"http://127.0.0.1:{base + i % ports}/hook/{i}", "secret_env": "BENCH_SECRET"}
+               for i in range(outlets)]
+    path.write_text(yaml.safe_dump({"outlets": entries}, allow_unicode=True), encoding="utf-8")
+
+
+def sample_notice(ref: str, urgent: bool = False) -> Notice:
+    """About 2 KB once rendered: the size the reference measurements used."""
+    return Notice.model_validate({
+        "ref": ref, "title": "网传“长江重庆段水位暴涨将淹没主城”系谣言",
+        "rumour": "长江重庆段水位今晚将暴涨10米，主城沿江区域将被淹没。" * 3,
+        "truth": "经向重庆市水利局核实，目前长江重庆段水位平稳，处于正常范围。" * 6,
+        "verdict": "false", "authority": "重庆市水利局", "urgency": "urgent" if urgent else "normal",
+    })
+
+
+def bench_env(work: Path, **settings: Any) -> dict[str, str]:
+    """The environment a bot process reads its settings from (bot/settings.py)."""
+    env = dict(os.environ, BENCH_SECRET=SECRET, DEBUNKBOT_OUTLETS=str(work / "outlets.yaml"),
+               DEBUNKBOT_DATABASE_URL=f"sqlite:///{work / 'bench.sqlite3'}")
+    env.update({f"DEBUNKBOT_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> dict[str, Any]:
+    """Run one worker process; returns its JSON line plus wall seconds and peak RSS (MiB)."""
+    # /usr/bin/time reports the peak RSS of its own child; a child forked straight from this process
+    # would inherit this process's high-water mark in ru_maxrss.
+    with tempfile.NamedTemporaryFile("r", prefix="debunkbot-rss-") as rss:
+        started = time.perf_counter()
+        proc = subprocess.run(["/usr/bin/time", "-o", rss.name, "-f", "%M", *cmd], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True, timeout=timeout)
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd} exited {proc.returncode}: {proc.stdout[-2000:]}")
+        peak_kib = int(rss.read().split()[-1])
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    result: dict[str, Any] = json.loads(lines[-1]) if lines else {}
+    return result | {"process_seconds": round(wall, 3), "peak_rss_mib": round(peak_kib / 1024, 1)}

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-sqlite bench lock clean
+.PHONY: demo test bench lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r bench/requirements.lock
+	@command -v nginx >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq nginx-light libnginx-mod-http-echo >/dev/null; } \
+	  || echo "nginx not installed: the benches use the aiohttp receiver"
 	$(PY) bench/suite.py
+	$(PY) bench/workers.py
 
 lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(apprise|requests|requests-oauthlib|oauthlib|markdown|charset-normalizer|urllib3)==' > requirements.lock

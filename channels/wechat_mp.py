@@ -1,8 +1,11 @@
 """WeChat Official Account (微信公众号) drafts: an HTML article, added as a draft for a human to publish.
 
 Facts (shared/reference/channels.md; developers.weixin.qq.com: 获取 Access token, 草稿箱/新建草稿, 发布能力/发布接口):
-- ``GET /cgi-bin/token?grant_type=client_credential&appid=…&secret=…`` gives ``access_token`` valid
-  ``expires_in`` (7,200) seconds: cached per appid and refreshed a few minutes early;
+- ``POST /cgi-bin/stable_token`` (getStableAccessToken) with ``{"grant_type": "client_credential", "appid",
+  "secret"}`` gives ``access_token`` valid ``expires_in`` (≤ 7,200) seconds. In its normal mode every caller
+  gets the same live token, so several workers can each fetch and cache one without invalidating each
+  other (the older ``GET /cgi-bin/token`` invalidates the previous token on every call). Cached per appid
+  and refreshed a few minutes early; never ``force_refresh`` (20 a day, and it invalidates everyone's);
 - ``POST /cgi-bin/draft/add?access_token=…`` with ``{"articles":[{title, author, digest, content,
   content_source_url, thumb_media_id}]}`` answers ``{"media_id": …}``; ``content`` is HTML under 20,000
   characters and under 1 MB, scripts stripped (we strip them too, with nh3); a cover ``thumb_media_id`` is required;
@@ -122,8 +125,8 @@ class WeChatMP:
             cached = self._tokens.get(key)
             if cached and not refresh and cached[1] > time.monotonic():
                 return cached[0], None
-            answer = await client.get(f"{api}/cgi-bin/token", params={
-                "grant_type": "client_credential", "appid": appid, "secret": secret})
+            answer = await client.post(f"{api}/cgi-bin/stable_token", json={
+                "grant_type": "client_credential", "appid": appid, "secret": secret, "force_refresh": False})
             data = _json(answer.content)
             if not data.get("access_token"):
                 status = answer.status_code if "errcode" in data else 502  # never read a tokenless answer as success

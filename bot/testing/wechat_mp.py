@@ -1,6 +1,7 @@
 """A loopback WeChat Official Account API: access tokens, drafts and publishing, as WeChat documents.
 
-- ``GET /cgi-bin/token``: 40013 unknown appid, 40125 wrong AppSecret, else a fresh token (7,200 s);
+- ``POST /cgi-bin/stable_token``: 40013 unknown appid, 40125 wrong AppSecret, else the live token
+  (the same one to every caller while it lives; a fresh one when none lives or on force_refresh);
 - ``POST /cgi-bin/draft/add``: 40001 unknown or expired token (``expire_tokens()`` expires them all),
   40007 unknown thumb_media_id, 45003 title over 64 characters, 45002 content of 20,000 characters
   or 1 MB or more; else ``{"media_id": …}``. Drafts keep their article; ``scripts`` counts any that
@@ -28,6 +29,7 @@ class WeChatMPAPI(LoopbackPlatform):
         self.accounts = accounts  # appid -> AppSecret
         self.thumbs = thumbs
         self.tokens: dict[str, str] = {}  # live token -> appid
+        self.current: dict[str, str] = {}  # appid -> the token stable_token hands out while it lives
         self.tokens_issued = 0
         self.drafts: dict[str, dict[str, Any]] = {}
         self.published: list[str] = []
@@ -39,9 +41,10 @@ class WeChatMPAPI(LoopbackPlatform):
 
     def expire_tokens(self) -> None:
         self.tokens.clear()
+        self.current.clear()
 
     def routes(self, app: web.Application) -> None:
-        app.router.add_get("/cgi-bin/token", self._token)
+        app.router.add_post("/cgi-bin/stable_token", self._token)
         app.router.add_post("/cgi-bin/draft/add", self._draft)
         app.router.add_post("/cgi-bin/freepublish/submit", self._publish)
 
@@ -50,15 +53,23 @@ class WeChatMPAPI(LoopbackPlatform):
         return web.json_response({"errcode": errcode, "errmsg": errmsg})
 
     async def _token(self, request: web.Request) -> web.Response:
-        appid, secret = request.query.get("appid", ""), request.query.get("secret", "")
+        """getStableAccessToken: in normal mode the live token again; force_refresh replaces it."""
+        body = json.loads(await request.read() or b"{}")
+        appid, secret = str(body.get("appid", "")), str(body.get("secret", ""))
+        if body.get("grant_type") != "client_credential":
+            return self._error(appid, 40002, "invalid grant_type")
         if appid not in self.accounts:
             return self._error(appid, 40013, "invalid appid")
         if secret != self.accounts[appid]:
             return self._error(appid, 40125, "invalid appsecret")
-        token = secrets.token_urlsafe(24)
-        self.tokens[token] = appid
-        self.tokens_issued += 1
-        return web.json_response({"access_token": token, "expires_in": 7200})
+        live = self.current.get(appid)
+        if live is None or body.get("force_refresh") is True:
+            if live is not None:
+                self.tokens.pop(live, None)
+            live = self.current[appid] = secrets.token_urlsafe(24)
+            self.tokens[live] = appid
+            self.tokens_issued += 1
+        return web.json_response({"access_token": live, "expires_in": 7200})
 
     async def _draft(self, request: web.Request) -> web.Response:
         appid = self.tokens.get(request.query.get("access_token", ""))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -65,3 +66,18 @@ def test_a_wechat_outlet_needs_its_appid_and_cover() -> None:
 ])
 def test_errcode_decides_the_outcome(answer: dict[str, object], result: str) -> None:
     assert WeChatMP().classify(200, httpx.Headers(), json.dumps(answer).encode()).result == result
+
+
+async def test_several_workers_each_fetching_a_token_do_not_invalidate_each_other(
+    platforms: Platforms, make_notice: Callable[..., Notice]
+) -> None:
+    outlet, secret = platforms.outlet("wechat_mp")
+    workers = [WeChatMP(), WeChatMP(), WeChatMP()]  # three processes, three token caches
+    async with httpx.AsyncClient(trust_env=False) as client:
+        for round_ in range(2):
+            for n, worker in enumerate(workers):
+                rendered = worker.render(make_notice(ref=f"w{round_}{n}"), datetime(2026, 11, 27, tzinfo=UTC))
+                status, headers, body = await worker.deliver(client, rendered, outlet, secret, "msg", datetime.now(UTC))
+                assert worker.classify(status, headers, body).result == "delivered"
+    assert platforms.wechat_mp.refused == []  # no 40001: the stable token is the same for everyone
+    assert len(platforms.wechat_mp.by(WECHAT[0])) >= 6

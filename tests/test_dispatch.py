@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
 
 from bot.dispatch import Dispatcher, RetryPolicy, make_client
 from bot.model import Notice

@@ -16,7 +16,6 @@ import json
 import secrets
 from typing import Any
 
-import time
 
 from aiohttp import web
 

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     scan_interval: float = Field(default=2.0, gt=0, description="seconds between inbox scans and polls")
     shutdown_grace: float = Field(default=10.0, ge=0, description="seconds in-flight sends get to finish on stop")
     lease_seconds: float = Field(default=60.0, gt=0, description="how long a claimed delivery stays claimed")
+    breaker_threshold: int = Field(default=5, ge=1, description="failed tries in a row that open an outlet's breaker")
+    breaker_cooldown: float = Field(default=300.0, gt=0, description="seconds an open breaker waits before a probe")
+    auto_pause_after: float = Field(default=86400.0, gt=0, description="seconds of only failures before an outlet is paused")
+    urgent_deadline: float = Field(default=10.0, gt=0, description="minutes an urgent notice has to reach every outlet")
+    alert_interval: float = Field(default=300.0, ge=0, description="seconds between two operator alert messages at least")
+    attempt_retention_days: float = Field(default=90.0, gt=0, description="days attempts are kept in the log")
 
     @field_validator("retry_schedule")
     @classmethod

@@ -208,8 +208,9 @@ class Store:
         self.owner = owner or f"bot-{secrets.token_hex(4)}"
 
     @classmethod
-    def open(cls, url: str, create: bool = True) -> Store:
-        engine = _engine(url)
+    def open(cls, url: str, create: bool = True, busy_timeout: float = 30.0) -> Store:
+        """``busy_timeout``: seconds a SQLite call waits for a lock before it fails (and the caller backs off)."""
+        engine = _engine(url, busy_timeout)
         if create:
             metadata.create_all(engine)
         return cls(engine)
@@ -683,6 +684,18 @@ class Store:
             )
             return {row.outlet_id: row.paused_reason or "" for row in rows}
 
+    def deliveries_by_outlet(self) -> dict[str, dict[str, Any]]:
+        """outlet id -> its tier and its deliveries counted by status."""
+        d = deliveries
+        out: dict[str, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(
+                sa.select(d.c.outlet_id, d.c.tier, d.c.status, sa.func.count().label("n"))
+                .group_by(d.c.outlet_id, d.c.tier, d.c.status)
+            ):
+                out.setdefault(row.outlet_id, {"tier": row.tier})[row.status] = row.n
+        return out
+
     def counts(self, ref: str | None = None) -> dict[str, int]:
         """Deliveries by status, for one notice or all."""
         query = sa.select(deliveries.c.status, sa.func.count()).group_by(deliveries.c.status)
@@ -722,12 +735,12 @@ def _insert_alerts(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         conn.execute(alerts.insert(), fresh)
 
 
-def _engine(url: str) -> Engine:
+def _engine(url: str, busy_timeout: float = 30.0) -> Engine:
     if url.startswith("sqlite"):
         path = sa.make_url(url).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = sa.create_engine(url, connect_args={"timeout": busy_timeout, "check_same_thread": False})
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -736,7 +749,7 @@ def _engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             cur.close()
 
         @sa.event.listens_for(engine, "begin")

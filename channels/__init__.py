@@ -6,11 +6,11 @@ its templates in templates/<name>/, and add it to CHANNELS below.
 
 from __future__ import annotations
 
-from channels.base import Channel, Outcome, Rendered, classify_http
+from channels.base import AlertChannel, Channel, Outcome, Rendered, classify_http
 from channels.webhook import Webhook
 
 CHANNELS: dict[str, Channel] = {
     Webhook.name: Webhook(),
 }
 
-__all__ = ["CHANNELS", "Channel", "Outcome", "Rendered", "classify_http"]
+__all__ = ["CHANNELS", "AlertChannel", "Channel", "Outcome", "Rendered", "classify_http"]

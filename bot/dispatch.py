@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from tenacity import RetryCallState, stop_after_attempt, wait_chain, wait_random
@@ -236,8 +237,8 @@ class Dispatcher:
             outcome = channel.classify(status, response.headers, body)
         except TimeoutError:
             outcome = Outcome("retry", f"timed out after {self.settings.http_timeout:g}s")
-        except httpx.TransportError as exc:
-            outcome = Outcome("retry", f"{type(exc).__name__}: {exc}".strip().rstrip(":"))
+        except (httpx.TransportError, aiohttp.ClientError) as exc:  # refused, reset, not HTTP at all...
+            outcome = Outcome("retry", _transport_error(exc))
         except Exception as exc:  # a bug in a channel must not kill the fan-out; it is logged and retried
             log.exception("unexpected error sending to outlet %s", outlet.id)
             outcome = Outcome("retry", f"internal error: {type(exc).__name__}: {exc}")
@@ -334,6 +335,13 @@ async def _read_capped(response: httpx.Response, cap: int) -> bytes:
         if size >= cap:
             break
     return b"".join(chunks)[:cap]
+
+
+def _transport_error(exc: Exception) -> str:
+    """What went wrong on the wire, named by the underlying error: httpx-aiohttp 0.2 maps a refused or
+    reset connection to httpx.ConnectTimeout, which would tell an operator the wrong story."""
+    cause = exc.__cause__ if isinstance(exc, httpx.TransportError) and exc.__cause__ else exc
+    return f"{type(cause).__name__}: {cause}".strip().rstrip(":")[:500]
 
 
 def _text(body: bytes, limit: int) -> str:

@@ -15,11 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
+
 
 from bot.dispatch import Dispatcher, make_client
 from bot.model import Notice
-from bot.outlets import OutletMatrix, load_matrix
 from bot.regions import RegionTable
 from bot.settings import Settings
 from bot.store import Store
@@ -27,7 +26,7 @@ from bot.testing import ChaosOutlets
 from bot.testing.chaos import ECHO, GARBAGE, HANG, RESET, Drip, Huge, Status, errcode, redirect, refused_url, retry_after
 from channels import Outcome
 from channels.webhook import Webhook
-from tests.conftest import whsec
+from tests.conftest import chaos_matrix, whsec
 
 TIMEOUT = 1.0  # the total deadline of one send, in these tests
 SCHEDULE = (0.05, 0.1)  # two retries: three tries at most
@@ -86,7 +85,7 @@ async def chaos_run(
         chaos = ChaosOutlets(secrets, script)
         await chaos.__aenter__()
         servers.append(chaos)
-        matrix = _matrix(tmp_path, regions, {o: (urls or {}).get(o) or chaos.url(o) for o in script}, secrets)
+        matrix = chaos_matrix(tmp_path, regions, {o: (urls or {}).get(o) or chaos.url(o) for o in script}, secrets)
         settings = Settings(database_url=str(store.engine.url), retry_schedule=",".join(map(str, SCHEDULE)),
                             retry_jitter=0, http_timeout=TIMEOUT, scan_interval=0.05, retry_after_max=5,
                             breaker_threshold=100) .model_copy(update=overrides)
@@ -101,14 +100,6 @@ async def chaos_run(
     yield run
     for chaos in servers:
         await chaos.__aexit__(None, None, None)
-
-
-def _matrix(tmp_path: Path, regions: RegionTable, urls: dict[str, str], secrets: dict[str, str]) -> OutletMatrix:
-    entries = [{"id": o, "name": f"站点{o}", "tier": "district", "region": "全市", "channel": "webhook",
-                "url": url, "secret_env": f"S_{o.upper()}"} for o, url in urls.items()]
-    path = tmp_path / "outlets.yaml"
-    path.write_text(yaml.safe_dump({"outlets": entries}, allow_unicode=True), encoding="utf-8")
-    return load_matrix(path, regions, environ={f"S_{o.upper()}": s for o, s in secrets.items()})
 
 
 def _quick(tries: list[dict[str, Any]]) -> bool:

@@ -230,3 +230,35 @@ async def test_secrets_and_signatures_appear_in_no_log_error_or_stored_answer(
             assert secret not in text and secret.removeprefix("whsec_") not in text
         for signature in signatures:
             assert signature.removeprefix("v1,") not in text
+
+
+async def test_an_open_breaker_spaces_tries_by_its_cooldown_and_a_good_probe_closes_it(
+    chaos_run: Callable[..., Any]
+) -> None:
+    run = await chaos_run({"o": [Status(500)] * 3, "p": []}, retry_schedule="0.01,0.01,0.01,0.01",
+                          breaker_threshold=2, breaker_cooldown=0.5)
+    assert [t["outcome"] for t in run.tries()] == ["retry", "retry", "retry", "delivered"]
+    gaps = run.gaps()
+    assert gaps[0] < 0.5 <= gaps[1] and gaps[2] >= 0.5  # the schedule said 0.01 s: the breaker held it
+    assert run.store.outlet_health()["o"].status == "ok"
+    assert [a["kind"] for a in run.store.unsent_alerts()] == ["recovered"]
+    assert run.delivery("p")["attempts"] == 1
+
+
+async def test_a_manual_retry_starts_the_retry_schedule_again(
+    chaos_run: Callable[..., Any], tmp_path: Path, regions: RegionTable
+) -> None:
+    run = await chaos_run({"o": [Status(500)] * 5})
+    assert [t["outcome"] for t in run.tries()] == ["retry", "retry", "failed"]
+    assert [r["outlet"] for r in run.store.requeue(outlet_id="o")] == ["o"]
+    settings = Settings(database_url=str(run.store.engine.url), retry_schedule="0.05,0.1", retry_jitter=0,
+                        http_timeout=TIMEOUT, scan_interval=0.05, breaker_threshold=100)
+    matrix = chaos_matrix(tmp_path, regions, {"o": run.chaos.url("o")}, run.secrets)
+    async with make_client(settings) as client:
+        dispatcher = Dispatcher(run.store, matrix, settings, client)
+        await dispatcher.run(until_idle=True)
+        await dispatcher.close()
+    tries = run.tries()
+    # three more tries, the whole schedule again: two fail (500), the third is delivered
+    assert [(t["attempt"], t["trigger"], t["outcome"]) for t in tries[3:]] == [
+        (4, "manual", "retry"), (5, "scheduled", "retry"), (6, "scheduled", "delivered")]

@@ -88,7 +88,7 @@ async def chaos_run(
         matrix = chaos_matrix(tmp_path, regions, {o: (urls or {}).get(o) or chaos.url(o) for o in script}, secrets)
         settings = Settings(database_url=str(store.engine.url), retry_schedule=",".join(map(str, SCHEDULE)),
                             retry_jitter=0, http_timeout=TIMEOUT, scan_interval=0.05, retry_after_max=5,
-                            breaker_threshold=100) .model_copy(update=overrides)
+                            breaker_threshold=100).model_copy(update=overrides)
         store.add_notices([(make_notice(), matrix.outlets)], source="test")
         async with make_client(settings) as client:
             dispatcher = Dispatcher(store, matrix, settings, client,
@@ -161,7 +161,8 @@ async def test_a_refused_connection_is_retried_until_the_schedule_is_exhausted(c
     run = await chaos_run({"o": []}, urls={"o": refused_url()})
     tries = run.tries()
     assert [t["outcome"] for t in tries] == ["retry", "retry", "failed"]
-    assert all(t["error"].startswith("ClientConnectorError: Cannot connect") for t in tries) and "retries exhausted after 3" in tries[-1]["error"]
+    assert all(t["error"].startswith("ClientConnectorError: Cannot connect") for t in tries)
+    assert "retries exhausted after 3" in tries[-1]["error"]
     assert run.delivery()["status"] == "failed"
     assert _quick(tries)
 

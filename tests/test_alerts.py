@@ -19,7 +19,7 @@ from bot.regions import RegionTable
 from bot.settings import Settings
 from bot.store import Store
 from bot.testing import ChaosOutlets
-from bot.testing.chaos import Status, refused_url
+from bot.testing.chaos import Status
 from tests.conftest import whsec
 
 
@@ -89,8 +89,7 @@ async def test_an_alert_the_operator_channel_did_not_take_is_sent_again_later(
         async with make_client(settings) as client:
             alerter = Alerter(store, matrix, settings, client)
             assert await alerter.tick() == 0 and len(store.unsent_alerts()) == 1  # 503: kept
-            alerter._next_try = alerter._next_try.min.replace(tzinfo=alerter._next_try.tzinfo)  # skip the back-off
-            assert await alerter.tick() == 1
+            assert await Alerter(store, matrix, settings, client).tick() == 1  # a restart, say: no back-off
     first, second = chaos.seen("ops")
     assert first.message_id == second.message_id  # the resend dedupes at the receiver
 
@@ -100,6 +99,3 @@ def test_an_operator_channel_that_cannot_carry_alerts_refuses_start_up(tmp_path:
         write_matrix(tmp_path, regions, {"a": "http://127.0.0.1:1/a"}, {"a": whsec(), "ops": whsec()},
                      [{"id": "ops", "name": "值班群", "channel": "webhook", "secret_env": "S_OPS"}])
 
-
-def test_refused_url_is_where_nothing_listens() -> None:
-    assert refused_url().startswith("http://127.0.0.1:")

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import sys
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -22,7 +23,7 @@ from bot.intake import expand, submit_files
 from bot.outlets import MatrixError, OutletMatrix, Tier, load_matrix
 from bot.regions import RegionTable
 from bot.settings import Settings
-from bot.store import Store, dumps
+from bot.store import Store, dumps, utcnow
 
 app = typer.Typer(help="Push verified debunk notices (辟谣通报) to every outlet of the matrix.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -98,8 +99,8 @@ def submit(paths: Annotated[list[Path], typer.Argument(help="notice files or fol
                 what = f"stored, {added.deliveries} deliveries" if added.created else "already stored, unchanged"
                 console.print(f"[green]ok[/] {result.path}: {added.ref} {what}")
         else:
-            errors.print(f"[red]rejected[/] {result.error}")
-    raise typer.Exit(0 if all(r.ok for r in results) else 2)
+            errors.print(f"[red]{'refused' if result.deferred else 'rejected'}[/] {result.error}")
+    raise typer.Exit(0 if all(r.ok for r in results) else 3 if any(r.deferred for r in results) else 2)
 
 
 UntilIdle = Annotated[bool, typer.Option("--until-idle", help="exit 0 once nothing is pending or scheduled")]
@@ -231,6 +232,110 @@ def _cell(value: object) -> str:
     if hasattr(value, "isoformat"):
         return value.isoformat(timespec="seconds")  # type: ignore[attr-defined]
     return str(value)
+
+
+outlets_app = typer.Typer(help="Outlet health: ok / degraded / paused; resume a paused outlet.",
+                          no_args_is_help=False)
+app.add_typer(outlets_app, name="outlets")
+HEALTH_KEYS = ("outlet", "tier", "status", "consecutive_failures", "last_success_at", "last_failure_at",
+               "breaker_open_until", "pending", "failed", "paused_reason")
+
+
+@outlets_app.callback(invoke_without_command=True)
+def outlets(
+    ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False
+) -> None:
+    """Every outlet the store knows, with its health: ok, degraded (failing, breaker maybe open) or paused."""
+    if ctx.invoked_subcommand:
+        return
+    store = _store(_settings())
+    health = store.outlet_health()
+    by_outlet = store.deliveries_by_outlet()
+    rows = []
+    for outlet_id in sorted(by_outlet.keys() | health.keys()):
+        h = health.get(outlet_id)
+        counts = by_outlet.get(outlet_id, {})
+        rows.append({
+            "outlet": outlet_id, "tier": counts.get("tier"), "status": h.status if h else "ok",
+            "consecutive_failures": h.consecutive_failures if h else 0,
+            "last_success_at": h.last_success_at if h else None, "last_failure_at": h.last_failure_at if h else None,
+            "breaker_open_until": h.open_until if h else None, "pending": counts.get("pending", 0),
+            "failed": counts.get("failed", 0), "paused_reason": h.paused_reason if h else None,
+        })
+    if as_json:
+        for row in rows:
+            sys.stdout.write(dumps(row) + "\n")
+        return
+    table = Table(title="outlet health")
+    for key in HEALTH_KEYS:
+        table.add_column(key.replace("_", " "))
+    colour = {"ok": "green", "degraded": "yellow", "paused": "red"}
+    for row in rows:
+        cells = [_cell(row[k]) for k in HEALTH_KEYS]
+        cells[2] = f"[{colour[row['status']]}]{row['status']}[/]"
+        table.add_row(*cells)
+    console.print(table)
+    paused = [r["outlet"] for r in rows if r["status"] == "paused"]
+    if paused:
+        console.print(f"{len(paused)} paused, deliveries held: resume with `debunkbot outlets resume ID`")
+
+
+@outlets_app.command()
+def resume(outlet_id: Annotated[str, typer.Argument(metavar="ID", help="outlet id")]) -> None:
+    """Resume a paused outlet (or close its open breaker): its held deliveries go out at once."""
+    store = _store(_settings())
+    held = store.resume_outlet(outlet_id)
+    if held is None:
+        errors.print(f"[red]outlet {outlet_id!r} is not paused[/] (see `debunkbot outlets`)")
+        raise typer.Exit(2)
+    console.print(f"[green]resumed {outlet_id}[/]: {held} held deliveries are due now")
+
+
+class RetryStatus(StrEnum):
+    failed = "failed"
+
+
+@app.command()
+def retry(
+    notice: Annotated[str | None, typer.Option("--notice", help="only this notice ref")] = None,
+    outlet: Annotated[str | None, typer.Option("--outlet", help="only this outlet id")] = None,
+    since: Annotated[str | None, typer.Option(
+        "--since", help="only deliveries that failed since T: ISO-8601 time, or an age such as 30m, 2h, 1d")] = None,
+    status: Annotated[RetryStatus, typer.Option("--status")] = RetryStatus.failed,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be requeued, change nothing")] = False,
+) -> None:
+    """Requeue failed deliveries: due at once, with a fresh retry schedule, next try logged as "manual"."""
+    try:
+        cutoff = _since(since) if since else None
+    except ValueError as exc:
+        errors.print(f"[red]--since:[/] {exc}")
+        raise typer.Exit(2) from None
+    store = _store(_settings())
+    rows = store.requeue(ref=notice, outlet_id=outlet, since=cutoff, status=status.value, dry_run=dry_run)
+    paused = store.paused_outlets()
+    table = Table(title=("would requeue" if dry_run else "requeued") + f" {len(rows)} deliveries")
+    for column in ("notice", "outlet", "attempts", "last error", "note"):
+        table.add_column(column)
+    for r in rows:
+        note = "held: outlet paused (`debunkbot outlets resume`)" if r["outlet"] in paused else ""
+        table.add_row(r["notice"], r["outlet"], str(r["attempts"]), r["error"] or "", note)
+    console.print(table)
+    if dry_run:
+        console.print(f"dry run: {len(rows)} deliveries would be requeued; nothing changed")
+    else:
+        console.print(f"requeued {len(rows)} deliveries; a running bot sends them at its next poll")
+
+
+def _since(text: str) -> datetime:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|m|min|h|d)", text.strip())
+    if match:
+        unit = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}[match[2]]
+        return utcnow() - timedelta(seconds=float(match[1]) * unit)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither an ISO-8601 time nor an age such as 30m, 2h or 1d") from None
+    return when.astimezone(UTC) if when.tzinfo is None else when
 
 
 @app.command()

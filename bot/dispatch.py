@@ -22,20 +22,26 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from tenacity import RetryCallState, stop_after_attempt, wait_chain, wait_random
 
+from bot.health import HealthPolicy
 from bot.model import Notice
 from bot.outlets import Outlet, OutletMatrix
 from bot.settings import Settings
-from bot.store import AttemptRecord, Claim, Store, utcnow
+from bot.store import STORE_FAULTS, AttemptRecord, Claim, Store, describe_fault, utcnow
 from channels import CHANNELS, Channel, Outcome, Rendered
 
 log = logging.getLogger("debunkbot.dispatch")
 T = TypeVar("T")
 
 READ_CAP = 64 * 1024  # bytes of an answer read for classification; the rest is not read
+# A lease must outlast one send: the send ends by its total deadline (http_timeout), and this margin
+# covers handing the result to the store. A lease that runs out early costs a duplicate (same webhook-id).
+LEASE_MARGIN = 2.0
+STORE_BACKOFF_MAX = 30.0  # seconds between tries of a store that is locked, busy or gone
 
 
 @dataclass(frozen=True)
@@ -109,8 +115,10 @@ class Dispatcher:
         self.capacity = settings.concurrency
         self._rate_limits = matrix.rate_limits()
         self._pulled = frozenset(o.id for o in matrix.outlets if self.channels[o.channel].pull)  # feeds fetch
-        # a lease outlives the longest send, plus time to record it
-        self._lease = timedelta(seconds=max(settings.lease_seconds, settings.http_timeout + 5))
+        self.health_policy = HealthPolicy.from_settings(settings)
+        self._lease = timedelta(seconds=max(settings.lease_seconds, settings.http_timeout + LEASE_MARGIN))
+        self._store_backoff = 0.0
+        self._store_retry_at = 0.0  # time.monotonic() before which the store is left alone
         # SQLite wants one writer: every store call runs on this one thread, off the event loop.
         self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="debunkbot-store")
         self._wake = asyncio.Event()
@@ -141,17 +149,27 @@ class Dispatcher:
         try:
             while not stop.is_set():
                 room = self._room()
-                if room >= max(1, self.capacity // 2) or (room > 0 and self._wake.is_set()):
+                store_ok = time.monotonic() >= self._store_retry_at and not self._unrecorded_behind()
+                if store_ok and (room >= max(1, self.capacity // 2) or (room > 0 and self._wake.is_set())):
                     self._wake.clear()
-                    if await self._claim_and_send(room):
-                        continue
-                if until_idle and not (self._in_flight or self._slow or self._ready or self._unrecorded):
-                    next_due = await self.db(self.store.next_due_at, self._pulled)
-                    if next_due is None:
-                        return
+                    try:
+                        if await self._claim_and_send(room):
+                            continue
+                    except STORE_FAULTS as exc:  # nothing was claimed, so nothing is sent
+                        self._store_fault("claim", exc)
+                next_due = None
+                idle = not (self._in_flight or self._slow or self._ready or self._unrecorded)
+                if until_idle and store_ok and idle:
+                    try:
+                        next_due = await self.db(self.store.next_due_at, self._pulled)
+                        if next_due is None:
+                            return
+                    except STORE_FAULTS as exc:
+                        self._store_fault("look for due deliveries", exc)
+                if next_due is not None:
                     wait = max(0.0, (next_due - utcnow()).total_seconds())
                 else:
-                    wait = self.settings.scan_interval
+                    wait = max(self.settings.scan_interval, self._store_retry_at - time.monotonic())
                 waker = asyncio.create_task(self._wake.wait())
                 wait = min(wait, self.settings.scan_interval, self._next_slow_in())
                 await asyncio.wait({waker, stopping}, timeout=max(0.01, wait), return_when=asyncio.FIRST_COMPLETED)
@@ -166,8 +184,12 @@ class Dispatcher:
                 if abandoned:
                     await asyncio.wait(abandoned)
             flusher.cancel()
-            await self._flush()
-            await self.db(self.store.release_claims)
+            await self._flush_before_exit()
+            try:
+                await self.db(self.store.release_claims)
+            except STORE_FAULTS as exc:
+                log.error("could not give back claims (%s); they are reclaimed when their lease runs out",
+                          describe_fault(exc))
 
     async def _listen(self) -> None:
         """PostgreSQL: LISTEN for new work from any process and claim at once; polling stays the fallback."""
@@ -277,6 +299,7 @@ class Dispatcher:
         clock = time.perf_counter()
         status: int | None = None
         body = b""
+        signature = None
         try:
             deliver = getattr(channel, "deliver", None)  # channels.base.Exchanging: several requests (wechat_mp)
             async with asyncio.timeout(self.settings.http_timeout):
@@ -286,6 +309,7 @@ class Dispatcher:
                     body = body[:READ_CAP]
                 else:
                     request = channel.build(rendered, outlet, secret, claim.message_id, started)
+                    signature = request.headers.get("webhook-signature")
                     # Straight to the transport: AsyncClient.send's layers (auth, redirects, cookie jar,
                     # hooks) do nothing for a fan-out and cost about a third of a delivery's CPU.
                     response = await self._transport.handle_async_request(request)
@@ -297,23 +321,24 @@ class Dispatcher:
             outcome = channel.classify(status, headers, body)
         except TimeoutError:
             outcome = Outcome("retry", f"timed out after {self.settings.http_timeout:g}s")
-        except httpx.TransportError as exc:
-            outcome = Outcome("retry", f"{type(exc).__name__}: {exc}".strip().rstrip(":"))
+        except (httpx.TransportError, aiohttp.ClientError) as exc:  # refused, reset, not HTTP at all...
+            outcome = Outcome("retry", _transport_error(exc))
         except Exception as exc:  # a bug in a channel must not kill the fan-out; it is logged and retried
             log.exception("unexpected error sending to outlet %s", outlet.id)
             outcome = Outcome("retry", f"internal error: {type(exc).__name__}: {exc}")
         latency = (time.perf_counter() - clock) * 1000
-        return self._record(claim, started, latency, outcome, status, body, outlet)
+        return self._record(claim, started, latency, outcome, status, body, outlet, signature)
 
     def _record(
         self, claim: Claim, started: datetime, latency_ms: float, outcome: Outcome,
-        status: int | None = None, body: bytes = b"", outlet: Outlet | None = None,
+        status: int | None = None, body: bytes = b"", outlet: Outlet | None = None, signature: str | None = None,
     ) -> AttemptRecord:
-        result, error, next_at = outcome.result, outcome.error, None
+        result, error, next_at, exhausted = outcome.result, outcome.error, None, False
         if result == "retry":
-            delay = self.policy.delay_after(claim.attempt, outcome.retry_after)
+            # a manual retry starts the schedule again from its first delay
+            delay = self.policy.delay_after(claim.attempt - claim.schedule_start, outcome.retry_after)
             if delay is None:
-                result = "failed"
+                result, exhausted = "failed", True
                 error = f"{error}; retries exhausted after {claim.attempt} attempts"
             else:
                 next_at = utcnow() + timedelta(seconds=delay)
@@ -321,9 +346,12 @@ class Dispatcher:
         return AttemptRecord(
             delivery_id=claim.delivery_id, outlet_id=claim.outlet_id, attempt=claim.attempt, started_at=started,
             latency_ms=latency_ms,
-            outcome=result, http_status=status, error=_redact(error, outlet, secret),
-            response=_redact(_text(body, self.settings.response_max_bytes), outlet, secret) or None,
+            outcome=result, http_status=status, error=_redact(error, outlet, secret, signature),
+            # redacted before it is cut, so no part of a secret survives at the cut
+            response=_text((_redact(body.decode("utf-8", "replace"), outlet, secret, signature) or "").encode(),
+                           self.settings.response_max_bytes) or None,
             next_attempt_at=next_at, pause_outlet=claim.outlet_id if outcome.pause_outlet else None,
+            trigger=claim.trigger, exhausted=exhausted,
         )
 
     def _rendered_for(
@@ -342,11 +370,41 @@ class Dispatcher:
             await self._flush_needed.wait()
             self._flush_needed.clear()
             await self._flush()
+            if self._unrecorded:  # the store refused the batch: try again after the back-off
+                await asyncio.sleep(max(0.0, self._store_retry_at - time.monotonic()))
+                self._flush_needed.set()
+
+    async def _flush_before_exit(self) -> None:
+        deadline = time.monotonic() + max(self.settings.shutdown_grace, 1.0)
+        await self._flush()
+        while self._unrecorded and time.monotonic() < deadline:
+            await asyncio.sleep(max(0.0, min(self._store_retry_at, deadline) - time.monotonic()))
+            await self._flush()
+        if self._unrecorded:
+            log.error("the store stayed unavailable: %d sent results are not recorded; their leases run out "
+                      "and they are sent again, with the same webhook-id", len(self._unrecorded))
+
+    def _unrecorded_behind(self) -> bool:
+        """Results wait for a store that refused them: claim nothing more until they are written."""
+        return bool(self._unrecorded) and self._store_backoff > 0
+
+    def _store_fault(self, doing: str, exc: Exception) -> None:
+        self._store_backoff = min(max(self._store_backoff * 2, self.settings.scan_interval, 0.05), STORE_BACKOFF_MAX)
+        self._store_retry_at = time.monotonic() + self._store_backoff
+        log.warning("could not %s: %s; trying again in %.1fs", doing, describe_fault(exc), self._store_backoff)
 
     async def _flush(self) -> None:
         while self._unrecorded:
             batch, self._unrecorded = self._unrecorded, []
-            await self.db(self.store.record_attempts, batch)
+            try:
+                await self.db(self.store.record_attempts, batch, None, self.health_policy)
+            except STORE_FAULTS as exc:  # keep the results; the leases keep the deliveries ours meanwhile
+                self._unrecorded[:0] = batch
+                self._store_fault("record attempts", exc)
+                return
+            if self._store_backoff:
+                log.info("the store is back")
+                self._store_backoff = 0.0
             if self.on_recorded:
                 self.on_recorded(batch)
             if not (self._in_flight or self._slow or self._ready or self._unrecorded):
@@ -373,18 +431,30 @@ async def _read_capped(response: httpx.Response, cap: int) -> bytes:
     return b"".join(chunks)[:cap]
 
 
+def _transport_error(exc: Exception) -> str:
+    """What went wrong on the wire, named by the underlying error: httpx-aiohttp 0.2 maps a refused or
+    reset connection to httpx.ConnectTimeout, which would tell an operator the wrong story."""
+    cause = exc.__cause__ if isinstance(exc, httpx.TransportError) and exc.__cause__ else exc
+    return f"{type(cause).__name__}: {cause}".strip().rstrip(":")[:500]
+
+
 def _text(body: bytes, limit: int) -> str:
     """At most ``limit`` bytes of an answer as text, never cut inside a UTF-8 character."""
     return body[:limit].decode("utf-8", errors="ignore") if len(body) > limit else body.decode("utf-8", "replace")
 
 
-def _redact(text: str | None, outlet: Outlet | None, secret: str | None) -> str | None:
-    """Secrets never reach the delivery log: not the secret, not a URL's query (tokens live there)."""
+def _redact(text: str | None, outlet: Outlet | None, secret: str | None, signature: str | None = None) -> str | None:
+    """Secrets never reach the delivery log: not the secret, not a signature we sent (an outlet may echo
+    it back), not a URL's query (tokens live there)."""
     if not text:
         return text
-    for part in sorted({secret, *secret.split(":")} if secret else (), key=len, reverse=True):
-        if len(part) >= 6:  # the whole secret, and each part of TOKEN:SIGNING_SECRET (channels.base.token_and_key)
+    secret_parts = {secret, *secret.split(":")} if secret else set()  # TOKEN:SIGNING_SECRET (channels.base)
+    secret_parts |= {part.removeprefix("whsec_") for part in secret_parts}
+    for part in sorted(secret_parts, key=len, reverse=True):
+        if len(part) >= 6:
             text = text.replace(part, "[secret]")
+    for part in (signature or "").split():
+        text = text.replace(part, "[signature]").replace(part.removeprefix("v1,"), "[signature]")
     if outlet and outlet.url and "?" in outlet.url:
         query = outlet.url.split("?", 1)[1]
         text = text.replace(query, "[query]")

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from bot.model import Notice
 from bot.outlets import OutletMatrix
 from bot.regions import RegionTable
-from bot.store import Added, RefConflict, Store
+from bot.store import STORE_FAULTS, Added, RefConflict, Store, describe_fault
 
 MAX_FILE_BYTES = 1024 * 1024
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -39,6 +39,7 @@ class FileResult:
     path: Path
     added: list[Added] = field(default_factory=list)
     error: str | None = None
+    deferred: bool = False  # the file may be fine: the store could not take it (full, locked, gone)
 
     @property
     def ok(self) -> bool:
@@ -114,6 +115,10 @@ def submit_files(
             result.error = str(exc)
         except RefConflict as exc:
             result.error = f"{path}: field 'ref': {exc}"
+        except STORE_FAULTS as exc:
+            result.deferred = True
+            result.error = (f"{path}: not stored, {describe_fault(exc)}; nothing of this file was stored "
+                            "and nothing of it will be sent. Submit it again once the store has room")
     return results
 
 
@@ -135,6 +140,8 @@ def scan_inbox(inbox: Path, store: Store, matrix: OutletMatrix, regions: RegionT
     inbox.mkdir(parents=True, exist_ok=True)
     results = submit_files(expand([inbox]), store, matrix, regions)
     for result in results:
+        if result.deferred:
+            continue  # stays in the inbox for the next scan
         folder = inbox / ("accepted" if result.ok else "rejected")
         folder.mkdir(exist_ok=True)
         target = _free_name(folder / result.path.name)

@@ -99,12 +99,14 @@ class Outlet(BaseModel):
 class _MatrixFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     outlets: list[dict[str, Any]]
+    operators: list[dict[str, Any]] = Field(default_factory=list)  # where operator alerts go
 
 
 @dataclass(frozen=True)
 class OutletMatrix:
     outlets: tuple[Outlet, ...]
     _secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    operators: tuple[Outlet, ...] = ()  # operator channels: alerts only, never notices
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "by_id", {outlet.id: outlet for outlet in self.outlets})
@@ -140,16 +142,22 @@ def load_matrix(
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise MatrixError(f"{path}: not valid UTF-8 YAML: {_one_line(exc)}") from None
     try:
-        entries = _MatrixFile.model_validate(raw).outlets
+        matrix_file = _MatrixFile.model_validate(raw)
     except ValidationError as exc:
         raise MatrixError(f"{path}: expected a top-level 'outlets:' list ({_one_line(exc)})") from None
+    # operator channels are entries like any outlet; tier and region do not matter for them
+    entries = matrix_file.outlets + [
+        {"tier": "other", "region": CITYWIDE, **e} if isinstance(e, dict) else e for e in matrix_file.operators
+    ]
 
     problems: list[str] = []
     outlets: list[Outlet] = []
     secrets: dict[str, str] = {}
     seen: set[str] = set()
+    operator_ids: set[str] = set()
     for index, entry in enumerate(entries):
-        label = f"outlet {entry.get('id')!r}" if isinstance(entry, dict) and entry.get("id") else f"outlet #{index + 1}"
+        kind = "operator" if index >= len(matrix_file.outlets) else "outlet"
+        label = f"{kind} {entry.get('id')!r}" if isinstance(entry, dict) and entry.get("id") else f"outlet #{index + 1}"
         try:
             outlet = Outlet.model_validate(entry)
         except ValidationError as exc:
@@ -166,6 +174,10 @@ def load_matrix(
 
         channel = CHANNELS[outlet.channel]
         problems += [f"{label} field {fld!r}: {msg}" for fld, msg in channel.check_outlet(outlet)]
+        if kind == "operator":
+            operator_ids.add(outlet.id)
+            if not hasattr(channel, "render_alert"):
+                problems.append(f"{label} field 'channel': channel {outlet.channel!r} cannot carry operator alerts")
         if outlet.secret_env:
             secret = environ.get(outlet.secret_env)
             if not secret:
@@ -176,7 +188,8 @@ def load_matrix(
     if problems:
         raise MatrixError(f"{path}: " + "; ".join(problems) if len(problems) == 1
                           else f"{path}: {len(problems)} problems:\n  " + "\n  ".join(problems))
-    return OutletMatrix(tuple(outlets), secrets)
+    return OutletMatrix(tuple(o for o in outlets if o.id not in operator_ids), secrets,
+                        tuple(o for o in outlets if o.id in operator_ids))
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

@@ -1,7 +1,9 @@
 """The running bot: APScheduler is the clock, the dispatcher does the sending.
 
-Jobs: scan the inbox, release embargoed notices whose publish_at has come, and wake the
-dispatcher (a poll that backs up the immediate wake-ups). Stops cleanly on SIGINT/SIGTERM.
+Jobs: scan the inbox, release embargoed notices whose publish_at has come, wake the
+dispatcher (a poll that backs up the immediate wake-ups), send operator alerts and prune old
+attempts. Stops cleanly on SIGINT/SIGTERM. A store that is locked, busy or gone fails a job's
+run, never the daemon: the next run tries again.
 
     >>> await Daemon(settings, store, matrix, regions, client).run(until_idle=True)  # doctest: +SKIP
 """
@@ -12,17 +14,18 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Sequence
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from bot.alerts import Alerter
 from bot.dispatch import Dispatcher
 from bot.intake import FileResult, scan_inbox
 from bot.outlets import OutletMatrix
 from bot.regions import RegionTable
 from bot.settings import Settings
-from bot.store import AttemptRecord, Store
+from bot.store import STORE_FAULTS, AttemptRecord, Store, describe_fault, utcnow
 
 log = logging.getLogger("debunkbot")
 
@@ -44,11 +47,13 @@ class Daemon:
         self.matrix = matrix
         self.regions = regions
         self.dispatcher = Dispatcher(store, matrix, settings, client, on_recorded=on_recorded)
+        self.alerter = Alerter(store, matrix, settings, client, db=self.dispatcher.db)
         self.stop = asyncio.Event()
 
     async def run(self, until_idle: bool = False) -> None:
         scheduler = AsyncIOScheduler(timezone=UTC)
         every = self.settings.scan_interval
+        now = datetime.now(UTC)
         if self.cluster_jobs:
             # Cluster-wide jobs: every process ticks, only the leader (see Store.lead) does the work.
             if self.settings.inbox:
@@ -56,6 +61,10 @@ class Daemon:
                                   max_instances=1, coalesce=True)
             scheduler.add_job(self.release_embargoed, "interval", seconds=min(every, 1.0), id="release-embargoed",
                               max_instances=1, coalesce=True)
+            scheduler.add_job(self.send_alerts, "interval", seconds=every, next_run_time=now,
+                              id="operator-alerts", max_instances=1, coalesce=True)
+            scheduler.add_job(self.prune_attempts, "interval", hours=1, next_run_time=now,
+                              id="prune-attempts", max_instances=1, coalesce=True)
         scheduler.add_job(self.dispatcher.wake, "interval", seconds=every, id="dispatch-due", coalesce=True)
         scheduler.start()
         try:
@@ -74,13 +83,21 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop.set)
 
     async def scan_inbox(self) -> list[FileResult]:
-        if self.settings.inbox is None or not await self.dispatcher.db(self.store.lead):
+        if self.settings.inbox is None:
             return []
-        results = await self.dispatcher.db(scan_inbox, self.settings.inbox, self.store, self.matrix, self.regions)
+        try:
+            if not await self.dispatcher.db(self.store.lead):
+                return []
+            results = await self.dispatcher.db(scan_inbox, self.settings.inbox, self.store, self.matrix, self.regions)
+        except STORE_FAULTS as exc:
+            log.warning("inbox not scanned: %s; files stay in the inbox", describe_fault(exc))
+            return []
         for result in results:
             if result.ok:
                 created = sum(a.created for a in result.added)
                 log.info("accepted %s: %d new notice(s)", result.path.name, created)
+            elif result.deferred:
+                log.warning("kept in the inbox: %s", result.error)
             else:
                 log.warning("rejected %s", result.error)
         if any(r.ok for r in results):
@@ -88,9 +105,32 @@ class Daemon:
         return results
 
     async def release_embargoed(self) -> None:
-        if not await self.dispatcher.db(self.store.lead):
+        try:
+            if not await self.dispatcher.db(self.store.lead):
+                return
+            released = await self.dispatcher.db(self.store.release_due)
+        except STORE_FAULTS as exc:
+            log.warning("embargoes not checked: %s", describe_fault(exc))
             return
-        released = await self.dispatcher.db(self.store.release_due)
         if released:
             log.info("released %d embargoed deliveries", released)
             self.dispatcher.wake()
+
+    async def send_alerts(self) -> None:
+        try:
+            if await self.dispatcher.db(self.store.lead):
+                await self.alerter.tick()
+        except STORE_FAULTS as exc:
+            log.warning("operator alerts not checked: %s", describe_fault(exc))
+
+    async def prune_attempts(self) -> None:
+        cutoff = utcnow() - timedelta(days=self.settings.attempt_retention_days)
+        try:
+            if not await self.dispatcher.db(self.store.lead):
+                return
+            pruned = await self.dispatcher.db(self.store.prune_attempts, cutoff)
+        except STORE_FAULTS as exc:
+            log.warning("old attempts not pruned: %s", describe_fault(exc))
+            return
+        if pruned:
+            log.info("pruned %d attempts older than %g days", pruned, self.settings.attempt_retention_days)

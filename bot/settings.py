@@ -41,6 +41,12 @@ class Settings(BaseSettings):
                                    "against concurrency (a slow lane as large again)")
     wake_poll_interval: float = Field(default=0.015, gt=0, description="seconds between looks for other "
                                       "processes' writes to the store (submit from the CLI)")
+    breaker_threshold: int = Field(default=5, ge=1, description="failed tries in a row that open an outlet's breaker")
+    breaker_cooldown: float = Field(default=300.0, gt=0, description="seconds an open breaker waits before a probe")
+    auto_pause_after: float = Field(default=86400.0, gt=0, description="seconds of only failures before an outlet is paused")
+    urgent_deadline: float = Field(default=10.0, gt=0, description="minutes an urgent notice has to reach every outlet")
+    alert_interval: float = Field(default=300.0, ge=0, description="seconds between two operator alert messages at least")
+    attempt_retention_days: float = Field(default=90.0, gt=0, description="days attempts are kept in the log")
 
     @field_validator("retry_schedule")
     @classmethod

@@ -24,10 +24,32 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from bot.health import Health, HealthEvent, HealthPolicy, after_attempt, resumed
 from bot.model import Notice
 from bot.outlets import Outlet, RateLimit
 
 metadata = sa.MetaData()
+
+# What the database raises when it is locked, busy, unreachable or full. The dispatcher backs off on
+# these; intake refuses the submission. Nothing of the failed transaction was kept.
+STORE_FAULTS: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.exc.InterfaceError)
+
+
+def describe_fault(exc: Exception) -> str:
+    """A store fault in one line an operator can act on."""
+    cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+    if is_disk_full(exc):
+        return f"the disk holding the store is full ({cause})"
+    return f"the store is unavailable ({cause})"
+
+
+def is_disk_full(exc: Exception) -> bool:
+    """SQLite's SQLITE_FULL, PostgreSQL's SQLSTATE 53100 disk_full, or the OS's ENOSPC."""
+    orig = getattr(exc, "orig", None) or exc
+    if getattr(orig, "sqlstate", None) == "53100":
+        return True
+    text = str(orig).lower()
+    return "disk is full" in text or "no space left" in text or "disk full" in text
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -79,6 +101,8 @@ deliveries = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("delivered_at", UTCDateTime, nullable=True),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # the attempt count when the current retry schedule began: 0, or where a manual retry restarted it
+    sa.Column("schedule_start", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.UniqueConstraint("notice_id", "outlet_id"),
     sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
     sa.Index("ix_deliveries_outlet", "outlet_id", "status"),
@@ -100,14 +124,35 @@ attempts = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("response", sa.Text, nullable=True),
     sa.Index("ix_attempts_outlet_time", "outlet_id", "started_at"),
+    sa.Index("ix_attempts_started", "started_at"),  # pruning
 )
 
-# Outlets the store holds sends for, whatever the matrix says: a 410 pauses an outlet.
+# Each outlet's health, shared by every worker and kept across restarts. A row appears with the first
+# attempt. The circuit breaker opens (``open_until``) after repeated failures; a paused outlet (410, or
+# failing for the whole auto-pause window) has its deliveries held until an operator resumes it.
 outlet_health = sa.Table(
     "outlet_health", metadata,
     sa.Column("outlet_id", sa.String(64), primary_key=True),
     sa.Column("paused_at", UTCDateTime, nullable=True),
     sa.Column("paused_reason", sa.Text, nullable=True),
+    sa.Column("status", sa.String(16), nullable=False, default="ok", server_default="ok"),  # ok | degraded | paused
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, default=0, server_default="0"),
+    sa.Column("failing_since", UTCDateTime, nullable=True),  # first failure of the current run of failures
+    sa.Column("last_success_at", UTCDateTime, nullable=True),
+    sa.Column("last_failure_at", UTCDateTime, nullable=True),
+    sa.Column("open_until", UTCDateTime, nullable=True),  # breaker open: no sends before then, then one probe
+)
+
+# Operator alerts: an outbox, deduplicated by key, written in the transaction that saw the event.
+alerts = sa.Table(
+    "alerts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("key", sa.String(200), nullable=False, unique=True),
+    sa.Column("kind", sa.String(32), nullable=False),  # exhausted | paused | recovered | urgent-late
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("sent_at", UTCDateTime, nullable=True),
+    sa.Index("ix_alerts_unsent", "sent_at"),
 )
 
 
@@ -131,6 +176,11 @@ class Claim:
     outlet_id: str
     message_id: str
     attempt: int  # the number this try will have, from 1
+    schedule_start: int = 0  # attempts made before the current retry schedule began (a manual retry restarts it)
+
+    @property
+    def trigger(self) -> str:
+        return "manual" if self.schedule_start and self.attempt == self.schedule_start + 1 else "scheduled"
 
 
 @dataclass(frozen=True)
@@ -149,6 +199,7 @@ class AttemptRecord:
     next_attempt_at: datetime | None = None  # for retry
     pause_outlet: str | None = None  # outlet id to pause (410 Gone)
     trigger: str = "scheduled"
+    exhausted: bool = False  # the retry schedule ran out: the operators hear of it
 
 
 def utcnow() -> datetime:
@@ -175,11 +226,14 @@ class Store:
         self._seen_version: int | None = None
 
     @classmethod
-    def open(cls, url: str, check_schema: bool = True) -> Store:
-        """Open the store; an empty one is created, an outdated one refused (SchemaOutdated)."""
+    def open(cls, url: str, check_schema: bool = True, busy_timeout: float = 30.0) -> Store:
+        """Open the store; an empty one is created, an outdated one refused (SchemaOutdated).
+
+        ``busy_timeout``: seconds a SQLite call waits for a lock before it fails (and the caller backs off).
+        """
         from bot.schema import ensure_current
 
-        engine = make_engine(url)
+        engine = make_engine(url, busy_timeout)
         if check_schema:
             ensure_current(engine)
         return cls(engine)
@@ -309,7 +363,7 @@ class Store:
             .where(
                 d.c.status == "pending", d.c.next_attempt_at <= now,
                 sa.or_(d.c.lease_expires_at.is_(None), d.c.lease_expires_at <= now),
-                d.c.outlet_id.not_in(sa.select(outlet_health.c.outlet_id).where(outlet_health.c.paused_at.is_not(None))),
+                d.c.outlet_id.not_in(_held_outlets(now)),
                 *([d.c.outlet_id.not_in(list(skip_outlets))] if skip_outlets else []),
             )
             .order_by(d.c.next_attempt_at, d.c.id)
@@ -338,6 +392,7 @@ class Store:
             if limited:
                 assert rate_limits is not None
                 candidates = self._within_rate_limits(conn, candidates, limited, rate_limits, now)
+            candidates = self._one_probe_per_open_breaker(conn, candidates, lease, now)
             ids = [row.id for row in candidates]
             if ids and self.postgres:
                 # Rows another worker is writing right now (recording an attempt) are skipped, not waited for.
@@ -350,9 +405,31 @@ class Store:
                 d.update()
                 .where(d.c.id.in_(ids), sa.or_(d.c.lease_expires_at.is_(None), d.c.lease_expires_at <= now))
                 .values(lease_owner=self.owner, lease_expires_at=now + lease, updated_at=now)
-                .returning(d.c.id, d.c.notice_id, d.c.outlet_id, d.c.message_id, d.c.attempts)
+                .returning(d.c.id, d.c.notice_id, d.c.outlet_id, d.c.message_id, d.c.attempts, d.c.schedule_start)
             ).all()
-        return [Claim(r.id, r.notice_id, r.outlet_id, r.message_id, r.attempts + 1) for r in rows]
+        return [Claim(r.id, r.notice_id, r.outlet_id, r.message_id, r.attempts + 1, r.schedule_start) for r in rows]
+
+    def _one_probe_per_open_breaker(
+        self, conn: Connection, candidates: Sequence[Any], lease: timedelta, now: datetime
+    ) -> list[Any]:
+        """An outlet whose breaker cooled down gets one delivery, the probe; the breaker stays shut to
+        everyone else until the probe is recorded (or its lease runs out)."""
+        h = outlet_health
+        half_open = set(conn.execute(
+            sa.select(h.c.outlet_id).where(h.c.outlet_id.in_({r.outlet_id for r in candidates}),
+                                           h.c.open_until.is_not(None), h.c.open_until <= now)
+        ).scalars())
+        if not half_open:
+            return list(candidates)
+        kept, probing = [], set()
+        for row in candidates:
+            if row.outlet_id in half_open:
+                if row.outlet_id in probing:
+                    continue
+                probing.add(row.outlet_id)
+            kept.append(row)
+        conn.execute(h.update().where(h.c.outlet_id.in_(probing)).values(open_until=now + lease))
+        return kept
 
     def _within_rate_limits(
         self, conn: Connection, candidates: Sequence[Any], limited: set[str],
@@ -401,11 +478,15 @@ class Store:
                 )
         return kept
 
-    def record_attempts(self, records: Sequence[AttemptRecord], now: datetime | None = None) -> None:
-        """Write a batch of attempts and move their deliveries on, in one transaction."""
+    def record_attempts(
+        self, records: Sequence[AttemptRecord], now: datetime | None = None, policy: HealthPolicy | None = None
+    ) -> None:
+        """Write a batch of attempts, move their deliveries on and update their outlets' health (raising
+        operator alerts), in one transaction."""
         if not records:
             return
         now = now or utcnow()
+        policy = policy or HealthPolicy()
         status = {"delivered": "delivered", "retry": "pending", "failed": "failed"}
         with self._tx() as conn:
             conn.execute(attempts.insert(), [
@@ -432,9 +513,7 @@ class Store:
                     for r in records
                 ],
             )
-            for outlet_id in {r.pause_outlet for r in records if r.pause_outlet}:
-                reason = next(r.error for r in records if r.pause_outlet == outlet_id)
-                self._pause(conn, outlet_id, reason or "paused", now)
+            self._update_health(conn, records, now, policy)
 
     def release_claims(self) -> int:
         """Give back this owner's unfinished claims (graceful shutdown)."""
@@ -483,13 +562,145 @@ class Store:
             return None
         return self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
-    def _pause(self, conn: Connection, outlet_id: str, reason: str, now: datetime) -> None:
-        updated = conn.execute(
-            outlet_health.update().where(outlet_health.c.outlet_id == outlet_id)
-            .values(paused_at=now, paused_reason=reason)
-        ).rowcount
-        if not updated:
-            conn.execute(outlet_health.insert().values(outlet_id=outlet_id, paused_at=now, paused_reason=reason))
+    def _update_health(
+        self, conn: Connection, records: Sequence[AttemptRecord], now: datetime, policy: HealthPolicy
+    ) -> None:
+        h = outlet_health
+        outlet_ids = sorted({r.outlet_id for r in records})
+        before = {row.outlet_id: Health(**row._mapping) for row in conn.execute(
+            sa.select(*_HEALTH_COLUMNS).where(h.c.outlet_id.in_(outlet_ids)).with_for_update()
+        )}
+        after = dict(before)
+        events: list[HealthEvent] = []
+        alerts_out: list[dict[str, Any]] = []
+        for r in records:
+            current = after.get(r.outlet_id) or Health(r.outlet_id)
+            reason = (r.error or "paused") if r.pause_outlet else None
+            after[r.outlet_id], raised = after_attempt(current, r.outcome == "delivered", now, policy, reason)
+            events += raised
+            if r.exhausted:
+                streak = after[r.outlet_id].failing_since or now
+                alerts_out.append(_alert(
+                    f"exhausted:{r.outlet_id}:{streak.isoformat()}", "exhausted",
+                    f"outlet {r.outlet_id}: retries exhausted, delivery failed ({r.error}). "
+                    f"See `debunkbot log --outlet {r.outlet_id} --status failed`; requeue with "
+                    f"`debunkbot retry --outlet {r.outlet_id}`", now))
+        alerts_out += [_alert(f"{e.kind}:{e.outlet_id}:{e.at.isoformat()}", e.kind, e.text, now) for e in events]
+        changed = [vars(health) for oid, health in after.items() if before.get(oid) != health]
+        inserts = [row for row in changed if row["outlet_id"] not in before]
+        updates = [row for row in changed if row["outlet_id"] in before]
+        if inserts:
+            conn.execute(h.insert(), inserts)
+        if updates:
+            conn.execute(
+                h.update().where(h.c.outlet_id == sa.bindparam("b_outlet_id")).values(
+                    {c.name: sa.bindparam(f"b_{c.name}") for c in _HEALTH_COLUMNS if c.name != "outlet_id"}),
+                [{f"b_{k}": v for k, v in row.items()} for row in updates],
+            )
+        _insert_alerts(conn, alerts_out)
+
+    # -- outlet health --------------------------------------------------------------------------
+
+    def outlet_health(self) -> dict[str, Health]:
+        """Every outlet that has been tried, by id; an outlet without a row is ok and untried."""
+        with self.engine.connect() as conn:
+            return {row.outlet_id: Health(**row._mapping) for row in conn.execute(sa.select(*_HEALTH_COLUMNS))}
+
+    def resume_outlet(self, outlet_id: str, now: datetime | None = None) -> int | None:
+        """Resume a paused outlet (and close its breaker). Returns its held deliveries, now due;
+        None when the outlet was not paused."""
+        now = now or utcnow()
+        h, d = outlet_health, deliveries
+        with self._tx() as conn:
+            row = conn.execute(sa.select(*_HEALTH_COLUMNS).where(h.c.outlet_id == outlet_id)).first()
+            if row is None or (row.paused_at is None and row.open_until is None):
+                return None
+            values = vars(resumed(Health(**row._mapping)))
+            conn.execute(h.update().where(h.c.outlet_id == outlet_id).values(values))
+            conn.execute(
+                d.update().where(d.c.outlet_id == outlet_id, d.c.status == "pending", d.c.next_attempt_at > now)
+                .values(next_attempt_at=now, updated_at=now)
+            )
+            return conn.execute(
+                sa.select(sa.func.count()).where(d.c.outlet_id == outlet_id, d.c.status == "pending")
+            ).scalar_one()
+
+    # -- replay ---------------------------------------------------------------------------------
+
+    def requeue(
+        self, ref: str | None = None, outlet_id: str | None = None, since: datetime | None = None,
+        status: str = "failed", dry_run: bool = False, now: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """Put matching deliveries back in the queue, due now, each with a fresh retry schedule; their
+        next try is logged with trigger ``manual``. Returns what was (or, dry run, would be) requeued."""
+        now = now or utcnow()
+        d, n = deliveries, notices
+        query = (
+            sa.select(d.c.id, n.c.ref.label("notice"), d.c.outlet_id.label("outlet"), d.c.attempts,
+                      d.c.http_status, d.c.error, d.c.updated_at)
+            .select_from(d.join(n, n.c.id == d.c.notice_id))
+            .where(d.c.status == status)
+            .order_by(d.c.notice_id, d.c.id)
+        )
+        if ref:
+            query = query.where(n.c.ref == ref)
+        if outlet_id:
+            query = query.where(d.c.outlet_id == outlet_id)
+        if since:
+            query = query.where(d.c.updated_at >= since)
+        with self._tx() as conn:
+            rows = [dict(row._mapping) for row in conn.execute(query)]
+            if rows and not dry_run:
+                conn.execute(
+                    d.update().where(d.c.id.in_([r["id"] for r in rows]), d.c.status == status)
+                    .values(status="pending", next_attempt_at=now, schedule_start=d.c.attempts,
+                            lease_owner=None, lease_expires_at=None, updated_at=now)
+                )
+        return rows
+
+    # -- operator alerts ------------------------------------------------------------------------
+
+    def flag_late_urgent(self, after: timedelta, now: datetime | None = None) -> int:
+        """Raise an alert (once per notice) for each urgent notice released more than ``after`` ago that
+        some outlet still does not have. Returns the alerts raised."""
+        now = now or utcnow()
+        d, n = deliveries, notices
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(n.c.ref, sa.func.count().label("missing"))
+                .select_from(n.join(d, d.c.notice_id == n.c.id))
+                .where(n.c.urgency == "urgent", n.c.released_at <= now - after, d.c.status != "delivered",
+                       ~sa.exists().where(alerts.c.key == sa.literal("urgent-late:") + n.c.ref))
+                .group_by(n.c.ref)
+            ).all()
+            late = [_alert(f"urgent-late:{r.ref}", "urgent-late",
+                           f"urgent notice {r.ref} is not delivered everywhere {after.total_seconds() / 60:g} "
+                           f"minutes after release: {r.missing} outlet(s) without it. See `debunkbot status {r.ref}`",
+                           now) for r in rows]
+            _insert_alerts(conn, late)
+        return len(late)
+
+    def unsent_alerts(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(
+                sa.select(alerts.c.id, alerts.c.kind, alerts.c.text, alerts.c.created_at)
+                .where(alerts.c.sent_at.is_(None)).order_by(alerts.c.id))]
+
+    def last_alert_sent_at(self) -> datetime | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(alerts.c.sent_at))).scalar_one_or_none()
+
+    def mark_alerts_sent(self, ids: Sequence[int], now: datetime | None = None) -> None:
+        with self._tx() as conn:
+            conn.execute(alerts.update().where(alerts.c.id.in_(list(ids))).values(sent_at=now or utcnow()))
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def prune_attempts(self, older_than: datetime) -> int:
+        """Delete attempts started before ``older_than``. Notices and deliveries (their outcome, attempt
+        count, last status and error) are kept."""
+        with self._tx() as conn:
+            return conn.execute(attempts.delete().where(attempts.c.started_at < older_than)).rowcount
 
     def notices_by_id(self, notice_ids: Iterable[int]) -> dict[int, tuple[Notice, datetime]]:
         """Notices with the time they were released (their publication time)."""
@@ -618,6 +829,18 @@ class Store:
             )
             return {row.outlet_id: row.paused_reason or "" for row in rows}
 
+    def deliveries_by_outlet(self) -> dict[str, dict[str, Any]]:
+        """outlet id -> its tier and its deliveries counted by status."""
+        d = deliveries
+        out: dict[str, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(
+                sa.select(d.c.outlet_id, d.c.tier, d.c.status, sa.func.count().label("n"))
+                .group_by(d.c.outlet_id, d.c.tier, d.c.status)
+            ):
+                out.setdefault(row.outlet_id, {"tier": row.tier})[row.status] = row.n
+        return out
+
     def counts(self, ref: str | None = None) -> dict[str, int]:
         """Deliveries by status, for one notice or all."""
         query = sa.select(deliveries.c.status, sa.func.count()).group_by(deliveries.c.status)
@@ -627,12 +850,42 @@ class Store:
             return {status: n for status, n in conn.execute(query)}
 
 
-def make_engine(url: str) -> Engine:
+_HEALTH_COLUMNS = [outlet_health.c[name] for name in Health.__dataclass_fields__]
+
+
+def _held_outlets(now: datetime) -> sa.Select[Any]:
+    """Outlets that get no sends now: paused, or with the circuit breaker open."""
+    h = outlet_health
+    return sa.select(h.c.outlet_id).where(sa.or_(h.c.paused_at.is_not(None), h.c.open_until > now))
+
+
+def _alert(key: str, kind: str, text: str, now: datetime) -> dict[str, Any]:
+    return {"key": key[:200], "kind": kind, "text": text, "created_at": now, "sent_at": None}
+
+
+def _insert_alerts(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert alerts, skipping keys already raised (the deduplication)."""
+    rows = list({r["key"]: r for r in rows}.values())
+    if not rows:
+        return
+    if conn.dialect.name in ("sqlite", "postgresql"):
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+        conn.execute(dialect.insert(alerts).on_conflict_do_nothing(index_elements=["key"]), rows)
+        return
+    known = set(conn.execute(sa.select(alerts.c.key).where(alerts.c.key.in_([r["key"] for r in rows]))).scalars())
+    fresh = [r for r in rows if r["key"] not in known]
+    if fresh:
+        conn.execute(alerts.insert(), fresh)
+
+
+def make_engine(url: str, busy_timeout: float = 30.0) -> Engine:
     if url.startswith("sqlite"):
         path = sa.make_url(url).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = sa.create_engine(url, connect_args={"timeout": busy_timeout, "check_same_thread": False})
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -641,7 +894,7 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             cur.close()
 
         @sa.event.listens_for(engine, "begin")

@@ -6,7 +6,7 @@ its templates in templates/<name>/, and add it to CHANNELS below.
 
 from __future__ import annotations
 
-from channels.base import Channel, Outcome, Rendered, classify_http, classify_json
+from channels.base import AlertChannel, Channel, Outcome, Rendered, classify_http, classify_json
 from channels.dingtalk import DingTalk
 from channels.feed import Feed
 from channels.feishu import Feishu, Lark
@@ -20,4 +20,4 @@ CHANNELS: dict[str, Channel] = {
     for channel in (Webhook(), DingTalk(), WeCom(), Feishu(), Lark(), Weibo(), WeChatMP(), Feed())
 }
 
-__all__ = ["CHANNELS", "Channel", "Outcome", "Rendered", "classify_http", "classify_json"]
+__all__ = ["CHANNELS", "AlertChannel", "Channel", "Outcome", "Rendered", "classify_http", "classify_json"]

@@ -76,6 +76,16 @@ class Exchanging(Protocol):
     ) -> tuple[int, httpx.Headers, bytes]: ...
 
 
+class AlertChannel(Channel, Protocol):
+    """A channel that can also carry operator alerts (an entry under ``operators:`` in the matrix).
+
+    ``render_alert`` makes the alert's body; ``build`` signs and addresses it and ``classify`` reads the
+    answer exactly as for a notice.
+    """
+
+    def render_alert(self, title: str, text: str, now: datetime) -> Rendered: ...
+
+
 RETRYABLE = frozenset({408, 425, 429})
 
 

@@ -51,6 +51,11 @@ class Webhook:
         payload = {"type": self.event_type, "timestamp": published_at.isoformat(), "data": data}
         return Rendered(text=text, body=json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
 
+    def render_alert(self, title: str, text: str, now: datetime) -> Rendered:
+        """An operator alert: ``{"type": "operator.alert", "data": {"title", "text"}}``, signed like a notice."""
+        payload = {"type": "operator.alert", "timestamp": now.isoformat(), "data": {"title": title, "text": text}}
+        return Rendered(text=f"{title}\n{text}", body=json.dumps(payload, ensure_ascii=False).encode())
+
     def build(
         self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime
     ) -> httpx.Request:

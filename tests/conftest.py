@@ -139,3 +139,12 @@ async def loopback(tmp_path: Path, regions: RegionTable) -> AsyncIterator[Callab
     yield start
     for outlets in started:
         await outlets.__aexit__(None, None, None)
+
+
+def chaos_matrix(tmp_path: Path, regions: RegionTable, urls: dict[str, str], secrets: dict[str, str]) -> OutletMatrix:
+    """A matrix of webhook outlets at these urls, signing with these secrets."""
+    entries = [{"id": o, "name": f"站点{o}", "tier": "district", "region": "全市", "channel": "webhook",
+                "url": url, "secret_env": f"S_{o.upper()}"} for o, url in urls.items()]
+    path = tmp_path / "outlets.yaml"
+    path.write_text(yaml.safe_dump({"outlets": entries}, allow_unicode=True), encoding="utf-8")
+    return load_matrix(path, regions, environ={f"S_{o.upper()}": s for o, s in secrets.items()})

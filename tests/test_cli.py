@@ -130,3 +130,54 @@ async def test_the_daemon_takes_inbox_files_and_stops_cleanly_on_sigterm(
     assert proc.returncode == 0, err.decode()
     assert len(outlets.delivered()) == 4
     assert (inbox / "accepted" / "n.yaml").exists()
+
+
+async def test_retry_requeues_failed_deliveries_and_their_next_try_is_logged_as_manual(
+    tmp_path: Path, loopback: Callable[..., Any], database_url: str
+) -> None:
+    outlets, env = await bot_env(tmp_path, loopback, 4, database_url, **{"outlet-0003": [400]})
+    notice = tmp_path / "n.yaml"
+    notice.write_text(yaml.safe_dump(notice_data(), allow_unicode=True), encoding="utf-8")
+    assert (await debunkbot(env, "submit", str(notice)))[0] == 0
+    assert (await debunkbot(env, "run", "--until-idle"))[0] == 0
+
+    code, out, _ = await debunkbot(env, "retry", "--outlet", "outlet-0003", "--since", "1h", "--dry-run")
+    assert code == 0 and "would requeue 1 deliveries" in out and "nothing changed" in out
+    code, out, _ = await debunkbot(env, "log", "--json", "--status", "failed")
+    assert [json.loads(line)["outlet"] for line in out.splitlines()] == ["outlet-0003"]
+
+    code, out, _ = await debunkbot(env, "retry", "--status", "failed")
+    assert code == 0 and "requeued 1 deliveries" in out
+    assert (await debunkbot(env, "run", "--until-idle"))[0] == 0
+    code, out, _ = await debunkbot(env, "log", "--attempts", "--json", "--outlet", "outlet-0003")
+    tries = [json.loads(line) for line in out.splitlines()]
+    assert [(t["attempt"], t["trigger"], t["http_status"]) for t in tries] == [(1, "scheduled", 400), (2, "manual", 200)]
+    assert outlets.tries["outlet-0003"] == 2
+
+
+async def test_outlets_lists_health_and_resume_sends_what_a_paused_outlet_held(
+    tmp_path: Path, loopback: Callable[..., Any], database_url: str
+) -> None:
+    outlets, env = await bot_env(tmp_path, loopback, 3, database_url, **{"outlet-0001": [410]})
+    for ref in ("first", "second"):
+        path = tmp_path / f"{ref}.yaml"
+        path.write_text(yaml.safe_dump(notice_data(ref=ref, title=ref), allow_unicode=True), encoding="utf-8")
+        assert (await debunkbot(env, "submit", str(path)))[0] == 0
+        assert (await debunkbot(env, "run", "--until-idle"))[0] == 0
+
+    code, out, _ = await debunkbot(env, "outlets", "--json")
+    health = {row["outlet"]: row for row in map(json.loads, out.splitlines())}
+    assert code == 0 and set(health) == {"outlet-0000", "outlet-0001", "outlet-0002"}
+    paused = health["outlet-0001"]
+    assert (paused["status"], paused["consecutive_failures"], paused["pending"], paused["failed"]) == ("paused", 1, 1, 1)
+    assert "410" in paused["paused_reason"]
+    assert health["outlet-0000"]["status"] == "ok" and health["outlet-0000"]["last_success_at"]
+    code, out, _ = await debunkbot(env, "outlets")
+    assert code == 0 and "paused" in out and "debunkbot outlets resume ID" in out
+
+    code, out, _ = await debunkbot(env, "outlets", "resume", "outlet-0001")
+    assert code == 0 and "1 held deliveries are due now" in out
+    assert (await debunkbot(env, "run", "--until-idle"))[0] == 0
+    assert outlets.delivered()["outlet-0001"] and outlets.tries["outlet-0001"] == 2
+    code, _, err = await debunkbot(env, "outlets", "resume", "outlet-0001")
+    assert code == 2 and "is not paused" in err

@@ -145,3 +145,33 @@ def test_the_inbox_moves_files_to_accepted_and_rejected_with_the_reason(
     assert "field 'verdict'" in reason and "bad.yaml" in reason
     assert (inbox / "half-written.yaml.tmp").exists()  # not a notice file yet
     assert store.notice("bad") is None and store.notice("cq-test-001") is not None
+
+
+def test_a_full_disk_refuses_the_submission_clearly_stores_nothing_and_keeps_the_inbox_file(
+    tmp_path: Path, store: Store, regions: RegionTable
+) -> None:
+    import sqlalchemy as sa
+
+    from bot.outlets import Outlet
+
+    if store.postgres:
+        pytest.skip("a full disk is simulated with SQLite's max_page_count; PostgreSQL's 53100 takes the same path")
+    matrix = OutletMatrix(tuple(Outlet(id=f"o{i}", name=f"站点{i}", tier="district", channel="webhook",
+                                       url="https://x.example/", secret_env="S") for i in range(300)))
+
+    @sa.event.listens_for(store.engine, "connect")
+    def _no_room_to_grow(dbapi_conn: Any, _record: Any) -> None:  # SQLite's own "database or disk is full"
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA max_page_count={cur.execute('PRAGMA page_count').fetchone()[0]}")
+        cur.close()
+
+    store.engine.dispose()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "n.yaml").write_text(yaml.safe_dump(notice_data(), allow_unicode=True), encoding="utf-8")
+    (result,) = scan_inbox(inbox, store, matrix, regions)
+    assert result.deferred and not result.ok
+    assert "the disk holding the store is full" in (result.error or "") and "nothing of this file was stored" in (
+        result.error or "")
+    assert (inbox / "n.yaml").exists() and not (inbox / "rejected").exists()
+    assert store.notice("cq-test-001") is None and store.delivery_log() == []

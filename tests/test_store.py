@@ -144,3 +144,58 @@ def test_a_write_from_another_process_is_seen_by_the_next_look(
         other.close()
     assert store.changed_since_last_look() is True
     assert store.changed_since_last_look() is False
+
+
+def test_requeue_makes_failed_deliveries_due_with_a_fresh_schedule_and_a_dry_run_changes_nothing(
+    store: Store, make_notice: Callable[..., Notice]
+) -> None:
+    store.add_notices([(make_notice(), OUTLETS[:3])], source="t")
+    now = datetime.now(UTC)
+    claims = store.claim_due(10, 2, LEASE, now=now)
+    store.record_attempts([AttemptRecord(c.delivery_id, c.outlet_id, 1, now, 5.0,
+                                         "delivered" if c.outlet_id == "o0" else "failed", 500, "HTTP 500")
+                           for c in claims])
+    would = store.requeue(outlet_id="o1", dry_run=True)
+    assert [r["outlet"] for r in would] == ["o1"] and store.counts() == {"delivered": 1, "failed": 2}
+    assert {r["outlet"] for r in store.requeue()} == {"o1", "o2"}
+    assert store.counts() == {"delivered": 1, "pending": 2}
+    again = store.claim_due(10, 2, LEASE)
+    assert {(c.attempt, c.schedule_start, c.trigger) for c in again} == {(2, 1, "manual")}
+    assert store.requeue() == []  # nothing failed any more
+
+
+def test_requeue_since_takes_only_deliveries_that_failed_after_that_time(
+    store: Store, make_notice: Callable[..., Notice]
+) -> None:
+    early = datetime.now(UTC) - timedelta(hours=3)
+    store.add_notices([(make_notice(), OUTLETS[:2])], source="t", now=early)
+    (c0, c1) = store.claim_due(10, 2, LEASE, now=early)
+    store.record_attempts([AttemptRecord(c0.delivery_id, "o0", 1, early, 5.0, "failed", 400, "HTTP 400")], now=early)
+    store.record_attempts([AttemptRecord(c1.delivery_id, "o1", 1, early, 5.0, "failed", 400, "HTTP 400")])
+    assert [r["outlet"] for r in store.requeue(since=early + timedelta(hours=1))] == ["o1"]
+
+
+def test_pruning_deletes_old_attempts_and_keeps_notices_and_delivery_outcomes(
+    store: Store, make_notice: Callable[..., Notice]
+) -> None:
+    old = datetime.now(UTC) - timedelta(days=100)
+    store.add_notices([(make_notice(), OUTLETS[:1])], source="t", now=old)
+    (claim,) = store.claim_due(10, 2, LEASE, now=old)
+    store.record_attempts([AttemptRecord(claim.delivery_id, "o0", 1, old, 5.0, "delivered", 200)], now=old)
+    assert store.prune_attempts(datetime.now(UTC) - timedelta(days=90)) == 1
+    assert store.attempt_log() == []
+    (row,) = store.delivery_log()
+    assert (row["status"], row["attempts"], row["http_status"]) == ("delivered", 1, 200)
+    assert store.notice("cq-test-001") is not None
+
+
+def test_alerts_are_raised_once_per_key(store: Store, make_notice: Callable[..., Notice]) -> None:
+    store.add_notices([(make_notice(urgency="urgent"), OUTLETS[:2])], source="t")
+    later = datetime.now(UTC) + timedelta(minutes=11)
+    assert store.flag_late_urgent(timedelta(minutes=10), now=later) == 1
+    assert store.flag_late_urgent(timedelta(minutes=10), now=later) == 0  # raised already
+    (alert,) = store.unsent_alerts()
+    assert alert["kind"] == "urgent-late" and "2 outlet(s) without it" in alert["text"]
+    store.mark_alerts_sent([alert["id"]])
+    assert store.unsent_alerts() == []
+    assert store.flag_late_urgent(timedelta(minutes=10), now=later) == 0

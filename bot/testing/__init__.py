@@ -4,6 +4,8 @@ They ship with the bot, not only with the tests, because the demo and the benche
 ones: one implementation that behaves as each platform documents (signatures, limits, error codes).
 """
 
+from bot.testing import chaos
+from bot.testing.chaos import ChaosOutlets, ChaosRequest
 from bot.testing.dingtalk import DingTalkRobots
 from bot.testing.feed import read_feed
 from bot.testing.feishu import FeishuBots
@@ -14,6 +16,6 @@ from bot.testing.wecom import WeComRobots
 from bot.testing.weibo import WeiboAPI
 
 __all__ = [
-    "HANG", "DingTalkRobots", "FeishuBots", "LoopbackPlatform", "Post", "WeChatMPAPI", "WeComRobots",
-    "WebhookOutlets", "WeiboAPI", "Window", "read_feed",
+    "HANG", "ChaosOutlets", "ChaosRequest", "DingTalkRobots", "FeishuBots", "LoopbackPlatform", "Post", "WeChatMPAPI",
+    "WeComRobots", "WebhookOutlets", "WeiboAPI", "Window", "chaos", "read_feed",
 ]

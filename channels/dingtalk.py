@@ -26,9 +26,9 @@ from urllib.parse import quote_plus
 import httpx
 
 from bot.outlets import RateLimit
-from bot.render import form_context, render
+from bot.render import form_context, markdown_escape, render
 from channels.base import NO_OPTIONS, Outcome, Rendered, classify_json, token_and_key
-from channels.fit import Form, Limit, fit, read_more
+from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
     from bot.model import Notice
@@ -80,6 +80,16 @@ class DingTalk:
 
         text, form = fit(body, notice, self.limits, link)
         return Rendered(text=markdown(form), body=text.encode())
+
+    def render_alert(self, title: str, text: str, now: datetime) -> Rendered:
+        """An operator alert as markdown, cut to fit the 20,000 bytes."""
+
+        def body(cut_text: str) -> str:
+            markdown = f"#### {markdown_escape(title)}\n\n" + markdown_escape(cut_text).replace("\n", "\n\n")
+            message = {"title": title, "text": markdown}
+            return json.dumps({"msgtype": "markdown", "markdown": message}, ensure_ascii=False, separators=(",", ":"))
+
+        return Rendered(text=f"{title}\n{text}", body=body(cut_to(text, self.limits, body)).encode())
 
     def build(
         self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime

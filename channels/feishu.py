@@ -28,7 +28,7 @@ import httpx
 from bot.outlets import RateLimit
 from bot.render import form_context, render
 from channels.base import NO_OPTIONS, Outcome, Rendered, classify_json, token_and_key
-from channels.fit import Form, Limit, fit, read_more
+from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
     from bot.model import Notice
@@ -89,6 +89,16 @@ class Feishu:
 
         _, form = fit(lambda f: _dumps(SIGNATURE_PLACEHOLDER | message(f)), notice, self.limits, link)
         return Rendered(text=text(form), body=_dumps(message(form)).encode())
+
+    def render_alert(self, title: str, text: str, now: datetime) -> Rendered:
+        """An operator alert as a post, cut to fit the body limit (signature included)."""
+
+        def message(cut_text: str) -> dict[str, Any]:
+            paragraphs = [[{"tag": "text", "text": line}] for line in cut_text.split("\n")]
+            return {"msg_type": "post", "content": {"post": {"zh_cn": {"title": title, "content": paragraphs}}}}
+
+        fitted = cut_to(text, self.limits, lambda t: _dumps(SIGNATURE_PLACEHOLDER | message(t)))
+        return Rendered(text=f"{title}\n{fitted}", body=_dumps(message(fitted)).encode())
 
     def build(
         self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime

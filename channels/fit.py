@@ -111,6 +111,23 @@ def _longest(
     return found
 
 
+def cut_to(text: str, limits: Sequence[Limit], render: Callable[[str], str] = str) -> str:
+    """The longest cut of ``text`` whose ``render`` fits ``limits`` (operator alerts, titles).
+
+    >>> cut_to("水位平稳。请勿信谣。", (Limit(15, "bytes"),))
+    '水位平稳。'
+    """
+    low, high, best = 0, len(text), ""
+    while low <= high:
+        middle = (low + high) // 2
+        candidate = cut(text, middle)
+        if fits(render(candidate), limits):
+            best, low = candidate, middle + 1
+        else:
+            high = middle - 1
+    return best
+
+
 def lead(text: str) -> str:
     """The first sentence of ``text`` (all of it when it has no sentence end)."""
     match = SENTENCE_END.search(text)

@@ -23,9 +23,9 @@ from urllib.parse import quote_plus
 import httpx
 
 from bot.outlets import RateLimit
-from bot.render import form_context, render
+from bot.render import form_context, markdown_escape, render
 from channels.base import NO_OPTIONS, Outcome, Rendered, classify_json
-from channels.fit import Form, Limit, cut, fit, read_more
+from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
     from bot.model import Notice
@@ -68,9 +68,19 @@ class WeCom:
         if msgtype == "markdown":
             body: dict[str, Any] = {"msgtype": "markdown", "markdown": {"content": text}}
         else:
-            title = _cut_bytes(f"【辟谣】{notice.title}", NEWS_TITLE)
+            title = cut_to(f"【辟谣】{notice.title}", (NEWS_TITLE,))
             body = {"msgtype": "news", "news": {"articles": [{"title": title, "description": text, "url": link}]}}
         return Rendered(text=text, body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
+
+    def render_alert(self, title: str, text: str, now: datetime) -> Rendered:
+        """An operator alert as markdown, cut to fit the 4,096 bytes."""
+
+        def content(body: str) -> str:
+            return f"### {markdown_escape(title)}\n{markdown_escape(body)}"
+
+        fitted = content(cut_to(text, self.limits["markdown"], content))
+        body = {"msgtype": "markdown", "markdown": {"content": fitted}}
+        return Rendered(text=fitted, body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
 
     def build(
         self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime
@@ -84,10 +94,3 @@ class WeCom:
         if "errcode 40058" in (outcome.error or ""):
             return Outcome("failed", f"{outcome.error} (too long: this body is never retried; render shorter)")
         return outcome
-
-
-def _cut_bytes(text: str, limit: Limit) -> str:
-    room = len(text)
-    while room and limit.measure(cut(text, room)) > limit.size:
-        room -= 1
-    return cut(text, room)

@@ -53,7 +53,8 @@ def postgres_schema() -> Iterator[str]:
     if not POSTGRES_URL:
         pytest.skip("PostgreSQL half: set DEBUNKBOT_TEST_POSTGRES_URL (make test does when PostgreSQL is up)")
     schema = f"t_{secrets.token_hex(6)}"
-    admin = sa.create_engine(POSTGRES_URL, connect_args={"options": "-c lock_timeout=10s"})  # a leak fails, not hangs
+    admin = sa.create_engine(POSTGRES_URL, pool_pre_ping=True,  # a restarted server is fine
+                             connect_args={"options": "-c lock_timeout=10s"})  # a leak fails, not hangs
     with admin.begin() as conn:
         conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
     try:

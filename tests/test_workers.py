@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from bot.store import Store
 from tests.conftest import notice_data
@@ -106,3 +110,35 @@ async def test_killing_a_worker_mid_run_loses_nothing(
     rows = store.delivery_log()
     store.close()
     assert {r["status"] for r in rows} == {"delivered"} and len(rows) == 600
+
+
+def restart_postgres() -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[0]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
+                   check=True, capture_output=True, timeout=60)
+
+
+@pytest.mark.skipif(not (shutil.which("pg_ctlcluster") and os.path.isdir("/etc/postgresql") and os.geteuid() == 0),
+                    reason="restarting PostgreSQL needs root and pg_ctlcluster on this machine")
+async def test_workers_ride_out_a_postgres_restart_under_load_and_lose_nothing(
+    postgres_url: str, tmp_path: Path, loopback: Callable[..., Any]
+) -> None:
+    outlets, matrix = await loopback(600, delay=0.02)
+    submit(postgres_url, matrix, "one")
+    workers = await start_workers(2, worker_env(postgres_url, tmp_path, matrix, concurrency="10"))
+    for _ in range(400):
+        if len(outlets.posts) >= 100:
+            break
+        await asyncio.sleep(0.025)
+    sent_before = len(outlets.posts)
+    await asyncio.to_thread(restart_postgres)  # every connection is cut; new ones are refused for a moment
+    await finish(workers)
+
+    assert 100 <= sent_before < 600 and [w.returncode for w in workers] == [0, 0]
+    assert {p.outlet for p in outlets.posts} == {o.id for o in matrix.outlets}
+    for outlet, ids in outlets.delivered().items():
+        assert len(ids) == 1, outlet  # a resend after the restart carries the same webhook-id
+    store = Store.open(postgres_url)
+    rows = store.delivery_log()
+    store.close()
+    assert len(rows) == 600 and {r["status"] for r in rows} == {"delivered"}

@@ -18,12 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, SECRET, receiver, receiver_kind, sample_notice, write_matrix  # noqa: E402
-from bot.dispatch import Dispatcher, make_client  # noqa: E402
-from bot.outlets import load_matrix  # noqa: E402
-from bot.regions import RegionTable  # noqa: E402
-from bot.settings import CONFIG, Settings  # noqa: E402
-from bot.store import Store  # noqa: E402
+from bench.common import ROOT, SECRET, receiver, receiver_kind, sample_notice, write_matrix
+from bot.dispatch import Dispatcher, make_client
+from bot.outlets import load_matrix
+from bot.regions import RegionTable
+from bot.settings import CONFIG, Settings
+from bot.store import Store
 
 
 async def run(outlets: int, notices: int, concurrency: int) -> dict[str, float]:

@@ -30,7 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
-    SECRET, bench_env, receiver, receiver_kind, run_measured, sample_notice, write_matrix,
+    SECRET,
+    bench_env,
+    receiver,
+    receiver_kind,
+    run_measured,
+    sample_notice,
+    write_matrix,
 )
 from bot.outlets import load_matrix  # noqa: E402
 from bot.regions import RegionTable  # noqa: E402

@@ -27,11 +27,11 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, SECRET, receiver, receiver_kind, sample_notice, write_matrix  # noqa: E402
-from bot.outlets import load_matrix  # noqa: E402
-from bot.regions import RegionTable  # noqa: E402
-from bot.settings import CONFIG  # noqa: E402
-from bot.store import Store  # noqa: E402
+from bench.common import ROOT, SECRET, receiver, receiver_kind, sample_notice, write_matrix
+from bot.outlets import load_matrix
+from bot.regions import RegionTable
+from bot.settings import CONFIG
+from bot.store import Store
 
 POSTGRES = os.environ.get("DEBUNKBOT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TICK = os.sysconf("SC_CLK_TCK")

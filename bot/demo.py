@@ -22,14 +22,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bot.dispatch import make_client
+from bot.feed import FeedServer
 from bot.intake import expand, submit_files
 from bot.outlets import Tier, load_matrix
 from bot.regions import RegionTable
 from bot.scheduler import Daemon
 from bot.settings import CONFIG, Settings
 from bot.store import Store
-from bot.feed import FeedServer
-from bot.testing import DingTalkRobots, FeishuBots, WeChatMPAPI, WebhookOutlets, WeComRobots, WeiboAPI, read_feed
+from bot.testing import DingTalkRobots, FeishuBots, WebhookOutlets, WeChatMPAPI, WeComRobots, WeiboAPI, read_feed
 
 FLAKY = [503, 502]  # a few outlets fail twice before they take a post
 

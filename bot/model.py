@@ -18,7 +18,16 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationInfo,
+    field_validator,
+)
 
 from bot.regions import CITYWIDE, RegionTable
 
@@ -64,7 +73,7 @@ def _printable(value: str) -> str:
     return value
 
 
-def Text(max_length: int) -> Any:  # noqa: N802 - reads as a type in the model below
+def Text(max_length: int) -> Any:
     """Non-blank printable text (surrounding whitespace stripped) of at most ``max_length`` characters."""
     return Annotated[str, Field(min_length=1, max_length=max_length), AfterValidator(_printable)]
 

@@ -16,14 +16,25 @@ from typing import Any
 import httpx
 import pytest
 
-
 from bot.dispatch import Dispatcher, make_client
 from bot.model import Notice
 from bot.regions import RegionTable
 from bot.settings import Settings
 from bot.store import Store
 from bot.testing import ChaosOutlets
-from bot.testing.chaos import ECHO, GARBAGE, HANG, RESET, Drip, Huge, Status, errcode, redirect, refused_url, retry_after
+from bot.testing.chaos import (
+    ECHO,
+    GARBAGE,
+    HANG,
+    RESET,
+    Drip,
+    Huge,
+    Status,
+    errcode,
+    redirect,
+    refused_url,
+    retry_after,
+)
 from channels import Outcome
 from channels.webhook import Webhook
 from tests.conftest import chaos_matrix, whsec

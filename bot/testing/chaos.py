@@ -20,6 +20,7 @@ import struct
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+
 from standardwebhooks import Webhook, WebhookVerificationError
 
 

@@ -12,11 +12,11 @@
 
 from __future__ import annotations
 
-import time
 import base64
 import hashlib
 import hmac
 import json
+import time
 from typing import Any
 
 from aiohttp import web

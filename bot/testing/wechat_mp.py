@@ -11,11 +11,10 @@
 
 from __future__ import annotations
 
-import time
 import json
 import secrets
+import time
 from typing import Any
-
 
 from aiohttp import web
 

@@ -8,8 +8,8 @@
 
 from __future__ import annotations
 
-import time
 import json
+import time
 from typing import Any
 
 from aiohttp import web

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -52,20 +53,30 @@ class Daemon:
 
     async def run(self, until_idle: bool = False) -> None:
         scheduler = AsyncIOScheduler(timezone=UTC)
-        every = self.settings.scan_interval
-        now = datetime.now(UTC)
+        running: set[asyncio.Task[Any]] = set()
+
+        def every(job: Callable[[], Awaitable[Any]], seconds: float, first: datetime | None = None) -> None:
+            async def tracked() -> None:  # so a stop waits for a job in progress instead of cancelling it
+                task = asyncio.current_task()
+                assert task is not None
+                running.add(task)
+                try:
+                    await job()
+                finally:
+                    running.discard(task)
+
+            scheduler.add_job(tracked, "interval", seconds=seconds, next_run_time=first, id=job.__name__,
+                              max_instances=1, coalesce=True)
+
+        tick, now = self.settings.scan_interval, datetime.now(UTC)
         if self.cluster_jobs:
             # Cluster-wide jobs: every process ticks, only the leader (see Store.lead) does the work.
             if self.settings.inbox:
-                scheduler.add_job(self.scan_inbox, "interval", seconds=every, id="scan-inbox",
-                                  max_instances=1, coalesce=True)
-            scheduler.add_job(self.release_embargoed, "interval", seconds=min(every, 1.0), id="release-embargoed",
-                              max_instances=1, coalesce=True)
-            scheduler.add_job(self.send_alerts, "interval", seconds=every, next_run_time=now,
-                              id="operator-alerts", max_instances=1, coalesce=True)
-            scheduler.add_job(self.prune_attempts, "interval", hours=1, next_run_time=now,
-                              id="prune-attempts", max_instances=1, coalesce=True)
-        scheduler.add_job(self.dispatcher.wake, "interval", seconds=every, id="dispatch-due", coalesce=True)
+                every(self.scan_inbox, tick)
+            every(self.release_embargoed, min(tick, 1.0))
+            every(self.send_alerts, tick, first=now)
+            every(self.prune_attempts, 3600, first=now)
+        scheduler.add_job(self.dispatcher.wake, "interval", seconds=tick, id="dispatch-due", coalesce=True)
         scheduler.start()
         try:
             if self.cluster_jobs:
@@ -75,6 +86,8 @@ class Daemon:
             await self.dispatcher.run(self.stop, until_idle=until_idle)
         finally:
             scheduler.shutdown(wait=False)
+            if running:
+                await asyncio.wait(running)
             await self.dispatcher.close()
 
     def install_signal_handlers(self) -> None:

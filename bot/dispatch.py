@@ -115,6 +115,8 @@ class Dispatcher:
         self.capacity = settings.concurrency
         self._rate_limits = matrix.rate_limits()
         self._pulled = frozenset(o.id for o in matrix.outlets if self.channels[o.channel].pull)  # feeds fetch
+        # outlets with the same options share a rendering: the key is computed once, not per send
+        self._options_key = {o.id: json.dumps(o.options, sort_keys=True, default=str) for o in matrix.outlets}
         self.health_policy = HealthPolicy.from_settings(settings)
         self._lease = timedelta(seconds=max(settings.lease_seconds, settings.http_timeout + LEASE_MARGIN))
         self._store_backoff = 0.0
@@ -357,7 +359,7 @@ class Dispatcher:
     def _rendered_for(
         self, notice_id: int, notice: Notice, published_at: datetime, channel: Channel, outlet: Outlet
     ) -> Rendered:
-        key = (notice_id, channel.name, json.dumps(outlet.options, sort_keys=True, default=str))
+        key = (notice_id, channel.name, self._options_key[outlet.id])
         rendered = self._rendered.get(key)
         if rendered is None:
             rendered = self._rendered[key] = channel.render(notice, published_at, outlet.options)

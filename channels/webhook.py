@@ -60,7 +60,7 @@ class Webhook:
         self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime
     ) -> httpx.Request:
         assert outlet.url and secret  # check_outlet and load_matrix guarantee both
-        signature = Signer(secret).sign(message_id, now, rendered.body.decode())
+        signature = _signer(secret).sign(message_id, now, rendered.body.decode())
         return httpx.Request("POST", _url(outlet.url), content=rendered.body, headers={
             "content-type": "application/json; charset=utf-8",
             "webhook-id": message_id,
@@ -71,6 +71,12 @@ class Webhook:
 
     def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome:
         return classify_http(status, headers)
+
+
+@functools.lru_cache(maxsize=8192)
+def _signer(secret: str) -> Signer:
+    """The reference library's signer, its key decoded once per outlet rather than on every send."""
+    return Signer(secret)
 
 
 @functools.lru_cache(maxsize=8192)

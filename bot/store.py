@@ -642,10 +642,7 @@ class Store:
             .where(d.c.status == status)
             .order_by(d.c.notice_id, d.c.id)
         )
-        if ref:
-            query = query.where(n.c.ref == ref)
-        if outlet_id:
-            query = query.where(d.c.outlet_id == outlet_id)
+        query = _of(query, ref, outlet_id)
         if since:
             query = query.where(d.c.updated_at >= since)
         with self._tx() as conn:
@@ -794,10 +791,7 @@ class Store:
             .select_from(d.join(n, n.c.id == d.c.notice_id))
             .order_by(d.c.notice_id, d.c.id)
         )
-        if ref:
-            query = query.where(n.c.ref == ref)
-        if outlet_id:
-            query = query.where(d.c.outlet_id == outlet_id)
+        query = _of(query, ref, outlet_id)
         if status:
             query = query.where(d.c.status == status)
         with self.engine.connect() as conn:
@@ -814,10 +808,7 @@ class Store:
             .select_from(a.join(d, d.c.id == a.c.delivery_id).join(n, n.c.id == d.c.notice_id))
             .order_by(a.c.id)
         )
-        if ref:
-            query = query.where(n.c.ref == ref)
-        if outlet_id:
-            query = query.where(d.c.outlet_id == outlet_id)
+        query = _of(query, ref, outlet_id)
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
@@ -857,6 +848,15 @@ def _held_outlets(now: datetime) -> sa.Select[Any]:
     """Outlets that get no sends now: paused, or with the circuit breaker open."""
     h = outlet_health
     return sa.select(h.c.outlet_id).where(sa.or_(h.c.paused_at.is_not(None), h.c.open_until > now))
+
+
+def _of(query: sa.Select[Any], ref: str | None, outlet_id: str | None) -> sa.Select[Any]:
+    """A delivery-log query narrowed to one notice and/or one outlet (it joins notices and deliveries)."""
+    if ref:
+        query = query.where(notices.c.ref == ref)
+    if outlet_id:
+        query = query.where(deliveries.c.outlet_id == outlet_id)
+    return query
 
 
 def _alert(key: str, kind: str, text: str, now: datetime) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def cpu_seconds(name: str) -> float:
 
 def round_of(workers: int, notices: int, outlets: int, base: int, work: Path, regions: RegionTable) -> dict[str, float]:
     schema = f"bench_{secrets.token_hex(4)}"
-    admin = sa.create_engine(POSTGRES)
+    admin = sa.create_engine(POSTGRES, pool_pre_ping=True, connect_args={"options": "-c lock_timeout=30s"})
     with admin.begin() as conn:
         conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
     url = sa.make_url(POSTGRES).update_query_dict({"options": f"-csearch_path={schema}"})
@@ -77,7 +77,12 @@ def round_of(workers: int, notices: int, outlets: int, base: int, work: Path, re
         started = time.perf_counter()
         procs = [subprocess.Popen([sys.executable, "-m", "bot", "worker", "--until-idle"], env=env, cwd=ROOT,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
-        codes = [p.wait(timeout=600) for p in procs]
+        try:
+            codes = [p.wait(timeout=300) for p in procs]  # bounded: a stuck round is killed, not waited for
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         busy = machine_busy_seconds() - busy_before

@@ -541,15 +541,16 @@ class Store:
         """
         if not self.postgres:
             return True
-        try:
-            if self._leader is not None:
+        if self._leader is not None:
+            try:
                 self._leader.execute(sa.text("SELECT 1"))
                 return True
-        except sa.exc.DBAPIError:
-            self._leader = None  # the connection (and with it the lock) is gone
-        conn = self.engine.connect()
+            except sa.exc.DBAPIError:  # the connection, and with it the lock, is gone
+                self._leader.close()
+                self._leader = None
+        # autocommit: the leader's connection never sits idle in a transaction (that would hold back VACUUM)
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         won = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_LOCK}).scalar_one()
-        conn.commit()
         if won:
             self._leader = conn
         else:

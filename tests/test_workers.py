@@ -142,3 +142,22 @@ async def test_workers_ride_out_a_postgres_restart_under_load_and_lose_nothing(
     rows = store.delivery_log()
     store.close()
     assert len(rows) == 600 and {r["status"] for r in rows} == {"delivered"}
+
+
+def test_one_process_leads_the_cluster_jobs_and_another_takes_over_when_it_dies(postgres_url: str) -> None:
+    import sqlalchemy as sa
+
+    first, second = Store.open(postgres_url), Store.open(postgres_url)
+    try:
+        assert first.lead() is True
+        assert second.lead() is False and first.lead() is True  # leading stays with the first
+        with second.engine.connect() as conn:  # the leader's connection is idle, not idle in a transaction
+            states = conn.execute(sa.text(
+                "SELECT state FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted")).scalars().all()
+        assert states == ["idle"]
+        first.close()  # the leader goes away, and its lock with its connection
+        assert second.lead() is True
+    finally:
+        first.close()
+        second.close()

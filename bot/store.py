@@ -568,6 +568,8 @@ class Store:
     ) -> None:
         h = outlet_health
         outlet_ids = sorted({r.outlet_id for r in records})
+        # every outlet gets its row first, so two workers recording the same new outlet cannot collide
+        _insert_new(conn, h, [{"outlet_id": o} for o in outlet_ids], "outlet_id")
         before = {row.outlet_id: Health(**row._mapping) for row in conn.execute(
             sa.select(*_HEALTH_COLUMNS).where(h.c.outlet_id.in_(outlet_ids)).with_for_update()
         )}
@@ -575,7 +577,7 @@ class Store:
         events: list[HealthEvent] = []
         alerts_out: list[dict[str, Any]] = []
         for r in records:
-            current = after.get(r.outlet_id) or Health(r.outlet_id)
+            current = after[r.outlet_id]
             reason = (r.error or "paused") if r.pause_outlet else None
             after[r.outlet_id], raised = after_attempt(current, r.outcome == "delivered", now, policy, reason)
             events += raised
@@ -587,18 +589,14 @@ class Store:
                     f"See `debunkbot log --outlet {r.outlet_id} --status failed`; requeue with "
                     f"`debunkbot retry --outlet {r.outlet_id}`", now))
         alerts_out += [_alert(f"{e.kind}:{e.outlet_id}:{e.at.isoformat()}", e.kind, e.text, now) for e in events]
-        changed = [vars(health) for oid, health in after.items() if before.get(oid) != health]
-        inserts = [row for row in changed if row["outlet_id"] not in before]
-        updates = [row for row in changed if row["outlet_id"] in before]
-        if inserts:
-            conn.execute(h.insert(), inserts)
+        updates = [vars(health) for oid, health in after.items() if before[oid] != health]
         if updates:
             conn.execute(
                 h.update().where(h.c.outlet_id == sa.bindparam("b_outlet_id")).values(
                     {c.name: sa.bindparam(f"b_{c.name}") for c in _HEALTH_COLUMNS if c.name != "outlet_id"}),
                 [{f"b_{k}": v for k, v in row.items()} for row in updates],
             )
-        _insert_alerts(conn, alerts_out)
+        _insert_new(conn, alerts, alerts_out, "key")
 
     # -- outlet health --------------------------------------------------------------------------
 
@@ -675,7 +673,7 @@ class Store:
                            f"urgent notice {r.ref} is not delivered everywhere {after.total_seconds() / 60:g} "
                            f"minutes after release: {r.missing} outlet(s) without it. See `debunkbot status {r.ref}`",
                            now) for r in rows]
-            _insert_alerts(conn, late)
+            _insert_new(conn, alerts, late, "key")
         return len(late)
 
     def unsent_alerts(self) -> list[dict[str, Any]]:
@@ -864,21 +862,16 @@ def _alert(key: str, kind: str, text: str, now: datetime) -> dict[str, Any]:
     return {"key": key[:200], "kind": kind, "text": text, "created_at": now, "sent_at": None}
 
 
-def _insert_alerts(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert alerts, skipping keys already raised (the deduplication)."""
-    rows = list({r["key"]: r for r in rows}.values())
+def _insert_new(conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], key: str) -> None:
+    """Insert rows whose ``key`` is not there yet, and skip the rest, even when another worker inserts the
+    same key at the same moment (INSERT … ON CONFLICT DO NOTHING, on SQLite and PostgreSQL)."""
+    rows = list({r[key]: r for r in rows}.values())
     if not rows:
         return
-    if conn.dialect.name in ("sqlite", "postgresql"):
-        from sqlalchemy.dialects import postgresql, sqlite
+    from sqlalchemy.dialects import postgresql, sqlite
 
-        dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
-        conn.execute(dialect.insert(alerts).on_conflict_do_nothing(index_elements=["key"]), rows)
-        return
-    known = set(conn.execute(sa.select(alerts.c.key).where(alerts.c.key.in_([r["key"] for r in rows]))).scalars())
-    fresh = [r for r in rows if r["key"] not in known]
-    if fresh:
-        conn.execute(alerts.insert(), fresh)
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(dialect.insert(table).on_conflict_do_nothing(index_elements=[key]), rows)
 
 
 def make_engine(url: str, busy_timeout: float = 30.0) -> Engine:

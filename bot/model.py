@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import date, datetime
+from datetime import date
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -128,7 +128,3 @@ class Notice(BaseModel):
     def from_stored(cls, payload: str | dict[str, Any]) -> Notice:
         data = json.loads(payload) if isinstance(payload, str) else payload
         return cls.model_validate(data)
-
-    def release_time(self, now: datetime) -> datetime:
-        """When the notice may go out: its embargo, or now."""
-        return self.publish_at if self.publish_at and self.publish_at > now else now

@@ -3,7 +3,7 @@
 The table is data (config/regions.yaml); this module loads it, refuses a bad one, and resolves
 names. A unit that was abolished resolves to its successor from the day of the change.
 
-    >>> table = default_table()
+    >>> table = RegionTable.load(Path("config/regions.yaml"))
     >>> table.resolve("渝中", on=date(2026, 11, 27))
     '渝中区'
     >>> table.resolve("江北区", on=date(2025, 6, 1)), table.resolve("江北区", on=date(2026, 2, 1))
@@ -17,7 +17,6 @@ names. A unit that was abolished resolves to its successor from the day of the c
 from __future__ import annotations
 
 import difflib
-import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -146,7 +145,7 @@ class RegionTable:
         Accepts full names and aliases, ignoring surrounding whitespace. An abolished unit
         resolves to its successor (following the chain). Raises UnknownRegion otherwise.
 
-        >>> default_table().resolve(" 渝北 ", on=date(2026, 1, 25))
+        >>> RegionTable.load(Path("config/regions.yaml")).resolve(" 渝北 ", on=date(2026, 1, 25))
         '两江新区'
         """
         key = name.strip()
@@ -170,21 +169,10 @@ class RegionTable:
     def units_on(self, day: date) -> list[Region]:
         """The district-level units that exist on ``day``, in file order.
 
-        >>> [u.name for u in default_table().units_on(date(2026, 11, 27))][:3]
+        >>> [u.name for u in RegionTable.load(Path("config/regions.yaml")).units_on(date(2026, 11, 27))][:3]
         ['万州区', '黔江区', '涪陵区']
         """
         return [region for region in self.regions if region.exists_on(day)]
-
-    def covers(self, region: str, target: str, on: date) -> bool:
-        """Does a notice for ``target`` concern an outlet whose region is ``region``, on ``on``?
-
-        True when either is citywide or both resolve to the same unit that day.
-
-        >>> default_table().covers("两江新区", "江北区", on=date(2026, 11, 27))
-        True
-        """
-        outlet_unit, notice_unit = self.resolve(region, on), self.resolve(target, on)
-        return CITYWIDE in (outlet_unit, notice_unit) or outlet_unit == notice_unit
 
     def _unknown(self, name: str) -> str:
         known = [CITYWIDE, *self.citywide_aliases, *self._by_any_name]
@@ -193,12 +181,6 @@ class RegionTable:
             return f"unknown region {name!r}"
         canonical = self._by_any_name[match[0]].name if match[0] in self._by_any_name else CITYWIDE
         return f"unknown region {name!r}; did you mean {canonical!r}?"
-
-
-@functools.cache
-def default_table() -> RegionTable:
-    """The table shipped in <repo>/config/regions.yaml, loaded once per process."""
-    return RegionTable.load(Path(__file__).resolve().parents[1] / "config" / "regions.yaml")
 
 
 def _problems(table: RegionTable) -> Iterator[str]:

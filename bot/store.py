@@ -226,7 +226,7 @@ class Store:
         self._seen_version: int | None = None
 
     @classmethod
-    def open(cls, url: str, check_schema: bool = True, busy_timeout: float = 30.0) -> Store:
+    def open(cls, url: str, busy_timeout: float = 30.0) -> Store:
         """Open the store; an empty one is created, an outdated one refused (SchemaOutdated).
 
         ``busy_timeout``: seconds a SQLite call waits for a lock before it fails (and the caller backs off).
@@ -234,8 +234,7 @@ class Store:
         from bot.schema import ensure_current
 
         engine = make_engine(url, busy_timeout)
-        if check_schema:
-            ensure_current(engine)
+        ensure_current(engine)
         return cls(engine)
 
     def close(self) -> None:

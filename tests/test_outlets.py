@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from bot.outlets import MatrixError, load_matrix
+from bot.model import Notice
+from bot.outlets import MatrixError, Outlet, OutletMatrix, load_matrix
 from bot.regions import RegionTable
 from bot.settings import CONFIG
+from tests.conftest import notice_data
 
 
 def example_environ() -> dict[str, str]:
@@ -75,3 +79,29 @@ def test_secrets_come_from_the_environment_and_never_show_in_the_model(tmp_path:
     matrix = load_matrix(write_matrix(tmp_path, [GOOD]), regions, environ={"S_YZ": "whsec_TOPSECRET"})
     assert matrix.secret_for("dist-yuzhong") == "whsec_TOPSECRET"
     assert "TOPSECRET" not in repr(matrix) and "TOPSECRET" not in matrix.outlets[0].model_dump_json()
+
+
+BEFORE, AFTER = date(2025, 6, 1), date(2026, 11, 27)
+
+
+@pytest.mark.parametrize(("outlet_region", "notice_region", "on", "expected"), [
+    ("渝中区", "全市", AFTER, True),
+    ("全市", "渝中区", AFTER, True),
+    ("渝中区", "渝中", AFTER, True),
+    ("渝中区", "大足区", AFTER, False),
+    ("两江新区", "江北区", AFTER, True),
+    ("两江新区", "江北区", BEFORE, False),
+    ("江北区", "江北", BEFORE, True),
+    ("重庆", "大足区", AFTER, True),
+])
+def test_an_outlet_gets_citywide_notices_and_those_naming_its_unit(
+    regions: RegionTable, outlet_region: str, notice_region: str, on: date, expected: bool
+) -> None:
+    outlet = Outlet.model_validate(GOOD | {"region": regions.resolve(outlet_region, on)})
+    notice = Notice.model_validate(notice_data(regions=[notice_region]), context={"regions": regions, "on": on})
+    assert (OutletMatrix((outlet,)).concerned_by(notice) == [outlet]) is expected
+
+
+def test_a_notice_naming_an_unknown_region_is_refused(regions: RegionTable) -> None:
+    with pytest.raises(ValidationError, match="unknown region '火星区'"):
+        Notice.model_validate(notice_data(regions=["火星区"]), context={"regions": regions, "on": AFTER})

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bot.regions import CITYWIDE, Region, RegionTable, RegionTableError, UnknownRegion, default_table
+from bot.regions import CITYWIDE, Region, RegionTable, RegionTableError, UnknownRegion
+from bot.settings import CONFIG
 
 BEFORE = date(2025, 6, 1)
 CHANGE = date(2026, 1, 25)
@@ -18,7 +19,7 @@ AFTER = date(2026, 11, 27)
 
 @pytest.fixture(scope="module")
 def table() -> RegionTable:
-    return default_table()
+    return RegionTable.load(CONFIG / "regions.yaml")
 
 
 @pytest.mark.parametrize(("name", "canonical"), [
@@ -112,32 +113,6 @@ def test_a_unit_exists_up_to_the_day_before_its_valid_until() -> None:
     unit = Region("甲区", "district", valid_from=date(2020, 1, 1), valid_until=date(2021, 1, 1))
     assert [unit.exists_on(d) for d in (date(2019, 12, 31), date(2020, 1, 1), date(2020, 12, 31), date(2021, 1, 1))] \
         == [False, True, True, False]
-
-
-@pytest.mark.parametrize(("region", "target", "on", "expected"), [
-    ("渝中区", CITYWIDE, AFTER, True),
-    (CITYWIDE, "渝中区", AFTER, True),
-    ("渝中区", "渝中", AFTER, True),
-    ("渝中区", "大足区", AFTER, False),
-    ("两江新区", "江北区", AFTER, True),
-    ("两江新区", "江北区", BEFORE, False),
-    ("江北区", "江北", BEFORE, True),
-    ("重庆", "大足区", AFTER, True),
-])
-def test_a_notice_covers_its_own_units_outlets_and_citywide_ones(
-    table: RegionTable, region: str, target: str, on: date, expected: bool
-) -> None:
-    assert table.covers(region, target, on) is expected
-
-
-def test_covers_refuses_an_unknown_region(table: RegionTable) -> None:
-    with pytest.raises(UnknownRegion):
-        table.covers("渝中区", "火星区", AFTER)
-
-
-def test_default_table_is_the_shipped_file_loaded_once() -> None:
-    assert default_table() is default_table()
-    assert default_table() == RegionTable.load(Path(__file__).resolve().parents[1] / "config" / "regions.yaml")
 
 
 def write_table(tmp_path: Path, regions: list[dict[str, Any]], citywide: dict[str, Any] | None = None) -> Path:

@@ -48,7 +48,7 @@ async def run_bot(work: Path, stop_after: int) -> dict[str, Any]:
         started = time.perf_counter()
         await daemon.run(until_idle=True)
         ended = done["at"] or time.perf_counter()
-    delivered = store.counts().get("delivered", 0)
+    delivered = store.log.counts().get("delivered", 0)
     store.close()
     return {"seconds": ended - started, "delivered": delivered}
 

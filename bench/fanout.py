@@ -34,14 +34,14 @@ async def run(outlets: int, notices: int, concurrency: int) -> dict[str, float]:
                              environ={"BENCH_SECRET": SECRET})
         settings = Settings(database_url=f"sqlite:///{work / 'bench.sqlite3'}", concurrency=concurrency)
         store = Store.open(settings.database_url)
-        store.add_notices([(sample_notice(f"bench-{n}"), matrix.outlets) for n in range(notices)], source="bench")
+        store.queue.add_notices([(sample_notice(f"bench-{n}"), matrix.outlets) for n in range(notices)], source="bench")
         async with make_client(settings) as client:
             dispatcher = Dispatcher(store, matrix, settings, client)
             started = time.perf_counter()
             await dispatcher.run(until_idle=True)
             elapsed = time.perf_counter() - started
             await dispatcher.close()
-        delivered = store.counts().get("delivered", 0)
+        delivered = store.log.counts().get("delivered", 0)
         store.close()
         return {"deliveries": delivered, "seconds": round(elapsed, 3), "per_second": round(delivered / elapsed, 1)}
 

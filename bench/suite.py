@@ -55,15 +55,15 @@ def prepare(work: Path, base: int, outlets: int, notices: int, ports: int = 100)
     matrix = load_matrix(work / "outlets.yaml", RegionTable.load(CONFIG / "regions.yaml"),
                          environ={"BENCH_SECRET": SECRET})
     store = Store.open(f"sqlite:///{work / 'bench.sqlite3'}")
-    store.add_notices([(sample_notice(f"bench-{n}"), matrix.outlets) for n in range(notices)], source="bench")
+    store.queue.add_notices([(sample_notice(f"bench-{n}"), matrix.outlets) for n in range(notices)], source="bench")
     channel, bodies, posts = Webhook(), [], []
     urls = {o.id: o.url for o in matrix.outlets}
     for n in range(notices):
-        notice_id, notice = store.notice(f"bench-{n}")  # type: ignore[misc]
-        published_at = store.notices_by_id([notice_id])[notice_id][1]
+        notice_id, notice = store.log.notice(f"bench-{n}")  # type: ignore[misc]
+        published_at = store.queue.notices_by_id([notice_id])[notice_id][1]
         bodies.append(channel.render(notice, published_at).body.decode())
         posts += [{"url": urls[row["outlet"]], "message_id": row["message_id"], "body": n}
-                  for row in store.delivery_log(ref=f"bench-{n}")]
+                  for row in store.log.deliveries(ref=f"bench-{n}")]
     (work / "spec.json").write_text(json.dumps({"bodies": bodies, "posts": posts}))
     return store
 
@@ -102,7 +102,7 @@ def repeat(reps: int, outlets: int, notices: int, kinds: dict[str, dict[str, Any
                         env = bench_env(work, **options)
                         result = run_measured([DEBUNKBOT, "run", "--until-idle"], env)
                         result |= {"seconds": result["process_seconds"],
-                                   "delivered": Store.open(env["DEBUNKBOT_DATABASE_URL"]).counts().get("delivered", 0)}
+                                   "delivered": Store.open(env["DEBUNKBOT_DATABASE_URL"]).log.counts().get("delivered", 0)}
                     else:
                         result = contend(kind, work, **options)
                 runs[name].append(result)
@@ -210,7 +210,7 @@ async def _f5(count: int) -> dict[str, Any]:
                 ref = f"f5-{n + 3}"
                 arrived[ref] = asyncio.Event()
                 submitted = time.perf_counter()
-                await asyncio.to_thread(store.add_notices, [(sample_notice(ref, urgent=True), matrix.outlets)],
+                await asyncio.to_thread(store.queue.add_notices, [(sample_notice(ref, urgent=True), matrix.outlets)],
                                         "bench")
                 await asyncio.wait_for(arrived[ref].wait(), 30 if n < 0 else 10)
                 if n >= 0:

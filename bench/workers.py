@@ -68,7 +68,7 @@ def round_of(workers: int, notices: int, outlets: int, base: int, work: Path, re
     try:
         store = Store.open(url_text)
         matrix = load_matrix(work / "outlets.yaml", regions, environ={"BENCH_SECRET": SECRET})
-        store.add_notices([(sample_notice(f"w{n}"), matrix.outlets) for n in range(notices)], source="bench")
+        store.queue.add_notices([(sample_notice(f"w{n}"), matrix.outlets) for n in range(notices)], source="bench")
         store.close()
         env = dict(os.environ, BENCH_SECRET=SECRET, DEBUNKBOT_OUTLETS=str(work / "outlets.yaml"),
                    DEBUNKBOT_DATABASE_URL=url_text, DEBUNKBOT_CONCURRENCY="200", DEBUNKBOT_SCAN_INTERVAL="0.5")
@@ -88,7 +88,7 @@ def round_of(workers: int, notices: int, outlets: int, base: int, work: Path, re
         busy = machine_busy_seconds() - busy_before
         recv_cpu = cpu_seconds("nginx") - recv_before  # nginx's workers live through the round
         store = Store.open(url_text)
-        delivered = store.counts().get("delivered", 0)
+        delivered = store.log.counts().get("delivered", 0)
         store.close()
         assert codes == [0] * workers, f"workers exited {codes}"
         assert delivered == notices * outlets, f"{delivered} of {notices * outlets} delivered"

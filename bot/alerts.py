@@ -6,9 +6,11 @@ The store raises alerts into an outbox, in the transaction that saw the event, d
 - ``recovered``: an outlet whose breaker had opened delivers again;
 - ``urgent-late``: an urgent notice is not everywhere ``DEBUNKBOT_URGENT_DEADLINE`` minutes after release.
 
-The ``Alerter`` sends what is waiting as one digest message to every operator channel (the top-level
-``operators:`` list of the outlet matrix), at most one message per ``DEBUNKBOT_ALERT_INTERVAL``
-seconds, so a bad night is a few messages. With no operator channel, alerts go to the log.
+The ``Alerter`` sends what is waiting as one digest message to each operator channel (the top-level
+``operators:`` list of the outlet matrix), at most one message per channel per ``DEBUNKBOT_ALERT_INTERVAL``
+seconds, so a bad night is a few messages. The outbox records which channel took which alert: a channel
+that failed is tried again alone, and the others never get the same alert twice. With no operator
+channel, alerts go to the log.
 
     >>> await Alerter(store, matrix, settings, client, db).tick()   # doctest: +SKIP
 """
@@ -18,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
 
-from bot.outlets import OutletMatrix
+from bot.outlets import Outlet, OutletMatrix
 from bot.settings import Settings
 from bot.store import Store, utcnow
 from channels import CHANNELS, Channel
@@ -45,7 +47,7 @@ class Alerter:
         self.client = client
         self.channels = channels or CHANNELS
         self._db = db
-        self._next_try = utcnow()
+        self._next_try: dict[str | None, datetime] = {}  # per operator channel: no try before then (after a failure)
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         if self._db is not None:
@@ -53,47 +55,58 @@ class Alerter:
         return await asyncio.to_thread(fn, *args)
 
     async def tick(self) -> int:
-        """Raise late-urgent alerts, then send what waits if the interval allows. Returns alerts sent."""
+        """Raise late-urgent alerts, then send each operator channel what it has not taken yet, if its
+        interval allows. A channel that fails is tried again alone; the others are not sent the same alerts
+        again. Returns the alerts every channel now has."""
         now = utcnow()
-        await self.db(self.store.flag_late_urgent, timedelta(minutes=self.settings.urgent_deadline))
-        if now < self._next_try:
-            return 0
-        last = await self.db(self.store.last_alert_sent_at)
-        if last is not None and (now - last).total_seconds() < self.settings.alert_interval:
-            return 0
-        waiting = await self.db(self.store.unsent_alerts)
-        if not waiting:
-            return 0
-        title, text = digest(waiting)
+        outbox = self.store.outbox
+        await self.db(outbox.flag_late_urgent, timedelta(minutes=self.settings.urgent_deadline))
         if not self.matrix.operators:
+            if not await self._due(None, now):
+                return 0
+            waiting = await self.db(outbox.unsent)
             for alert in waiting:
                 log.warning("operator alert (no operators: channel configured): %s", alert["text"])
-        elif not await self._post(title, text, f"alert_{waiting[0]['id']}_{waiting[-1]['id']}"):
-            self._next_try = now + timedelta(seconds=max(self.settings.scan_interval, 5.0))
-            return 0
-        await self.db(self.store.mark_alerts_sent, [a["id"] for a in waiting])
-        return len(waiting)
-
-    async def _post(self, title: str, text: str, message_id: str) -> bool:
-        """Post to every operator channel; True when all took it. A resend carries the same message id."""
-        ok = True
+            return await self.db(outbox.mark_sent, [a["id"] for a in waiting])
+        everyone = [o.id for o in self.matrix.operators]
+        done = 0
         for operator in self.matrix.operators:
-            channel = self.channels[operator.channel]
-            now = utcnow()
-            rendered = channel.render_alert(title, text, now)  # type: ignore[attr-defined]
-            request = channel.build(rendered, operator, self.matrix.secret_for(operator.id), message_id, now)
-            try:
-                async with asyncio.timeout(self.settings.http_timeout):
-                    response = await self.client.send(request)
-                outcome = channel.classify(response.status_code, response.headers, response.content[:65536])
-            except (TimeoutError, httpx.TransportError) as exc:
-                log.warning("operator channel %s unreachable: %s", operator.id, type(exc).__name__)
-                ok = False
+            if not await self._due(operator.id, now):
                 continue
-            if outcome.result != "delivered":
-                log.warning("operator channel %s refused the alert: %s", operator.id, outcome.error)
-                ok = False
-        return ok
+            waiting = await self.db(outbox.unsent, operator.id)
+            if not waiting:
+                continue
+            title, text = digest(waiting)
+            if await self._post(operator, title, text, f"alert_{waiting[0]['id']}_{waiting[-1]['id']}"):
+                done += await self.db(outbox.mark_sent, [a["id"] for a in waiting], operator.id, everyone)
+            else:
+                self._next_try[operator.id] = now + timedelta(seconds=max(self.settings.scan_interval, 5.0))
+        return done
+
+    async def _due(self, operator_id: str | None, now: datetime) -> bool:
+        """Whether this channel (None: the log) may get a message now: not backing off, interval passed."""
+        if now < self._next_try.get(operator_id, now):
+            return False
+        last = await self.db(self.store.outbox.last_sent_at, operator_id)
+        return last is None or (now - last).total_seconds() >= self.settings.alert_interval
+
+    async def _post(self, operator: Outlet, title: str, text: str, message_id: str) -> bool:
+        """Post to one operator channel; True when it took it. A resend carries the same message id."""
+        channel = self.channels[operator.channel]
+        now = utcnow()
+        rendered = channel.render_alert(title, text, now)  # type: ignore[attr-defined]
+        request = channel.build(rendered, operator, self.matrix.secret_for(operator.id), message_id, now)
+        try:
+            async with asyncio.timeout(self.settings.http_timeout):
+                response = await self.client.send(request)
+            outcome = channel.classify(response.status_code, response.headers, response.content[:65536])
+        except (TimeoutError, httpx.TransportError) as exc:
+            log.warning("operator channel %s unreachable: %s", operator.id, type(exc).__name__)
+            return False
+        if outcome.result != "delivered":
+            log.warning("operator channel %s refused the alert: %s", operator.id, outcome.error)
+            return False
+        return True
 
 
 def digest(waiting: list[dict[str, Any]]) -> tuple[str, str]:

@@ -168,10 +168,10 @@ def status(ref: str) -> None:
     """Who has notice REF: a summary per tier and the outlets not yet delivered."""
     settings = _settings()
     store = _store(settings)
-    if store.notice(ref) is None:
+    if store.log.notice(ref) is None:
         errors.print(f"[red]no notice with ref {ref!r}[/]")
         raise typer.Exit(2)
-    rows = store.delivery_log(ref=ref)
+    rows = store.log.deliveries(ref=ref)
     table = Table(title=f"{ref}: deliveries by tier")
     for column in ("tier", "outlets", "delivered", "pending", "held", "failed"):
         table.add_column(column, justify="left" if column == "tier" else "right")
@@ -208,10 +208,10 @@ def log_(
     """The delivery log: one row per notice x outlet, or with --attempts every try."""
     store = _store(_settings())
     if attempts:
-        rows = store.attempt_log(ref=notice, outlet_id=outlet)
+        rows = store.log.attempts(ref=notice, outlet_id=outlet)
         keys = ("notice", "outlet", "attempt", "trigger", "started_at", "latency_ms", "outcome", "http_status", "error")
     else:
-        rows = store.delivery_log(ref=notice, outlet_id=outlet, status=status.value if status else None)
+        rows = store.log.deliveries(ref=notice, outlet_id=outlet, status=status.value if status else None)
         keys = LOG_KEYS
     if as_json:
         for row in rows:
@@ -250,8 +250,8 @@ def outlets(
     if ctx.invoked_subcommand:
         return
     store = _store(_settings())
-    health = store.outlet_health()
-    by_outlet = store.deliveries_by_outlet()
+    health = store.health.all()
+    by_outlet = store.log.by_outlet()
     rows = []
     for outlet_id in sorted(by_outlet.keys() | health.keys()):
         h = health.get(outlet_id)
@@ -285,7 +285,7 @@ def outlets(
 def resume(outlet_id: Annotated[str, typer.Argument(metavar="ID", help="outlet id")]) -> None:
     """Resume a paused outlet (or close its open breaker): its held deliveries go out at once."""
     store = _store(_settings())
-    held = store.resume_outlet(outlet_id)
+    held = store.health.resume(outlet_id)
     if held is None:
         errors.print(f"[red]outlet {outlet_id!r} is not paused[/] (see `debunkbot outlets`)")
         raise typer.Exit(2)
@@ -312,8 +312,8 @@ def retry(
         errors.print(f"[red]--since:[/] {exc}")
         raise typer.Exit(2) from None
     store = _store(_settings())
-    rows = store.requeue(ref=notice, outlet_id=outlet, since=cutoff, status=status.value, dry_run=dry_run)
-    paused = store.paused_outlets()
+    rows = store.queue.requeue(ref=notice, outlet_id=outlet, since=cutoff, status=status.value, dry_run=dry_run)
+    paused = store.health.paused()
     table = Table(title=("would requeue" if dry_run else "requeued") + f" {len(rows)} deliveries")
     for column in ("notice", "outlet", "attempts", "last error", "note"):
         table.add_column(column)
@@ -348,7 +348,7 @@ def render(ref: str, outlet: Annotated[str, typer.Option("--outlet", help="outle
     regions = _regions(settings)
     matrix = _matrix(settings, regions)
     store = _store(settings)
-    found = store.notice(ref)
+    found = store.log.notice(ref)
     if found is None:
         errors.print(f"[red]no notice with ref {ref!r}[/]")
         raise typer.Exit(2)
@@ -357,7 +357,7 @@ def render(ref: str, outlet: Annotated[str, typer.Option("--outlet", help="outle
         errors.print(f"[red]no outlet {outlet!r} in {settings.outlets}[/]")
         raise typer.Exit(2)
     notice_id, notice = found
-    _, published_at = store.notices_by_id([notice_id])[notice_id]
+    _, published_at = store.queue.notices_by_id([notice_id])[notice_id]
     rendered = CHANNELS[target.channel].render(notice, published_at, target.options)
     console.rule(f"{target.name} ({target.id}) · {target.channel}")
     console.print(rendered.text, markup=False, highlight=False)

@@ -131,7 +131,7 @@ async def run_demo(console: Console) -> int:
                     console.print(f"  submitted {added.ref}: {added.deliveries} deliveries ({result.path.name})")
                 if not result.ok:
                     console.print(f"[red]  rejected {result.error}[/]")
-            total = sum(store.counts().values())
+            total = sum(store.log.counts().values())
 
             with Progress(TextColumn("[bold]fan-out"), BarColumn(), MofNCompleteColumn(),
                           TextColumn("{task.fields[retries]} retries"), TimeElapsedColumn(), console=console) as bar:
@@ -153,8 +153,8 @@ async def run_demo(console: Console) -> int:
                             bar.update(task, advance=len(entries))
 
             console.print(_matrix_table(store))
-            counts = store.counts()
-            fetched = sum(1 for t in store.attempt_log() if t["trigger"] == "fetch")
+            counts = store.log.counts()
+            fetched = sum(1 for t in store.log.attempts() if t["trigger"] == "fetch")
             ok = counts.get("delivered", 0) == total and not outlets.refused() and outlets.received() + fetched == total
             console.print(
                 f"{counts.get('delivered', 0)}/{total} deliveries confirmed in the delivery log; "
@@ -172,7 +172,7 @@ def _tiers(outlets: object) -> str:
 
 
 def _matrix_table(store: Store) -> Table:
-    rows = store.delivery_log()
+    rows = store.log.deliveries()
     table = Table(title="the matrix, by tier")
     table.add_column("notice")
     for tier in Tier:

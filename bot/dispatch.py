@@ -163,7 +163,7 @@ class Dispatcher:
                 idle = not (self._in_flight or self._slow or self._ready or self._unrecorded)
                 if until_idle and store_ok and idle:
                     try:
-                        next_due = await self.db(self.store.next_due_at, self._pulled)
+                        next_due = await self.db(self.store.queue.next_due_at, self._pulled)
                         if next_due is None:
                             return
                     except STORE_FAULTS as exc:
@@ -188,7 +188,7 @@ class Dispatcher:
             flusher.cancel()
             await self._flush_before_exit()
             try:
-                await self.db(self.store.release_claims)
+                await self.db(self.store.queue.release_claims)
             except STORE_FAULTS as exc:
                 log.error("could not give back claims (%s); they are reclaimed when their lease runs out",
                           describe_fault(exc))
@@ -199,7 +199,7 @@ class Dispatcher:
 
         from bot.store import WORK_CHANNEL
 
-        dsn = self.store.listen_dsn()
+        dsn = self.store.cluster.listen_dsn()
         assert dsn is not None
         while True:
             try:
@@ -217,10 +217,10 @@ class Dispatcher:
 
     async def _claim_and_send(self, room: int) -> int:
         def claim() -> tuple[list[Claim], dict[int, tuple[Notice, datetime]]]:
-            claims = self.store.claim_due(room, self.settings.per_outlet_concurrency, self._lease,
+            claims = self.store.queue.claim(room, self.settings.per_outlet_concurrency, self._lease,
                                           rate_limits=self._rate_limits, skip_outlets=self._pulled)
             missing = {c.notice_id for c in claims} - self._notices.keys()
-            return claims, (self.store.notices_by_id(missing) if missing else {})
+            return claims, (self.store.queue.notices_by_id(missing) if missing else {})
 
         claims, loaded = await self.db(claim)
         for notice_id, value in loaded.items():
@@ -280,7 +280,7 @@ class Dispatcher:
             await self._listen()
         while True:
             await asyncio.sleep(self.settings.wake_poll_interval)
-            if await self.db(self.store.changed_since_last_look):
+            if await self.db(self.store.cluster.changed_since_last_look):
                 self._wake.set()
 
     async def _deliver(self, claim: Claim) -> None:
@@ -399,7 +399,7 @@ class Dispatcher:
         while self._unrecorded:
             batch, self._unrecorded = self._unrecorded, []
             try:
-                await self.db(self.store.record_attempts, batch, None, self.health_policy)
+                await self.db(self.store.queue.record, batch, None, self.health_policy)
             except STORE_FAULTS as exc:  # keep the results; the leases keep the deliveries ours meanwhile
                 self._unrecorded[:0] = batch
                 self._store_fault("record attempts", exc)

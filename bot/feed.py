@@ -62,7 +62,7 @@ class FeedServer:
         if secret and not hmac.compare_digest(offered.encode(), secret.encode()):
             raise web.HTTPUnauthorized(text="this feed wants its token")
         loop = asyncio.get_running_loop()
-        entries = await loop.run_in_executor(None, self.store.feed_entries, outlet.id)
+        entries = await loop.run_in_executor(None, self.store.log.feed_entries, outlet.id)
         channel = CHANNELS[outlet.channel]
         items = [channel.render(notice, published_at, outlet.options).extra for _, _, notice, published_at in entries]
         title = f"重庆辟谣 · {outlet.name}"
@@ -85,5 +85,5 @@ class FeedServer:
         pending = [delivery_id for delivery_id, status, _, _ in entries if status == "pending"]
         if pending:  # answered: what it listed counts as delivered
             latency = (time.perf_counter() - started) * 1000
-            await loop.run_in_executor(None, self.store.record_fetch, outlet.id, pending, latency)
+            await loop.run_in_executor(None, self.store.queue.record_fetch, outlet.id, pending, latency)
         return response

@@ -107,7 +107,7 @@ def submit_files(
                     raise IntakeError(
                         f"{path}: notice (ref {notice.ref!r}) field 'ref': duplicate ref, also in {refs_in_run[notice.ref]}"
                     )
-            result.added = store.add_notices(
+            result.added = store.queue.add_notices(
                 [(n, matrix.concerned_by(n)) for n in notices], source=str(path)
             )
             refs_in_run.update({n.ref: path for n in notices})

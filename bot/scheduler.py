@@ -70,7 +70,7 @@ class Daemon:
 
         tick, now = self.settings.scan_interval, datetime.now(UTC)
         if self.cluster_jobs:
-            # Cluster-wide jobs: every process ticks, only the leader (see Store.lead) does the work.
+            # Cluster-wide jobs: every process ticks, only the leader (see Cluster.lead) does the work.
             if self.settings.inbox:
                 every(self.scan_inbox, tick)
             every(self.release_embargoed, min(tick, 1.0))
@@ -99,7 +99,7 @@ class Daemon:
         if self.settings.inbox is None:
             return []
         try:
-            if not await self.dispatcher.db(self.store.lead):
+            if not await self.dispatcher.db(self.store.cluster.lead):
                 return []
             results = await self.dispatcher.db(scan_inbox, self.settings.inbox, self.store, self.matrix, self.regions)
         except STORE_FAULTS as exc:
@@ -119,9 +119,9 @@ class Daemon:
 
     async def release_embargoed(self) -> None:
         try:
-            if not await self.dispatcher.db(self.store.lead):
+            if not await self.dispatcher.db(self.store.cluster.lead):
                 return
-            released = await self.dispatcher.db(self.store.release_due)
+            released = await self.dispatcher.db(self.store.queue.release_due)
         except STORE_FAULTS as exc:
             log.warning("embargoes not checked: %s", describe_fault(exc))
             return
@@ -131,7 +131,7 @@ class Daemon:
 
     async def send_alerts(self) -> None:
         try:
-            if await self.dispatcher.db(self.store.lead):
+            if await self.dispatcher.db(self.store.cluster.lead):
                 await self.alerter.tick()
         except STORE_FAULTS as exc:
             log.warning("operator alerts not checked: %s", describe_fault(exc))
@@ -139,9 +139,9 @@ class Daemon:
     async def prune_attempts(self) -> None:
         cutoff = utcnow() - timedelta(days=self.settings.attempt_retention_days)
         try:
-            if not await self.dispatcher.db(self.store.lead):
+            if not await self.dispatcher.db(self.store.cluster.lead):
                 return
-            pruned = await self.dispatcher.db(self.store.prune_attempts, cutoff)
+            pruned = await self.dispatcher.db(self.store.queue.prune_attempts, cutoff)
         except STORE_FAULTS as exc:
             log.warning("old attempts not pruned: %s", describe_fault(exc))
             return

@@ -33,7 +33,7 @@ def write_matrix(tmp_path: Path, regions: RegionTable, urls: dict[str, str], sec
 
 
 async def send(store: Store, matrix: OutletMatrix, settings: Settings, notice: Notice) -> None:
-    store.add_notices([(notice, matrix.concerned_by(notice))], source="test")
+    store.queue.add_notices([(notice, matrix.concerned_by(notice))], source="test")
     async with make_client(settings) as client:
         dispatcher = Dispatcher(store, matrix, settings, client)
         await dispatcher.run(until_idle=True)
@@ -53,17 +53,17 @@ async def test_a_bad_night_reaches_the_operators_as_one_digest_and_repeats_are_d
                             http_timeout=1, scan_interval=0.05, breaker_threshold=100, alert_interval=3600)
         for n in range(3):  # three notices: "bad" exhausts its retries on each
             await send(store, matrix, settings, make_notice(ref=f"n{n}", title=f"第{n}条"))
-        assert store.counts()["failed"] == 4  # bad x3, gone x1 (gone's later notices are held)
+        assert store.log.counts()["failed"] == 4  # bad x3, gone x1 (gone's later notices are held)
 
         async with make_client(settings) as client:
             alerter = Alerter(store, matrix, settings, client)
             assert await alerter.tick() == 2
             # a new alert inside the interval waits: one message per interval at most
             released = datetime.now(UTC) - timedelta(minutes=settings.urgent_deadline + 1)
-            store.add_notices([(make_notice(ref="u", title="紧急", urgency="urgent"), matrix.outlets)], source="t",
+            store.queue.add_notices([(make_notice(ref="u", title="紧急", urgency="urgent"), matrix.outlets)], source="t",
                               now=released)
             assert await alerter.tick() == 0
-            assert [a["kind"] for a in store.unsent_alerts()] == ["urgent-late"]
+            assert [a["kind"] for a in store.outbox.unsent()] == ["urgent-late"]
 
     (post,) = chaos.seen("ops")
     assert post.verified and post.message_id
@@ -88,7 +88,7 @@ async def test_an_alert_the_operator_channel_did_not_take_is_sent_again_later(
         await send(store, matrix, settings, make_notice())
         async with make_client(settings) as client:
             alerter = Alerter(store, matrix, settings, client)
-            assert await alerter.tick() == 0 and len(store.unsent_alerts()) == 1  # 503: kept
+            assert await alerter.tick() == 0 and len(store.outbox.unsent()) == 1  # 503: kept
             assert await Alerter(store, matrix, settings, client).tick() == 1  # a restart, say: no back-off
     first, second = chaos.seen("ops")
     assert first.message_id == second.message_id  # the resend dedupes at the receiver

@@ -17,7 +17,7 @@ from bot.testing import HANG
 
 
 async def fan_out(store: Store, matrix: Any, settings: Settings, *notices: Notice) -> None:
-    store.add_notices([(n, matrix.concerned_by(n)) for n in notices], source="test")
+    store.queue.add_notices([(n, matrix.concerned_by(n)) for n in notices], source="test")
     async with make_client(settings) as client:
         dispatcher = Dispatcher(store, matrix, settings, client)
         await dispatcher.run(until_idle=True)
@@ -32,7 +32,7 @@ async def test_every_outlet_gets_a_verified_post_and_the_log_says_so(
 
     assert outlets.refused == []
     assert {o: len(ids) for o, ids in outlets.delivered().items()} == {o.id: 2 for o in matrix.outlets}
-    rows = store.delivery_log()
+    rows = store.log.deliveries()
     assert len(rows) == 60 and {r["status"] for r in rows} == {"delivered"}
     assert all(r["attempts"] == 1 and r["http_status"] == 200 and r["delivered_at"] for r in rows)
 
@@ -43,10 +43,10 @@ async def test_an_outlet_that_fails_twice_is_retried_and_then_delivered(
     outlets, matrix = await loopback(3, script={"outlet-0001": [503, 502]})
     await fan_out(store, matrix, settings, make_notice())
 
-    tries = store.attempt_log(outlet_id="outlet-0001")
+    tries = store.log.attempts(outlet_id="outlet-0001")
     assert [(t["outcome"], t["http_status"]) for t in tries] == [("retry", 503), ("retry", 502), ("delivered", 200)]
     assert [t["attempt"] for t in tries] == [1, 2, 3]
-    (row,) = store.delivery_log(outlet_id="outlet-0001")
+    (row,) = store.log.deliveries(outlet_id="outlet-0001")
     assert row["status"] == "delivered" and row["attempts"] == 3
     # every try carried the same webhook-id, so the receiver could dedupe
     assert outlets.tries["outlet-0001"] == 3
@@ -59,16 +59,16 @@ async def test_a_410_outlet_fails_at_once_and_is_paused(
     outlets, matrix = await loopback(3, script={"outlet-0002": [410, 410, 410]})
     await fan_out(store, matrix, settings, make_notice(ref="first"))
 
-    (row,) = store.delivery_log(outlet_id="outlet-0002")
+    (row,) = store.log.deliveries(outlet_id="outlet-0002")
     assert row["status"] == "failed" and row["attempts"] == 1 and row["http_status"] == 410
     assert outlets.tries["outlet-0002"] == 1
-    assert "outlet-0002" in store.paused_outlets()
+    assert "outlet-0002" in store.health.paused()
 
     # a later notice is held for the paused outlet, not sent and not dropped
     await fan_out(store, matrix, settings, make_notice(ref="second", title="第二条"))
     assert outlets.tries["outlet-0002"] == 1
-    assert store.delivery_log(ref="second", outlet_id="outlet-0002")[0]["status"] == "pending"
-    assert {r["status"] for r in store.delivery_log(ref="second") if r["outlet"] != "outlet-0002"} == {"delivered"}
+    assert store.log.deliveries(ref="second", outlet_id="outlet-0002")[0]["status"] == "held"  # reason: outlet paused
+    assert {r["status"] for r in store.log.deliveries(ref="second") if r["outlet"] != "outlet-0002"} == {"delivered"}
 
 
 async def test_other_4xx_is_a_permanent_failure_without_retries(
@@ -76,7 +76,7 @@ async def test_other_4xx_is_a_permanent_failure_without_retries(
 ) -> None:
     outlets, matrix = await loopback(2, script={"outlet-0000": [400]})
     await fan_out(store, matrix, settings, make_notice())
-    (row,) = store.delivery_log(outlet_id="outlet-0000")
+    (row,) = store.log.deliveries(outlet_id="outlet-0000")
     assert (row["status"], row["attempts"], row["http_status"]) == ("failed", 1, 400)
     assert outlets.tries["outlet-0000"] == 1
 
@@ -86,7 +86,7 @@ async def test_a_delivery_fails_when_the_schedule_is_exhausted(
 ) -> None:
     outlets, matrix = await loopback(2, script={"outlet-0000": [500] * 10})
     await fan_out(store, matrix, settings, make_notice())
-    (row,) = store.delivery_log(outlet_id="outlet-0000")
+    (row,) = store.log.deliveries(outlet_id="outlet-0000")
     # three delays in the schedule: four tries, then failed
     assert (row["status"], row["attempts"]) == ("failed", 4)
     assert "retries exhausted after 4 attempts" in row["error"]
@@ -99,25 +99,25 @@ async def test_a_hanging_outlet_does_not_hold_up_the_others(
     settings = Settings(database_url=str(store.engine.url), retry_schedule="60", http_timeout=30,
                         concurrency=4, scan_interval=0.05, shutdown_grace=0.1)
     outlets, matrix = await loopback(12, script={"outlet-0000": [HANG], "outlet-0001": [HANG]})
-    store.add_notices([(make_notice(), matrix.outlets)], source="test")
+    store.queue.add_notices([(make_notice(), matrix.outlets)], source="test")
     stop = asyncio.Event()
 
     def stop_when_the_rest_are_delivered(records: Any) -> None:
-        if store.counts().get("delivered", 0) == 10:
+        if store.log.counts().get("delivered", 0) == 10:
             stop.set()
 
     async with make_client(settings) as client:
         dispatcher = Dispatcher(store, matrix, settings, client, on_recorded=stop_when_the_rest_are_delivered)
         run = asyncio.create_task(dispatcher.run(stop))
         await asyncio.wait_for(stop.wait(), timeout=20)  # far below the 30 s the hung sends hold their slots
-        pending = {r["outlet"] for r in store.delivery_log(status="pending")}
+        pending = {r["outlet"] for r in store.log.deliveries(status="pending")}
         await run  # stop is set: the hung sends are abandoned after the grace period
         await dispatcher.close()
     # with concurrency 4, two slots were held by hung outlets the whole time
     assert pending == {"outlet-0000", "outlet-0001"}
     # and their claims were given back, so a restarted bot sends them at once
-    assert all(r["status"] == "pending" for r in store.delivery_log(status="pending"))
-    assert store.claim_due(10, 2, timedelta(seconds=5)) != []
+    assert all(r["status"] == "pending" for r in store.log.deliveries(status="pending"))
+    assert store.queue.claim(10, 2, timedelta(seconds=5)) != []
 
 
 async def test_hung_sends_move_to_the_slow_lane_so_they_cannot_take_every_slot(
@@ -126,11 +126,11 @@ async def test_hung_sends_move_to_the_slow_lane_so_they_cannot_take_every_slot(
     settings = Settings(database_url=str(store.engine.url), retry_schedule="60", http_timeout=30,
                         concurrency=2, slow_send_after=0.1, scan_interval=0.05, shutdown_grace=0.1)
     outlets, matrix = await loopback(8, script={"outlet-0000": [HANG], "outlet-0001": [HANG]})
-    store.add_notices([(make_notice(), matrix.outlets)], source="test")
+    store.queue.add_notices([(make_notice(), matrix.outlets)], source="test")
     stop = asyncio.Event()
 
     def stop_when_the_rest_are_delivered(records: Any) -> None:
-        if store.counts().get("delivered", 0) == 6:
+        if store.log.counts().get("delivered", 0) == 6:
             stop.set()
 
     async with make_client(settings) as client:
@@ -140,7 +140,7 @@ async def test_hung_sends_move_to_the_slow_lane_so_they_cannot_take_every_slot(
         await asyncio.wait_for(stop.wait(), timeout=20)
         await run
         await dispatcher.close()
-    assert {r["outlet"] for r in store.delivery_log(status="pending")} == {"outlet-0000", "outlet-0001"}
+    assert {r["outlet"] for r in store.log.deliveries(status="pending")} == {"outlet-0000", "outlet-0001"}
 
 
 async def test_a_notice_stored_by_another_process_is_sent_without_waiting_for_the_poll(
@@ -151,7 +151,7 @@ async def test_a_notice_stored_by_another_process_is_sent_without_waiting_for_th
     stop = asyncio.Event()
 
     def stop_when_delivered(records: Any) -> None:
-        if store.counts().get("delivered", 0) == 3:
+        if store.log.counts().get("delivered", 0) == 3:
             stop.set()
 
     async with make_client(settings) as client:
@@ -159,7 +159,7 @@ async def test_a_notice_stored_by_another_process_is_sent_without_waiting_for_th
         run = asyncio.create_task(dispatcher.run(stop))
         await asyncio.sleep(0.1)  # the dispatcher has looked, found nothing, and waits for the 60 s poll
         other = Store.open(str(store.engine.url))  # `debunkbot submit` in another process
-        other.add_notices([(make_notice(), matrix.outlets)], source="cli")
+        other.queue.add_notices([(make_notice(), matrix.outlets)], source="cli")
         other.close()
         await asyncio.wait_for(stop.wait(), timeout=20)  # far below scan_interval
         await run
@@ -184,7 +184,7 @@ async def test_connection_refused_is_retried_and_recorded(
                                                  "url": f"http://127.0.0.1:{port}/hook", "secret_env": "S"}]}))
     matrix = load_matrix(path, regions, environ={"S": "whsec_" + "A" * 32})
     await fan_out(store, matrix, settings, make_notice())
-    tries = store.attempt_log()
+    tries = store.log.attempts()
     assert len(tries) == 4 and {t["outcome"] for t in tries[:3]} == {"retry"} and tries[-1]["outcome"] == "failed"
     assert all(t["http_status"] is None and "Connect" in t["error"] for t in tries)
 
@@ -215,10 +215,10 @@ async def test_redirects_are_not_followed_and_count_as_failures(
         calls.append(str(request.url))
         return httpx.Response(302, headers={"location": "http://elsewhere.example/"})
 
-    store.add_notices([(make_notice(), matrix.outlets)], source="test")
+    store.queue.add_notices([(make_notice(), matrix.outlets)], source="test")
     async with httpx.AsyncClient(transport=httpx.MockTransport(redirecting)) as client:
         dispatcher = Dispatcher(store, matrix, settings, client)
         await dispatcher.run(until_idle=True)
         await dispatcher.close()
-    (row,) = store.delivery_log()
+    (row,) = store.log.deliveries()
     assert len(calls) == 1 and row["status"] == "failed" and "302" in row["error"] and "not followed" in row["error"]

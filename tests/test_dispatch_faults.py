@@ -50,10 +50,10 @@ class Run:
     secrets: dict[str, str]
 
     def tries(self, outlet: str = "o") -> list[dict[str, Any]]:
-        return self.store.attempt_log(outlet_id=outlet)
+        return self.store.log.attempts(outlet_id=outlet)
 
     def delivery(self, outlet: str = "o") -> dict[str, Any]:
-        (row,) = self.store.delivery_log(outlet_id=outlet)
+        (row,) = self.store.log.deliveries(outlet_id=outlet)
         return row
 
     def gaps(self, outlet: str = "o") -> list[float]:
@@ -100,7 +100,7 @@ async def chaos_run(
         settings = Settings(database_url=str(store.engine.url), retry_schedule=",".join(map(str, SCHEDULE)),
                             retry_jitter=0, http_timeout=TIMEOUT, scan_interval=0.05, retry_after_max=5,
                             breaker_threshold=100).model_copy(update=overrides)
-        store.add_notices([(make_notice(), matrix.outlets)], source="test")
+        store.queue.add_notices([(make_notice(), matrix.outlets)], source="test")
         async with make_client(settings) as client:
             dispatcher = Dispatcher(store, matrix, settings, client,
                                     channels={"webhook": channel} if channel else None)
@@ -199,7 +199,7 @@ async def test_an_oversized_answer_is_read_only_up_to_the_cap_and_stored_truncat
 async def test_a_410_fails_at_once_and_pauses_the_outlet(chaos_run: Callable[..., Any]) -> None:
     run = await chaos_run({"o": [Status(410)], "p": []})
     assert [(t["outcome"], t["http_status"]) for t in run.tries()] == [("failed", 410)]
-    assert "o" in run.store.paused_outlets() and run.store.outlet_health()["o"].status == "paused"
+    assert "o" in run.store.health.paused() and run.store.health.all()["o"].status == "paused"
     assert run.delivery("p")["status"] == "delivered"
 
 
@@ -236,7 +236,7 @@ async def test_secrets_and_signatures_appear_in_no_log_error_or_stored_answer(
     assert signatures
     echoed = run.tries("o")[0]["response"]
     assert "[signature]" in echoed and "webhook-id" in echoed
-    stored = json.dumps([run.store.attempt_log(), run.store.delivery_log()], default=str)
+    stored = json.dumps([run.store.log.attempts(), run.store.log.deliveries()], default=str)
     for text in (stored, caplog.text):
         for secret in run.secrets.values():
             assert secret not in text and secret.removeprefix("whsec_") not in text
@@ -252,8 +252,8 @@ async def test_an_open_breaker_spaces_tries_by_its_cooldown_and_a_good_probe_clo
     assert [t["outcome"] for t in run.tries()] == ["retry", "retry", "retry", "delivered"]
     gaps = run.gaps()
     assert gaps[0] < 0.5 <= gaps[1] and gaps[2] >= 0.5  # the schedule said 0.01 s: the breaker held it
-    assert run.store.outlet_health()["o"].status == "ok"
-    assert [a["kind"] for a in run.store.unsent_alerts()] == ["recovered"]
+    assert run.store.health.all()["o"].status == "ok"
+    assert [a["kind"] for a in run.store.outbox.unsent()] == ["recovered"]
     assert run.delivery("p")["attempts"] == 1
 
 
@@ -262,7 +262,7 @@ async def test_a_manual_retry_starts_the_retry_schedule_again(
 ) -> None:
     run = await chaos_run({"o": [Status(500)] * 5})
     assert [t["outcome"] for t in run.tries()] == ["retry", "retry", "failed"]
-    assert [r["outlet"] for r in run.store.requeue(outlet_id="o")] == ["o"]
+    assert [r["outlet"] for r in run.store.queue.requeue(outlet_id="o")] == ["o"]
     settings = Settings(database_url=str(run.store.engine.url), retry_schedule="0.05,0.1", retry_jitter=0,
                         http_timeout=TIMEOUT, scan_interval=0.05, breaker_threshold=100)
     matrix = chaos_matrix(tmp_path, regions, {"o": run.chaos.url("o")}, run.secrets)

@@ -51,7 +51,7 @@ def setup(tmp_path: Path, regions: Any, make_notice: Callable[..., Notice]) -> C
         path = tmp_path / "faults.sqlite3"
         url = f"sqlite:///{path}"
         matrix = chaos_matrix(tmp_path, regions, {o: chaos.url(o) for o in chaos.secrets}, chaos.secrets)
-        Store.open(url).add_notices([(make_notice(), matrix.outlets)], source="test")
+        Store.open(url).queue.add_notices([(make_notice(), matrix.outlets)], source="test")
         store = Store.open(url, busy_timeout=0.05)  # fail fast on a lock, so the back-off shows
         settings = Settings(database_url=url, http_timeout=2, scan_interval=0.05, retry_schedule="0.05", retry_jitter=0)
         return store, matrix, settings
@@ -74,7 +74,7 @@ async def test_a_locked_store_means_nothing_is_claimed_or_sent_and_the_bot_goes_
                 assert not run.done()
             await asyncio.wait_for(run, timeout=30)
             await dispatcher.close()
-    assert store.counts() == {"delivered": 5}
+    assert store.log.counts() == {"delivered": 5}
     assert [len(chaos.seen(o)) for o in secrets] == [1] * 5
 
 
@@ -93,7 +93,7 @@ async def test_results_the_store_refused_are_kept_and_recorded_when_it_is_back_w
                 assert not run.done()
             await asyncio.wait_for(run, timeout=30)
             await dispatcher.close()
-    rows = store.delivery_log()
+    rows = store.log.deliveries()
     assert {(r["status"], r["attempts"]) for r in rows} == {("delivered", 1)}
-    assert len(store.attempt_log()) == 5 and len(chaos.requests) == 5  # recorded once, sent once
+    assert len(store.log.attempts()) == 5 and len(chaos.requests) == 5  # recorded once, sent once
     assert all(r.levelno < logging.ERROR for r in caplog.records)

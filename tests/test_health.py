@@ -53,7 +53,7 @@ def test_an_outlet_failing_for_the_whole_window_is_paused_once() -> None:
 
 
 def record(store: Store, claim_id: int, outlet: str, attempt: int, outcome: str, at: datetime, **kw: object) -> None:
-    store.record_attempts([AttemptRecord(claim_id, outlet, attempt, at, 5.0, outcome, **kw)],  # type: ignore[arg-type]
+    store.queue.record([AttemptRecord(claim_id, outlet, attempt, at, 5.0, outcome, **kw)],  # type: ignore[arg-type]
                           now=at, policy=POLICY)
 
 
@@ -61,39 +61,40 @@ def test_an_open_breaker_holds_an_outlet_and_then_lets_exactly_one_probe_through
     store: Store, make_notice: Callable[..., Notice]
 ) -> None:
     for n in range(3):
-        store.add_notices([(make_notice(ref=f"n{n}", title=f"第{n}条"), OUTLETS)], source="t", now=T0)
+        store.queue.add_notices([(make_notice(ref=f"n{n}", title=f"第{n}条"), OUTLETS)], source="t", now=T0)
     now = T0
     for attempt in range(1, 4):  # three failures in a row on o0 open its breaker
-        (claim,) = [c for c in store.claim_due(10, 1, LEASE, now=now) if c.outlet_id == "o0"]
+        (claim,) = [c for c in store.queue.claim(10, 1, LEASE, now=now) if c.outlet_id == "o0"]
         record(store, claim.delivery_id, "o0", attempt, "retry", now, next_attempt_at=now)
         now += timedelta(seconds=1)
-    assert store.outlet_health()["o0"].open_until is not None
+    assert store.health.all()["o0"].open_until is not None
     # open: nothing for o0, the other outlet goes on
-    assert {c.outlet_id for c in store.claim_due(10, 2, LEASE, now=now)} == {"o1"}
+    assert {c.outlet_id for c in store.queue.claim(10, 2, LEASE, now=now)} == {"o1"}
     # cooled down: one probe, though three deliveries are due and the per-outlet limit is 2
     later = now + POLICY.breaker_cooldown
-    probes = [c for c in store.claim_due(10, 2, LEASE, now=later) if c.outlet_id == "o0"]
+    probes = [c for c in store.queue.claim(10, 2, LEASE, now=later) if c.outlet_id == "o0"]
     assert len(probes) == 1
-    assert [c for c in store.claim_due(10, 2, LEASE, now=later) if c.outlet_id == "o0"] == []
+    assert [c for c in store.queue.claim(10, 2, LEASE, now=later) if c.outlet_id == "o0"] == []
     record(store, probes[0].delivery_id, "o0", probes[0].attempt, "delivered", later)
-    assert store.outlet_health()["o0"].status == "ok"
-    assert len([c for c in store.claim_due(10, 2, LEASE, now=later) if c.outlet_id == "o0"]) == 2
-    assert [a["kind"] for a in store.unsent_alerts()] == ["recovered"]
+    assert store.health.all()["o0"].status == "ok"
+    assert len([c for c in store.queue.claim(10, 2, LEASE, now=later) if c.outlet_id == "o0"]) == 2
+    assert [a["kind"] for a in store.outbox.unsent()] == ["recovered"]
 
 
 def test_auto_paused_deliveries_are_held_not_dropped_until_resumed(
     store: Store, make_notice: Callable[..., Notice]
 ) -> None:
-    store.add_notices([(make_notice(), OUTLETS[:1])], source="t", now=T0)
-    (claim,) = store.claim_due(10, 1, LEASE, now=T0)
+    store.queue.add_notices([(make_notice(), OUTLETS[:1])], source="t", now=T0)
+    (claim,) = store.queue.claim(10, 1, LEASE, now=T0)
     record(store, claim.delivery_id, "o0", 1, "retry", T0, next_attempt_at=T0)
-    (claim,) = store.claim_due(10, 1, LEASE, now=T0 + timedelta(hours=25))
+    (claim,) = store.queue.claim(10, 1, LEASE, now=T0 + timedelta(hours=25))
     record(store, claim.delivery_id, "o0", 2, "retry", T0 + timedelta(hours=25), next_attempt_at=T0)
-    assert store.outlet_health()["o0"].status == "paused"
-    assert store.claim_due(10, 1, LEASE, now=T0 + timedelta(hours=26)) == []
-    assert store.delivery_log()[0]["status"] == "pending"  # held, not failed
-    assert [a["kind"] for a in store.unsent_alerts()] == ["paused"]
-    assert store.resume_outlet("o0", now=T0 + timedelta(hours=26)) == 1
-    assert store.outlet_health()["o0"].status == "ok"
-    assert len(store.claim_due(10, 1, LEASE, now=T0 + timedelta(hours=26))) == 1
-    assert store.resume_outlet("o0") is None  # not paused any more
+    assert store.health.all()["o0"].status == "paused"
+    assert store.queue.claim(10, 1, LEASE, now=T0 + timedelta(hours=26)) == []
+    (row,) = store.log.deliveries()
+    assert row["status"] == "held" and row["reason"].startswith("outlet paused: auto-paused")  # held, not failed
+    assert [a["kind"] for a in store.outbox.unsent()] == ["paused"]
+    assert store.health.resume("o0", now=T0 + timedelta(hours=26)) == 1
+    assert store.health.all()["o0"].status == "ok"
+    assert len(store.queue.claim(10, 1, LEASE, now=T0 + timedelta(hours=26))) == 1
+    assert store.health.resume("o0") is None  # not paused any more

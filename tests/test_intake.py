@@ -69,7 +69,7 @@ def test_a_bad_file_is_rejected_with_its_name_and_field_and_the_good_file_beside
 
     assert not bad_result.ok and str(bad) in bad_result.error and expected in bad_result.error
     assert good_result.ok
-    assert [r["notice"] for r in store.delivery_log()] == ["good-one"] * 4
+    assert [r["notice"] for r in store.log.deliveries()] == ["good-one"] * 4
 
 
 def test_one_bad_notice_rejects_its_whole_file_and_stores_nothing_of_it(
@@ -78,7 +78,7 @@ def test_one_bad_notice_rejects_its_whole_file_and_stores_nothing_of_it(
     path = write(tmp_path / "two.yaml", [notice_data(ref="fine"), notice_data(ref="broken", verdict="?")])
     (result,) = submit_files([path], store, matrix, regions)
     assert "notice 2 (ref 'broken') field 'verdict'" in result.error
-    assert store.delivery_log() == [] and store.notice("fine") is None
+    assert store.log.deliveries() == [] and store.log.notice("fine") is None
 
 
 def test_yaml_words_editors_type_stay_text(tmp_path: Path, store: Store, matrix: OutletMatrix,
@@ -86,7 +86,7 @@ def test_yaml_words_editors_type_stay_text(tmp_path: Path, store: Store, matrix:
     path = write(tmp_path / "n.yaml", "ref: 007\ntitle: 标题\nrumour: 说法\ntruth: 真相\nverdict: false\nauthority: 某局\n")
     (result,) = submit_files([path], store, matrix, regions)
     assert result.ok, result.error
-    _, notice = store.notice("007")
+    _, notice = store.log.notice("007")
     assert notice.verdict.value == "false"
 
 
@@ -96,12 +96,12 @@ def test_regions_resolve_aliases_and_only_concerned_outlets_get_deliveries(
     path = write(tmp_path / "n.yaml", notice_data(regions=["渝中"]))
     (result,) = submit_files([path], store, matrix, regions)
     assert result.ok and result.added[0].deliveries == 4
-    _, notice = store.notice("cq-test-001")
+    _, notice = store.log.notice("cq-test-001")
     assert notice.regions == ("渝中区",)
     other = write(tmp_path / "m.yaml", notice_data(ref="elsewhere", regions=["万州"]))
     (result,) = submit_files([other], store, matrix, regions)
     # the citywide outlets take it, the 渝中区 centre does not
-    assert {r["outlet"] for r in store.delivery_log(ref="elsewhere")} == {"outlet-0000", "outlet-0001", "outlet-0002"}
+    assert {r["outlet"] for r in store.log.deliveries(ref="elsewhere")} == {"outlet-0000", "outlet-0001", "outlet-0002"}
 
 
 def test_resubmitting_the_same_notice_is_a_no_op_and_different_content_is_refused(
@@ -114,8 +114,8 @@ def test_resubmitting_the_same_notice_is_a_no_op_and_different_content_is_refuse
     changed = write(tmp_path / "b.yaml", notice_data(truth="改过的内容"))
     (refused,) = submit_files([changed], store, matrix, regions)
     assert not refused.ok and "field 'ref'" in refused.error and "different content" in refused.error
-    assert len(store.delivery_log()) == 4
-    assert store.notice("cq-test-001")[1].truth == notice_data()["truth"]
+    assert len(store.log.deliveries()) == 4
+    assert store.log.notice("cq-test-001")[1].truth == notice_data()["truth"]
 
 
 def test_the_same_ref_in_two_files_of_one_submission_is_refused_in_the_second(
@@ -144,7 +144,7 @@ def test_the_inbox_moves_files_to_accepted_and_rejected_with_the_reason(
     reason = (inbox / "rejected" / "bad.yaml.error.txt").read_text(encoding="utf-8")
     assert "field 'verdict'" in reason and "bad.yaml" in reason
     assert (inbox / "half-written.yaml.tmp").exists()  # not a notice file yet
-    assert store.notice("bad") is None and store.notice("cq-test-001") is not None
+    assert store.log.notice("bad") is None and store.log.notice("cq-test-001") is not None
 
 
 def test_a_full_disk_refuses_the_submission_clearly_stores_nothing_and_keeps_the_inbox_file(
@@ -174,4 +174,4 @@ def test_a_full_disk_refuses_the_submission_clearly_stores_nothing_and_keeps_the
     assert "the disk holding the store is full" in (result.error or "") and "nothing of this file was stored" in (
         result.error or "")
     assert (inbox / "n.yaml").exists() and not (inbox / "rejected").exists()
-    assert store.notice("cq-test-001") is None and store.delivery_log() == []
+    assert store.log.notice("cq-test-001") is None and store.log.deliveries() == []

@@ -86,7 +86,7 @@ async def bot(tmp_path: Path, regions: RegionTable, request: pytest.FixtureReque
         store = Store.open(db_url)
         notices = [Notice.model_validate(notice_data(ref=f"crash-{n}", title=f"第{n}条"), context={"regions": regions})
                    for n in range(NOTICES)]
-        store.add_notices([(n, matrix.outlets) for n in notices], source="test")
+        store.queue.add_notices([(n, matrix.outlets) for n in notices], source="test")
         store.close()
         env = environ | {
             "DEBUNKBOT_DATABASE_URL": db_url, "DEBUNKBOT_OUTLETS": str(path),

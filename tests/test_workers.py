@@ -45,7 +45,7 @@ def submit(url: str, matrix: Any, *refs: str) -> None:
     from bot.model import Notice
 
     store = Store.open(url)
-    store.add_notices([(Notice.model_validate(notice_data(ref=ref, title=f"通报{ref}")), matrix.outlets)
+    store.queue.add_notices([(Notice.model_validate(notice_data(ref=ref, title=f"通报{ref}")), matrix.outlets)
                        for ref in refs], source="test")
     store.close()
 
@@ -62,7 +62,7 @@ async def test_three_workers_send_each_of_600_deliveries_exactly_once(
     assert len(per_outlet) == 600 and set(per_outlet.values()) == {1}
     assert outlets.refused == []
     store = Store.open(postgres_url)
-    log = store.attempt_log()
+    log = store.log.attempts()
     assert len(log) == 600 and {a["outcome"] for a in log} == {"delivered"}
     with store.engine.connect() as conn:  # nothing is left claimed
         assert conn.exec_driver_sql("SELECT count(*) FROM deliveries WHERE lease_owner IS NOT NULL").scalar_one() == 0
@@ -78,7 +78,7 @@ async def test_a_rate_limit_holds_across_workers(postgres_url: str, tmp_path: Pa
 
     assert len(outlets.posts) == 10
     store = Store.open(postgres_url)
-    starts = sorted(a["started_at"].timestamp() for a in store.attempt_log())
+    starts = sorted(a["started_at"].timestamp() for a in store.log.attempts())
     store.close()
     assert len(starts) == 10
     # no one-second window holds more than four sends, across all three workers
@@ -107,7 +107,7 @@ async def test_killing_a_worker_mid_run_loses_nothing(
     for post in outlets.posts:  # a duplicate (sent by the killed worker, never recorded) keeps its webhook-id
         assert ids.setdefault(post.outlet, post.message_id) == post.message_id
     store = Store.open(postgres_url)
-    rows = store.delivery_log()
+    rows = store.log.deliveries()
     store.close()
     assert {r["status"] for r in rows} == {"delivered"} and len(rows) == 600
 
@@ -139,7 +139,7 @@ async def test_workers_ride_out_a_postgres_restart_under_load_and_lose_nothing(
     for outlet, ids in outlets.delivered().items():
         assert len(ids) == 1, outlet  # a resend after the restart carries the same webhook-id
     store = Store.open(postgres_url)
-    rows = store.delivery_log()
+    rows = store.log.deliveries()
     store.close()
     assert len(rows) == 600 and {r["status"] for r in rows} == {"delivered"}
 
@@ -149,15 +149,15 @@ def test_one_process_leads_the_cluster_jobs_and_another_takes_over_when_it_dies(
 
     first, second = Store.open(postgres_url), Store.open(postgres_url)
     try:
-        assert first.lead() is True
-        assert second.lead() is False and first.lead() is True  # leading stays with the first
+        assert first.cluster.lead() is True
+        assert second.cluster.lead() is False and first.cluster.lead() is True  # leading stays with the first
         with second.engine.connect() as conn:  # the leader's connection is idle, not idle in a transaction
             states = conn.execute(sa.text(
                 "SELECT state FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
                 "WHERE l.locktype = 'advisory' AND l.granted")).scalars().all()
         assert states == ["idle"]
         first.close()  # the leader goes away, and its lock with its connection
-        assert second.lead() is True
+        assert second.cluster.lead() is True
     finally:
         first.close()
         second.close()

@@ -110,14 +110,14 @@ async def test_a_burst_to_a_rate_limited_robot_is_paced_by_the_store_and_provoke
             allow_unicode=True))
         matrix = load_matrix(path, regions, environ={"DT": ":".join(DINGTALK)})
         burst = [make_notice(ref=f"burst-{i:02d}", title=f"第{i}条") for i in range(30)]
-        store.add_notices([(n, matrix.outlets) for n in burst], source="test")
+        store.queue.add_notices([(n, matrix.outlets) for n in burst], source="test")
         async with make_client(settings) as client:
             dispatcher = Dispatcher(store, matrix, settings, client)
             await dispatcher.run(until_idle=True)
             await dispatcher.close()
 
     assert robot.refused == []  # no 130101, nor anything else
-    rows = store.delivery_log()
+    rows = store.log.deliveries()
     assert len(rows) == 30 and all(r["status"] == "delivered" and r["attempts"] == 1 for r in rows)
     arrivals = sorted(r.at for r in robot.received)
     first = arrivals[0]

@@ -29,12 +29,12 @@ async def test_a_fetch_delivers_what_it_lists_and_the_dispatcher_never_sends_to_
     ]}, allow_unicode=True))
     matrix = load_matrix(path, regions, environ={"FEED_TOKEN": "feed-token-123456"})
     notice = make_notice(title="<script>x</script> & 标题 😀", truth="真相 ]]> <b>")
-    store.add_notices([(notice, matrix.outlets), (make_notice(ref="b", title="第二条"), matrix.outlets)], source="t")
+    store.queue.add_notices([(notice, matrix.outlets), (make_notice(ref="b", title="第二条"), matrix.outlets)], source="t")
     async with make_client(settings) as client:
         dispatcher = Dispatcher(store, matrix, settings, client)
         await dispatcher.run(until_idle=True)  # nothing to push: returns at once, nothing attempted
         await dispatcher.close()
-    assert store.attempt_log() == [] and {r["status"] for r in store.delivery_log()} == {"pending"}
+    assert store.log.attempts() == [] and {r["status"] for r in store.log.deliveries()} == {"pending"}
 
     async with FeedServer(store, matrix) as feeds:
         with pytest.raises(httpx.HTTPStatusError):
@@ -44,7 +44,7 @@ async def test_a_fetch_delivers_what_it_lists_and_the_dispatcher_never_sends_to_
     assert [e["title"] for e in atom] == ["【辟谣】第二条", "【辟谣】<script>x</script> & 标题 😀"]
     assert [e["title"] for e in as_json] == [e["title"] for e in atom]
     assert "真相 ]]> <b>" in atom[1]["content"]
-    rows = store.delivery_log()
+    rows = store.log.deliveries()
     assert {r["status"] for r in rows} == {"delivered"}
-    assert {(t["trigger"], t["outcome"], t["http_status"]) for t in store.attempt_log()} == {("fetch", "delivered", 200)}
-    assert len(store.attempt_log()) == 4
+    assert {(t["trigger"], t["outcome"], t["http_status"]) for t in store.log.attempts()} == {("fetch", "delivered", 200)}
+    assert len(store.log.attempts()) == 4

@@ -39,7 +39,7 @@ def previews(tmp_path: Path, regions: RegionTable, make_notice: Callable[..., No
     path.write_text(yaml.safe_dump({"outlets": entries}, allow_unicode=True))
     matrix = load_matrix(path, regions, environ=ENV)
     store = Store.open(f"sqlite:///{tmp_path / 'bot.sqlite3'}")
-    store.add_notices([(make_notice(title="网传“长江水位暴涨”系谣言 *x* @all"), matrix.outlets)], source="test")
+    store.queue.add_notices([(make_notice(title="网传“长江水位暴涨”系谣言 *x* @all"), matrix.outlets)], source="test")
     store.close()
     env = ENV | {"DEBUNKBOT_OUTLETS": str(path), "DEBUNKBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'bot.sqlite3'}",
                  "COLUMNS": "200"}

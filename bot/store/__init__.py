@@ -1,0 +1,87 @@
+"""The central store: notices, their deliveries (one per notice x outlet), every attempt, outlet health and
+operator alerts, in one SQLAlchemy engine and one schema (``tables``), SQLite by default (WAL, one file),
+PostgreSQL for scale-out. Every call is synchronous and short; the dispatcher makes them off the event loop.
+
+``Store`` opens the engine and exposes the parts:
+
+- ``store.queue``: notices in, claims under a lease, attempts recorded, embargoes released, requeues;
+- ``store.health``: each outlet's breaker and pause, shared by every worker;
+- ``store.outbox``: operator alerts, taken by each operator channel on its own;
+- ``store.log``: the read-only delivery log (pages, filters, per-tier summaries, feeds);
+- ``store.cluster``: the leader lock, the LISTEN dsn, SQLite's ``data_version`` look.
+
+    >>> store = Store.open("sqlite:///var/debunkbot.sqlite3")              # doctest: +SKIP
+    >>> store.queue.add_notices([(notice, outlets)], source="cli")       # doctest: +SKIP
+    >>> store.log.counts("cq-2026-1127-001")                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy.engine import Engine
+
+from bot.store.cluster import Cluster
+from bot.store.engine import (
+    STORE_FAULTS,
+    WORK_CHANNEL,
+    Db,
+    clean_text,
+    describe_fault,
+    is_disk_full,
+    make_engine,
+    utcnow,
+)
+from bot.store.health import OutletHealth
+from bot.store.log import DeliveryLog, Page, dumps
+from bot.store.outbox import Outbox
+from bot.store.queue import Added, AttemptRecord, Claim, Queue, RefConflict, new_message_id
+from bot.store.tables import UTCDateTime, alert_sends, alerts, attempts, deliveries, metadata, notices, outlet_health
+
+__all__ = [
+    "STORE_FAULTS", "WORK_CHANNEL", "Added", "AttemptRecord", "Claim", "Cluster", "DeliveryLog", "Outbox",
+    "OutletHealth", "Page", "Queue", "RefConflict", "Store", "UTCDateTime", "alert_sends", "alerts", "attempts",
+    "clean_text", "deliveries", "describe_fault", "dumps", "is_disk_full", "make_engine", "metadata",
+    "new_message_id", "notices", "outlet_health", "utcnow",
+]
+
+
+class Store:
+    """The engine and the parts that share it."""
+
+    def __init__(self, engine: Engine, owner: str | None = None, clock: Callable[[], datetime] = utcnow) -> None:
+        self.db = Db(engine, owner, clock)
+        self.engine = engine
+        self.postgres = self.db.postgres
+        self.health = OutletHealth(self.db)
+        self.queue = Queue(self.db, self.health)
+        self.outbox = Outbox(self.db)
+        self.log = DeliveryLog(self.db)
+        self.cluster = Cluster(self.db)
+
+    @property
+    def owner(self) -> str:
+        """Who this process's leases name (host-pid-random)."""
+        return self.db.owner
+
+    @owner.setter
+    def owner(self, value: str) -> None:
+        self.db.owner = value
+
+    @classmethod
+    def open(cls, url: str, busy_timeout: float = 30.0, clock: Callable[[], datetime] = utcnow) -> Store:
+        """Open the store; an empty one is created, an outdated one refused (SchemaOutdated).
+
+        ``busy_timeout``: seconds a SQLite call waits for a lock before it fails (and the caller backs off).
+        ``clock``: this process's clock (tests inject a skewed one).
+        """
+        from bot.schema import ensure_current
+
+        engine = make_engine(url, busy_timeout)
+        ensure_current(engine)
+        return cls(engine, clock=clock)
+
+    def close(self) -> None:
+        self.cluster.close()
+        self.engine.dispose()

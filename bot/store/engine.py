@@ -1,0 +1,144 @@
+"""What every part of the store shares: the engine, transactions, the clock, and the driver's faults.
+
+The only module that knows the backend's dialect quirks (SQLite's BEGIN IMMEDIATE, PostgreSQL's
+clock and NOTIFY); the parts write portable SQLAlchemy Core against ``bot.store.tables``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+# What the database raises when it is locked, busy, unreachable or full. The dispatcher backs off on
+# these; intake refuses the submission. Nothing of the failed transaction was kept.
+STORE_FAULTS: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.exc.InterfaceError)
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+WORK_CHANNEL = "debunkbot_work"  # pg NOTIFY channel: new deliveries are due
+
+
+SKEW_TOLERANCE = timedelta(milliseconds=500)  # far inside the lease margin (2 s)
+
+
+def describe_fault(exc: Exception) -> str:
+    """A store fault in one line an operator can act on."""
+    cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+    if is_disk_full(exc):
+        return f"the disk holding the store is full ({cause})"
+    return f"the store is unavailable ({cause})"
+
+
+def is_disk_full(exc: Exception) -> bool:
+    """SQLite's SQLITE_FULL, PostgreSQL's SQLSTATE 53100 disk_full, or the OS's ENOSPC."""
+    orig = getattr(exc, "orig", None) or exc
+    if getattr(orig, "sqlstate", None) == "53100":
+        return True
+    text = str(orig).lower()
+    return "disk is full" in text or "no space left" in text or "disk full" in text
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Db:
+    """One engine, shared by the store's parts.
+
+    ``clock`` is this process's clock. On PostgreSQL the times that decide who may send (leases, rate
+    windows, breakers, embargoes) come from the database's ``clock_timestamp()``, so machines whose
+    clocks disagree still agree on them; times this process measured (an attempt's start, its next
+    try) are moved onto the database's clock by the difference seen at the same moment, when that
+    difference is ``SKEW_TOLERANCE`` or more (below it, the round trip's noise). SQLite is one machine:
+    its clock is the process's.
+    """
+
+    def __init__(self, engine: Engine, owner: str | None = None, clock: Callable[[], datetime] = utcnow) -> None:
+        self.engine = engine
+        self.owner = owner or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.postgres = engine.dialect.name == "postgresql"
+        self.clock = clock
+        self.skew = timedelta(0)  # the database's clock minus ours, as last seen
+
+    @contextmanager
+    def tx(self) -> Iterator[Connection]:
+        """A write transaction (on SQLite: BEGIN IMMEDIATE, so writers queue rather than fail)."""
+        with self.engine.connect() as conn:
+            conn.execution_options(write=True)
+            with conn.begin():
+                yield conn
+
+    def read(self) -> Connection:
+        return self.engine.connect()
+
+    def now(self, conn: Connection) -> datetime:
+        """The store's time now: the database's clock on PostgreSQL, this process's on SQLite."""
+        mine = self.clock()
+        if not self.postgres:
+            return mine
+        theirs: datetime = conn.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
+        skew = theirs - mine
+        self.skew = skew if abs(skew) >= SKEW_TOLERANCE else timedelta(0)
+        return theirs.astimezone(UTC)
+
+    def to_store_time(self, when: datetime | None) -> datetime | None:
+        """A time this process measured, on the store's clock."""
+        return None if when is None else when + self.skew
+
+    def notify(self, conn: Connection) -> None:
+        """Wake idle workers at once (PostgreSQL NOTIFY, sent on commit); elsewhere they poll."""
+        if self.postgres:
+            conn.execute(sa.text(f"NOTIFY {WORK_CHANNEL}"))
+
+
+def insert_new(conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], key: str | Sequence[str]) -> None:
+    """Insert rows whose ``key`` is not there yet, and skip the rest, even when another worker inserts the
+    same key at the same moment (INSERT … ON CONFLICT DO NOTHING, on SQLite and PostgreSQL)."""
+    keys = [key] if isinstance(key, str) else list(key)
+    rows = list({tuple(r[k] for k in keys): r for r in rows}.values())
+    if not rows:
+        return
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(dialect.insert(table).on_conflict_do_nothing(index_elements=keys), rows)
+
+
+def clean_text(text: str | None) -> str | None:
+    """Text any backend stores: NUL (PostgreSQL refuses it) and lone surrogates (not UTF-8) become U+FFFD."""
+    return None if text is None else _UNSTORABLE.sub("\ufffd", text)
+
+
+def make_engine(url: str, busy_timeout: float = 30.0) -> Engine:
+    if url.startswith("sqlite"):
+        path = sa.make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": busy_timeout, "check_same_thread": False})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            # Writers take the lock up front, so two writers queue instead of failing mid-transaction.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)

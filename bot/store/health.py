@@ -1,0 +1,89 @@
+"""Outlet health in the store: the breaker and pauses every worker shares (the rules are bot.health's)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from bot.health import Health, HealthEvent, HealthPolicy, after_attempt, resumed
+from bot.store.engine import Db, insert_new
+from bot.store.outbox import alert, raise_alerts
+from bot.store.tables import deliveries, outlet_health
+
+if TYPE_CHECKING:
+    from bot.store.queue import AttemptRecord
+
+h, d = outlet_health, deliveries
+COLUMNS = [h.c[name] for name in Health.__dataclass_fields__]
+
+
+class OutletHealth:
+    def __init__(self, db: Db) -> None:
+        self.db = db
+
+    def all(self) -> dict[str, Health]:
+        """Every outlet that has been tried, by id; an outlet without a row is ok and untried."""
+        with self.db.read() as conn:
+            return {row.outlet_id: Health(**row._mapping) for row in conn.execute(sa.select(*COLUMNS))}
+
+    def paused(self) -> dict[str, str]:
+        """Paused outlets and why."""
+        with self.db.read() as conn:
+            rows = conn.execute(sa.select(h.c.outlet_id, h.c.paused_reason).where(h.c.paused_at.is_not(None)))
+            return {row.outlet_id: row.paused_reason or "" for row in rows}
+
+    def resume(self, outlet_id: str, now: datetime | None = None) -> int | None:
+        """Resume a paused outlet (and close its breaker). Returns its held deliveries, now due;
+        None when the outlet was not paused."""
+        with self.db.tx() as conn:
+            now = now or self.db.now(conn)
+            row = conn.execute(sa.select(*COLUMNS).where(h.c.outlet_id == outlet_id)).first()
+            if row is None or (row.paused_at is None and row.open_until is None):
+                return None
+            conn.execute(h.update().where(h.c.outlet_id == outlet_id).values(vars(resumed(Health(**row._mapping)))))
+            conn.execute(
+                d.update().where(d.c.outlet_id == outlet_id, d.c.status == "pending", d.c.next_attempt_at > now)
+                .values(next_attempt_at=now, updated_at=now)
+            )
+            self.db.notify(conn)
+            return conn.execute(
+                sa.select(sa.func.count()).where(d.c.outlet_id == outlet_id, d.c.status == "pending")
+            ).scalar_one()
+
+    def after_attempts(
+        self, conn: Connection, records: Sequence[AttemptRecord], now: datetime, policy: HealthPolicy
+    ) -> None:
+        """Apply the attempts' outcomes to their outlets' health, raising alerts, in the caller's transaction."""
+        outlet_ids = sorted({r.outlet_id for r in records})
+        # every outlet gets its row first, so two workers recording the same new outlet cannot collide
+        insert_new(conn, h, [{"outlet_id": o} for o in outlet_ids], "outlet_id")
+        before = {row.outlet_id: Health(**row._mapping) for row in conn.execute(
+            sa.select(*COLUMNS).where(h.c.outlet_id.in_(outlet_ids)).with_for_update()
+        )}
+        after = dict(before)
+        events: list[HealthEvent] = []
+        raised: list[dict[str, Any]] = []
+        for r in records:
+            reason = (r.error or "paused") if r.pause_outlet else None
+            after[r.outlet_id], new = after_attempt(after[r.outlet_id], r.outcome == "delivered", now, policy, reason)
+            events += new
+            if r.exhausted:
+                streak = after[r.outlet_id].failing_since or now
+                raised.append(alert(
+                    f"exhausted:{r.outlet_id}:{streak.isoformat()}", "exhausted",
+                    f"outlet {r.outlet_id}: retries exhausted, delivery failed ({r.error}). "
+                    f"See `debunkbot log --outlet {r.outlet_id} --status failed`; requeue with "
+                    f"`debunkbot retry --outlet {r.outlet_id}`", now))
+        raised += [alert(f"{e.kind}:{e.outlet_id}:{e.at.isoformat()}", e.kind, e.text, now) for e in events]
+        updates = [vars(health) for oid, health in after.items() if before[oid] != health]
+        if updates:
+            conn.execute(
+                h.update().where(h.c.outlet_id == sa.bindparam("b_outlet_id")).values(
+                    {c.name: sa.bindparam(f"b_{c.name}") for c in COLUMNS if c.name != "outlet_id"}),
+                [{f"b_{k}": v for k, v in row.items()} for row in updates],
+            )
+        raise_alerts(conn, raised)

@@ -1,0 +1,191 @@
+"""The delivery log, read-only: what `log`, `status`, `outlets`, the feeds, and later the web API and the
+dashboard read. Pages with a cursor, filters by notice, outlet, tier and state, summaries per tier.
+
+A delivery's state is what an operator needs to act on: ``pending`` (due, in flight or waiting for its
+next try), ``delivered``, ``failed``, or ``held``, with a reason: ``embargo until T``, ``outlet paused``,
+``breaker open until T`` or ``rate limit until T``.
+
+    >>> page = store.log.page(tier="district", status="held", limit=50)     # doctest: +SKIP
+    >>> store.log.page(tier="district", status="held", after=page.next)     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from bot.model import Notice
+from bot.store.engine import Db
+from bot.store.tables import UTCDateTime, attempts, deliveries, notices, outlet_health
+
+d, n, a, h = deliveries, notices, attempts, outlet_health
+STATES = ("pending", "held", "delivered", "failed")
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[dict[str, Any]]
+    next: int | None  # pass as ``after`` for the next page; None: this was the last
+
+
+def _hold(now: datetime) -> tuple[Any, Any]:
+    """Why a delivery is held (None: it is not), and until when."""
+    pending = d.c.status == "pending"
+    kind = sa.case(
+        (d.c.status == "held", "embargo"),
+        (pending & h.c.paused_at.is_not(None), "outlet paused"),
+        (pending & (h.c.open_until > now), "breaker open"),
+        (pending & (h.c.rate_limited_until > now), "rate limit"),
+        else_=sa.null(),
+    )
+    until = sa.type_coerce(sa.case(
+        (d.c.status == "held", d.c.next_attempt_at),
+        (pending & h.c.paused_at.is_not(None), sa.null()),
+        (pending & (h.c.open_until > now), h.c.open_until),
+        (pending & (h.c.rate_limited_until > now), h.c.rate_limited_until),
+        else_=sa.null(),
+    ), UTCDateTime)
+    return kind, until
+
+
+def _state(kind: Any) -> Any:
+    return sa.case((kind.is_not(None), "held"), else_=d.c.status)
+
+
+def _reason(row: dict[str, Any]) -> str | None:
+    kind, until, why = row.pop("hold"), row.pop("until"), row.pop("paused_reason")
+    if kind is None:
+        return None
+    if kind == "outlet paused":
+        return f"outlet paused: {why}" if why else kind
+    return f"{kind} until {until.isoformat(timespec='seconds')}" if until else kind
+
+
+class DeliveryLog:
+    def __init__(self, db: Db) -> None:
+        self.db = db
+
+    def notice(self, ref: str) -> tuple[int, Notice] | None:
+        with self.db.read() as conn:
+            row = conn.execute(sa.select(n.c.id, n.c.payload).where(n.c.ref == ref)).first()
+        return (row.id, Notice.from_stored(row.payload)) if row else None
+
+    def page(
+        self, ref: str | None = None, outlet_id: str | None = None, tier: str | None = None,
+        status: str | None = None, after: int | None = None, limit: int | None = 100,
+    ) -> Page:
+        """Deliveries in the order they were stored, ``limit`` at a time from the cursor ``after``; each row:
+        notice, outlet, tier, status (the state above), reason (why it is held), attempts, http_status,
+        error, delivered_at, next_attempt_at, message_id."""
+        with self.db.read() as conn:
+            kind, until = _hold(self.db.now(conn))
+            query = (
+                sa.select(
+                    d.c.id, n.c.ref.label("notice"), d.c.outlet_id.label("outlet"), d.c.tier,
+                    _state(kind).label("status"), kind.label("hold"), until.label("until"), h.c.paused_reason,
+                    d.c.attempts, d.c.http_status, d.c.error, d.c.delivered_at, d.c.next_attempt_at, d.c.message_id,
+                )
+                .select_from(d.join(n, n.c.id == d.c.notice_id).outerjoin(h, h.c.outlet_id == d.c.outlet_id))
+                .order_by(d.c.id)
+            )
+            for column, value in ((n.c.ref, ref), (d.c.outlet_id, outlet_id), (d.c.tier, tier),
+                                  (_state(kind), status)):
+                if value is not None:
+                    query = query.where(column == value)
+            if after is not None:
+                query = query.where(d.c.id > after)
+            if limit is not None:
+                query = query.limit(limit + 1)
+            rows = [dict(row._mapping) for row in conn.execute(query)]
+        more = limit is not None and len(rows) > limit
+        rows = rows[:limit] if more else rows
+        for row in rows:
+            row["reason"] = _reason(row)
+        return Page(rows, rows[-1]["id"] if more else None)
+
+    def deliveries(
+        self, ref: str | None = None, outlet_id: str | None = None, status: str | None = None, tier: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every matching delivery, in one list (``page`` for a screenful)."""
+        return self.page(ref, outlet_id, tier, status, limit=None).rows
+
+    def attempts(
+        self, ref: str | None = None, outlet_id: str | None = None, after: int | None = None, limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every HTTP try, in order (``id`` is the cursor for ``after``)."""
+        query = (
+            sa.select(
+                a.c.id, n.c.ref.label("notice"), d.c.outlet_id.label("outlet"), a.c.number.label("attempt"),
+                a.c.trigger, a.c.started_at, a.c.latency_ms, a.c.outcome, a.c.http_status, a.c.platform_code,
+                a.c.error, a.c.response,
+            )
+            .select_from(a.join(d, d.c.id == a.c.delivery_id).join(n, n.c.id == d.c.notice_id))
+            .order_by(a.c.id)
+        )
+        if ref:
+            query = query.where(n.c.ref == ref)
+        if outlet_id:
+            query = query.where(d.c.outlet_id == outlet_id)
+        if after is not None:
+            query = query.where(a.c.id > after)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.db.read() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def tiers(self, ref: str | None = None) -> dict[str, dict[str, int]]:
+        """Deliveries per tier and state, for one notice or all: {"district": {"delivered": 39, "held": 2}}."""
+        with self.db.read() as conn:
+            state = _state(_hold(self.db.now(conn))[0])
+            query = (sa.select(d.c.tier, state.label("state"), sa.func.count().label("n"))
+                     .select_from(d.outerjoin(h, h.c.outlet_id == d.c.outlet_id))
+                     .group_by(d.c.tier, state))
+            if ref:
+                query = query.where(d.c.notice_id == sa.select(n.c.id).where(n.c.ref == ref).scalar_subquery())
+            summary: dict[str, dict[str, int]] = {}
+            for row in conn.execute(query):
+                summary.setdefault(row.tier, {})[row.state] = row.n
+        return summary
+
+    def counts(self, ref: str | None = None) -> dict[str, int]:
+        """Deliveries by state, for one notice or all."""
+        total: dict[str, int] = {}
+        for states in self.tiers(ref).values():
+            for state, count in states.items():
+                total[state] = total.get(state, 0) + count
+        return total
+
+    def by_outlet(self) -> dict[str, dict[str, Any]]:
+        """outlet id -> its tier and its deliveries counted by stored status (pending: not yet delivered)."""
+        out: dict[str, dict[str, Any]] = {}
+        with self.db.read() as conn:
+            for row in conn.execute(
+                sa.select(d.c.outlet_id, d.c.tier, d.c.status, sa.func.count().label("n"))
+                .group_by(d.c.outlet_id, d.c.tier, d.c.status)
+            ):
+                out.setdefault(row.outlet_id, {"tier": row.tier})[row.status] = row.n
+        return out
+
+    def feed_entries(self, outlet_id: str, limit: int = 50) -> list[tuple[int, str, Notice, datetime]]:
+        """An outlet's released notices, newest first: (delivery id, delivery status, notice, published at)."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(d.c.id, d.c.status, n.c.payload, n.c.released_at)
+                .select_from(d.join(n, n.c.id == d.c.notice_id))
+                .where(d.c.outlet_id == outlet_id, d.c.status.in_(("pending", "delivered")),
+                       n.c.released_at.is_not(None))
+                .order_by(n.c.released_at.desc(), n.c.id.desc())
+                .limit(limit)
+            ).all()
+        return [(r.id, r.status, Notice.from_stored(r.payload), r.released_at) for r in rows]
+
+
+def dumps(row: dict[str, Any]) -> str:
+    """A delivery-log row as one JSON line."""
+    return json.dumps(
+        {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}, ensure_ascii=False
+    )

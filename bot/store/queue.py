@@ -1,0 +1,417 @@
+"""The queue: notices in with their deliveries, claims under a lease, attempts recorded, embargoes released.
+
+    >>> store.queue.add_notices([(notice, outlets)], source="cli")            # doctest: +SKIP
+    >>> claims = store.queue.claim(200, per_outlet=2, lease=timedelta(seconds=60))   # doctest: +SKIP
+    >>> store.queue.record([AttemptRecord(...)])                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from bot.health import HealthPolicy
+from bot.model import Notice
+from bot.store.engine import Db, clean_text, insert_new
+from bot.store.health import OutletHealth
+from bot.store.tables import UTCDateTime, attempts, deliveries, notices, outlet_health
+
+if TYPE_CHECKING:
+    from bot.outlets import Outlet, RateLimit
+
+d, a, h = deliveries, attempts, outlet_health
+
+
+# -- the conditions every query of the queue shares, written once --------------------------------------
+
+def leased(now: datetime) -> sa.ColumnElement[bool]:
+    """A pending delivery under a live lease: a send in flight (or claimed ahead, waiting to be sent)."""
+    return sa.and_(d.c.status == "pending", d.c.lease_expires_at > now)
+
+
+def claimable(now: datetime) -> sa.ColumnElement[bool]:
+    """A pending delivery that is due and under no live lease."""
+    return sa.and_(d.c.status == "pending", d.c.next_attempt_at <= now,
+                   sa.or_(d.c.lease_expires_at.is_(None), d.c.lease_expires_at <= now))
+
+
+def outlet_takes_sends(now: datetime) -> sa.ColumnElement[bool]:
+    """The outlet (joined as ``outlet_health``, maybe without a row) is not paused, its breaker is not open
+    (a cooled-down breaker lets a probe through) and its rate limit is not used up."""
+    return sa.and_(h.c.paused_at.is_(None), sa.or_(h.c.open_until.is_(None), h.c.open_until <= now),
+                   sa.or_(h.c.rate_limited_until.is_(None), h.c.rate_limited_until <= now))
+
+
+class RefConflict(ValueError):
+    """A ref already stored with different content. Corrections are a later feature."""
+
+
+@dataclass(frozen=True)
+class Added:
+    ref: str
+    created: bool  # False: the identical notice was already stored (a no-op)
+    deliveries: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A delivery claimed under a lease, ready to send."""
+
+    delivery_id: int
+    notice_id: int
+    outlet_id: str
+    message_id: str
+    attempt: int  # the number this try will have, from 1
+    schedule_start: int = 0  # attempts made before the current retry schedule began (a manual retry restarts it)
+
+    @property
+    def trigger(self) -> str:
+        return "manual" if self.schedule_start and self.attempt == self.schedule_start + 1 else "scheduled"
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """What one HTTP try did, and what the delivery becomes."""
+
+    delivery_id: int
+    outlet_id: str
+    attempt: int
+    started_at: datetime
+    latency_ms: float
+    outcome: str  # delivered | retry | failed
+    http_status: int | None = None
+    error: str | None = None
+    response: str | None = None
+    next_attempt_at: datetime | None = None  # for retry
+    pause_outlet: str | None = None  # outlet id to pause (410 Gone)
+    trigger: str = "scheduled"
+    exhausted: bool = False  # the retry schedule ran out: the operators hear of it
+    platform_code: str | None = None  # the platform's own code in its answer (errcode 45009, …)
+
+
+def new_message_id() -> str:
+    """Stable per notice x outlet; sent as webhook-id on every try so receivers can dedupe."""
+    return "msg_" + secrets.token_hex(12)
+
+
+CLAIM_LOCK = 0x6465_6272  # pg advisory lock key ("debr"): claimers take turns
+STATUS_AFTER = {"delivered": "delivered", "retry": "pending", "failed": "failed"}
+
+
+class Queue:
+    def __init__(self, db: Db, health: OutletHealth) -> None:
+        self.db = db
+        self.health = health
+
+    # -- in ---------------------------------------------------------------------------------------
+
+    def add_notices(
+        self, batch: Sequence[tuple[Notice, Sequence[Outlet]]], source: str, now: datetime | None = None
+    ) -> list[Added]:
+        """Store notices with all their deliveries in one transaction: all of them, or none.
+
+        Raises RefConflict, storing nothing, when a ref is already stored with other content.
+        """
+        results: list[Added] = []
+        with self.db.tx() as conn:
+            now = now or self.db.now(conn)
+            for notice, outlets in batch:
+                digest = notice.content_hash()
+                existing = conn.execute(
+                    sa.select(notices.c.id, notices.c.content_hash).where(notices.c.ref == notice.ref)
+                ).first()
+                if existing is not None:
+                    if existing.content_hash != digest:
+                        raise RefConflict(
+                            f"ref {notice.ref!r} is already stored with different content; "
+                            "use a new ref (corrections are not supported yet)"
+                        )
+                    results.append(Added(notice.ref, created=False, deliveries=0))
+                    continue
+                held = notice.publish_at is not None and notice.publish_at > now
+                notice_id = conn.execute(
+                    notices.insert().values(
+                        ref=notice.ref, content_hash=digest, payload=notice.canonical_json(),
+                        title=notice.title, urgency=notice.urgency.value, publish_at=notice.publish_at,
+                        submitted_at=now, released_at=None if held else now, source=source,
+                    )
+                ).inserted_primary_key[0]
+                if outlets:
+                    conn.execute(d.insert(), [
+                        {"notice_id": notice_id, "outlet_id": o.id, "tier": o.tier.value,
+                         "status": "held" if held else "pending", "message_id": new_message_id(),
+                         "attempts": 0, "next_attempt_at": notice.publish_at if held else now,
+                         "updated_at": now}
+                        for o in outlets
+                    ])
+                results.append(Added(notice.ref, created=True, deliveries=len(outlets)))
+            self.db.notify(conn)
+        return results
+
+    def release_due(self, now: datetime | None = None) -> int:
+        """Release embargoed notices whose publish_at has come; returns deliveries released.
+
+        Exactly the deliveries of the notices this statement marked released are released (RETURNING):
+        a notice committed meanwhile by another transaction waits for the next call, never half-released.
+        """
+        with self.db.tx() as conn:
+            now = now or self.db.now(conn)
+            released = list(conn.execute(
+                notices.update().where(notices.c.released_at.is_(None), notices.c.publish_at <= now)
+                .values(released_at=now).returning(notices.c.id)
+            ).scalars())
+            if not released:
+                return 0
+            count = conn.execute(
+                d.update().where(d.c.status == "held", d.c.notice_id.in_(released))
+                .values(status="pending", next_attempt_at=now, updated_at=now)
+            ).rowcount
+            if count:
+                self.db.notify(conn)
+        return count
+
+    # -- claims -----------------------------------------------------------------------------------
+
+    def claim(
+        self, limit: int, per_outlet: int, lease: timedelta, now: datetime | None = None,
+        rate_limits: Mapping[str, Sequence[RateLimit]] | None = None, skip_outlets: Collection[str] = (),
+    ) -> list[Claim]:
+        """Claim up to ``limit`` due deliveries under a lease, oldest first, filling up from every outlet
+        that has room.
+
+        An outlet's room is ``per_outlet`` (one probe when its breaker has cooled down) less its sends in
+        flight, and no more than its ``rate_limits`` windows allow, counting every recorded attempt and
+        every claim in flight, so the limits hold across restarts and workers. Outlets that are paused, have
+        their breaker open or their rate limit used up are skipped; an outlet whose rate limit is used up
+        waits (``rate_limited_until``) for its window to free. Outlets in ``skip_outlets`` (feeds: they
+        fetch) are never claimed.
+        """
+        limits = [(o, rl.count, rl.seconds) for o, rls in (rate_limits or {}).items() for rl in rls
+                  if o not in skip_outlets]
+        with self.db.tx() as conn:
+            if self.db.postgres:
+                # Claimers take turns, so per-outlet and rate limits count what every worker has in flight.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": CLAIM_LOCK})
+            now = now or self.db.now(conn)
+            busy = (sa.select(d.c.outlet_id, sa.func.count().label("n")).where(leased(now))
+                    .group_by(d.c.outlet_id).cte("busy"))
+            window = _rate_windows(limits, now)
+            rate = (sa.select(window.c.outlet_id, sa.func.min(window.c.left).label("left"))
+                    .group_by(window.c.outlet_id).cte("rate")) if window is not None else None
+            # one probe for an outlet whose breaker has cooled down, else the per-outlet cap; within the rate limit
+            cap: Any = sa.case((h.c.open_until.is_not(None), 1), else_=per_outlet)
+            if rate is not None:
+                cap = sa.case((sa.func.coalesce(rate.c.left, cap) < cap, rate.c.left), else_=cap)
+            room = cap - sa.func.coalesce(busy.c.n, 0)
+            joined = d.outerjoin(h, h.c.outlet_id == d.c.outlet_id).outerjoin(busy, busy.c.outlet_id == d.c.outlet_id)
+            if rate is not None:
+                joined = joined.outerjoin(rate, rate.c.outlet_id == d.c.outlet_id)
+            ranked = (
+                sa.select(d.c.id, d.c.next_attempt_at, room.label("room"), sa.func.row_number().over(
+                    partition_by=d.c.outlet_id, order_by=(d.c.next_attempt_at, d.c.id)).label("rank"))
+                .select_from(joined)
+                .where(claimable(now), outlet_takes_sends(now), room > 0,
+                       *([d.c.outlet_id.not_in(list(skip_outlets))] if skip_outlets else []))
+                .cte("ranked")
+            )
+            chosen = (sa.select(ranked.c.id).where(ranked.c.rank <= ranked.c.room)
+                      .order_by(ranked.c.next_attempt_at, ranked.c.id).limit(limit))
+            # PostgreSQL: rows another worker is writing right now (recording an attempt) are skipped, not waited for
+            free = sa.select(d.c.id).where(d.c.id.in_(chosen)).with_for_update(skip_locked=True)
+            rows = conn.execute(
+                d.update().where(d.c.id.in_(free), claimable(now))
+                .values(lease_owner=self.db.owner, lease_expires_at=now + lease, updated_at=now)
+                .returning(d.c.id, d.c.notice_id, d.c.outlet_id, d.c.message_id, d.c.attempts, d.c.schedule_start)
+            ).all()
+            claimed = {r.outlet_id for r in rows}
+            if claimed:  # a probe shuts a cooled-down breaker to everyone else until it is recorded or its lease ends
+                conn.execute(h.update().where(h.c.outlet_id.in_(claimed), h.c.open_until <= now)
+                             .values(open_until=now + lease))
+            if window is not None:
+                self._wait_for_rate_windows(conn, window, busy, now)
+        rows.sort(key=lambda r: r.id)
+        return [Claim(r.id, r.notice_id, r.outlet_id, r.message_id, r.attempts + 1, r.schedule_start) for r in rows]
+
+    def _wait_for_rate_windows(self, conn: sa.Connection, window: Any, busy: Any, now: datetime) -> None:
+        """Outlets with due deliveries and no room left in a rate window wait until the window frees."""
+        full = conn.execute(
+            sa.select(window.c.outlet_id, window.c.oldest, window.c.seconds)
+            .select_from(window.outerjoin(busy, busy.c.outlet_id == window.c.outlet_id)
+                         .outerjoin(h, h.c.outlet_id == window.c.outlet_id))
+            .where(window.c.left - sa.func.coalesce(busy.c.n, 0) <= 0, outlet_takes_sends(now),
+                   sa.exists().where(d.c.outlet_id == window.c.outlet_id, claimable(now)))
+        ).all()
+        frees: dict[str, datetime] = {}
+        for row in full:
+            free = row.oldest + timedelta(seconds=row.seconds) if row.oldest else now + timedelta(seconds=1)
+            frees[row.outlet_id] = max(frees.get(row.outlet_id, free), free)
+        if frees:
+            insert_new(conn, h, [{"outlet_id": o} for o in frees], "outlet_id")
+            conn.execute(h.update().where(h.c.outlet_id == sa.bindparam("b_outlet")).values(
+                rate_limited_until=sa.bindparam("b_until")),
+                [{"b_outlet": o, "b_until": until} for o, until in frees.items()])
+
+    # -- attempts ---------------------------------------------------------------------------------
+
+    def record(
+        self, records: Sequence[AttemptRecord], now: datetime | None = None, policy: HealthPolicy | None = None
+    ) -> None:
+        """Write a batch of attempts, move their deliveries on and update their outlets' health (raising
+        operator alerts), in one transaction. Text the outlet answered is stored as any backend takes it."""
+        if not records:
+            return
+        policy = policy or HealthPolicy()
+        with self.db.tx() as conn:
+            now = now or self.db.now(conn)
+            at = self.db.to_store_time
+            conn.execute(attempts.insert(), [
+                {"delivery_id": r.delivery_id, "outlet_id": r.outlet_id, "number": r.attempt, "trigger": r.trigger,
+                 "started_at": at(r.started_at), "latency_ms": r.latency_ms, "outcome": r.outcome,
+                 "http_status": r.http_status, "platform_code": clean_text(r.platform_code),
+                 "error": clean_text(r.error), "response": clean_text(r.response)}
+                for r in records
+            ])
+            conn.execute(
+                d.update()
+                .where(d.c.id == sa.bindparam("b_id"), d.c.status == "pending", d.c.lease_owner == self.db.owner)
+                .values(
+                    status=sa.bindparam("b_status"), attempts=sa.bindparam("b_attempts"),
+                    next_attempt_at=sa.bindparam("b_next"), lease_owner=None, lease_expires_at=None,
+                    http_status=sa.bindparam("b_http"), error=sa.bindparam("b_error"),
+                    delivered_at=sa.bindparam("b_delivered"), updated_at=now,
+                ),
+                [
+                    {"b_id": r.delivery_id, "b_status": STATUS_AFTER[r.outcome], "b_attempts": r.attempt,
+                     "b_next": at(r.next_attempt_at) if r.outcome == "retry" else None,
+                     "b_http": r.http_status, "b_error": clean_text(r.error),
+                     "b_delivered": at(r.started_at) if r.outcome == "delivered" else None}
+                    for r in records
+                ],
+            )
+            self.health.after_attempts(conn, records, now, policy)
+
+    def record_fetch(self, outlet_id: str, delivery_ids: Sequence[int], latency_ms: float = 0.0,
+                     now: datetime | None = None) -> int:
+        """A feed fetch was answered: its pending deliveries are delivered, the fetch recorded as their attempt."""
+        with self.db.tx() as conn:
+            now = now or self.db.now(conn)
+            rows = conn.execute(
+                sa.select(d.c.id, d.c.attempts).where(d.c.id.in_(list(delivery_ids)), d.c.outlet_id == outlet_id,
+                                                      d.c.status == "pending")
+            ).all()
+            if not rows:
+                return 0
+            conn.execute(attempts.insert(), [
+                {"delivery_id": r.id, "outlet_id": outlet_id, "number": r.attempts + 1, "trigger": "fetch",
+                 "started_at": now, "latency_ms": latency_ms, "outcome": "delivered", "http_status": 200,
+                 "error": None, "response": None} for r in rows
+            ])
+            conn.execute(
+                d.update().where(d.c.id.in_([r.id for r in rows]), d.c.status == "pending")
+                .values(status="delivered", attempts=d.c.attempts + 1, next_attempt_at=None, http_status=200,
+                        error=None, delivered_at=now, updated_at=now)
+            )
+        return len(rows)
+
+    def release_claims(self) -> int:
+        """Give back this owner's unfinished claims (graceful shutdown)."""
+        with self.db.tx() as conn:
+            released = conn.execute(
+                d.update().where(d.c.lease_owner == self.db.owner, d.c.status == "pending")
+                .values(lease_owner=None, lease_expires_at=None)
+            ).rowcount
+            if released:
+                self.db.notify(conn)
+            return released
+
+    def requeue(
+        self, ref: str | None = None, outlet_id: str | None = None, since: datetime | None = None,
+        status: str = "failed", dry_run: bool = False, now: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """Put matching deliveries back in the queue, due now, each with a fresh retry schedule; their
+        next try is logged with trigger ``manual``. Returns what was (or, dry run, would be) requeued."""
+        n = notices
+        query = (
+            sa.select(d.c.id, n.c.ref.label("notice"), d.c.outlet_id.label("outlet"), d.c.attempts,
+                      d.c.http_status, d.c.error, d.c.updated_at)
+            .select_from(d.join(n, n.c.id == d.c.notice_id))
+            .where(d.c.status == status)
+            .order_by(d.c.notice_id, d.c.id)
+        )
+        if ref:
+            query = query.where(n.c.ref == ref)
+        if outlet_id:
+            query = query.where(d.c.outlet_id == outlet_id)
+        if since:
+            query = query.where(d.c.updated_at >= since)
+        with self.db.tx() as conn:
+            now = now or self.db.now(conn)
+            rows = [dict(row._mapping) for row in conn.execute(query)]
+            if rows and not dry_run:
+                conn.execute(
+                    d.update().where(d.c.id.in_([r["id"] for r in rows]), d.c.status == status)
+                    .values(status="pending", next_attempt_at=now, schedule_start=d.c.attempts,
+                            lease_owner=None, lease_expires_at=None, updated_at=now)
+                )
+        return rows
+
+    def prune_attempts(self, older_than: datetime) -> int:
+        """Delete attempts started before ``older_than``. Notices and deliveries (their outcome, attempt
+        count, last status and error) are kept."""
+        with self.db.tx() as conn:
+            return conn.execute(attempts.delete().where(attempts.c.started_at < older_than)).rowcount
+
+    # -- what the dispatcher and the scheduler look at ----------------------------------------------
+
+    def notices_by_id(self, notice_ids: Iterable[int]) -> dict[int, tuple[Notice, datetime]]:
+        """Notices with the time they were released (their publication time)."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(notices.c.id, notices.c.payload, notices.c.released_at, notices.c.submitted_at)
+                .where(notices.c.id.in_(set(notice_ids)))
+            )
+            return {row.id: (Notice.from_stored(row.payload), row.released_at or row.submitted_at) for row in rows}
+
+    def next_due_at(self, skip_outlets: Collection[str] = ()) -> datetime | None:
+        """When the earliest pending delivery comes due (on this process's clock); None when nothing is
+        pending. A delivery waits for the latest of: its next try, another process's lease on it, its
+        outlet's open breaker and its outlet's rate window. Paused outlets' deliveries wait for an operator."""
+        due: Any = d.c.next_attempt_at
+        for later in (d.c.lease_expires_at, h.c.open_until, h.c.rate_limited_until):
+            due = sa.type_coerce(sa.case((later > due, later), else_=due), UTCDateTime)
+        with self.db.read() as conn:
+            when: datetime | None = conn.execute(
+                sa.select(sa.func.min(due)).select_from(d.outerjoin(h, h.c.outlet_id == d.c.outlet_id)).where(
+                    d.c.status == "pending", h.c.paused_at.is_(None),
+                    *([d.c.outlet_id.not_in(list(skip_outlets))] if skip_outlets else []),
+                )
+            ).scalar_one_or_none()
+        return None if when is None else when - self.db.skew
+
+    def next_release_at(self) -> datetime | None:
+        with self.db.read() as conn:
+            return conn.execute(
+                sa.select(sa.func.min(notices.c.publish_at)).where(notices.c.released_at.is_(None))
+            ).scalar_one_or_none()
+
+
+def _rate_windows(limits: Sequence[tuple[str, int, float]], now: datetime) -> Any:
+    """Per outlet and rate window: sends left (the limit less the attempts started in the window) and the
+    oldest of those attempts. None when no outlet has a rate limit."""
+    if not limits:
+        return None
+    spec = sa.values(sa.column("outlet_id", sa.String), sa.column("max_sends", sa.Integer),
+                     sa.column("seconds", sa.Float), sa.column("since", UTCDateTime), name="limits").data(
+        [(o, count, seconds, now - timedelta(seconds=seconds)) for o, count, seconds in limits]).cte("limits")
+    return (
+        sa.select(spec.c.outlet_id, spec.c.seconds, (spec.c.max_sends - sa.func.count(a.c.id)).label("left"),
+                  sa.func.min(a.c.started_at).label("oldest"))
+        .select_from(spec.outerjoin(a, sa.and_(a.c.outlet_id == spec.c.outlet_id, a.c.started_at > spec.c.since)))
+        .group_by(spec.c.outlet_id, spec.c.max_sends, spec.c.seconds, spec.c.since)
+        .cte("windows")
+    )

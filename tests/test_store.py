@@ -202,3 +202,34 @@ def test_alerts_are_raised_once_per_key(store: Store, make_notice: Callable[...,
     store.outbox.mark_sent([alert["id"]])
     assert store.outbox.unsent() == []
     assert store.outbox.flag_late_urgent(timedelta(minutes=10), now=later) == 0
+
+
+@pytest.mark.parametrize("rate_limited", [False, True])
+def test_one_outlets_backlog_does_not_starve_the_others(
+    store: Store, make_notice: Callable[..., Notice], rate_limited: bool
+) -> None:
+    from bot.outlets import RateLimit
+
+    backlog = [Outlet(id=f"big{i}", name=f"大{i}", tier="city", channel="webhook", url="https://x.example/",
+                      secret_env="S") for i in range(5)]
+    small = [Outlet(id=f"small{i:02}", name=f"小{i}", tier="district", channel="webhook",
+                    url="https://x.example/", secret_env="S") for i in range(45)]
+    start = datetime.now(UTC) - timedelta(minutes=10)
+    store.queue.add_notices([(make_notice(ref=f"old{n}", title=f"旧{n}"), backlog) for n in range(100)],
+                            source="t", now=start)
+    store.queue.add_notices([(make_notice(ref="new", title="新"), small)], source="t", now=start + timedelta(minutes=1))
+    limits = {o.id: (RateLimit(1, 60),) for o in backlog} if rate_limited else None
+    now = datetime.now(UTC)
+
+    first = store.queue.claim(100, per_outlet=2, lease=LEASE, now=now, rate_limits=limits)
+
+    per_outlet = {o: sum(c.outlet_id == o for c in first) for o in {c.outlet_id for c in first}}
+    assert {o.id for o in small} <= per_outlet.keys()  # every small outlet gets its delivery in the first claim
+    assert all(per_outlet[o.id] == (1 if rate_limited else 2) for o in backlog)
+    assert len(first) == 45 + 5 * (1 if rate_limited else 2)
+    # what is claimed is the oldest of each outlet's queue
+    assert all(store.queue.notices_by_id([c.notice_id])[c.notice_id][0].ref in ("old0", "old1", "new") for c in first)
+    store.queue.record([AttemptRecord(c.delivery_id, c.outlet_id, c.attempt, now, 1.0, "delivered", 200)
+                        for c in first], now=now)
+    second = store.queue.claim(100, per_outlet=2, lease=LEASE, now=now, rate_limits=limits)
+    assert len(second) == (0 if rate_limited else 10)  # a rate-limited outlet waits for its window

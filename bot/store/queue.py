@@ -34,10 +34,10 @@ def leased(now: datetime) -> sa.ColumnElement[bool]:
     return sa.and_(d.c.status == "pending", d.c.lease_expires_at > now)
 
 
-def claimable(now: datetime) -> sa.ColumnElement[bool]:
-    """A pending delivery that is due and under no live lease."""
-    return sa.and_(d.c.status == "pending", d.c.next_attempt_at <= now,
-                   sa.or_(d.c.lease_expires_at.is_(None), d.c.lease_expires_at <= now))
+def claimable(now: datetime, t: Any = d) -> sa.ColumnElement[bool]:
+    """A pending delivery (of ``deliveries`` or an alias of it) that is due and under no live lease."""
+    return sa.and_(t.c.status == "pending", t.c.next_attempt_at <= now,
+                   sa.or_(t.c.lease_expires_at.is_(None), t.c.lease_expires_at <= now))
 
 
 def outlet_takes_sends(now: datetime) -> sa.ColumnElement[bool]:
@@ -142,6 +142,8 @@ class Queue:
                     )
                 ).inserted_primary_key[0]
                 if outlets:
+                    # every outlet with deliveries has a health row: the claim goes outlet by outlet
+                    insert_new(conn, h, [{"outlet_id": o.id} for o in outlets], "outlet_id")
                     conn.execute(d.insert(), [
                         {"notice_id": notice_id, "outlet_id": o.id, "tier": o.tier.value,
                          "status": "held" if held else "pending", "message_id": new_message_id(),
@@ -203,22 +205,32 @@ class Queue:
             window = _rate_windows(limits, now)
             rate = (sa.select(window.c.outlet_id, sa.func.min(window.c.left).label("left"))
                     .group_by(window.c.outlet_id).cte("rate")) if window is not None else None
-            # one probe for an outlet whose breaker has cooled down, else the per-outlet cap; within the rate limit
+            # how many more sends each outlet takes now: the per-outlet cap (one probe when its breaker has
+            # cooled down), within its rate limit, less its sends in flight
             cap: Any = sa.case((h.c.open_until.is_not(None), 1), else_=per_outlet)
+            joined = h.outerjoin(busy, busy.c.outlet_id == h.c.outlet_id)
             if rate is not None:
                 cap = sa.case((sa.func.coalesce(rate.c.left, cap) < cap, rate.c.left), else_=cap)
-            room = cap - sa.func.coalesce(busy.c.n, 0)
-            joined = d.outerjoin(h, h.c.outlet_id == d.c.outlet_id).outerjoin(busy, busy.c.outlet_id == d.c.outlet_id)
-            if rate is not None:
-                joined = joined.outerjoin(rate, rate.c.outlet_id == d.c.outlet_id)
-            ranked = (
-                sa.select(d.c.id, d.c.next_attempt_at, room.label("room"), sa.func.row_number().over(
-                    partition_by=d.c.outlet_id, order_by=(d.c.next_attempt_at, d.c.id)).label("rank"))
-                .select_from(joined)
-                .where(claimable(now), outlet_takes_sends(now), room > 0,
-                       *([d.c.outlet_id.not_in(list(skip_outlets))] if skip_outlets else []))
-                .cte("ranked")
-            )
+                joined = joined.outerjoin(rate, rate.c.outlet_id == h.c.outlet_id)
+            room_left = cap - sa.func.coalesce(busy.c.n, 0)
+            room = (sa.select(h.c.outlet_id, room_left.label("room")).select_from(joined)
+                    .where(outlet_takes_sends(now), room_left > 0,
+                           *([h.c.outlet_id.not_in(list(skip_outlets))] if skip_outlets else []))
+                    .cte("room"))
+            # each such outlet's oldest claimable deliveries (an index search per outlet: flat under any backlog)
+            e = d.alias("e")
+            head = (sa.select(e.c.id, e.c.next_attempt_at).where(e.c.outlet_id == room.c.outlet_id, claimable(now, e))
+                    .order_by(e.c.next_attempt_at, e.c.id).limit(per_outlet))
+            if self.db.postgres:
+                per_outlet_head = head.lateral("head")
+                source, chosen_from = room.join(per_outlet_head, sa.true()), per_outlet_head
+            else:  # SQLite has no LATERAL; it runs this correlated list once per outlet
+                source, chosen_from = room.join(d, d.c.id.in_(head.with_only_columns(e.c.id))), d
+            c = chosen_from.c
+            ranked = (sa.select(c.id, c.next_attempt_at, room.c.room, sa.func.row_number().over(
+                partition_by=room.c.outlet_id, order_by=(c.next_attempt_at, c.id)).label("rank"))
+                .select_from(source).cte("ranked"))
+            # the oldest of those, up to the limit, each outlet within its room
             chosen = (sa.select(ranked.c.id).where(ranked.c.rank <= ranked.c.room)
                       .order_by(ranked.c.next_attempt_at, ranked.c.id).limit(limit))
             # PostgreSQL: rows another worker is writing right now (recording an attempt) are skipped, not waited for

@@ -62,7 +62,8 @@ deliveries = sa.Table(
     sa.Column("schedule_start", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.UniqueConstraint("notice_id", "outlet_id"),
     sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
-    sa.Index("ix_deliveries_outlet", "outlet_id", "status"),
+    # the claim takes each outlet's oldest due deliveries, outlet by outlet
+    sa.Index("ix_deliveries_outlet_due", "outlet_id", "status", "next_attempt_at"),
     # the claim counts leases in flight: without this it reads every pending row (slow with a backlog)
     sa.Index("ix_deliveries_leased", "status", "lease_expires_at"),
 )
@@ -85,8 +86,8 @@ attempts = sa.Table(
     sa.Index("ix_attempts_started", "started_at"),  # pruning
 )
 
-# Each outlet's health, shared by every worker and kept across restarts. A row appears with the first
-# attempt. The circuit breaker opens (``open_until``) after repeated failures; a paused outlet (410, or
+# Each outlet's health, shared by every worker and kept across restarts. A row appears with the outlet's
+# first delivery. The circuit breaker opens (``open_until``) after repeated failures; a paused outlet (410, or
 # failing for the whole auto-pause window) has its deliveries held until an operator resumes it; an
 # outlet whose rate limit is used up waits until ``rate_limited_until``.
 outlet_health = sa.Table(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -233,3 +234,42 @@ def test_one_outlets_backlog_does_not_starve_the_others(
                         for c in first], now=now)
     second = store.queue.claim(100, per_outlet=2, lease=LEASE, now=now, rate_limits=limits)
     assert len(second) == (0 if rate_limited else 10)  # a rate-limited outlet waits for its window
+
+
+def test_an_embargo_committed_during_a_release_is_never_half_released(
+    postgres_url: str, make_notice: Callable[..., Notice]
+) -> None:
+    """PostgreSQL, READ COMMITTED: a held notice committed by another process while release_due runs is
+    either released with its deliveries or left for the next release, never marked released with its
+    deliveries still held (which would hold them forever)."""
+    import sqlalchemy as sa
+
+    from bot.store import deliveries, notices
+
+    store, other = Store.open(postgres_url), Store.open(postgres_url)
+    now = datetime.now(UTC)
+    store.queue.add_notices([(make_notice(ref="first", publish_at=(now + timedelta(hours=1)).isoformat()), OUTLETS)],
+                            source="t", now=now)
+    done = []
+
+    @sa.event.listens_for(store.engine, "after_cursor_execute")
+    def commit_another_embargo_meanwhile(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE") and not done:
+            done.append(True)  # between release_due's statements, another process commits a notice now due
+            other.queue.add_notices([(make_notice(ref="second", title="第二条",
+                                                  publish_at=(now + timedelta(hours=1)).isoformat()), OUTLETS)],
+                                    source="t", now=now)
+
+    def half_released() -> list[str]:
+        with store.engine.connect() as conn:
+            return list(conn.execute(
+                sa.select(notices.c.ref).distinct().select_from(notices.join(deliveries))
+                .where(notices.c.released_at.is_not(None), deliveries.c.status == "held")).scalars())
+
+    later = now + timedelta(hours=2)
+    store.queue.release_due(now=later)
+    assert done and half_released() == []
+    store.queue.release_due(now=later)  # the next run releases what came in meanwhile
+    assert half_released() == [] and store.log.counts() == {"pending": 10}
+    store.close()
+    other.close()

@@ -273,3 +273,25 @@ def test_an_embargo_committed_during_a_release_is_never_half_released(
     assert half_released() == [] and store.log.counts() == {"pending": 10}
     store.close()
     other.close()
+
+
+def test_a_process_whose_clock_runs_ahead_does_not_take_over_a_live_lease(
+    postgres_url: str, make_notice: Callable[..., Notice]
+) -> None:
+    """PostgreSQL: leases, rate windows and due times are on the database's clock, so a worker whose clock
+    is ten minutes ahead neither double-claims a leased delivery nor records times from its own future."""
+    honest = Store.open(postgres_url)
+    ahead = Store.open(postgres_url, clock=lambda: datetime.now(UTC) + timedelta(minutes=10))
+    honest.queue.add_notices([(make_notice(), OUTLETS[:1])], source="t")
+    (claim,) = honest.queue.claim(10, 2, LEASE)
+    assert ahead.queue.claim(10, 2, LEASE) == []  # its clock says the 30 s lease ran out long ago
+    # what the skewed process measured lands on the database's clock
+    started = ahead.db.clock()
+    honest.owner, ahead.owner = "gone", honest.owner  # the lease is ahead's to record (a takeover, say)
+    ahead.queue.record([AttemptRecord(claim.delivery_id, claim.outlet_id, 1, started, 5.0, "retry", 503, "HTTP 503",
+                                      next_attempt_at=started + timedelta(seconds=5))])
+    (attempt,) = honest.log.attempts()
+    assert abs(attempt["started_at"] - datetime.now(UTC)) < timedelta(minutes=1)
+    assert honest.queue.claim(10, 2, LEASE) == []  # the retry is 5 s away on everyone's clock, not 10 min ago
+    honest.close()
+    ahead.close()

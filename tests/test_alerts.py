@@ -99,3 +99,25 @@ def test_an_operator_channel_that_cannot_carry_alerts_refuses_start_up(tmp_path:
         write_matrix(tmp_path, regions, {"a": "http://127.0.0.1:1/a"}, {"a": whsec(), "ops": whsec()},
                      [{"id": "ops", "name": "值班群", "channel": "webhook", "secret_env": "S_OPS"}])
 
+
+
+async def test_with_two_operator_channels_only_the_failing_one_is_retried(
+    tmp_path: Path, store: Store, regions: RegionTable, make_notice: Callable[..., Notice]
+) -> None:
+    secrets = {"gone": whsec(), "ops1": whsec(), "ops2": whsec()}
+    async with ChaosOutlets(secrets, {"gone": [Status(410)], "ops2": [Status(503), Status(503)]}) as chaos:
+        operators = [{"id": o, "name": f"值班群{o}", "channel": "webhook", "url": chaos.url(o),
+                      "secret_env": f"S_{o.upper()}"} for o in ("ops1", "ops2")]
+        matrix = write_matrix(tmp_path, regions, {"gone": chaos.url("gone")}, secrets, operators)
+        settings = Settings(database_url=str(store.engine.url), http_timeout=1, alert_interval=0, scan_interval=0.01)
+        await send(store, matrix, settings, make_notice())
+        async with make_client(settings) as client:
+            assert await Alerter(store, matrix, settings, client).tick() == 0  # ops2: 503
+            assert [a["kind"] for a in store.outbox.unsent("ops2")] == ["paused"] and store.outbox.unsent("ops1") == []
+            assert await Alerter(store, matrix, settings, client).tick() == 0  # ops2: 503 again; ops1 not resent
+            assert await Alerter(store, matrix, settings, client).tick() == 1  # ops2 takes it: sent everywhere
+            assert await Alerter(store, matrix, settings, client).tick() == 0
+    assert len(chaos.seen("ops1")) == 1
+    tries = chaos.seen("ops2")
+    assert len(tries) == 3 and len({t.message_id for t in tries}) == 1
+    assert store.outbox.unsent() == []

@@ -189,12 +189,13 @@ def status(ref: str) -> None:
     for column in ("outlet", "status", "attempts", "last error", "next try"):
         outstanding.add_column(column)
     for r in missing:
-        outstanding.add_row(r["outlet"], STATUS_WORDS[r["status"]], str(r["attempts"]), r["error"] or "",
+        state = STATUS_WORDS[r["status"]] + (f": {r['reason']}" if r["reason"] else "")
+        outstanding.add_row(r["outlet"], state, str(r["attempts"]), r["error"] or "",
                             r["next_attempt_at"].isoformat(timespec="seconds") if r["next_attempt_at"] else "")
     console.print(outstanding)
 
 
-LOG_KEYS = ("notice", "outlet", "status", "attempts", "http_status", "error", "delivered_at")
+LOG_KEYS = ("notice", "outlet", "status", "reason", "attempts", "http_status", "error", "delivered_at")
 
 
 @app.command("log")

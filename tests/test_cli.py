@@ -15,7 +15,7 @@ import yaml
 
 from tests.conftest import notice_data
 
-LOG_KEYS = {"notice", "outlet", "status", "attempts", "http_status", "error", "delivered_at"}
+LOG_KEYS = {"notice", "outlet", "status", "reason", "attempts", "http_status", "error", "delivered_at"}
 
 
 async def debunkbot(env: dict[str, str], *args: str) -> tuple[int, str, str]:

@@ -295,3 +295,41 @@ def test_a_process_whose_clock_runs_ahead_does_not_take_over_a_live_lease(
     assert honest.queue.claim(10, 2, LEASE) == []  # the retry is 5 s away on everyone's clock, not 10 min ago
     honest.close()
     ahead.close()
+
+
+def test_the_delivery_log_says_why_each_held_delivery_waits(store: Store, make_notice: Callable[..., Notice]) -> None:
+    from bot.health import HealthPolicy
+    from bot.outlets import RateLimit
+
+    now = datetime.now(UTC)
+    store.queue.add_notices([(make_notice(ref="later", publish_at=(now + timedelta(hours=1)).isoformat()),
+                              OUTLETS[:1])], source="t", now=now)
+    store.queue.add_notices([(make_notice(ref="b", title="乙"), OUTLETS[1:]),
+                             (make_notice(ref="c", title="丙"), OUTLETS[1:4])], source="t", now=now)
+    limits = {"o3": (RateLimit(1, 60),)}
+    claims = {c.outlet_id: c for c in store.queue.claim(10, 1, LEASE, now=now, rate_limits=limits)}
+    assert claims.keys() == {"o1", "o2", "o3", "o4"}
+    outcome = {"o1": dict(outcome="failed", http_status=410, error="HTTP 410", pause_outlet="o1"),
+               "o2": dict(outcome="retry", http_status=503, error="HTTP 503", next_attempt_at=now),
+               "o3": dict(outcome="delivered", http_status=200), "o4": dict(outcome="delivered", http_status=200)}
+    store.queue.record([AttemptRecord(c.delivery_id, o, 1, now, 5.0, **outcome[o]) for o, c in claims.items()],
+                       now=now, policy=HealthPolicy(breaker_threshold=1))
+    assert store.queue.claim(10, 1, LEASE, now=now, rate_limits=limits) == []
+
+    held = {(r["notice"], r["outlet"]): r["reason"] for r in store.log.deliveries(status="held")}
+    assert held.pop(("later", "o0")).startswith("embargo until ")
+    assert held.pop(("c", "o1")) == "outlet paused: HTTP 410"
+    assert held.pop(("b", "o2")).startswith("breaker open until ")
+    assert held.pop(("c", "o2")).startswith("breaker open until ")
+    assert held.pop(("c", "o3")).startswith("rate limit until ")
+    assert held == {}
+    assert store.log.deliveries(status="pending") == []
+    assert store.log.tiers() == {"district": {"held": 5, "failed": 1, "delivered": 2}}
+    assert store.log.counts("c") == {"held": 3}
+
+    # paged with a cursor, filtered by tier and state: the shape the web API reads
+    first = store.log.page(tier="district", limit=5)
+    rest = store.log.page(tier="district", after=first.next, limit=5)
+    assert len(first.rows) == 5 and len(rest.rows) == 3 and rest.next is None
+    assert [r["id"] for r in first.rows + rest.rows] == sorted(r["id"] for r in store.log.deliveries())
+    assert store.log.page(tier="city").rows == []

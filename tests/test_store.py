@@ -333,3 +333,17 @@ def test_the_delivery_log_says_why_each_held_delivery_waits(store: Store, make_n
     assert len(first.rows) == 5 and len(rest.rows) == 3 and rest.next is None
     assert [r["id"] for r in first.rows + rest.rows] == sorted(r["id"] for r in store.log.deliveries())
     assert store.log.page(tier="city").rows == []
+
+
+def test_any_text_an_outlet_answers_is_stored_and_the_platform_code_with_it(
+    store: Store, make_notice: Callable[..., Notice]
+) -> None:
+    store.queue.add_notices([(make_notice(), OUTLETS[:1])], source="t")
+    (claim,) = store.queue.claim(10, 2, LEASE)
+    now = datetime.now(UTC)
+    store.queue.record([AttemptRecord(claim.delivery_id, "o0", 1, now, 5.0, "retry", 200, "errcode 45009 \udc80",
+                                      response='{"ok":true}\x00 \ud800', next_attempt_at=now, platform_code="45009")])
+    (attempt,) = store.log.attempts()
+    assert attempt["response"] == '{"ok":true}\ufffd \ufffd' and attempt["error"] == "errcode 45009 \ufffd"
+    assert attempt["platform_code"] == "45009"
+    assert store.log.deliveries()[0]["error"] == "errcode 45009 \ufffd"

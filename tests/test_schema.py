@@ -53,3 +53,30 @@ def test_db_upgrade_creates_an_empty_store_on_either_backend(database_url: str) 
     engine.dispose()
     again = subprocess.run([sys.executable, "-m", "bot", "db", "upgrade"], env=env, capture_output=True, text=True)
     assert "already current" in again.stdout
+
+
+def test_a_store_at_0001_with_pending_deliveries_upgrades_and_they_are_claimed(database_url: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from alembic import command
+
+    from bot.schema import _config, upgrade
+
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        command.upgrade(_config(conn), "0001")
+        conn.commit()
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO notices (id, ref, content_hash, payload, title, urgency, submitted_at, "
+                             "released_at, source) VALUES (1, 'r', 'h', '{}', 't', 'normal', :now, :now, 'old')"),
+                     {"now": now})
+        conn.execute(sa.text("INSERT INTO deliveries (notice_id, outlet_id, tier, status, message_id, attempts, "
+                             "next_attempt_at, updated_at, schedule_start) "
+                             "VALUES (1, 'o1', 'city', 'pending', 'msg_1', 0, :now, :now, 0)"), {"now": now})
+    assert upgrade(engine) == ("0001", head())
+    engine.dispose()
+    store = Store.open(database_url)
+    (claim,) = store.queue.claim(10, 2, timedelta(seconds=30))  # its outlet got its health row: the claim sees it
+    assert claim.outlet_id == "o1"
+    store.close()

@@ -60,8 +60,8 @@ async def test_a_bad_night_reaches_the_operators_as_one_digest_and_repeats_are_d
             assert await alerter.tick() == 2
             # a new alert inside the interval waits: one message per interval at most
             released = datetime.now(UTC) - timedelta(minutes=settings.urgent_deadline + 1)
-            store.queue.add_notices([(make_notice(ref="u", title="紧急", urgency="urgent"), matrix.outlets)], source="t",
-                              now=released)
+            store.queue.add_notices([(make_notice(ref="u", title="紧急", urgency="urgent"), matrix.outlets)],
+                                    source="t", now=released)
             assert await alerter.tick() == 0
             assert [a["kind"] for a in store.outbox.unsent()] == ["urgent-late"]
 
@@ -82,7 +82,8 @@ async def test_an_alert_the_operator_channel_did_not_take_is_sent_again_later(
 ) -> None:
     secrets = {"gone": whsec(), "ops": whsec()}
     async with ChaosOutlets(secrets, {"gone": [Status(410)], "ops": [Status(503)]}) as chaos:
-        operators = [{"id": "ops", "name": "值班群", "channel": "webhook", "url": chaos.url("ops"), "secret_env": "S_OPS"}]
+        operators = [{"id": "ops", "name": "值班群", "channel": "webhook", "url": chaos.url("ops"),
+                      "secret_env": "S_OPS"}]
         matrix = write_matrix(tmp_path, regions, {"gone": chaos.url("gone")}, secrets, operators)
         settings = Settings(database_url=str(store.engine.url), http_timeout=1, alert_interval=0, scan_interval=0.01)
         await send(store, matrix, settings, make_notice())

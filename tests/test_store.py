@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -22,7 +22,8 @@ def test_a_notice_and_its_deliveries_are_stored_together_or_not_at_all(
 ) -> None:
     store.queue.add_notices([(make_notice(ref="kept"), OUTLETS)], source="t")
     with pytest.raises(RefConflict):
-        store.queue.add_notices([(make_notice(ref="new"), OUTLETS), (make_notice(ref="kept", title="改了"), OUTLETS)], source="t")
+        store.queue.add_notices([(make_notice(ref="new"), OUTLETS), (make_notice(ref="kept", title="改了"), OUTLETS)],
+                                source="t")
     assert store.log.notice("new") is None
     assert len(store.log.deliveries()) == 5
 
@@ -65,7 +66,8 @@ def test_recorded_attempts_move_deliveries_on(store: Store, make_notice: Callabl
     a, b, c = store.queue.claim(10, 2, LEASE, now=now)
     store.queue.record([
         AttemptRecord(a.delivery_id, a.outlet_id, 1, now, 12.5, "delivered", 200),
-        AttemptRecord(b.delivery_id, b.outlet_id, 1, now, 30.0, "retry", 503, "HTTP 503", next_attempt_at=now + timedelta(hours=1)),
+        AttemptRecord(b.delivery_id, b.outlet_id, 1, now, 30.0, "retry", 503, "HTTP 503",
+                      next_attempt_at=now + timedelta(hours=1)),
         AttemptRecord(c.delivery_id, c.outlet_id, 1, now, 1.0, "failed", 404, "HTTP 404"),
     ])
     rows = {r["outlet"]: r for r in store.log.deliveries()}

@@ -102,7 +102,8 @@ def repeat(reps: int, outlets: int, notices: int, kinds: dict[str, dict[str, Any
                         env = bench_env(work, **options)
                         result = run_measured([DEBUNKBOT, "run", "--until-idle"], env)
                         result |= {"seconds": result["process_seconds"],
-                                   "delivered": Store.open(env["DEBUNKBOT_DATABASE_URL"]).log.counts().get("delivered", 0)}
+                                   "delivered": Store.open(env["DEBUNKBOT_DATABASE_URL"]).log.counts()
+                                   .get("delivered", 0)}
                     else:
                         result = contend(kind, work, **options)
                 runs[name].append(result)

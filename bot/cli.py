@@ -93,7 +93,7 @@ def submit(paths: Annotated[list[Path], typer.Argument(help="notice files or fol
     if not files:
         errors.print("[red]no notice files found[/] (expected .yaml, .yml or .json)")
         raise typer.Exit(2)
-    results = submit_files(files, store, matrix, regions)
+    results = submit_files(files, store, matrix, regions, settings.max_notices_per_file)
     for result in results:
         if result.ok:
             for added in result.added:

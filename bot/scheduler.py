@@ -101,7 +101,8 @@ class Daemon:
         try:
             if not await self.dispatcher.db(self.store.lead):
                 return []
-            results = await self.dispatcher.db(scan_inbox, self.settings.inbox, self.store, self.matrix, self.regions)
+            results = await self.dispatcher.db(scan_inbox, self.settings.inbox, self.store, self.matrix, self.regions,
+                                               self.settings.max_notices_per_file)
         except STORE_FAULTS as exc:
             log.warning("inbox not scanned: %s; files stay in the inbox", describe_fault(exc))
             return []

@@ -181,3 +181,53 @@ async def test_outlets_lists_health_and_resume_sends_what_a_paused_outlet_held(
     assert outlets.delivered()["outlet-0001"] and outlets.tries["outlet-0001"] == 2
     code, _, err = await debunkbot(env, "outlets", "resume", "outlet-0001")
     assert code == 2 and "is not paused" in err
+
+
+async def test_submit_refuses_every_hostile_file_in_one_line_each_without_a_traceback(
+    tmp_path: Path, loopback: Callable[..., Any], database_url: str
+) -> None:
+    from bench.hostile_files import HOSTILE
+
+    _, env = await bot_env(tmp_path, loopback, 2, database_url)
+    paths = []
+    for name, write_hostile, _ in HOSTILE.values():
+        write_hostile(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(notice_data(), allow_unicode=True), encoding="utf-8")
+
+    code, out, err = await debunkbot(env, "submit", *paths, str(good))
+
+    assert code == 2 and "Traceback" not in err
+    for name, _, expected in HOSTILE.values():
+        assert f"rejected {tmp_path / name}:" in err and expected in err
+    assert "cq-test-001 stored, 2 deliveries" in out
+
+
+async def test_run_refuses_hostile_files_in_the_inbox_and_delivers_the_good_one_beside_them(
+    tmp_path: Path, loopback: Callable[..., Any], database_url: str
+) -> None:
+    from bench.hostile_files import HOSTILE
+
+    outlets, env = await bot_env(tmp_path, loopback, 2, database_url)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name, write_hostile, _ in HOSTILE.values():
+        write_hostile(inbox / name)
+    (inbox / "good.yaml").write_text(yaml.safe_dump(notice_data(), allow_unicode=True), encoding="utf-8")
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("root:$6$hash\n", encoding="utf-8")
+    (inbox / "link.yaml").symlink_to(secret)
+    os.mkfifo(inbox / "pipe.yaml")  # opening it for reading would block the daemon forever
+
+    code, _, err = await debunkbot(env | {"DEBUNKBOT_INBOX": str(inbox)}, "run", "--until-idle")
+
+    assert code == 0, err
+    assert len(outlets.delivered()) == 2
+    assert (inbox / "accepted" / "good.yaml").exists()
+    for name, _, expected in HOSTILE.values():
+        assert expected in (inbox / "rejected" / f"{name}.error.txt").read_text(encoding="utf-8")
+    assert "a symbolic link" in (inbox / "rejected" / "link.yaml.error.txt").read_text(encoding="utf-8")
+    assert (inbox / "rejected" / "link.yaml").is_symlink() and secret.read_text() == "root:$6$hash\n"
+    assert "not a regular file" in (inbox / "rejected" / "pipe.yaml.error.txt").read_text(encoding="utf-8")
+    assert not [p for p in inbox.iterdir() if p.is_file() or p.is_symlink()]  # nothing left to choke on

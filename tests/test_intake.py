@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bench.hostile_files import HOSTILE
 from bot.intake import scan_inbox, submit_files
 from bot.outlets import OutletMatrix, load_matrix
 from bot.regions import RegionTable
@@ -53,7 +54,7 @@ BAD_FILES = {
     "naive publish_at": ("bad.yaml", "ref: x\npublish_at: 2026-11-27 10:00:00\n", "field 'publish_at'"),
     "duplicate refs in a file": ("bad.yaml", [notice_data(), notice_data(title="别的")], "duplicate ref 'cq-test-001'"),
     "empty file": ("bad.yaml", "", "no notices"),
-    "control character": ("bad.json", notice_data(title="标题\u0000"), "field 'title': contains the control character U+0000"),
+    "control character": ("bad.json", notice_data(title="标题\u0000"), "field 'title': contains the invisible or control character U+0000 at position 3"),
 }
 
 
@@ -175,3 +176,36 @@ def test_a_full_disk_refuses_the_submission_clearly_stores_nothing_and_keeps_the
         result.error or "")
     assert (inbox / "n.yaml").exists() and not (inbox / "rejected").exists()
     assert store.notice("cq-test-001") is None and store.delivery_log() == []
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=list(HOSTILE))
+def test_a_hostile_file_is_refused_at_bounded_cost_and_the_good_file_beside_it_is_kept(
+    case: str, tmp_path: Path, store: Store, matrix: OutletMatrix, regions: RegionTable
+) -> None:
+    name, write_hostile, expected = HOSTILE[case]
+    write_hostile(tmp_path / name)
+    good = write(tmp_path / "good.yaml", notice_data(ref="good-one"))
+
+    bad_result, good_result = submit_files([tmp_path / name, good], store, matrix, regions)
+
+    assert not bad_result.ok and expected in bad_result.error, bad_result.error
+    assert len(bad_result.error) < 2000  # a refusal, not a 27 MB essay
+    assert good_result.ok and store.notice("good-one") is not None
+
+
+def test_at_most_twenty_errors_are_listed_then_how_many_more(
+    tmp_path: Path, store: Store, matrix: OutletMatrix, regions: RegionTable
+) -> None:
+    path = write(tmp_path / "many.json", [notice_data(ref=f"n{i}", verdict="?") for i in range(30)])
+    (result,) = submit_files([path], store, matrix, regions)
+    assert result.error.count("field 'verdict'") == 20 and result.error.endswith("and 10 more")
+
+
+def test_the_notices_per_file_limit_is_a_setting(
+    tmp_path: Path, store: Store, matrix: OutletMatrix, regions: RegionTable
+) -> None:
+    path = write(tmp_path / "three.yaml", [notice_data(ref=f"n{i}") for i in range(3)])
+    (result,) = submit_files([path], store, matrix, regions, max_notices=2)
+    assert "more than 2 notices in one file" in result.error and store.notice("n0") is None
+    (result,) = submit_files([path], store, matrix, regions, max_notices=3)
+    assert result.ok

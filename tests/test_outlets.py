@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from bot.model import Notice
 from bot.outlets import MatrixError, Outlet, OutletMatrix, load_matrix
-from bot.regions import RegionTable
+from bot.regions import CHONGQING, RegionTable
 from bot.settings import CONFIG
 from tests.conftest import notice_data
 
@@ -98,10 +98,10 @@ def test_an_outlet_gets_citywide_notices_and_those_naming_its_unit(
     regions: RegionTable, outlet_region: str, notice_region: str, on: date, expected: bool
 ) -> None:
     outlet = Outlet.model_validate(GOOD | {"region": regions.resolve(outlet_region, on)})
-    notice = Notice.model_validate(notice_data(regions=[notice_region]), context={"regions": regions, "on": on})
+    notice = Notice.model_validate(notice_data(regions=[notice_region]), context={"regions": regions, "now": datetime.combine(on, time(12), CHONGQING)})
     assert (OutletMatrix((outlet,)).concerned_by(notice) == [outlet]) is expected
 
 
 def test_a_notice_naming_an_unknown_region_is_refused(regions: RegionTable) -> None:
     with pytest.raises(ValidationError, match="unknown region '火星区'"):
-        Notice.model_validate(notice_data(regions=["火星区"]), context={"regions": regions, "on": AFTER})
+        Notice.model_validate(notice_data(regions=["火星区"]), context={"regions": regions, "now": datetime.combine(AFTER, time(12), CHONGQING)})

@@ -86,7 +86,7 @@ async def test_submit_exits_2_naming_the_bad_file_and_still_stores_the_good_one(
     assert code == 2 and "no notice with ref 'bad'" in err
 
 
-async def test_a_bad_outlet_matrix_stops_start_up_before_anything_is_sent(
+async def test_a_missing_secret_stops_start_up_as_incomplete_configuration_before_anything_is_sent(
     tmp_path: Path, loopback: Callable[..., Any], database_url: str
 ) -> None:
     outlets, env = await bot_env(tmp_path, loopback, 3, database_url)
@@ -97,9 +97,12 @@ async def test_a_bad_outlet_matrix_stops_start_up_before_anything_is_sent(
     os.environ.pop("TEST_SECRET_0001", None)
 
     code, _, err = await debunkbot(env, "run", "--until-idle")
-    assert code == 2
-    assert "outlet 'outlet-0001' field 'secret_env'" in err
+    assert code == 4  # not 2, a bad file: the configuration is right but incomplete
+    assert "configuration is incomplete" in err and "1 outlet secret(s) not set in the environment: TEST_SECRET_0001" in err
+    assert len(err.strip().splitlines()) <= 3 and "make try" in err
     assert outlets.posts == [] and sum(outlets.tries.values()) == 0
+    code, _, err = await debunkbot(env, "submit", str(good))
+    assert code == 4
 
 
 async def test_render_previews_what_an_outlet_would_get(tmp_path: Path, loopback: Callable[..., Any], database_url: str) -> None:
@@ -142,12 +145,12 @@ async def test_retry_requeues_failed_deliveries_and_their_next_try_is_logged_as_
     assert (await debunkbot(env, "run", "--until-idle"))[0] == 0
 
     code, out, _ = await debunkbot(env, "retry", "--outlet", "outlet-0003", "--since", "1h", "--dry-run")
-    assert code == 0 and "would requeue 1 deliveries" in out and "nothing changed" in out
+    assert code == 0 and "would requeue 1 delivery\n" in out and "nothing changed" in out
     code, out, _ = await debunkbot(env, "log", "--json", "--status", "failed")
     assert [json.loads(line)["outlet"] for line in out.splitlines()] == ["outlet-0003"]
 
     code, out, _ = await debunkbot(env, "retry", "--status", "failed")
-    assert code == 0 and "requeued 1 deliveries" in out
+    assert code == 0 and "requeued 1 delivery;" in out
     assert (await debunkbot(env, "run", "--until-idle"))[0] == 0
     code, out, _ = await debunkbot(env, "log", "--attempts", "--json", "--outlet", "outlet-0003")
     tries = [json.loads(line) for line in out.splitlines()]
@@ -176,7 +179,7 @@ async def test_outlets_lists_health_and_resume_sends_what_a_paused_outlet_held(
     assert code == 0 and "paused" in out and "debunkbot outlets resume ID" in out
 
     code, out, _ = await debunkbot(env, "outlets", "resume", "outlet-0001")
-    assert code == 0 and "1 held deliveries are due now" in out
+    assert code == 0 and "resumed outlet-0001: 1 held delivery due now" in out
     assert (await debunkbot(env, "run", "--until-idle"))[0] == 0
     assert outlets.delivered()["outlet-0001"] and outlets.tries["outlet-0001"] == 2
     code, _, err = await debunkbot(env, "outlets", "resume", "outlet-0001")

@@ -221,37 +221,42 @@ def db_upgrade() -> None:
 
 # -- tables: identifiers are never cut ---------------------------------------------------------------
 
-ID, VALUE, FREE = "id", "value", "free"  # column kinds: never cut / short / free text (folded, dropped first)
+# column kinds: an identifier (never cut), a short value, a value that may be left out, free text (folded, and
+# left out first)
+ID, VALUE, EXTRA, FREE = "id", "value", "extra", "free"
 
 
 def _table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Text | str]], title: str | None = None,
            wide: bool = False) -> tuple[Table, int, list[str]]:
     """A table that fits the terminal without cutting an identifier (a ref, an outlet id): free-text columns
-    fold, and are left out when even folded they do not fit (``wide`` keeps them). Returns the table, the
-    width to print it at, and the headers left out."""
+    fold, and are left out when even folded they do not fit, then the extra columns (``wide`` keeps all).
+    Returns the table, the width to print it at, and the headers left out."""
     cells = [[c if isinstance(c, Text) else Text(c) for c in row] for row in rows]  # Text: never markup
     natural = [max([cell_len(header)] + [max((cell_len(line) for line in row[i].plain.split("\n")), default=0)
                                           for row in cells]) for i, (header, _) in enumerate(columns)]
     keep = list(range(len(columns)))
-    gaps = 2  # between two columns
-    fixed = sum(natural[i] + gaps for i in keep if columns[i][1] != FREE)
-    width = console.width
-    if not wide:
+
+    def width_of(kept: list[int], folded: bool) -> int:  # two spaces between columns, none at the edges
+        return sum(min(natural[i], 20) if folded and columns[i][1] == FREE else natural[i] for i in kept) + 2 * (
+            len(kept) - 1)
+
+    for kind in (FREE, EXTRA) if not wide else ():
         for i in reversed(keep[:]):
-            if columns[i][1] == FREE and fixed + min(natural[i], 20) > width:
+            if columns[i][1] == kind and width_of(keep, folded=True) > console.width:
                 keep.remove(i)
-    left_out = [columns[i][0] for i in range(len(columns)) if i not in keep]
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, title_justify="left")
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
+                  title_justify="left")
     for i in keep:
         header, kind = columns[i]
-        if kind == FREE:
-            table.add_column(header, overflow="fold", ratio=1, min_width=min(natural[i], 20))
+        if kind == FREE and not wide:
+            table.add_column(header, overflow="fold", min_width=min(natural[i], 20))
         else:
             table.add_column(header, no_wrap=True, min_width=natural[i])
     for row in cells:
         table.add_row(*(row[i] for i in keep))
-    needed = fixed + sum(min(natural[i], 20) + gaps for i in keep if columns[i][1] == FREE)
-    return table, (max(width, sum(natural[i] + gaps for i in keep)) if wide else max(width, needed)), left_out
+    width = width_of(keep, folded=False) if wide else min(width_of(keep, folded=False), max(
+        console.width, width_of(keep, folded=True)))
+    return table, width, [columns[i][0] for i in range(len(columns)) if i not in keep]
 
 
 def _show(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Text | str]], title: str | None = None,
@@ -319,8 +324,8 @@ def log_(
     if attempts:
         rows = store.attempt_log(ref=notice, outlet_id=outlet)
         keys = ("notice", "outlet", "attempt", "trigger", "started_at", "latency_ms", "outcome", "http_status", "error")
-        columns = [("notice", ID), ("outlet", ID), ("try", VALUE), ("trigger", VALUE), ("started", VALUE),
-                   ("ms", VALUE), ("outcome", VALUE), ("http", VALUE), ("error", FREE)]
+        columns = [("notice", ID), ("outlet", ID), ("try", VALUE), ("trigger", EXTRA), ("started", VALUE),
+                   ("ms", EXTRA), ("outcome", VALUE), ("http", VALUE), ("error", FREE)]
     else:
         rows = store.delivery_log(ref=notice, outlet_id=outlet, status=status.value if status else None)
         keys = LOG_KEYS
@@ -383,7 +388,7 @@ def outlets(
         return
     colour = {"ok": "green", "degraded": "yellow", "paused": "red"}
     _show([("outlet", ID), ("tier", VALUE), ("status", VALUE), ("pending", VALUE), ("failed", VALUE),
-           ("fails in a row", VALUE), ("breaker open until", VALUE), ("last success", VALUE),
+           ("fails in a row", EXTRA), ("breaker open until", VALUE), ("last success", EXTRA),
            ("paused because", FREE)],
           [[r["outlet"], r["tier"] or "", Text(r["status"], style=colour[r["status"]]), str(r["pending"]),
             str(r["failed"]), str(r["consecutive_failures"]), _when(r["breaker_open_until"], wide),

@@ -505,11 +505,15 @@ def render(
 
 
 @app.command()
-def demo() -> None:
+def demo(keep: Annotated[Path | None, typer.Option(
+        "--keep", metavar="FOLDER", help="then stay up: the outlets, a store and an inbox in FOLDER (emptied first), "
+        "and the daemon, for you to submit to and watch (`make try`)")] = None) -> None:
     """The main job end to end on the embedded default: SQLite and simulated outlets on loopback."""
     from bot.demo import run_demo
 
-    raise typer.Exit(asyncio.run(run_demo(console)))
+    if keep is not None:
+        _logging(False)
+    raise typer.Exit(asyncio.run(run_demo(console, keep)))
 
 
 @app.command()

@@ -10,13 +10,14 @@ the field.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
 import re
 import stat
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -175,20 +176,37 @@ def submit_files(
     max_notices: int = MAX_NOTICES, now: datetime | None = None,
 ) -> list[FileResult]:
     """Validate and store each file on its own: all of a file, or none of it."""
-    results: list[FileResult] = []
-    refs_in_run: dict[str, Path] = {}
+    return store_files(read_files(paths, regions, max_notices, now), store, matrix)
+
+
+def read_files(
+    paths: Sequence[Path], regions: RegionTable, max_notices: int = MAX_NOTICES, now: datetime | None = None,
+) -> list[tuple[FileResult, list[Notice]]]:
+    """Parse and validate each file, touching no store (so it can run in any thread)."""
+    read: list[tuple[FileResult, list[Notice]]] = []
     for path in paths:
-        result = FileResult(path)
-        results.append(result)
         try:
-            notices = read_notices(path, regions, now, max_notices)
+            read.append((FileResult(path), read_notices(path, regions, now, max_notices)))
+        except IntakeError as exc:
+            read.append((FileResult(path, error=str(exc)), []))
+    return read
+
+
+def store_files(
+    read: Sequence[tuple[FileResult, list[Notice]]], store: Store, matrix: OutletMatrix
+) -> list[FileResult]:
+    """Store what ``read_files`` accepted, file by file; a ref may be in one file of a submission only."""
+    refs_in_run: dict[str, Path] = {}
+    for result, notices in read:
+        if not result.ok:
+            continue
+        path = result.path
+        try:
             for notice in notices:
                 if notice.ref in refs_in_run and refs_in_run[notice.ref] != path:
                     raise IntakeError(f"{path}: notice (ref {notice.ref!r}) field 'ref': duplicate ref, "
                                       f"also in {refs_in_run[notice.ref]}")
-            result.added = store.add_notices(
-                [(n, matrix.concerned_by(n)) for n in notices], source=str(path)
-            )
+            result.added = store.add_notices([(n, matrix.concerned_by(n)) for n in notices], source=str(path))
             refs_in_run.update({n.ref: path for n in notices})
         except IntakeError as exc:
             result.error = str(exc)
@@ -198,7 +216,7 @@ def submit_files(
             result.deferred = True
             result.error = (f"{path}: not stored, {describe_fault(exc)}; nothing of this file was stored "
                             "and nothing of it will be sent. Submit it again once the store has room")
-    return results
+    return [result for result, _ in read]
 
 
 def expand(paths: Iterable[Path]) -> list[Path]:
@@ -227,11 +245,30 @@ def scan_inbox(
     two scanners, one wins and the other skips it without a word). Symbolic links and anything that
     is not a regular file are refused and moved to rejected/ without being opened.
     """
+    taken, refused = claim_inbox(inbox)
+    return file_away(inbox, taken, refused, submit_files(list(taken), store, matrix, regions, max_notices))
+
+
+async def scan_inbox_off_loop(
+    inbox: Path, store: Store, matrix: OutletMatrix, regions: RegionTable, max_notices: int,
+    db: Callable[..., Awaitable[Any]],
+) -> list[FileResult]:
+    """``scan_inbox`` for the daemon: files are claimed, read and filed in a worker thread, so neither the
+    event loop (signals, sends) nor the store's thread (``db``, recording attempts) waits while a file is
+    parsed; only storing runs through ``db``."""
+    taken, refused = await asyncio.to_thread(claim_inbox, inbox)
+    read = await asyncio.to_thread(read_files, list(taken), regions, max_notices)
+    results = await db(store_files, read, store, matrix)
+    return await asyncio.to_thread(file_away, inbox, taken, refused, results)
+
+
+def claim_inbox(inbox: Path) -> tuple[dict[Path, Path], list[FileResult]]:
+    """Claim the inbox's notice files into .processing/; returns claimed path -> inbox path, and the refused."""
     claims = inbox / CLAIMS
     claims.mkdir(parents=True, exist_ok=True)
     _return_stale_claims(inbox, claims)
     refused: list[FileResult] = []
-    taken: dict[Path, Path] = {}  # claimed path -> where the file was in the inbox
+    taken: dict[Path, Path] = {}
     for entry in sorted(inbox.iterdir()):
         if entry.name.startswith(".") or entry.suffix.lower() not in SUFFIXES:
             continue  # hidden, ours (accepted/, rejected/), or still being written (x.yaml.tmp)
@@ -253,7 +290,12 @@ def scan_inbox(
         except FileNotFoundError:
             continue  # another scanner took it first: normal on a shared inbox
         taken[claimed] = entry
-    results = submit_files(list(taken), store, matrix, regions, max_notices)
+    return taken, refused
+
+
+def file_away(inbox: Path, taken: dict[Path, Path], refused: list[FileResult],
+              results: list[FileResult]) -> list[FileResult]:
+    """Accepted files to accepted/, rejected ones to rejected/ with the reason, deferred ones back."""
     for result in results:
         shown = taken[result.path]
         if result.error:

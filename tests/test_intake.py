@@ -318,3 +318,30 @@ def test_submit_does_not_follow_a_symlink_either(
     (tmp_path / "link.yaml").symlink_to(outside)
     (result,) = submit_files([tmp_path / "link.yaml"], store, matrix, regions)
     assert "a symbolic link" in result.error and store.notice("outside") is None
+
+
+async def test_the_daemons_scan_parses_off_the_event_loop_and_only_stores_through_the_store_thread(
+    tmp_path: Path, store: Store, matrix: OutletMatrix, regions: RegionTable
+) -> None:
+    import threading
+
+    from bench.hostile_files import aliases
+    from bot.intake import scan_inbox_off_loop
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    write(inbox / "good.yaml", notice_data())
+    aliases(inbox / "laughs.yaml")
+    through_db: list[str] = []
+    loop_thread = threading.get_ident()
+
+    async def db(fn: Any, *args: Any) -> Any:  # stands in for the dispatcher's store thread
+        through_db.append(fn.__name__)
+        assert threading.get_ident() == loop_thread
+        return fn(*args)
+
+    results = await scan_inbox_off_loop(inbox, store, matrix, regions, 1000, db)
+
+    assert through_db == ["store_files"]  # parsing ran in a worker thread, not on the loop nor the store's thread
+    assert sorted(r.ok for r in results) == [False, True] and (inbox / "accepted" / "good.yaml").exists()
+    assert (inbox / "rejected" / "laughs.yaml.error.txt").exists()

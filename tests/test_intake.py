@@ -345,3 +345,10 @@ async def test_the_daemons_scan_parses_off_the_event_loop_and_only_stores_throug
     assert through_db == ["store_files"]  # parsing ran in a worker thread, not on the loop nor the store's thread
     assert sorted(r.ok for r in results) == [False, True] and (inbox / "accepted" / "good.yaml").exists()
     assert (inbox / "rejected" / "laughs.yaml.error.txt").exists()
+
+
+def test_a_notice_read_back_from_the_store_is_taken_as_stored_even_if_todays_rules_refuse_it() -> None:
+    from bot.model import Notice
+
+    old = notice_data(rumour="网传\u202e消息", publish_at="2040-01-01T00:00:00+08:00")  # accepted by older rules
+    assert Notice.from_stored(old).rumour == "网传\u202e消息"

@@ -1,10 +1,10 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Each sets up .venv itself.
+# Two commands on a fresh machine: `make demo` and `make test` (and `make try`). Each sets up .venv itself.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lock clean
+.PHONY: demo try test bench lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): requirements.lock pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/debunkbot demo
+
+# The demo, then left running: simulated outlets, a store and an inbox in var/try/ to submit to and watch.
+try: $(STAMP)
+	$(VENV)/bin/debunkbot demo --keep var/try
 
 # The PostgreSQL half runs when a server answers on 127.0.0.1:5432 (or DEBUNKBOT_TEST_POSTGRES_URL is set).
 PG_TEST_URL := postgresql+psycopg://postgres@127.0.0.1:5432/test

@@ -1,4 +1,9 @@
-"""The ``debunkbot`` command: submit, run, status, log, render, demo."""
+"""The ``debunkbot`` command: submit, run, status, log, render, demo.
+
+Exit codes: 0 done; 2 bad input (a notice file, the matrix, a setting, an argument); 3 the store refused a
+write (full, locked, down: submit again later); 4 configuration is incomplete (outlet secrets missing from the
+environment). Nothing a user wrote is read as console markup: it is escaped or passed as plain ``Text``.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +13,39 @@ import json
 import logging
 import re
 import sys
+import threading
+from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.core
+from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from bot.dispatch import make_client
 from bot.intake import expand, submit_files
-from bot.outlets import MatrixError, OutletMatrix, Tier, load_matrix
-from bot.regions import RegionTable
+from bot.outlets import IncompleteMatrix, MatrixError, OutletMatrix, Tier, load_matrix
+from bot.regions import CHONGQING, RegionTable, chongqing_today
 from bot.settings import Settings
 from bot.store import Store, dumps, utcnow
 
+EXIT_BAD_INPUT, EXIT_STORE_REFUSED, EXIT_INCOMPLETE = 2, 3, 4
+
+# typer prints each parameter's Python type in --help (<list[Path]>, <bool>): show a metavar, or nothing.
+typer.core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
+typer.core.TyperOption.display_type_rich = lambda self, ctx: (  # type: ignore[method-assign]
+    None if self.is_flag else self.metavar or self.name.upper())
+
 app = typer.Typer(help="Push verified debunk notices (辟谣通报) to every outlet of the matrix.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  pretty_exceptions_enable=False, add_completion=False, rich_markup_mode="markdown")
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)  # messages name paths: never wrap them
 
@@ -45,24 +64,28 @@ def _settings() -> Settings:
     try:
         return Settings()
     except Exception as exc:  # pydantic's ValidationError names the setting
-        errors.print(f"[red]bad setting:[/] {exc}")
-        raise typer.Exit(2) from None
+        errors.print(f"[red]bad setting:[/] {escape(str(exc))}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
 def _regions(settings: Settings) -> RegionTable:
     try:
         return RegionTable.load(settings.regions)
     except ValueError as exc:
-        errors.print(f"[red]region table refused:[/] {exc}")
-        raise typer.Exit(2) from None
+        errors.print(f"[red]region table refused:[/] {escape(str(exc))}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
-def _matrix(settings: Settings, regions: RegionTable) -> OutletMatrix:
+def _matrix(settings: Settings, regions: RegionTable, require_secrets: bool = True) -> OutletMatrix:
     try:
-        return load_matrix(settings.outlets, regions)
+        return load_matrix(settings.outlets, regions, require_secrets=require_secrets)
+    except IncompleteMatrix as exc:
+        errors.print(f"[yellow]configuration is incomplete:[/] {escape(str(exc))}. Set them in the environment "
+                     "(README: The outlet matrix), or try `make try` for a local set-up on loopback.")
+        raise typer.Exit(EXIT_INCOMPLETE) from None
     except MatrixError as exc:
-        errors.print(f"[red]outlet matrix refused, nothing sent:[/] {exc}")
-        raise typer.Exit(2) from None
+        errors.print(f"[red]outlet matrix refused, nothing sent:[/] {escape(str(exc))}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
 def _store(settings: Settings) -> Store:
@@ -71,8 +94,8 @@ def _store(settings: Settings) -> Store:
     try:
         return Store.open(settings.database_url)
     except SchemaOutdated as exc:
-        errors.print(f"[red]store refused:[/] {exc}")
-        raise typer.Exit(2) from None
+        errors.print(f"[red]store refused:[/] {escape(str(exc))}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
 def _logging(verbose: bool) -> None:
@@ -83,8 +106,13 @@ def _logging(verbose: bool) -> None:
 
 
 @app.command()
-def submit(paths: Annotated[list[Path], typer.Argument(help="notice files or folders")]) -> None:
-    """Validate and store notices. Exits 0 only when every file was valid, 2 otherwise."""
+def submit(paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="notice files or folders")]) -> None:
+    """Validate and store notices.
+
+    Exit 0 when every file was valid; 2 when a file was rejected (each rejection names the file and the
+    field; the valid files are stored all the same); 3 when the store refused the write (disk full,
+    locked, down: nothing of that file was stored, submit it again); 4 when outlet secrets are missing.
+    """
     settings = _settings()
     regions = _regions(settings)
     matrix = _matrix(settings, regions)
@@ -92,20 +120,48 @@ def submit(paths: Annotated[list[Path], typer.Argument(help="notice files or fol
     files = expand(paths)
     if not files:
         errors.print("[red]no notice files found[/] (expected .yaml, .yml or .json)")
-        raise typer.Exit(2)
-    results = submit_files(files, store, matrix, regions)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    with _say_if_waiting(f"waiting for the store ({_where(settings)}): another process is writing to it"):
+        results = submit_files(files, store, matrix, regions, settings.max_notices_per_file)
     for result in results:
         if result.ok:
             for added in result.added:
-                what = f"stored, {added.deliveries} deliveries" if added.created else "already stored, unchanged"
-                console.print(f"[green]ok[/] {result.path}: {added.ref} {what}")
+                what = f"stored, {_count(added.deliveries, 'delivery')}" if added.created else "already stored, unchanged"
+                console.print(Text.assemble(("ok", "green"), f" {result.path}: {added.ref} {what}"))
         else:
-            errors.print(f"[red]{'refused' if result.deferred else 'rejected'}[/] {result.error}")
-    raise typer.Exit(0 if all(r.ok for r in results) else 3 if any(r.deferred for r in results) else 2)
+            errors.print(Text.assemble(("refused" if result.deferred else "rejected", "red"), f" {result.error}"))
+    raise typer.Exit(0 if all(r.ok for r in results)
+                     else EXIT_STORE_REFUSED if any(r.deferred for r in results) else EXIT_BAD_INPUT)
+
+
+@contextlib.contextmanager
+def _say_if_waiting(message: str, after: float = 1.0) -> Iterator[None]:
+    """Say what we are waiting for when a store call takes longer than ``after`` seconds (a lock, a server)."""
+    timer = threading.Timer(after, lambda: errors.print(Text(f"{message} …", style="yellow")))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _where(settings: Settings) -> str:
+    from sqlalchemy import make_url
+
+    url = make_url(settings.database_url)
+    return url.database or "" if url.get_backend_name() == "sqlite" else url.render_as_string(hide_password=True)
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 delivery``, ``2 deliveries``."""
+    plural = noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
+    return f"{n} {noun if n == 1 else plural}"
 
 
 UntilIdle = Annotated[bool, typer.Option("--until-idle", help="exit 0 once nothing is pending or scheduled")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v",
+                                       help="log every attempt and debug detail, not only what needs attention")]
 
 
 @app.command()
@@ -163,36 +219,91 @@ def db_upgrade() -> None:
     console.print(f"schema at {after}" + (f" (was {before})" if before != after else " (already current)"))
 
 
+# -- tables: identifiers are never cut ---------------------------------------------------------------
+
+# column kinds: an identifier (never cut), a short value, a value that may be left out, free text (folded, and
+# left out first)
+ID, VALUE, EXTRA, FREE = "id", "value", "extra", "free"
+
+
+def _table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Text | str]], title: str | None = None,
+           wide: bool = False) -> tuple[Table, int, list[str]]:
+    """A table that fits the terminal without cutting an identifier (a ref, an outlet id): free-text columns
+    fold, and are left out when even folded they do not fit, then the extra columns (``wide`` keeps all).
+    Returns the table, the width to print it at, and the headers left out."""
+    cells = [[c if isinstance(c, Text) else Text(c) for c in row] for row in rows]  # Text: never markup
+    natural = [max([cell_len(header)] + [max((cell_len(line) for line in row[i].plain.split("\n")), default=0)
+                                          for row in cells]) for i, (header, _) in enumerate(columns)]
+    keep = list(range(len(columns)))
+
+    def width_of(kept: list[int], folded: bool) -> int:  # two spaces between columns, none at the edges
+        return sum(min(natural[i], 20) if folded and columns[i][1] == FREE else natural[i] for i in kept) + 2 * (
+            len(kept) - 1)
+
+    for kind in (FREE, EXTRA) if not wide else ():
+        for i in reversed(keep[:]):
+            if columns[i][1] == kind and width_of(keep, folded=True) > console.width:
+                keep.remove(i)
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
+                  title_justify="left")
+    for i in keep:
+        header, kind = columns[i]
+        if kind == FREE and not wide:
+            table.add_column(header, overflow="fold", min_width=min(natural[i], 20))
+        else:
+            table.add_column(header, no_wrap=True, min_width=natural[i])
+    for row in cells:
+        table.add_row(*(row[i] for i in keep))
+    width = width_of(keep, folded=False) if wide else min(width_of(keep, folded=False), max(
+        console.width, width_of(keep, folded=True)))
+    return table, width, [columns[i][0] for i in range(len(columns)) if i not in keep]
+
+
+def _show(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Text | str]], title: str | None = None,
+          wide: bool = False, hint: str = "--wide") -> None:
+    table, width, left_out = _table(columns, rows, title, wide)
+    console.print(table, width=width)
+    if left_out and rows:
+        console.print(Text(f"({', '.join(left_out)} left out to fit {console.width} columns: see {hint})",
+                           style="dim"))
+
+
+def _when(value: datetime | None, wide: bool = False) -> str:
+    """A time as operators read it: Chongqing's, to the second (ISO 8601 with the zone when ``wide``)."""
+    if value is None:
+        return ""
+    local = value.astimezone(CHONGQING)
+    return local.isoformat(timespec="seconds") if wide else local.strftime("%m-%d %H:%M:%S")
+
+
 @app.command()
-def status(ref: str) -> None:
+def status(ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's ref")]) -> None:
     """Who has notice REF: a summary per tier and the outlets not yet delivered."""
     settings = _settings()
     store = _store(settings)
     if store.log.notice(ref) is None:
-        errors.print(f"[red]no notice with ref {ref!r}[/]")
-        raise typer.Exit(2)
+        errors.print(Text(f"no notice with ref {ref!r}", style="red"))
+        raise typer.Exit(EXIT_BAD_INPUT)
     rows = store.log.deliveries(ref=ref)
-    table = Table(title=f"{ref}: deliveries by tier")
-    for column in ("tier", "outlets", "delivered", "pending", "held", "failed"):
-        table.add_column(column, justify="left" if column == "tier" else "right")
+    summary = []
     for tier in Tier:
         tier_rows = [r for r in rows if r["tier"] == tier.value]
         if tier_rows:
-            table.add_row(tier.value, str(len(tier_rows)),
-                          *(str(sum(r["status"] == s for r in tier_rows)) for s in ("delivered", "pending", "held", "failed")))
-    console.print(table)
+            summary.append([tier.value, str(len(tier_rows)), *(str(sum(r["status"] == s for r in tier_rows))
+                                                               for s in ("delivered", "pending", "held", "failed"))])
+    _show([("tier", ID), ("outlets", VALUE), ("delivered", VALUE), ("pending", VALUE), ("held", VALUE),
+           ("failed", VALUE)], summary, title=f"{ref}: deliveries by tier")
     missing = [r for r in rows if r["status"] != "delivered"]
-    if not missing:
-        console.print(f"[green]every outlet ({len(rows)}) has {ref}[/]")
+    if not rows:
+        console.print(Text(f"{ref} has no deliveries: no outlet of the matrix was concerned", style="yellow"))
         return
-    outstanding = Table(title=f"{len(missing)} outlet(s) without {ref}")
-    for column in ("outlet", "status", "attempts", "last error", "next try"):
-        outstanding.add_column(column)
-    for r in missing:
-        state = STATUS_WORDS[r["status"]] + (f": {r['reason']}" if r["reason"] else "")
-        outstanding.add_row(r["outlet"], state, str(r["attempts"]), r["error"] or "",
-                            r["next_attempt_at"].isoformat(timespec="seconds") if r["next_attempt_at"] else "")
-    console.print(outstanding)
+    if not missing:
+        console.print(Text(f"every outlet ({len(rows)}) has {ref}", style="green"))
+        return
+    _show([("outlet", ID), ("status", VALUE), ("tries", VALUE), ("next try", VALUE), ("last error", FREE)],
+          [[r["outlet"], STATUS_WORDS[r["status"]] + (f": {r['reason']}" if r["reason"] else ""), str(r["attempts"]),
+            _when(r["next_attempt_at"]), r["error"] or ""] for r in missing], title=f"{len(missing)} outlet(s) without {ref} (times in Chongqing)",
+          hint="debunkbot log --wide --notice " + ref)
 
 
 LOG_KEYS = ("notice", "outlet", "status", "reason", "attempts", "http_status", "error", "delivered_at")
@@ -200,39 +311,40 @@ LOG_KEYS = ("notice", "outlet", "status", "reason", "attempts", "http_status", "
 
 @app.command("log")
 def log_(
-    notice: Annotated[str | None, typer.Option("--notice", help="only this notice ref")] = None,
-    outlet: Annotated[str | None, typer.Option("--outlet", help="only this outlet id")] = None,
-    status: Annotated[LogStatus | None, typer.Option("--status")] = None,
+    notice: Annotated[str | None, typer.Option("--notice", metavar="REF", help="only this notice ref")] = None,
+    outlet: Annotated[str | None, typer.Option("--outlet", metavar="ID", help="only this outlet id")] = None,
+    status: Annotated[LogStatus | None, typer.Option(
+        "--status", metavar="STATUS", help="only pending, delivered, failed or held deliveries")] = None,
     attempts: Annotated[bool, typer.Option("--attempts", help="every HTTP try instead of one row per delivery")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="every column, full errors and times, however wide")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
 ) -> None:
-    """The delivery log: one row per notice x outlet, or with --attempts every try."""
+    """The delivery log: one row per notice x outlet, or with --attempts every try (times in Chongqing)."""
     store = _store(_settings())
     if attempts:
         rows = store.log.attempts(ref=notice, outlet_id=outlet)
         keys = ("notice", "outlet", "attempt", "trigger", "started_at", "latency_ms", "outcome", "http_status", "error")
+        columns = [("notice", ID), ("outlet", ID), ("try", VALUE), ("trigger", EXTRA), ("started", VALUE),
+                   ("ms", EXTRA), ("outcome", VALUE), ("http", VALUE), ("error", FREE)]
     else:
         rows = store.log.deliveries(ref=notice, outlet_id=outlet, status=status.value if status else None)
         keys = LOG_KEYS
+        columns = [("notice", ID), ("outlet", ID), ("status", VALUE), ("why", FREE), ("tries", VALUE), ("http", VALUE),
+                   ("error", FREE), ("delivered", VALUE)]
     if as_json:
         for row in rows:
             sys.stdout.write(dumps({k: row[k] for k in ((*keys, "response") if attempts else keys)}) + "\n")
         return
-    table = Table(show_lines=False)
-    for key in keys:
-        table.add_column(key)
-    for row in rows:
-        table.add_row(*(_cell(row[k]) for k in keys))
-    console.print(table)
+    _show(columns, [[_cell(row[k], wide) for k in keys] for row in rows], wide=wide)
 
 
-def _cell(value: object) -> str:
+def _cell(value: object, wide: bool = False) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
         return f"{value:.1f}"
-    if hasattr(value, "isoformat"):
-        return value.isoformat(timespec="seconds")  # type: ignore[attr-defined]
+    if isinstance(value, datetime):
+        return _when(value, wide)
     return str(value)
 
 
@@ -245,20 +357,26 @@ HEALTH_KEYS = ("outlet", "tier", "status", "consecutive_failures", "last_success
 
 @outlets_app.callback(invoke_without_command=True)
 def outlets(
-    ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False
+    ctx: typer.Context,
+    wide: Annotated[bool, typer.Option("--wide", help="every column, however wide")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
 ) -> None:
-    """Every outlet the store knows, with its health: ok, degraded (failing, breaker maybe open) or paused."""
+    """Every outlet of the matrix (and any the store still knows), with its health: ok, degraded (failing,
+    breaker maybe open) or paused."""
     if ctx.invoked_subcommand:
         return
-    store = _store(_settings())
+    settings = _settings()
+    matrix = _matrix(settings, _regions(settings), require_secrets=False)  # listing needs no secret
+    store = _store(settings)
     health = store.health.all()
     by_outlet = store.log.by_outlet()
+    tiers = {o.id: o.tier.value for o in matrix.outlets}
     rows = []
-    for outlet_id in sorted(by_outlet.keys() | health.keys()):
+    for outlet_id in [*tiers, *sorted((by_outlet.keys() | health.keys()) - tiers.keys())]:
         h = health.get(outlet_id)
         counts = by_outlet.get(outlet_id, {})
         rows.append({
-            "outlet": outlet_id, "tier": counts.get("tier"), "status": h.status if h else "ok",
+            "outlet": outlet_id, "tier": tiers.get(outlet_id) or counts.get("tier"), "status": h.status if h else "ok",
             "consecutive_failures": h.consecutive_failures if h else 0,
             "last_success_at": h.last_success_at if h else None, "last_failure_at": h.last_failure_at if h else None,
             "breaker_open_until": h.open_until if h else None, "pending": counts.get("pending", 0),
@@ -268,15 +386,14 @@ def outlets(
         for row in rows:
             sys.stdout.write(dumps(row) + "\n")
         return
-    table = Table(title="outlet health")
-    for key in HEALTH_KEYS:
-        table.add_column(key.replace("_", " "))
     colour = {"ok": "green", "degraded": "yellow", "paused": "red"}
-    for row in rows:
-        cells = [_cell(row[k]) for k in HEALTH_KEYS]
-        cells[2] = f"[{colour[row['status']]}]{row['status']}[/]"
-        table.add_row(*cells)
-    console.print(table)
+    _show([("outlet", ID), ("tier", VALUE), ("status", VALUE), ("pending", VALUE), ("failed", VALUE),
+           ("fails in a row", EXTRA), ("breaker open until", VALUE), ("last success", EXTRA),
+           ("paused because", FREE)],
+          [[r["outlet"], r["tier"] or "", Text(r["status"], style=colour[r["status"]]), str(r["pending"]),
+            str(r["failed"]), str(r["consecutive_failures"]), _when(r["breaker_open_until"], wide),
+            _when(r["last_success_at"], wide), r["paused_reason"] or ""] for r in rows],
+          title=f"{len(rows)} outlets (times in Chongqing)", wide=wide)
     paused = [r["outlet"] for r in rows if r["status"] == "paused"]
     if paused:
         console.print(f"{len(paused)} paused, deliveries held: resume with `debunkbot outlets resume ID`")
@@ -288,9 +405,9 @@ def resume(outlet_id: Annotated[str, typer.Argument(metavar="ID", help="outlet i
     store = _store(_settings())
     held = store.health.resume(outlet_id)
     if held is None:
-        errors.print(f"[red]outlet {outlet_id!r} is not paused[/] (see `debunkbot outlets`)")
-        raise typer.Exit(2)
-    console.print(f"[green]resumed {outlet_id}[/]: {held} held deliveries are due now")
+        errors.print(Text.assemble((f"outlet {outlet_id!r} is not paused", "red"), " (see `debunkbot outlets`)"))
+        raise typer.Exit(EXIT_BAD_INPUT)
+    console.print(Text.assemble((f"resumed {outlet_id}", "green"), f": {_count(held, 'held delivery')} due now"))
 
 
 class RetryStatus(StrEnum):
@@ -299,68 +416,86 @@ class RetryStatus(StrEnum):
 
 @app.command()
 def retry(
-    notice: Annotated[str | None, typer.Option("--notice", help="only this notice ref")] = None,
-    outlet: Annotated[str | None, typer.Option("--outlet", help="only this outlet id")] = None,
+    notice: Annotated[str | None, typer.Option("--notice", metavar="REF", help="only this notice ref")] = None,
+    outlet: Annotated[str | None, typer.Option("--outlet", metavar="ID", help="only this outlet id")] = None,
     since: Annotated[str | None, typer.Option(
-        "--since", help="only deliveries that failed since T: ISO-8601 time, or an age such as 30m, 2h, 1d")] = None,
-    status: Annotated[RetryStatus, typer.Option("--status")] = RetryStatus.failed,
+        "--since", metavar="T", help="only deliveries that failed since T: an ISO 8601 time (without an offset: "
+        "Chongqing time), or an age such as 30m, 2h, 1d")] = None,
+    status: Annotated[RetryStatus, typer.Option("--status", metavar="STATUS", help="failed")] = RetryStatus.failed,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be requeued, change nothing")] = False,
 ) -> None:
     """Requeue failed deliveries: due at once, with a fresh retry schedule, next try logged as "manual"."""
     try:
         cutoff = _since(since) if since else None
     except ValueError as exc:
-        errors.print(f"[red]--since:[/] {exc}")
-        raise typer.Exit(2) from None
+        errors.print(Text(f"--since: {exc}", style="red"))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     store = _store(_settings())
     rows = store.queue.requeue(ref=notice, outlet_id=outlet, since=cutoff, status=status.value, dry_run=dry_run)
     paused = store.health.paused()
-    table = Table(title=("would requeue" if dry_run else "requeued") + f" {len(rows)} deliveries")
-    for column in ("notice", "outlet", "attempts", "last error", "note"):
-        table.add_column(column)
-    for r in rows:
-        note = "held: outlet paused (`debunkbot outlets resume`)" if r["outlet"] in paused else ""
-        table.add_row(r["notice"], r["outlet"], str(r["attempts"]), r["error"] or "", note)
-    console.print(table)
+    now = datetime.now(UTC)
+    open_until = {oid: h.open_until for oid, h in store.health.all().items()
+                  if h.open_until is not None and h.open_until > now and oid not in paused}
+
+    def note(outlet_id: str) -> str:
+        if outlet_id in paused:
+            return "held: outlet paused"
+        if outlet_id in open_until:
+            return f"held: breaker open until {_when(open_until[outlet_id])}"
+        return ""
+
+    _show([("notice", ID), ("outlet", ID), ("tries", VALUE), ("note", VALUE), ("last error", FREE)],
+          [[r["notice"], r["outlet"], str(r["attempts"]), note(r["outlet"]), r["error"] or ""] for r in rows],
+          title=("would requeue " if dry_run else "requeued ") + _count(len(rows), "delivery"), hint="debunkbot log --wide")
+    held = sorted({r["outlet"] for r in rows if note(r["outlet"])})
     if dry_run:
-        console.print(f"dry run: {len(rows)} deliveries would be requeued; nothing changed")
+        console.print(f"dry run: {_count(len(rows), 'delivery')} would be requeued; nothing changed")
     else:
-        console.print(f"requeued {len(rows)} deliveries; a running bot sends them at its next poll")
+        console.print(f"requeued {_count(len(rows), 'delivery')}; a running bot sends them at its next poll")
+    for outlet_id in held:
+        waiting = sum(r["outlet"] == outlet_id for r in rows)
+        why = "is paused" if outlet_id in paused else f"has its breaker open until {_when(open_until[outlet_id])}"
+        console.print(Text(f"{outlet_id} {why}: its {_count(waiting, 'delivery')} wait until then; "
+                           f"send them now with `debunkbot outlets resume {outlet_id}`", style="yellow"))
 
 
-def _since(text: str) -> datetime:
+def _since(text: str, now: datetime | None = None) -> datetime:
+    """An age (30m, 2h, 1d) before ``now``, or an ISO 8601 time; one without an offset is Chongqing time."""
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|m|min|h|d)", text.strip())
     if match:
         unit = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}[match[2]]
-        return utcnow() - timedelta(seconds=float(match[1]) * unit)
+        return (now or utcnow()) - timedelta(seconds=float(match[1]) * unit)
     try:
-        when = datetime.fromisoformat(text)
+        when = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(f"{text!r} is neither an ISO-8601 time nor an age such as 30m, 2h or 1d") from None
-    return when.astimezone(UTC) if when.tzinfo is None else when
+        raise ValueError(f"{text!r} is neither an ISO 8601 time nor an age such as 30m, 2h or 1d") from None
+    return (when.replace(tzinfo=CHONGQING) if when.tzinfo is None else when).astimezone(UTC)
 
 
 @app.command()
-def render(ref: str, outlet: Annotated[str, typer.Option("--outlet", help="outlet id")]) -> None:
+def render(
+    ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's ref")],
+    outlet: Annotated[str, typer.Option("--outlet", metavar="ID", help="outlet id")],
+) -> None:
     """Preview what outlet ID would get for notice REF."""
     from channels import CHANNELS
 
     settings = _settings()
     regions = _regions(settings)
-    matrix = _matrix(settings, regions)
+    matrix = _matrix(settings, regions, require_secrets=False)  # a preview sends nothing
     store = _store(settings)
     found = store.log.notice(ref)
     if found is None:
-        errors.print(f"[red]no notice with ref {ref!r}[/]")
-        raise typer.Exit(2)
+        errors.print(Text(f"no notice with ref {ref!r}", style="red"))
+        raise typer.Exit(EXIT_BAD_INPUT)
     target = matrix.by_id.get(outlet)
     if target is None:
-        errors.print(f"[red]no outlet {outlet!r} in {settings.outlets}[/]")
-        raise typer.Exit(2)
+        errors.print(Text(f"no outlet {outlet!r} in {settings.outlets}", style="red"))
+        raise typer.Exit(EXIT_BAD_INPUT)
     notice_id, notice = found
     _, published_at = store.queue.notices_by_id([notice_id])[notice_id]
     rendered = CHANNELS[target.channel].render(notice, published_at, target.options)
-    console.rule(f"{target.name} ({target.id}) · {target.channel}")
+    console.rule(Text(f"{target.name} ({target.id}) · {target.channel}"))
     console.print(rendered.text, markup=False, highlight=False)
     console.rule("body")
     try:
@@ -370,19 +505,27 @@ def render(ref: str, outlet: Annotated[str, typer.Option("--outlet", help="outle
 
 
 @app.command()
-def demo() -> None:
+def demo(keep: Annotated[Path | None, typer.Option(
+        "--keep", metavar="FOLDER", help="then stay up: the outlets, a store and an inbox in FOLDER (emptied first), "
+        "and the daemon, for you to submit to and watch (`make try`)")] = None) -> None:
     """The main job end to end on the embedded default: SQLite and simulated outlets on loopback."""
     from bot.demo import run_demo
 
-    raise typer.Exit(asyncio.run(run_demo(console)))
+    if keep is not None:
+        _logging(False)
+    raise typer.Exit(asyncio.run(run_demo(console, keep)))
 
 
 @app.command()
-def regions(on: Annotated[str | None, typer.Option(help="date, YYYY-MM-DD")] = None) -> None:
-    """The district-level units that exist on a date (default today)."""
+def regions(on: Annotated[str | None, typer.Option(metavar="DATE", help="a date, YYYY-MM-DD "
+                                                   "(default: today in Chongqing)")] = None) -> None:
+    """The district-level units that exist on a date."""
     table = _regions(_settings())
-    day = date.fromisoformat(on) if on else date.today()
+    try:
+        day = date.fromisoformat(on) if on else chongqing_today()
+    except ValueError:
+        errors.print(Text(f"--on: {on!r} is not a date; write YYYY-MM-DD, e.g. 2026-01-25", style="red"))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     units = table.units_on(day)
-    for unit in units:
-        console.print(f"{unit.name}\t{unit.kind}\t{', '.join(unit.aliases)}")
-    console.print(f"{len(units)} district-level units on {day}")
+    _show([("unit", ID), ("kind", VALUE), ("also written", FREE)],
+          [[u.name, u.kind, "、".join(u.aliases)] for u in units], title=f"{len(units)} district-level units on {day}")

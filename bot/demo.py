@@ -5,12 +5,20 @@ outlet replaced by a real HTTP server on loopback (some flaky, all verifying sig
 the platform fakes of bot/testing (webhook receivers, DingTalk and WeCom robots, Feishu and
 Lark bots, Weibo, WeChat drafts), and the bot's own feed server, which the demo then reads as
 the feed outlets would. Exits 0 once every outlet has every notice.
+
+With ``keep`` (``debunkbot demo --keep``, ``make try``) it then stays up: the same simulated outlets, the
+store and an inbox in a folder of your choosing, and the daemon running, for a newcomer to submit to and
+watch; it writes the settings to ``FOLDER/env`` and prints what to try. Ctrl-C stops it.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import logging
 import secrets
+import shlex
+import shutil
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -18,14 +26,16 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from bot.dispatch import make_client
 from bot.feed import FeedServer
 from bot.intake import expand, submit_files
-from bot.outlets import Tier, load_matrix
-from bot.regions import RegionTable
+from bot.outlets import OutletMatrix, Tier, load_matrix
+from bot.regions import RegionTable, chongqing_today
 from bot.scheduler import Daemon
 from bot.settings import CONFIG, Settings
 from bot.store import Store
@@ -103,12 +113,17 @@ class Fakes:
             len(f.received) for f in self.platforms.values())
 
 
-async def run_demo(console: Console) -> int:
+async def run_demo(console: Console, keep: Path | None = None) -> int:
     regions = RegionTable.load(CONFIG / "regions.yaml")
     example = yaml.safe_load((CONFIG / "outlets.yaml").read_text(encoding="utf-8"))["outlets"]
 
-    with tempfile.TemporaryDirectory(prefix="debunkbot-demo-") as tmp:
-        work = Path(tmp)
+    with contextlib.ExitStack() as folders:
+        if keep is None:
+            work = Path(folders.enter_context(tempfile.TemporaryDirectory(prefix="debunkbot-demo-")))
+        else:
+            shutil.rmtree(keep, ignore_errors=True)  # afresh: the demo counts every delivery in the store
+            work = keep
+            work.mkdir(parents=True)
         async with Fakes(example) as outlets:
             for entry in example:
                 if url := outlets.url(entry):
@@ -124,13 +139,15 @@ async def run_demo(console: Console) -> int:
             channels = Counter(o.channel for o in matrix.outlets)
             console.print(f"[bold]debunkbot demo[/]: {len(matrix)} simulated outlets on 127.0.0.1 "
                           f"({_tiers(matrix.outlets)}; {', '.join(f'{n} {c}' for c, n in channels.items())}), "
-                          f"{len(outlets.flaky)} of them flaky; store {settings.database_url}")
+                          f"{len(outlets.flaky)} of them flaky; store {escape(settings.database_url)}")
+            console.print(_why_these_numbers(matrix.outlets, regions))
             results = submit_files(expand([CONFIG / "samples"]), store, matrix, regions)
             for result in results:
                 for added in result.added:
-                    console.print(f"  submitted {added.ref}: {added.deliveries} deliveries ({result.path.name})")
+                    console.print(f"  submitted {added.ref}: {added.deliveries} deliveries "
+                                  f"({escape(result.path.name)})")
                 if not result.ok:
-                    console.print(f"[red]  rejected {result.error}[/]")
+                    console.print(Text(f"  rejected {result.error}", style="red"))
             total = sum(store.log.counts().values())
 
             with Progress(TextColumn("[bold]fan-out"), BarColumn(), MofNCompleteColumn(),
@@ -161,9 +178,60 @@ async def run_demo(console: Console) -> int:
                 f"platforms verified and took {outlets.received()} posts, feeds were fetched for {fetched}, "
                 f"refused {outlets.refused()}."
             )
-            console.print("[green bold]every outlet has every notice[/]" if ok else "[red bold]not every outlet has every notice[/]")
+            console.print("[green bold]every outlet has every notice[/]" if ok
+                          else "[red bold]not every outlet has every notice[/]")
+            if keep is not None and ok:
+                await _stay_up(console, work, settings, store, matrix, regions, environ)
+            elif keep is None:
+                console.print("Next: `make try` leaves this running with an inbox, for you to submit notices to "
+                              "and watch (`.venv/bin/debunkbot --help` lists every command).")
             store.close()
             return 0 if ok else 1
+    return 1  # not reached: the block above returns
+
+
+def _why_these_numbers(outlets: object, regions: RegionTable) -> str:
+    """The example matrix is Chongqing's 5+41+N as it stands today: say why it counts what it counts."""
+    counts = Counter(o.tier.value for o in outlets)  # type: ignore[attr-defined]
+    today = chongqing_today()
+    merged: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for r in regions.regions:
+        if r.successor and r.valid_until and r.valid_until <= today:
+            merged[(r.successor, r.valid_until.isoformat())].append(r.name)
+    changes = "; ".join(f"{' and '.join(names)} merged into {into} on {day}" for (into, day), names in merged.items())
+    return (f"Chongqing's matrix is called 5+41+N; here it is {counts['city']}+{counts['district']}+{counts['other']}: "
+            f"{counts['city']} city platforms, {counts['district']} district media centres (one per district-level "
+            f"unit on {today}{': ' + changes if changes else ''}), and {counts['other']} other outlets, "
+            "the open-ended N.")
+
+
+async def _stay_up(console: Console, work: Path, settings: Settings, store: Store, matrix: OutletMatrix,
+                   regions: RegionTable, environ: dict[str, str]) -> None:
+    """Keep the simulated outlets up and run the daemon on an inbox until Ctrl-C or SIGTERM."""
+    inbox = work / "inbox"
+    inbox.mkdir(exist_ok=True)
+    settings = settings.model_copy(update={"inbox": inbox})
+    env = {"DEBUNKBOT_DATABASE_URL": settings.database_url, "DEBUNKBOT_OUTLETS": str(settings.outlets),
+           **environ}
+    (work / "env").write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()), encoding="utf-8")
+    sample = sorted((CONFIG / "samples").iterdir())[0]
+    console.print(f"""
+[bold]A local debunkbot is running[/] on the simulated outlets above; Ctrl-C stops it.
+  inbox   {escape(str(inbox))}   (drop a notice file here and watch it go out)
+  store   {escape(settings.database_url)}
+  matrix  {escape(str(settings.outlets))}
+In another terminal, load its settings and try:
+  . {escape(shlex.quote(str(work / 'env')))}
+  sed 's/ref: cq-2026-1127-001/ref: my-first/' {escape(str(sample))} > {escape(str(inbox))}/mine.yaml
+  .venv/bin/debunkbot status my-first
+  .venv/bin/debunkbot log --notice my-first
+  .venv/bin/debunkbot outlets
+""")
+    async with make_client(settings) as client, FeedServer(store, matrix):
+        daemon = Daemon(settings, store, matrix, regions, client)
+        daemon.install_signal_handlers()
+        await daemon.run()
+    logging.getLogger("debunkbot").info("stopped")
 
 
 def _tiers(outlets: object) -> str:

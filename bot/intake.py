@@ -10,11 +10,16 @@ the field.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
-import shutil
-from collections.abc import Iterable, Sequence
+import os
+import re
+import stat
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,11 @@ from bot.regions import RegionTable
 from bot.store import STORE_FAULTS, Added, RefConflict, Store, describe_fault
 
 MAX_FILE_BYTES = 1024 * 1024
+MAX_NOTICES = 1000  # per file; the setting DEBUNKBOT_MAX_NOTICES_PER_FILE
+MAX_DEPTH = 8  # nesting: a list of notices, a notice, its sources, a source is 4
+MAX_ALIASES = 100  # YAML *alias uses in one file
+NODES_PER_NOTICE = 100  # a full notice with 20 sources is under 90 YAML nodes, aliases expanded
+MAX_ERRORS = 20  # errors reported per file; the rest are counted
 SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -46,38 +56,105 @@ class FileResult:
         return self.error is None
 
 
+class _TooBig(yaml.MarkedYAMLError):
+    pass
+
+
 class _TextLoader(yaml.SafeLoader):
-    """YAML where only strings, lists, maps, null and timestamps exist.
+    """YAML where only strings, lists, maps, null and timestamps exist, and whose cost is bounded.
 
     Editors write ``verdict: false`` and ``ref: 007``; YAML 1.1 would turn those into a
-    boolean and the number 7. Here they stay the text the editor typed.
+    boolean and the number 7. Here they stay the text the editor typed. A key written twice is
+    an error (YAML says keys are unique; PyYAML would keep the last). Nesting, *alias uses and
+    the size of the document with its aliases expanded are capped while composing, before any
+    object is built, so a small file cannot cost gigabytes ("billion laughs").
     """
+
+    def __init__(self, stream: str, max_notices: int) -> None:
+        super().__init__(stream)
+        self.max_notices = max_notices
+        self.depth = 0
+        self.aliases = 0
+        self.weight: dict[int, int] = {}  # id(node) -> nodes it stands for, aliases expanded
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        mark = self.peek_event().start_mark
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise _TooBig(None, None, f"more than {MAX_ALIASES} *aliases", mark)
+            return super().compose_node(parent, index)
+        if self.depth == 1 and isinstance(index, int) and index >= self.max_notices:
+            raise _TooBig(None, None, f"more than {self.max_notices:,} notices in one file (the limit is "
+                          "DEBUNKBOT_MAX_NOTICES_PER_FILE); split the file", mark)
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _TooBig(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else (
+            node.value if isinstance(node, yaml.SequenceNode) else [])
+        weight = 1 + sum(self.weight.get(id(child), 1) for child in children)
+        if weight > NODES_PER_NOTICE * self.max_notices:
+            raise _TooBig(None, None, "too large once its aliases are expanded", mark)
+        self.weight[id(node)] = weight
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[str, int] = {}
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key.value!r} written twice (also at line {seen[key.value]})",
+                        key.start_mark)
+                seen[key.value] = key.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+    def construct_scalar(self, node: yaml.ScalarNode) -> Any:
+        value = super().construct_scalar(node)
+        if node.style == ">":  # folding joins lines with a space, which Chinese never has between characters
+            value = _CJK_FOLD.sub("", value)
+        return value
 
 
 _TextLoader.yaml_implicit_resolvers = {
     key: [(tag, regexp) for tag, regexp in resolvers if tag.rsplit(":", 1)[-1] not in ("bool", "int", "float")]
     for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_CJK = "\u2e80-\u2fff\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
+_CJK_FOLD = re.compile(f"(?<=[{_CJK}]) (?=[{_CJK}])")
 
 
-def read_notices(path: Path, regions: RegionTable, on: date | None = None) -> list[Notice]:
-    """Parse and validate one file. Raises IntakeError naming the file, the notice and the field."""
-    raw = _load(path)
+def read_notices(
+    path: Path, regions: RegionTable, now: datetime | None = None, max_notices: int = MAX_NOTICES
+) -> list[Notice]:
+    """Parse and validate one file. Raises IntakeError naming the file, the notice and the field.
+
+    ``now`` decides what region names mean (Chongqing's date) and how far an embargo may reach.
+    """
+    raw = _load(path, max_notices)
     items = raw if isinstance(raw, list) else [raw]
     if raw is None or not items:
         raise IntakeError(f"{path}: no notices in file")
+    if len(items) > max_notices:
+        raise IntakeError(f"{path}: {len(items):,} notices in one file, over the limit of {max_notices:,} "
+                          "(DEBUNKBOT_MAX_NOTICES_PER_FILE); split the file")
     problems: list[str] = []
     notices: list[Notice] = []
     seen: dict[str, int] = {}
+    context = {"regions": regions, "now": now or datetime.now(UTC)}
     for index, item in enumerate(items, start=1):
         where = f"notice {index}" if len(items) > 1 else "notice"
         if isinstance(item, dict) and isinstance(item.get("ref"), str):
-            where += f" (ref {item['ref']!r})"
+            where += f" (ref {item['ref'][:64]!r})"
         if not isinstance(item, dict):
             problems.append(f"{where}: expected a mapping of fields, got {type(item).__name__}")
             continue
         try:
-            notice = Notice.model_validate(item, context={"regions": regions, "on": on or date.today()})
+            notice = Notice.model_validate(item, context=context)
         except ValidationError as exc:
             problems += [f"{where} field {_loc(err['loc'])!r}: {_msg(err)}" for err in exc.errors()]
             continue
@@ -87,29 +164,49 @@ def read_notices(path: Path, regions: RegionTable, on: date | None = None) -> li
         seen[notice.ref] = index
         notices.append(notice)
     if problems:
-        raise IntakeError(f"{path}: " + ("; ".join(problems) if len(problems) == 1 else "\n  " + "\n  ".join(problems)))
+        shown = problems[:MAX_ERRORS]
+        if len(problems) > MAX_ERRORS:
+            shown.append(f"and {len(problems) - MAX_ERRORS:,} more")
+        raise IntakeError(f"{path}: " + (shown[0] if len(shown) == 1 else "\n  " + "\n  ".join(shown)))
     return notices
 
 
 def submit_files(
-    paths: Sequence[Path], store: Store, matrix: OutletMatrix, regions: RegionTable
+    paths: Sequence[Path], store: Store, matrix: OutletMatrix, regions: RegionTable,
+    max_notices: int = MAX_NOTICES, now: datetime | None = None,
 ) -> list[FileResult]:
     """Validate and store each file on its own: all of a file, or none of it."""
-    results: list[FileResult] = []
-    refs_in_run: dict[str, Path] = {}
+    return store_files(read_files(paths, regions, max_notices, now), store, matrix)
+
+
+def read_files(
+    paths: Sequence[Path], regions: RegionTable, max_notices: int = MAX_NOTICES, now: datetime | None = None,
+) -> list[tuple[FileResult, list[Notice]]]:
+    """Parse and validate each file, touching no store (so it can run in any thread)."""
+    read: list[tuple[FileResult, list[Notice]]] = []
     for path in paths:
-        result = FileResult(path)
-        results.append(result)
         try:
-            notices = read_notices(path, regions)
+            read.append((FileResult(path), read_notices(path, regions, now, max_notices)))
+        except IntakeError as exc:
+            read.append((FileResult(path, error=str(exc)), []))
+    return read
+
+
+def store_files(
+    read: Sequence[tuple[FileResult, list[Notice]]], store: Store, matrix: OutletMatrix
+) -> list[FileResult]:
+    """Store what ``read_files`` accepted, file by file; a ref may be in one file of a submission only."""
+    refs_in_run: dict[str, Path] = {}
+    for result, notices in read:
+        if not result.ok:
+            continue
+        path = result.path
+        try:
             for notice in notices:
                 if notice.ref in refs_in_run and refs_in_run[notice.ref] != path:
-                    raise IntakeError(
-                        f"{path}: notice (ref {notice.ref!r}) field 'ref': duplicate ref, also in {refs_in_run[notice.ref]}"
-                    )
-            result.added = store.queue.add_notices(
-                [(n, matrix.concerned_by(n)) for n in notices], source=str(path)
-            )
+                    raise IntakeError(f"{path}: notice (ref {notice.ref!r}) field 'ref': duplicate ref, "
+                                      f"also in {refs_in_run[notice.ref]}")
+            result.added = store.queue.add_notices([(n, matrix.concerned_by(n)) for n in notices], source=str(path))
             refs_in_run.update({n.ref: path for n in notices})
         except IntakeError as exc:
             result.error = str(exc)
@@ -119,7 +216,7 @@ def submit_files(
             result.deferred = True
             result.error = (f"{path}: not stored, {describe_fault(exc)}; nothing of this file was stored "
                             "and nothing of it will be sent. Submit it again once the store has room")
-    return results
+    return [result for result, _ in read]
 
 
 def expand(paths: Iterable[Path]) -> list[Path]:
@@ -134,48 +231,185 @@ def expand(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
-def scan_inbox(inbox: Path, store: Store, matrix: OutletMatrix, regions: RegionTable) -> list[FileResult]:
+CLAIMS = ".processing"  # inbox/.processing/: files a scan has taken and is reading
+STALE_CLAIM = 600.0  # seconds after which a claimed file is taken to be left by a stopped scan
+
+
+def scan_inbox(
+    inbox: Path, store: Store, matrix: OutletMatrix, regions: RegionTable, max_notices: int = MAX_NOTICES,
+) -> list[FileResult]:
     """Take every notice file in the drop folder: accepted ones move to accepted/, rejected ones to
-    rejected/ with a ``.error.txt`` beside them saying why."""
-    inbox.mkdir(parents=True, exist_ok=True)
-    results = submit_files(expand([inbox]), store, matrix, regions)
+    rejected/ with a ``.error.txt`` beside them saying why.
+
+    The inbox is a shared folder. A file is taken by renaming it into ``.processing/`` (atomic: of
+    two scanners, one wins and the other skips it without a word). Symbolic links and anything that
+    is not a regular file are refused and moved to rejected/ without being opened.
+    """
+    taken, refused = claim_inbox(inbox)
+    return file_away(inbox, taken, refused, submit_files(list(taken), store, matrix, regions, max_notices))
+
+
+async def scan_inbox_off_loop(
+    inbox: Path, store: Store, matrix: OutletMatrix, regions: RegionTable, max_notices: int,
+    db: Callable[..., Awaitable[Any]],
+) -> list[FileResult]:
+    """``scan_inbox`` for the daemon: files are claimed, read and filed in a worker thread, so neither the
+    event loop (signals, sends) nor the store's thread (``db``, recording attempts) waits while a file is
+    parsed; only storing runs through ``db``."""
+    taken, refused = await asyncio.to_thread(claim_inbox, inbox)
+    read = await asyncio.to_thread(read_files, list(taken), regions, max_notices)
+    results = await db(store_files, read, store, matrix)
+    return await asyncio.to_thread(file_away, inbox, taken, refused, results)
+
+
+def claim_inbox(inbox: Path) -> tuple[dict[Path, Path], list[FileResult]]:
+    """Claim the inbox's notice files into .processing/; returns claimed path -> inbox path, and the refused."""
+    claims = inbox / CLAIMS
+    claims.mkdir(parents=True, exist_ok=True)
+    _return_stale_claims(inbox, claims)
+    refused: list[FileResult] = []
+    taken: dict[Path, Path] = {}
+    for entry in sorted(inbox.iterdir()):
+        if entry.name.startswith(".") or entry.suffix.lower() not in SUFFIXES:
+            continue  # hidden, ours (accepted/, rejected/), or still being written (x.yaml.tmp)
+        try:
+            mode = entry.lstat().st_mode
+        except FileNotFoundError:
+            continue  # another scanner took it
+        if not stat.S_ISREG(mode):
+            kind = ("a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode)
+                    else "not a regular file")
+            refused.append(FileResult(entry, error=f"{entry}: {kind}; the inbox takes regular files only "
+                                                   "(links are never followed)"))
+            continue
+        claimed = claims / entry.name
+        if claimed.exists():
+            continue  # a file of that name is being read; this one waits for the next scan
+        try:
+            entry.rename(claimed)
+        except FileNotFoundError:
+            continue  # another scanner took it first: normal on a shared inbox
+        taken[claimed] = entry
+    return taken, refused
+
+
+def file_away(inbox: Path, taken: dict[Path, Path], refused: list[FileResult],
+              results: list[FileResult]) -> list[FileResult]:
+    """Accepted files to accepted/, rejected ones to rejected/ with the reason, deferred ones back."""
     for result in results:
+        shown = taken[result.path]
+        if result.error:
+            result.error = result.error.replace(str(result.path), str(shown))
         if result.deferred:
-            continue  # stays in the inbox for the next scan
-        folder = inbox / ("accepted" if result.ok else "rejected")
-        folder.mkdir(exist_ok=True)
-        target = _free_name(folder / result.path.name)
-        shutil.move(result.path, target)
-        if not result.ok:
-            target.with_name(target.name + ".error.txt").write_text((result.error or "") + "\n", encoding="utf-8")
-    return results
+            result.path.rename(shown)  # back to the inbox for the next scan
+        else:
+            _file_away(inbox, result.path, result.ok, result.error)
+        result.path = shown
+    for result in refused:
+        _file_away(inbox, result.path, False, result.error)
+    return refused + results
 
 
-def _load(path: Path) -> Any:
+def _file_away(inbox: Path, path: Path, ok: bool, error: str | None) -> None:
+    folder = inbox / ("accepted" if ok else "rejected")
+    folder.mkdir(exist_ok=True)
+    target = _free_name(folder / path.name)
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise IntakeError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise IntakeError(f"{path}: file is {len(data):,} bytes, over the {MAX_FILE_BYTES:,}-byte limit")
+        path.rename(target)  # renames a link itself, never its target
+    except FileNotFoundError:
+        return  # taken away by another scanner meanwhile
+    if not ok:
+        target.with_name(target.name + ".error.txt").write_text((error or "") + "\n", encoding="utf-8")
+
+
+def _return_stale_claims(inbox: Path, claims: Path) -> None:
+    """Files a stopped scan left in .processing go back to the inbox to be read again."""
+    for claimed in claims.iterdir():
+        try:
+            if time.time() - claimed.lstat().st_ctime > STALE_CLAIM and not (inbox / claimed.name).exists():
+                claimed.rename(inbox / claimed.name)
+        except FileNotFoundError:
+            pass
+
+
+def _load(path: Path, max_notices: int = MAX_NOTICES) -> Any:
+    """The file's data, at bounded cost: a regular file (never through a symlink), size checked before
+    reading, nesting and YAML aliases capped. Every failure is an IntakeError."""
+    data = _read_regular(path)
     if b"\x00" in data:
         raise IntakeError(f"{path}: binary file, expected UTF-8 YAML or JSON text")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise IntakeError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); save the file as UTF-8") from None
+        raise IntakeError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); "
+                          "save the file as UTF-8") from None
     if path.suffix.lower() == ".json":
+        if (depth := _json_depth(text)) > MAX_DEPTH:
+            raise IntakeError(f"{path}: invalid JSON: nested deeper than {MAX_DEPTH} levels ({depth:,})")
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise IntakeError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        except _DuplicateKey as exc:
+            raise IntakeError(f"{path}: invalid JSON: key {exc.args[0]!r} written twice in one object") from None
+    loader = _TextLoader(text, max_notices)
     try:
-        return yaml.load(text, Loader=_TextLoader)
+        return loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise IntakeError(f"{path}: invalid YAML{at}: {problem}") from None
+    except ValueError as exc:  # PyYAML raises a bare ValueError for an impossible date such as 2026-02-30
+        raise IntakeError(f"{path}: invalid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+
+
+def _read_regular(path: Path) -> bytes:
+    """At most MAX_FILE_BYTES + 1 bytes of a regular file, opened without following a symlink."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise IntakeError(f"{path}: a symbolic link; notice files must be regular files "
+                              "(links are never followed)") from None
+        raise IntakeError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise IntakeError(f"{path}: not a regular file; notice files must be regular files")
+        if info.st_size > MAX_FILE_BYTES:
+            raise IntakeError(f"{path}: file is {info.st_size:,} bytes, over the {MAX_FILE_BYTES:,}-byte limit")
+        data = file.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:  # it grew while we looked
+        raise IntakeError(f"{path}: file is over the {MAX_FILE_BYTES:,}-byte limit")
+    return data
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _json_depth(text: str) -> int:
+    """How deep the brackets of a JSON text nest, strings skipped; computed without recursion."""
+    depth = deepest = 0
+    for match in re.finditer(r"[\[\]{}]", _JSON_STRING.sub("", text)):
+        depth += 1 if match[0] in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -194,7 +428,7 @@ def _msg(err: Any) -> str:
 def _free_name(target: Path) -> Path:
     n = 1
     candidate = target
-    while candidate.exists():
+    while candidate.exists() or candidate.is_symlink():
         candidate = target.with_name(f"{target.stem}.{n}{target.suffix}")
         n += 1
     return candidate

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import date
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -29,7 +29,7 @@ from pydantic import (
     field_validator,
 )
 
-from bot.regions import CITYWIDE, RegionTable
+from bot.regions import CITYWIDE, RegionTable, chongqing_today
 
 
 class Verdict(StrEnum):
@@ -44,6 +44,13 @@ class Verdict(StrEnum):
         return {"false": "谣言", "misleading": "不实", "misconception": "误区", "unproven": "未经证实"}[self.value]
 
     @property
+    def sentence(self) -> str:
+        """What every channel says of the claim: the one place these sentences are written."""
+        return {"false": "经核实，网传信息系谣言。", "misleading": "经核实，网传信息不实。",
+                "misconception": "经核实，该说法属于认识误区。",
+                "unproven": "经核实，该信息目前未经证实，请勿转发。"}[self.value]
+
+    @property
     def english(self) -> str:
         """schema.org ClaimReview's reviewRating.alternateName in English."""
         return {"false": "False", "misleading": "Misleading", "misconception": "Misconception",
@@ -56,20 +63,54 @@ class Urgency(StrEnum):
 
 
 def _known_region(name: str, info: ValidationInfo) -> str:
-    """A region name or alias, resolved against the table in the validation context, if any."""
+    """A region name or alias, resolved against the table in the validation context, if any.
+
+    The day that decides what a name means is Chongqing's (``now`` in the context), never the machine's.
+    """
     table: RegionTable | None = (info.context or {}).get("regions")
     if table is None:
         return name
-    return table.resolve(name, (info.context or {}).get("on") or date.today())  # UnknownRegion is a ValueError
+    return table.resolve(name, chongqing_today((info.context or {}).get("now")))  # UnknownRegion is a ValueError
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+UNPRINTABLE = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"  # C0 (tab, LF, CR aside), DEL, C1
+    "\u00ad\u061c\u180e\u200b\u200c\u200e\u200f"  # soft hyphen, zero-width, bidi marks (ZWJ U+200D joins emoji)
+    "\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]"  # line/paragraph separators, bidi embeddings and
+)  # isolates, word joiner and invisible operators, BOM, interlinear annotation: https://www.unicode.org/reports/tr9/
+"""Characters no field may hold: no platform shows them, XML forbids C0, PostgreSQL refuses NUL, and bidi
+controls or invisible characters make a text read differently from what it holds. One rule for intake (which
+refuses them) and rendering (which drops them from older stored text)."""
+
+_INVISIBLE = frozenset("\u200d\u3164\u115f\u1160\uffa0\u2800\ufe0e\ufe0f")  # joiners, fillers, variation selectors
 
 
-def _printable(value: str) -> str:
-    """No control characters: no platform shows them, XML forbids them, PostgreSQL refuses NUL."""
-    if found := _CONTROL.search(value):
-        raise ValueError(f"contains the control character U+{ord(found[0]):04X} at position {found.start() + 1}")
+def _printable(value: str, info: ValidationInfo) -> str:
+    """No control, bidi or invisible characters, and at least one visible character (text read back from the
+    store was checked when it came in, by the rules of its day, and is taken as it is)."""
+    if (info.context or {}).get("stored"):
+        return value
+    if found := UNPRINTABLE.search(value):
+        raise ValueError(f"contains the invisible or control character U+{ord(found[0]):04X} "
+                         f"at position {found.start() + 1}; remove it")
+    if all(c.isspace() or c in _INVISIBLE for c in value):
+        raise ValueError("has no visible character")
+    return value
+
+
+def _plausible_time(value: datetime, info: ValidationInfo) -> datetime:
+    """An embargo at most a year ahead, and a time every store can hold."""
+    if (info.context or {}).get("stored"):
+        return value
+    now: datetime = (info.context or {}).get("now") or datetime.now(UTC)
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value.isoformat()} is out of range") from None
+    if utc.year < 2000:
+        raise ValueError(f"{value.isoformat()} is before 2000; write the time the notice may be published")
+    if utc > now + timedelta(days=366):
+        raise ValueError(f"{value.isoformat()} is more than a year ahead; an embargo may be at most a year long")
     return value
 
 
@@ -78,7 +119,8 @@ def Text(max_length: int) -> Any:
     return Annotated[str, Field(min_length=1, max_length=max_length), AfterValidator(_printable)]
 
 
-RegionName = Annotated[str, Field(min_length=1, max_length=40), AfterValidator(_known_region)]
+RegionName = Annotated[str, Field(min_length=1, max_length=40), AfterValidator(_printable),
+                       AfterValidator(_known_region)]
 
 
 class Source(BaseModel):
@@ -102,14 +144,16 @@ class Notice(BaseModel):
     regions: Annotated[tuple[RegionName, ...], Field(max_length=50)] = (CITYWIDE,)
     category: Text(40) | None = None
     urgency: Urgency = Urgency.normal
-    publish_at: AwareDatetime | None = None
+    publish_at: Annotated[AwareDatetime, AfterValidator(_plausible_time)] | None = None
     sources: Annotated[tuple[Source, ...], Field(max_length=20)] = ()
 
     @field_validator("regions")
     @classmethod
     def _citywide_or_distinct(cls, names: tuple[str, ...]) -> tuple[str, ...]:
         """Omitted or naming 全市 means citywide; otherwise each unit once, in the editor's order."""
-        if not names or CITYWIDE in names:
+        if not names:
+            raise ValueError("an empty list; omit the field or write [全市] for a citywide notice")
+        if CITYWIDE in names:
             return (CITYWIDE,)
         return tuple(dict.fromkeys(names))
 
@@ -127,4 +171,4 @@ class Notice(BaseModel):
     @classmethod
     def from_stored(cls, payload: str | dict[str, Any]) -> Notice:
         data = json.loads(payload) if isinstance(payload, str) else payload
-        return cls.model_validate(data)
+        return cls.model_validate(data, context={"stored": True})

@@ -9,6 +9,7 @@ and the error names the outlet id and the field.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -17,12 +18,13 @@ from datetime import date
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from bot.model import Notice
-from bot.regions import CITYWIDE, RegionTable
+from bot.regions import CITYWIDE, RegionTable, chongqing_today
 
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in: a big matrix loads ~10x faster
 
@@ -58,6 +60,15 @@ class MatrixError(ValueError):
     """The outlet matrix cannot be used; nothing was loaded and nothing was sent."""
 
 
+class IncompleteMatrix(MatrixError):
+    """The matrix is right but the environment lacks outlet secrets: configuration, not a mistake in a file."""
+
+    def __init__(self, path: Path, missing: list[str]) -> None:
+        self.missing = missing
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        super().__init__(f"{path}: {len(missing)} outlet secret(s) not set in the environment: {shown}")
+
+
 class Outlet(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
@@ -66,6 +77,7 @@ class Outlet(BaseModel):
     tier: Tier
     region: str = CITYWIDE
     channel: str
+    allow_private: bool = False  # url may be a link-local or private address (before url: its check reads this)
     url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] | None = None
     secret_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")] | None = None
     rate_limits: tuple[str, ...] | None = None  # e.g. ["20/min"]; default: the channel's
@@ -86,6 +98,13 @@ class Outlet(BaseModel):
 
         return tuple(CHANNELS[self.channel].rate_limits)
 
+    @field_validator("url")
+    @classmethod
+    def _url_is_public(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and (problem := _private_address(value, info.data.get("allow_private", False))):
+            raise ValueError(f"{value!r} {problem}")
+        return value
+
     @field_validator("channel")
     @classmethod
     def _channel_is_known(cls, value: str) -> str:
@@ -96,9 +115,38 @@ class Outlet(BaseModel):
         return value
 
 
+# Where a notice must not be posted unless an outlet says ``allow_private: true``: link-local addresses, where
+# clouds serve instance metadata and credentials (169.254.169.254 and fd00:ec2::254,
+# https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instancedata-data-retrieval.html; metadata.google.internal,
+# https://cloud.google.com/compute/docs/metadata/querying-metadata), and private networks (RFC 1918, RFC 4193).
+# Loopback stays allowed: a relay on the bot's own machine is a real set-up, and the demo's outlets are there.
+_METADATA_HOSTS = {"metadata.google.internal", "metadata.goog"}
+
+
+def _private_address(url: str, allow_private: bool) -> str | None:
+    """Why ``url`` may not be posted to, or None. Names are not resolved: an address written as one is checked."""
+    if allow_private:
+        return None
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    if host in _METADATA_HOSTS:
+        return "is a cloud metadata service; set allow_private: true on this outlet if that is really intended"
+    try:
+        address = ipaddress.ip_address(int(host) if host.isdigit() else host)  # 2852039166 is 169.254.169.254
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        return None
+    if address.is_link_local or address.is_private or address.is_unspecified or address.is_reserved:
+        return ("is a link-local, cloud-metadata or private address; set allow_private: true on this outlet "
+                "if that is really intended")
+    return None
+
+
 class _MatrixFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    outlets: list[dict[str, Any]]
+    outlets: Annotated[list[dict[str, Any]], Field(min_length=1)]
     operators: list[dict[str, Any]] = Field(default_factory=list)  # where operator alerts go
 
 
@@ -130,11 +178,14 @@ class OutletMatrix:
 
 
 def load_matrix(
-    path: Path, regions: RegionTable, environ: Mapping[str, str] | None = None, on: date | None = None
+    path: Path, regions: RegionTable, environ: Mapping[str, str] | None = None, on: date | None = None,
+    require_secrets: bool = True,
 ) -> OutletMatrix:
-    """Load and check every entry; raise MatrixError listing every problem, by outlet id and field."""
+    """Load and check every entry; raise MatrixError listing every problem, by outlet id and field, or
+    IncompleteMatrix when all that is wrong is secrets missing from the environment (``require_secrets``
+    False: a matrix to list, never to send with)."""
     environ = os.environ if environ is None else environ
-    day = on or date.today()
+    day = on or chongqing_today()
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=SafeLoader)
     except FileNotFoundError:
@@ -144,6 +195,8 @@ def load_matrix(
     try:
         matrix_file = _MatrixFile.model_validate(raw)
     except ValidationError as exc:
+        if isinstance(raw, dict) and raw.get("outlets") == []:
+            raise MatrixError(f"{path}: 'outlets:' is empty; a notice would go nowhere") from None
         raise MatrixError(f"{path}: expected a top-level 'outlets:' list ({_one_line(exc)})") from None
     # operator channels are entries like any outlet; tier and region do not matter for them
     entries = matrix_file.outlets + [
@@ -151,6 +204,8 @@ def load_matrix(
     ]
 
     problems: list[str] = []
+    missing: list[str] = []  # secret variables not set
+    unset: list[str] = []  # and where
     outlets: list[Outlet] = []
     secrets: dict[str, str] = {}
     seen: set[str] = set()
@@ -181,13 +236,17 @@ def load_matrix(
         if outlet.secret_env:
             secret = environ.get(outlet.secret_env)
             if not secret:
-                problems.append(f"{label} field 'secret_env': environment variable {outlet.secret_env} is not set")
+                missing.append(outlet.secret_env)
+                unset.append(f"{label} field 'secret_env': environment variable {outlet.secret_env} is not set")
             else:
                 secrets[outlet.id] = secret
         outlets.append(outlet)
     if problems:
+        problems += unset
         raise MatrixError(f"{path}: " + "; ".join(problems) if len(problems) == 1
                           else f"{path}: {len(problems)} problems:\n  " + "\n  ".join(problems))
+    if missing and require_secrets:
+        raise IncompleteMatrix(path, missing)
     return OutletMatrix(tuple(o for o in outlets if o.id not in operator_ids), secrets,
                         tuple(o for o in outlets if o.id in operator_ids))
 

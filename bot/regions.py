@@ -20,7 +20,7 @@ import difflib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,6 +29,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 CITYWIDE = "全市"
 """The pseudo-region of a notice or outlet that concerns the whole city."""
+
+CHONGQING = timezone(timedelta(hours=8), "Asia/Shanghai")
+"""Chongqing's time: UTC+8 all year (China has had no daylight saving time since 1991), so a fixed offset
+is exact and needs no tz database."""
+
+
+def chongqing_today(now: datetime | None = None) -> date:
+    """The date in Chongqing at ``now`` (default: this instant). Dates that decide what a region name means
+    are Chongqing's, never the machine's zone.
+
+    >>> chongqing_today(datetime(2026, 1, 24, 19, 0, tzinfo=UTC))  # 03:00 on the 25th in Chongqing
+    datetime.date(2026, 1, 25)
+    """
+    return (now or datetime.now(UTC)).astimezone(CHONGQING).date()
+
 
 Kind = Literal["district", "county", "autonomous_county", "functional_area"]
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from bot.model import UNPRINTABLE
 from bot.settings import TEMPLATES
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ def environment() -> Environment:
     env.filters["md"] = markdown_escape
     env.filters["md_url"] = markdown_url
     env.filters["plain"] = plain_inert
+    env.filters["quoted"] = quoted
     return env
 
 
@@ -69,6 +71,7 @@ def notice_context(notice: Notice, published_at: datetime) -> dict[str, Any]:
         "truth": notice.truth,
         "verdict": notice.verdict.value,
         "verdict_label": notice.verdict.label,
+        "verdict_sentence": notice.verdict.sentence,
         "authority": notice.authority,
         "regions": list(notice.regions),
         "citywide": notice.citywide,
@@ -79,20 +82,19 @@ def notice_context(notice: Notice, published_at: datetime) -> dict[str, Any]:
     }
 
 
-VERDICT_SENTENCES = {
-    "false": "经核实，网传信息系谣言。",
-    "misleading": "经核实，网传信息不实。",
-    "misconception": "经核实，该说法属于认识误区。",
-    "unproven": "经核实，该信息目前未经证实，请勿转发。",
-}
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-
-
 def printable(text: str) -> str:
-    """Editor text without control characters (XML forbids them; HTML sanitisers drop them); CR LF -> LF."""
-    return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    """Editor text without control, bidi or invisible characters (intake refuses them; older stored text may
+    hold some); CR LF -> LF."""
+    return UNPRINTABLE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+_SENTENCE_END = ("。", "！", "？", "!", "?", "…", "……", ".")
+
+
+def quoted(text: object) -> str:
+    """A quoted claim as one sentence: “…撤离。” when it already ends one, “…撤离”。 when not (never “…。”。)."""
+    text = str(text)
+    return f"“{text}”" if text.rstrip().endswith(_SENTENCE_END) else f"“{text}”。"
 
 
 def form_context(notice: Notice, published_at: datetime, form: Form) -> dict[str, Any]:
@@ -105,5 +107,4 @@ def form_context(notice: Notice, published_at: datetime, form: Form) -> dict[str
         "sources": list(form.sources),
         "cut": form.cut,
         "read_more": form.read_more,
-        "verdict_sentence": VERDICT_SENTENCES[notice.verdict.value],
     }

@@ -22,7 +22,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.alerts import Alerter
 from bot.dispatch import Dispatcher
-from bot.intake import FileResult, scan_inbox
+from bot.intake import FileResult, scan_inbox_off_loop
 from bot.outlets import OutletMatrix
 from bot.regions import RegionTable
 from bot.settings import Settings
@@ -101,7 +101,8 @@ class Daemon:
         try:
             if not await self.dispatcher.db(self.store.cluster.lead):
                 return []
-            results = await self.dispatcher.db(scan_inbox, self.settings.inbox, self.store, self.matrix, self.regions)
+            results = await scan_inbox_off_loop(self.settings.inbox, self.store, self.matrix, self.regions,
+                                                self.settings.max_notices_per_file, self.dispatcher.db)
         except STORE_FAULTS as exc:
             log.warning("inbox not scanned: %s; files stay in the inbox", describe_fault(exc))
             return []

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     outlets: Path = CONFIG / "outlets.yaml"
     regions: Path = CONFIG / "regions.yaml"
     inbox: Path | None = None
+    max_notices_per_file: int = Field(default=1000, ge=1, description="notices one file may hold")
 
     concurrency: int = Field(default=200, ge=1, description="sends in flight at once, all outlets together")
     per_outlet_concurrency: int = Field(default=2, ge=1, description="sends in flight at once to one outlet")

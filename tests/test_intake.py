@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from bench.hostile_files import HOSTILE
 from bot.intake import scan_inbox, submit_files
 from bot.outlets import OutletMatrix, load_matrix
 from bot.regions import RegionTable
@@ -53,7 +55,23 @@ BAD_FILES = {
     "naive publish_at": ("bad.yaml", "ref: x\npublish_at: 2026-11-27 10:00:00\n", "field 'publish_at'"),
     "duplicate refs in a file": ("bad.yaml", [notice_data(), notice_data(title="别的")], "duplicate ref 'cq-test-001'"),
     "empty file": ("bad.yaml", "", "no notices"),
-    "control character": ("bad.json", notice_data(title="标题\u0000"), "field 'title': contains the control character U+0000"),
+    "zero-width title": ("bad.yaml", notice_data(title="\u200b\u200b"),
+                         "field 'title': contains the invisible or control character U+200B at position 1"),
+    "joiner-only title": ("bad.json", notice_data(title="\u200d \u200d"), "field 'title': has no visible character"),
+    "RTL override": ("bad.yaml", notice_data(rumour="网传\u202e消息"), "field 'rumour': contains the invisible or "
+                     "control character U+202E at position 3"),
+    "C1 in JSON": ("bad.json", notice_data(truth="真\u0085相"), "field 'truth': contains the invisible or control "
+                   "character U+0085 at position 2"),
+    "line separator in JSON": ("bad.json", notice_data(authority="重庆\u2028市"), "field 'authority': contains the "
+                               "invisible or control character U+2028 at position 3"),
+    "bidi in a source title": ("bad.json", notice_data(sources=[{"title": "\u2067来源", "url": "https://a.example/"}]),
+                               "field 'sources.0.title': contains the invisible or control character U+2067"),
+    "duplicate YAML key": ("bad.yaml", "ref: a\ntitle: 一\ntitle: 二\n", "key 'title' written twice (also at line 2)"),
+    "duplicate JSON key": ("bad.json", '{"ref": "a", "title": "一", "title": "二"}', "key 'title' written twice"),
+    "empty regions": ("bad.yaml", notice_data(regions=[]), "field 'regions': an empty list; omit the field or write"),
+    "embargo years ahead": ("bad.yaml", notice_data(publish_at="2031-01-01T00:00:00+08:00"),
+                            "field 'publish_at': 2031-01-01T00:00:00+08:00 is more than a year ahead"),
+    "control character": ("bad.json", notice_data(title="标题\u0000"), "field 'title': contains the invisible or control character U+0000 at position 3"),
 }
 
 
@@ -70,6 +88,40 @@ def test_a_bad_file_is_rejected_with_its_name_and_field_and_the_good_file_beside
     assert not bad_result.ok and str(bad) in bad_result.error and expected in bad_result.error
     assert good_result.ok
     assert [r["notice"] for r in store.log.deliveries()] == ["good-one"] * 4
+
+
+def test_an_embargo_up_to_a_year_ahead_is_accepted(
+    tmp_path: Path, store: Store, matrix: OutletMatrix, regions: RegionTable
+) -> None:
+    now = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
+    path = write(tmp_path / "n.yaml", notice_data(publish_at="2027-11-27T00:00:00+08:00"))
+    (result,) = submit_files([path], store, matrix, regions, now=now)
+    assert result.ok, result.error
+    (result,) = submit_files([path], store, matrix, regions, now=now.replace(year=2025))
+    assert "more than a year ahead" in result.error
+
+
+@pytest.mark.parametrize("utc_hour", [16, 19, 23])  # 00:00, 03:00 and 07:00 on 2026-01-25 in Chongqing
+def test_region_names_mean_what_they_mean_on_chongqings_date_not_the_machines(
+    utc_hour: int, tmp_path: Path, store: Store, matrix: OutletMatrix, regions: RegionTable
+) -> None:
+    now = datetime(2026, 1, 24, utc_hour, 0, tzinfo=UTC)  # still the 24th in UTC
+    path = write(tmp_path / "n.yaml", notice_data(regions=["江北"]))
+    (result,) = submit_files([path], store, matrix, regions, now=now)
+    assert result.ok, result.error
+    assert store.log.notice("cq-test-001")[1].regions == ("两江新区",)
+
+
+def test_a_yaml_folded_block_joins_chinese_lines_without_a_space_and_keeps_spaces_between_words(
+    tmp_path: Path, store: Store, matrix: OutletMatrix, regions: RegionTable
+) -> None:
+    text = yaml.safe_dump(notice_data(), allow_unicode=True).replace(
+        "truth: 经核实，目前长江重庆段水位平稳。\n",
+        "truth: >-\n  经核实，目前水位平稳。\n  网传视频系旧画面。\n  See the 2026 report\n  online.\n")
+    path = write(tmp_path / "n.yaml", text)
+    (result,) = submit_files([path], store, matrix, regions)
+    assert result.ok, result.error
+    assert store.log.notice("cq-test-001")[1].truth == "经核实，目前水位平稳。网传视频系旧画面。 See the 2026 report online."
 
 
 def test_one_bad_notice_rejects_its_whole_file_and_stores_nothing_of_it(
@@ -175,3 +227,128 @@ def test_a_full_disk_refuses_the_submission_clearly_stores_nothing_and_keeps_the
         result.error or "")
     assert (inbox / "n.yaml").exists() and not (inbox / "rejected").exists()
     assert store.log.notice("cq-test-001") is None and store.log.deliveries() == []
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=list(HOSTILE))
+def test_a_hostile_file_is_refused_at_bounded_cost_and_the_good_file_beside_it_is_kept(
+    case: str, tmp_path: Path, store: Store, matrix: OutletMatrix, regions: RegionTable
+) -> None:
+    name, write_hostile, expected = HOSTILE[case]
+    write_hostile(tmp_path / name)
+    good = write(tmp_path / "good.yaml", notice_data(ref="good-one"))
+
+    bad_result, good_result = submit_files([tmp_path / name, good], store, matrix, regions)
+
+    assert not bad_result.ok and expected in bad_result.error, bad_result.error
+    assert len(bad_result.error) < 2000  # a refusal, not a 27 MB essay
+    assert good_result.ok and store.log.notice("good-one") is not None
+
+
+def test_at_most_twenty_errors_are_listed_then_how_many_more(
+    tmp_path: Path, store: Store, matrix: OutletMatrix, regions: RegionTable
+) -> None:
+    path = write(tmp_path / "many.json", [notice_data(ref=f"n{i}", verdict="?") for i in range(30)])
+    (result,) = submit_files([path], store, matrix, regions)
+    assert result.error.count("field 'verdict'") == 20 and result.error.endswith("and 10 more")
+
+
+def test_the_notices_per_file_limit_is_a_setting(
+    tmp_path: Path, store: Store, matrix: OutletMatrix, regions: RegionTable
+) -> None:
+    path = write(tmp_path / "three.yaml", [notice_data(ref=f"n{i}") for i in range(3)])
+    (result,) = submit_files([path], store, matrix, regions, max_notices=2)
+    assert "more than 2 notices in one file" in result.error and store.log.notice("n0") is None
+    (result,) = submit_files([path], store, matrix, regions, max_notices=3)
+    assert result.ok
+
+
+def test_two_scanners_on_one_inbox_take_each_file_once_and_losing_a_race_is_silent(
+    tmp_path: Path, matrix: OutletMatrix, regions: RegionTable
+) -> None:
+    import threading
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i in range(60):
+        write(inbox / f"n{i:02d}.yaml", notice_data(ref=f"n{i:02d}"))
+    stores = [Store.open(f"sqlite:///{tmp_path / f'{name}.sqlite3'}") for name in ("a", "b")]
+    start = threading.Barrier(2)
+    results: dict[int, list[Any]] = {}
+
+    def scan(k: int) -> None:
+        start.wait()
+        results[k] = scan_inbox(inbox, stores[k], matrix, regions)
+
+    threads = [threading.Thread(target=scan, args=(k,)) for k in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(results) == 2 and all(r.ok for k in (0, 1) for r in results[k])  # neither crashed nor refused
+    taken = [{a.ref for r in results[k] for a in r.added} for k in (0, 1)]
+    assert not taken[0] & taken[1] and len(taken[0] | taken[1]) == 60
+    assert len(list((inbox / "accepted").iterdir())) == 60 and not list((inbox / ".processing").iterdir())
+    for store in stores:
+        store.close()
+
+
+def test_a_symlink_in_the_inbox_is_refused_and_moved_away_without_opening_its_target(
+    tmp_path: Path, store: Store, matrix: OutletMatrix, regions: RegionTable
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    outside = write(tmp_path / "outside.yaml", notice_data(ref="outside"))  # a valid notice: following would accept it
+    (inbox / "link.yaml").symlink_to(outside)
+    (inbox / "folder.yaml").mkdir()
+
+    results = scan_inbox(inbox, store, matrix, regions)
+
+    assert sorted(r.error.split(": ", 1)[1] for r in results) == [
+        "a folder; the inbox takes regular files only (links are never followed)",
+        "a symbolic link; the inbox takes regular files only (links are never followed)"]
+    assert store.log.notice("outside") is None and outside.exists()
+    assert (inbox / "rejected" / "link.yaml").is_symlink() and (inbox / "rejected" / "folder.yaml").is_dir()
+
+
+def test_submit_does_not_follow_a_symlink_either(
+    tmp_path: Path, store: Store, matrix: OutletMatrix, regions: RegionTable
+) -> None:
+    outside = write(tmp_path / "outside.yaml", notice_data(ref="outside"))
+    (tmp_path / "link.yaml").symlink_to(outside)
+    (result,) = submit_files([tmp_path / "link.yaml"], store, matrix, regions)
+    assert "a symbolic link" in result.error and store.log.notice("outside") is None
+
+
+async def test_the_daemons_scan_parses_off_the_event_loop_and_only_stores_through_the_store_thread(
+    tmp_path: Path, store: Store, matrix: OutletMatrix, regions: RegionTable
+) -> None:
+    import threading
+
+    from bench.hostile_files import aliases
+    from bot.intake import scan_inbox_off_loop
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    write(inbox / "good.yaml", notice_data())
+    aliases(inbox / "laughs.yaml")
+    through_db: list[str] = []
+    loop_thread = threading.get_ident()
+
+    async def db(fn: Any, *args: Any) -> Any:  # stands in for the dispatcher's store thread
+        through_db.append(fn.__name__)
+        assert threading.get_ident() == loop_thread
+        return fn(*args)
+
+    results = await scan_inbox_off_loop(inbox, store, matrix, regions, 1000, db)
+
+    assert through_db == ["store_files"]  # parsing ran in a worker thread, not on the loop nor the store's thread
+    assert sorted(r.ok for r in results) == [False, True] and (inbox / "accepted" / "good.yaml").exists()
+    assert (inbox / "rejected" / "laughs.yaml.error.txt").exists()
+
+
+def test_a_notice_read_back_from_the_store_is_taken_as_stored_even_if_todays_rules_refuse_it() -> None:
+    from bot.model import Notice
+
+    old = notice_data(rumour="网传\u202e消息", publish_at="2040-01-01T00:00:00+08:00")  # accepted by older rules
+    assert Notice.from_stored(old).rumour == "网传\u202e消息"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from bot.model import Notice
 from bot.outlets import MatrixError, Outlet, OutletMatrix, load_matrix
-from bot.regions import RegionTable
+from bot.regions import CHONGQING, RegionTable
 from bot.settings import CONFIG
 from tests.conftest import notice_data
 
@@ -48,7 +48,13 @@ GOOD = {"id": "dist-yuzhong", "name": "渝中区融媒体中心", "tier": "distr
     ({"region": "火星区"}, "outlet 'dist-yuzhong' field 'region': unknown region '火星区'"),
     ({"tier": "province"}, "outlet 'dist-yuzhong' field 'tier'"),
     ({"url": None}, "outlet 'dist-yuzhong' field 'url': a webhook outlet needs a url"),
-    ({"secret_env": "S_MISSING"}, "outlet 'dist-yuzhong' field 'secret_env': environment variable S_MISSING is not set"),
+    ({"secret_env": "S_MISSING"}, "1 outlet secret(s) not set in the environment: S_MISSING"),
+    ({"url": "http://169.254.169.254/latest/meta-data/"}, "outlet 'dist-yuzhong' field 'url': Value error, "
+     "'http://169.254.169.254/latest/meta-data/' is a link-local, cloud-metadata or private address"),
+    ({"url": "http://[fd00:ec2::254]/"}, "is a link-local, cloud-metadata or private address"),
+    ({"url": "http://2852039166/"}, "is a link-local, cloud-metadata or private address"),
+    ({"url": "http://10.1.2.3/hook"}, "is a link-local, cloud-metadata or private address"),
+    ({"url": "http://metadata.google.internal/computeMetadata/v1/"}, "is a cloud metadata service"),
     ({"secret": "whsec_in_the_file"}, "outlet 'dist-yuzhong' field 'secret'"),
     ({"id": "Bad Id"}, "outlet 'Bad Id' field 'id'"),
 ])
@@ -60,6 +66,35 @@ def test_a_bad_entry_refuses_the_whole_matrix_naming_outlet_and_field(
     with pytest.raises(MatrixError) as error:
         load_matrix(path, regions, environ={"S_YZ": "whsec_AAAA"})
     assert expected in str(error.value) and str(path) in str(error.value)
+
+
+def test_private_addresses_and_loopback_load_when_the_outlet_allows_them(tmp_path: Path, regions: RegionTable) -> None:
+    entries = [GOOD | {"id": f"o{i}", "url": url, "allow_private": i < 2}
+               for i, url in enumerate(["http://169.254.169.254/", "http://192.168.1.2/", "http://127.0.0.1:9/"])]
+    matrix = load_matrix(write_matrix(tmp_path, entries), regions, environ={"S_YZ": "whsec_AAAA"})
+    assert [o.url for o in matrix.outlets] == [e["url"] for e in entries]
+
+
+def test_an_empty_matrix_is_refused(tmp_path: Path, regions: RegionTable) -> None:
+    with pytest.raises(MatrixError, match="'outlets:' is empty; a notice would go nowhere"):
+        load_matrix(write_matrix(tmp_path, []), regions, environ={})
+
+
+def test_secrets_missing_from_the_environment_are_incomplete_configuration_not_a_bad_matrix(
+    tmp_path: Path, regions: RegionTable
+) -> None:
+    from bot.outlets import IncompleteMatrix
+
+    entries = [GOOD | {"id": f"o{i}", "secret_env": f"S_{i}"} for i in range(5)]
+    path = write_matrix(tmp_path, entries)
+    with pytest.raises(IncompleteMatrix) as error:
+        load_matrix(path, regions, environ={"S_0": "whsec_AAAA"})
+    assert str(error.value) == f"{path}: 4 outlet secret(s) not set in the environment: S_1, S_2, S_3 and 1 more"
+    assert len(load_matrix(path, regions, environ={}, require_secrets=False)) == 5  # enough to list them
+    path = write_matrix(tmp_path, [*entries, GOOD | {"id": "o9", "tier": "province"}])
+    with pytest.raises(MatrixError) as error:  # a real mistake beside them: the whole list, as a bad matrix
+        load_matrix(path, regions, environ={})
+    assert not isinstance(error.value, IncompleteMatrix) and "field 'tier'" in str(error.value)
 
 
 def test_duplicate_ids_are_refused(tmp_path: Path, regions: RegionTable) -> None:
@@ -98,10 +133,10 @@ def test_an_outlet_gets_citywide_notices_and_those_naming_its_unit(
     regions: RegionTable, outlet_region: str, notice_region: str, on: date, expected: bool
 ) -> None:
     outlet = Outlet.model_validate(GOOD | {"region": regions.resolve(outlet_region, on)})
-    notice = Notice.model_validate(notice_data(regions=[notice_region]), context={"regions": regions, "on": on})
+    notice = Notice.model_validate(notice_data(regions=[notice_region]), context={"regions": regions, "now": datetime.combine(on, time(12), CHONGQING)})
     assert (OutletMatrix((outlet,)).concerned_by(notice) == [outlet]) is expected
 
 
 def test_a_notice_naming_an_unknown_region_is_refused(regions: RegionTable) -> None:
     with pytest.raises(ValidationError, match="unknown region '火星区'"):
-        Notice.model_validate(notice_data(regions=["火星区"]), context={"regions": regions, "on": AFTER})
+        Notice.model_validate(notice_data(regions=["火星区"]), context={"regions": regions, "now": datetime.combine(AFTER, time(12), CHONGQING)})

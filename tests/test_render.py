@@ -39,3 +39,55 @@ def test_markdown_escape_makes_links_emphasis_and_mentions_inert() -> None:
     escaped = markdown_escape("[点我](http://evil.example) *重要* @all # 标题")
     assert re.findall(r"(?<!\\)[\[\]()*@#]", escaped) == []  # every special character is escaped
     assert escaped.replace("\\", "") == "[点我](http://evil.example) *重要* @all # 标题"
+
+
+def _sample_notices() -> list[Notice]:
+    from bot.intake import expand, read_notices
+    from bot.regions import RegionTable
+    from bot.settings import CONFIG
+
+    regions = RegionTable.load(CONFIG / "regions.yaml")
+    return [n for path in expand([CONFIG / "samples"]) for n in read_notices(path, regions, NOW)]
+
+
+def _matrix_options() -> list[tuple[str, dict[str, object]]]:
+    """One (channel, options) per distinct shape in the example matrix: every channel, every msgtype."""
+    import yaml
+
+    from bot.settings import CONFIG
+
+    entries = yaml.safe_load((CONFIG / "outlets.yaml").read_text(encoding="utf-8"))["outlets"]
+    shapes = {(e["channel"], repr(sorted((e.get("options") or {}).items()))): e for e in entries}
+    return [(e["channel"], e.get("options") or {}) for e in shapes.values()]
+
+
+def test_no_sample_renders_a_doubled_full_stop_or_a_space_between_chinese_sentences_on_any_channel() -> None:
+    import re
+
+    from channels import CHANNELS
+
+    notices = _sample_notices()
+    shapes = _matrix_options()
+    assert len(notices) >= 3 and {c for c, _ in shapes} >= {"webhook", "dingtalk", "wecom", "feishu", "weibo",
+                                                            "wechat_mp", "feed"}
+    for notice in notices:
+        for channel, options in shapes:
+            text = CHANNELS[channel].render(notice, NOW, options).text
+            assert not re.search(r"[。！？][”」]?。", text), (channel, notice.ref, text)
+            assert not re.search(r"[\u4e00-\u9fff。，；：！？] [\u4e00-\u9fff]", text), (channel, notice.ref, text)
+
+
+def test_a_quoted_claim_ends_with_one_full_stop(make_notice: Callable[..., Notice]) -> None:
+    ends = render("webhook/text.j2", notice_context(make_notice(rumour="请尽快撤离。"), NOW))
+    bare = render("webhook/text.j2", notice_context(make_notice(rumour="请尽快撤离"), NOW))
+    assert "“请尽快撤离。”\n" in ends and "“请尽快撤离”。\n" in bare
+
+
+def test_the_verdict_sentence_is_the_same_on_every_channel(make_notice: Callable[..., Notice]) -> None:
+    from channels import CHANNELS
+
+    for verdict in ("false", "misleading", "misconception", "unproven"):
+        notice = make_notice(verdict=verdict)
+        for channel, options in _matrix_options():
+            if channel != "weibo":  # Weibo's 140 characters may cut it
+                assert notice.verdict.sentence in CHANNELS[channel].render(notice, NOW, options).text, channel

@@ -113,13 +113,23 @@ MARKUP = ["<script>alert(1)</script>", "*", "**", "_", "[x](y)", "[阅读全文]
 text = st.lists(st.one_of(st.sampled_from(MARKUP), st.text(alphabet=st.characters(min_codepoint=0x4E00,
                                                                                    max_codepoint=0x4FFF), min_size=1,
                                                           max_size=40),
-                          # any printable text: intake refuses control characters (newlines come from MARKUP)
-                          st.text(alphabet=st.characters(exclude_categories=("Cc", "Cs")), min_size=1, max_size=10)),
+                          # any printable text: intake refuses control, format (bidi, zero-width) and line
+                          # separator characters (newlines come from MARKUP)
+                          st.text(alphabet=st.characters(exclude_categories=("Cc", "Cs", "Cf", "Zl", "Zp")),
+                                  min_size=1, max_size=10)),
                  min_size=1, max_size=200).map("".join)
+
+
+def _visible(text: str, default: str) -> str:
+    """The text, or the default when it has no visible character (intake refuses those)."""
+    text = text.strip()
+    return text if any(not (c.isspace() or c == "\u200d") for c in text) else default
+
+
 notices = st.builds(
     lambda title, rumour, truth, authority, sources, urgent: Notice.model_validate(notice_data(
-        ref="cq-prop", title=title[:120].strip() or "标题", rumour=rumour[:2000].strip() or "网传",
-        truth=truth.strip() or "经核实", authority=authority[:200].strip() or "重庆市", urgency="urgent" if urgent else "normal",
+        ref="cq-prop", title=_visible(title[:120], "标题"), rumour=_visible(rumour[:2000], "网传"),
+        truth=_visible(truth, "经核实"), authority=_visible(authority[:200], "重庆市"), urgency="urgent" if urgent else "normal",
         sources=[{"title": "来源", "url": "https://slj.cq.example/a(b)?c=1&d=<e>"}] if sources else [])),
     text, text, st.lists(text, min_size=1, max_size=8).map("".join).map(lambda t: t[:5000]), text,
     st.booleans(), st.booleans(),

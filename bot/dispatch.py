@@ -16,9 +16,9 @@ import json
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -124,6 +124,7 @@ class Dispatcher:
         # SQLite wants one writer: every store call runs on this one thread, off the event loop.
         self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="debunkbot-store")
         self._wake = asyncio.Event()
+        self._fatal: BaseException | None = None  # set by a task that failed in a way we cannot go on from
         self._flush_needed = asyncio.Event()
         self._in_flight: dict[asyncio.Task[None], float] = {}  # counted sends -> monotonic start, oldest first
         self._slow: set[asyncio.Task[None]] = set()  # sends past slow_send_after: not counted
@@ -145,11 +146,13 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event | None = None, until_idle: bool = False) -> None:
         """Send until ``stop`` is set, or (``until_idle``) until nothing is pending or scheduled."""
         stop = stop or asyncio.Event()
-        flusher = asyncio.create_task(self._flush_forever())
-        watcher = asyncio.create_task(self._watch_store())
+        flusher = asyncio.create_task(self._keep_running("the attempt recorder", self._flush_forever))
+        watcher = asyncio.create_task(self._keep_running("the store watcher", self._watch_store))
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
+                if self._fatal is not None:
+                    raise DispatchFailed(f"dispatch stopped: {self._fatal}") from self._fatal
                 room = self._room()
                 store_ok = time.monotonic() >= self._store_retry_at and not self._unrecorded_behind()
                 if store_ok and (room >= max(1, self.capacity // 2) or (room > 0 and self._wake.is_set())):
@@ -192,6 +195,26 @@ class Dispatcher:
             except STORE_FAULTS as exc:
                 log.error("could not give back claims (%s); they are reclaimed when their lease runs out",
                           describe_fault(exc))
+
+    async def _keep_running(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run a background loop of the dispatcher for as long as the dispatcher runs.
+
+        A loop that fails is logged with its traceback and started again after a back-off; none dies
+        silently. A failure the dispatcher cannot go on from (DispatchFailed) stops the run instead.
+        """
+        backoff = 0.0
+        while True:
+            try:
+                await loop()
+                return
+            except DispatchFailed as exc:
+                self._fatal = exc
+                self._wake.set()
+                return
+            except Exception:
+                backoff = min(max(backoff * 2, 0.1), STORE_BACKOFF_MAX)
+                log.exception("%s failed; starting it again in %.1fs", name, backoff)
+                await asyncio.sleep(backoff)
 
     async def _listen(self) -> None:
         """PostgreSQL: LISTEN for new work from any process and claim at once; polling stays the fallback."""
@@ -244,6 +267,10 @@ class Dispatcher:
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
         self._slow.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # _deliver turns every failure into an attempt; reaching here is a bug: stop, don't hide it
+            log.error("a send task failed", exc_info=exc)
+            self._fatal = self._fatal or exc
         self._start_ready()
         if self._room() >= self.capacity // 2:
             self._wake.set()
@@ -280,11 +307,19 @@ class Dispatcher:
             await self._listen()
         while True:
             await asyncio.sleep(self.settings.wake_poll_interval)
-            if await self.db(self.store.changed_since_last_look):
+            try:
+                changed = await self.db(self.store.changed_since_last_look)
+            except STORE_FAULTS:  # a busy store: the claim loop reports and backs off; look again later
+                changed = False
+            if changed:
                 self._wake.set()
 
     async def _deliver(self, claim: Claim) -> None:
-        record = await self._attempt(claim)
+        try:
+            record = await self._attempt(claim)
+        except Exception as exc:  # a bug of ours; the delivery is retried on the schedule, and it is logged
+            log.exception("unexpected error delivering to outlet %s", claim.outlet_id)
+            record = self._record(claim, utcnow(), 0.0, Outcome("retry", f"internal error: {type(exc).__name__}"))
         self._unrecorded.append(record)
         self._flush_needed.set()
 
@@ -348,7 +383,7 @@ class Dispatcher:
         return AttemptRecord(
             delivery_id=claim.delivery_id, outlet_id=claim.outlet_id, attempt=claim.attempt, started_at=started,
             latency_ms=latency_ms,
-            outcome=result, http_status=status, error=_redact(error, outlet, secret, signature),
+            outcome=result, http_status=status, error=_storable(_redact(error, outlet, secret, signature) or "") or None,
             # redacted before it is cut, so no part of a secret survives at the cut
             response=_text((_redact(body.decode("utf-8", "replace"), outlet, secret, signature) or "").encode(),
                            self.settings.response_max_bytes) or None,
@@ -404,6 +439,13 @@ class Dispatcher:
                 self._unrecorded[:0] = batch
                 self._store_fault("record attempts", exc)
                 return
+            except Exception as exc:  # the store refused what we wrote (a value it cannot take, a constraint)
+                self._unrecorded[:0] = batch
+                log.error("the store refused a batch of %d attempts (%s: %s); recording them one by one",
+                          len(batch), type(exc).__name__, _one_line(exc))
+                if not await self._record_one_by_one():
+                    return
+                continue
             if self._store_backoff:
                 log.info("the store is back")
                 self._store_backoff = 0.0
@@ -411,6 +453,66 @@ class Dispatcher:
                 self.on_recorded(batch)
             if not (self._in_flight or self._slow or self._ready or self._unrecorded):
                 self._wake.set()  # an until-idle run may be waiting to look again
+
+    async def _record_one_by_one(self) -> bool:
+        """Record each waiting result alone, so one the store refuses holds up no other.
+
+        A refused result is recorded again without the outlet's answer (its error says why). If the store
+        refuses even that, the result is given up (its lease runs out and it is sent again, with the same
+        webhook-id: never taken as sent) and the dispatcher stops with DispatchFailed, since it cannot
+        record what it sends. False on a store fault (locked, down): the rest waits for the back-off.
+        """
+        refused: list[tuple[AttemptRecord, Exception]] = []
+        while self._unrecorded:
+            record = self._unrecorded[0]
+            try:
+                try:
+                    await self.db(self.store.record_attempts, [record], None, self.health_policy)
+                except STORE_FAULTS:
+                    raise
+                except Exception as exc:
+                    log.error("the store refused the attempt for outlet %s (%s: %s); recording it without "
+                              "the outlet's answer", record.outlet_id, type(exc).__name__, _one_line(exc))
+                    record = replace(record, response=None, error=_storable(
+                        f"{record.error or ''}{'; ' if record.error else ''}the outlet's answer could not be "
+                        f"stored ({type(exc).__name__})"))
+                    try:
+                        await self.db(self.store.record_attempts, [record], None, self.health_policy)
+                    except STORE_FAULTS:
+                        raise
+                    except Exception as again:
+                        refused.append((record, again))
+                        self._unrecorded.pop(0)
+                        continue
+            except STORE_FAULTS as exc:
+                self._store_fault("record attempts", exc)
+                return False
+            self._unrecorded.pop(0)
+            if self.on_recorded:
+                self.on_recorded([record])
+        if refused:
+            record, exc = refused[0]
+            raise DispatchFailed(
+                f"the store refuses to record attempts ({type(exc).__name__}: {_one_line(exc)}); "
+                f"{len(refused)} sent results are not recorded (outlets "
+                f"{', '.join(sorted({r.outlet_id for r, _ in refused}))}): their leases run out and they are sent "
+                "again") from exc
+        return True
+
+
+class DispatchFailed(RuntimeError):
+    """The dispatcher cannot go on (the store refuses every way of recording a result): the run stops,
+    and the daemon exits non-zero. Unrecorded deliveries are sent again when their leases run out."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
+
+
+def _storable(text: str) -> str:
+    """Text any store takes: PostgreSQL refuses NUL in text and every backend wants valid UTF-8
+    (lone surrogates from a lenient decoder are not); both become U+FFFD or '?'."""
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
 def _transport_of(client: httpx.AsyncClient) -> httpx.AsyncBaseTransport:
@@ -441,8 +543,9 @@ def _transport_error(exc: Exception) -> str:
 
 
 def _text(body: bytes, limit: int) -> str:
-    """At most ``limit`` bytes of an answer as text, never cut inside a UTF-8 character."""
-    return body[:limit].decode("utf-8", errors="ignore") if len(body) > limit else body.decode("utf-8", "replace")
+    """At most ``limit`` bytes of an answer as text any store takes, never cut inside a UTF-8 character."""
+    text = body[:limit].decode("utf-8", errors="ignore") if len(body) > limit else body.decode("utf-8", "replace")
+    return _storable(text)
 
 
 def _redact(text: str | None, outlet: Outlet | None, secret: str | None, signature: str | None = None) -> str | None:

@@ -41,7 +41,8 @@ READ_CAP = 64 * 1024  # bytes of an answer read for classification; the rest is 
 # A lease must outlast one send: the send ends by its total deadline (http_timeout), and this margin
 # covers handing the result to the store. A lease that runs out early costs a duplicate (same webhook-id).
 LEASE_MARGIN = 2.0
-STORE_BACKOFF_MAX = 30.0  # seconds between tries of a store that is locked, busy or gone
+STORE_BACKOFF_MAX = 30.0
+NOTICE_CACHE = 1000  # notices kept between claims (a claim in hand carries its own notice)  # seconds between tries of a store that is locked, busy or gone
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,15 @@ def make_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
+@dataclass(frozen=True)
+class Ready:
+    """A claim in hand, with its notice (None: the notice is gone from the store)."""
+
+    claim: Claim
+    notice: Notice | None
+    published_at: datetime | None
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -130,9 +140,11 @@ class Dispatcher:
         self._slow: set[asyncio.Task[None]] = set()  # sends past slow_send_after: not counted
         # Claimed ahead (as many again as concurrency, under lease): a freed slot starts the next send
         # at once instead of waiting for a store round trip.
-        self._ready: deque[Claim] = deque()
+        self._ready: deque[Ready] = deque()
         self._transport = _transport_of(client)
         self._unrecorded: list[AttemptRecord] = []
+        # notices of recent claims, so a fan-out loads each once; a claim carries its own (Ready), so this
+        # cache may forget a notice at any time without harm
         self._notices: OrderedDict[int, tuple[Notice, datetime]] = OrderedDict()
         self._rendered: OrderedDict[tuple[int, str, str], Rendered] = OrderedDict()
 
@@ -246,11 +258,12 @@ class Dispatcher:
             return claims, (self.store.notices_by_id(missing) if missing else {})
 
         claims, loaded = await self.db(claim)
-        for notice_id, value in loaded.items():
-            self._notices[notice_id] = value
-        while len(self._notices) > 1000:
+        for c in claims:
+            notice = self._notices.get(c.notice_id) or loaded.get(c.notice_id)
+            self._ready.append(Ready(c, *(notice or (None, None))))
+        self._notices.update(loaded)
+        while len(self._notices) > NOTICE_CACHE:
             self._notices.popitem(last=False)
-        self._ready.extend(claims)
         self._start_ready()
         return len(claims)
 
@@ -314,38 +327,50 @@ class Dispatcher:
             if changed:
                 self._wake.set()
 
-    async def _deliver(self, claim: Claim) -> None:
+    async def _deliver(self, ready: Ready) -> None:
+        claim = ready.claim
         try:
-            record = await self._attempt(claim)
+            record = await self._attempt(ready)
         except Exception as exc:  # a bug of ours; the delivery is retried on the schedule, and it is logged
             log.exception("unexpected error delivering to outlet %s", claim.outlet_id)
             record = self._record(claim, utcnow(), 0.0, Outcome("retry", f"internal error: {type(exc).__name__}"))
         self._unrecorded.append(record)
         self._flush_needed.set()
 
-    async def _attempt(self, claim: Claim) -> AttemptRecord:
+    async def _attempt(self, ready: Ready) -> AttemptRecord:
+        claim, notice, published_at = ready.claim, ready.notice, ready.published_at
         started = utcnow()
         outlet = self.matrix.by_id.get(claim.outlet_id)
         if outlet is None:
             return self._record(claim, started, 0.0, Outcome(
                 "failed", f"outlet {claim.outlet_id!r} is no longer in the outlet matrix"))
+        if notice is None or published_at is None:
+            return self._record(claim, started, 0.0, Outcome("failed", f"notice {claim.notice_id} is not in the store"))
         channel = self.channels[outlet.channel]
-        notice, published_at = self._notices[claim.notice_id]
-        rendered = self._rendered_for(claim.notice_id, notice, published_at, channel, outlet)
         secret = self.matrix.secret_for(outlet.id)
+        deliver = getattr(channel, "deliver", None)  # channels.base.Exchanging: several requests (wechat_mp)
+        try:
+            rendered = self._rendered_for(claim.notice_id, notice, published_at, channel, outlet)
+            request = None if deliver else channel.build(rendered, outlet, secret, claim.message_id, started)
+        except Exception as exc:
+            # It would fail the same way on every try (a link too long for the platform, a template bug):
+            # a failed attempt with the reason, never retried on the schedule.
+            reason = _redact(f"{type(exc).__name__}: {exc}", outlet, secret)
+            log.error("could not render notice %s for outlet %s: %s", notice.ref, outlet.id, reason)
+            return self._record(claim, started, 0.0, Outcome(
+                "failed", f"could not render the notice for this outlet: {reason}"), outlet=outlet)
         clock = time.perf_counter()
         status: int | None = None
         body = b""
         signature = None
         try:
-            deliver = getattr(channel, "deliver", None)  # channels.base.Exchanging: several requests (wechat_mp)
             async with asyncio.timeout(self.settings.http_timeout):
-                if deliver is not None:
+                if request is None:
+                    assert deliver is not None
                     status, headers, body = await deliver(self.client, rendered, outlet, secret, claim.message_id,
                                                           started)
                     body = body[:READ_CAP]
                 else:
-                    request = channel.build(rendered, outlet, secret, claim.message_id, started)
                     signature = request.headers.get("webhook-signature")
                     # Straight to the transport: AsyncClient.send's layers (auth, redirects, cookie jar,
                     # hooks) do nothing for a fan-out and cost about a third of a delivery's CPU.

@@ -11,6 +11,7 @@ import httpx
 
 from bot.dispatch import Dispatcher, RetryPolicy, make_client
 from bot.model import Notice
+from bot.outlets import Outlet, OutletMatrix
 from bot.settings import Settings
 from bot.store import Store
 from bot.testing import HANG
@@ -222,3 +223,39 @@ async def test_redirects_are_not_followed_and_count_as_failures(
         await dispatcher.close()
     (row,) = store.delivery_log()
     assert len(calls) == 1 and row["status"] == "failed" and "302" in row["error"] and "not followed" in row["error"]
+
+
+async def test_a_render_failure_mid_fan_out_fails_that_outlet_with_the_reason_and_the_run_ends(
+    store: Store, settings: Settings, loopback: Callable[..., Any], make_notice: Callable[..., Notice]
+) -> None:
+    outlets, matrix = await loopback(4)
+    # A Weibo outlet whose read-more link alone is over Weibo's 140 characters: every rendering fails.
+    # Built here, not loaded, since the matrix check may refuse such a link at start-up: whatever makes a
+    # rendering fail, the dispatcher must record it.
+    weibo = Outlet.model_validate({"id": "weibo-bad", "name": "微博", "tier": "city", "channel": "weibo",
+                                   "url": "http://127.0.0.1:9/", "secret_env": "WEIBO_TOKEN",
+                                   "options": {"read_more_url": "https://example.gov.cn/" + "a" * 150}})
+    matrix = OutletMatrix((*matrix.outlets[:2], weibo, *matrix.outlets[2:]),
+                          {**matrix._secrets, "weibo-bad": "token"})
+    await asyncio.wait_for(fan_out(store, matrix, settings, make_notice()), 120)  # returns: nothing left pending
+
+    (bad,) = store.attempt_log(outlet_id="weibo-bad")
+    assert bad["outcome"] == "failed" and bad["http_status"] is None
+    assert "could not render" in bad["error"] and "DoesNotFit" in bad["error"]
+    assert store.delivery_log(outlet_id="weibo-bad")[0]["status"] == "failed"  # not retried on the schedule
+    assert {o: len(ids) for o, ids in outlets.delivered().items()} == {f"outlet-{i:04d}": 1 for i in range(4)}
+
+
+async def test_claims_in_hand_keep_their_notices_when_more_notices_are_in_flight_than_the_cache_holds(
+    store: Store, settings: Settings, loopback: Callable[..., Any], make_notice: Callable[..., Notice]
+) -> None:
+    # 1,200 notices to one outlet at concurrency 600: one claim takes 1,200 deliveries of 1,200 notices,
+    # more than the notice cache keeps (1,000)
+    outlets, matrix = await loopback(1)
+    settings = settings.model_copy(update={"concurrency": 600, "per_outlet_concurrency": 1200})
+    notices = [make_notice(ref=f"n{i}", title=f"通报{i}") for i in range(1200)]
+    await asyncio.wait_for(fan_out(store, matrix, settings, *notices), 300)
+    assert store.counts() == {"delivered": 1200}
+    # a claim whose notice was forgotten failed with an internal error (KeyError) and was sent again
+    assert not [t["error"] for t in store.attempt_log() if "internal error" in (t["error"] or "")]
+    assert len(outlets.delivered()["outlet-0000"]) == 1200

@@ -41,6 +41,9 @@ READ_CAP = 64 * 1024  # bytes of an answer read for classification; the rest is 
 # A lease must outlast one send: the send ends by its total deadline (http_timeout), and this margin
 # covers handing the result to the store. A lease that runs out early costs a duplicate (same webhook-id).
 LEASE_MARGIN = 2.0
+# A claim taken ahead may wait for a free slot; when it leaves the queue it must still have a whole send plus
+# this long to record the result, else its lease is renewed first (or, if it ran out, the claim is dropped).
+RECORD_MARGIN = 1.0
 STORE_BACKOFF_MAX = 30.0
 NOTICE_CACHE = 1000  # notices kept between claims (a claim in hand carries its own notice)  # seconds between tries of a store that is locked, busy or gone
 
@@ -103,6 +106,7 @@ class Ready:
     claim: Claim
     notice: Notice | None
     published_at: datetime | None
+    lease_until: float  # time.monotonic() by which the lease has run out, at the latest (taken before the claim)
 
 
 class Dispatcher:
@@ -141,6 +145,7 @@ class Dispatcher:
         # Claimed ahead (as many again as concurrency, under lease): a freed slot starts the next send
         # at once instead of waiting for a store round trip.
         self._ready: deque[Ready] = deque()
+        self._stale: list[Ready] = []  # left the queue with too little lease for a send: renew first
         self._transport = _transport_of(client)
         self._unrecorded: list[AttemptRecord] = []
         # notices of recent claims, so a fan-out loads each once; a claim carries its own (Ready), so this
@@ -167,6 +172,9 @@ class Dispatcher:
                     raise DispatchFailed(f"dispatch stopped: {self._fatal}") from self._fatal
                 room = self._room()
                 store_ok = time.monotonic() >= self._store_retry_at and not self._unrecorded_behind()
+                if store_ok and self._stale:
+                    await self._renew_stale()
+                    continue
                 if store_ok and (room >= max(1, self.capacity // 2) or (room > 0 and self._wake.is_set())):
                     self._wake.clear()
                     try:
@@ -175,7 +183,7 @@ class Dispatcher:
                     except STORE_FAULTS as exc:  # nothing was claimed, so nothing is sent
                         self._store_fault("claim", exc)
                 next_due = None
-                idle = not (self._in_flight or self._slow or self._ready or self._unrecorded)
+                idle = not (self._in_flight or self._slow or self._ready or self._stale or self._unrecorded)
                 if until_idle and store_ok and idle:
                     try:
                         next_due = await self.db(self.store.next_due_at, self._pulled)
@@ -257,10 +265,11 @@ class Dispatcher:
             missing = {c.notice_id for c in claims} - self._notices.keys()
             return claims, (self.store.notices_by_id(missing) if missing else {})
 
+        lease_until = time.monotonic() + self._lease.total_seconds()
         claims, loaded = await self.db(claim)
         for c in claims:
             notice = self._notices.get(c.notice_id) or loaded.get(c.notice_id)
-            self._ready.append(Ready(c, *(notice or (None, None))))
+            self._ready.append(Ready(c, *(notice or (None, None)), lease_until))
         self._notices.update(loaded)
         while len(self._notices) > NOTICE_CACHE:
             self._notices.popitem(last=False)
@@ -268,14 +277,37 @@ class Dispatcher:
         return len(claims)
 
     def _start_ready(self) -> None:
+        needed = self.settings.http_timeout + RECORD_MARGIN
         while self._ready and self._counted() < self.capacity:
-            task = asyncio.create_task(self._deliver(self._ready.popleft()))
+            ready = self._ready.popleft()
+            left = ready.lease_until - time.monotonic()
+            if left < needed:
+                if left > 0:
+                    self._stale.append(ready)  # renewed by the run loop before it is sent
+                    self._wake.set()
+                else:  # it may be someone else's by now: not sent; the store hands it out again
+                    log.debug("the lease on delivery %d ran out before its send", ready.claim.delivery_id)
+                continue
+            task = asyncio.create_task(self._deliver(ready))
             self._in_flight[task] = time.monotonic()
             task.add_done_callback(self._sent)
 
+    async def _renew_stale(self) -> None:
+        """Renew the leases of claims that waited too long for a slot, and send those still ours first."""
+        stale, self._stale = self._stale, []
+        lease_until = time.monotonic() + self._lease.total_seconds()
+        try:
+            renewed = await self.db(self.store.renew_leases, [r.claim.delivery_id for r in stale], self._lease)
+        except STORE_FAULTS as exc:  # not sent; their leases run out and the store hands them out again
+            self._store_fault("renew leases", exc)
+            return
+        self._ready.extendleft(reversed([replace(r, lease_until=lease_until) for r in stale
+                                         if r.claim.delivery_id in renewed]))
+        self._start_ready()
+
     def _room(self) -> int:
         """How many more deliveries to claim: room for the sends and for as many again ready."""
-        return 2 * self.capacity - self._counted() - len(self._ready)
+        return 2 * self.capacity - self._counted() - len(self._ready) - len(self._stale)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)

@@ -514,6 +514,20 @@ class Store:
             )
             self._update_health(conn, records, now, policy)
 
+    def renew_leases(self, delivery_ids: Collection[int], lease: timedelta, now: datetime | None = None) -> set[int]:
+        """Extend this owner's unexpired leases on these deliveries (claims that waited before their send);
+        returns the ids renewed. A lease that ran out is not renewed: someone may have claimed it since."""
+        now = now or utcnow()
+        d = deliveries
+        with self._tx() as conn:
+            return set(conn.execute(
+                d.update()
+                .where(d.c.id.in_(list(delivery_ids)), d.c.lease_owner == self.owner, d.c.status == "pending",
+                       d.c.lease_expires_at > now)
+                .values(lease_expires_at=now + lease)
+                .returning(d.c.id)
+            ).scalars())
+
     def release_claims(self) -> int:
         """Give back this owner's unfinished claims (graceful shutdown)."""
         with self._tx() as conn:

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 
 from bot.dispatch import Dispatcher, RetryPolicy, make_client
 from bot.model import Notice
 from bot.outlets import Outlet, OutletMatrix
+from bot.regions import RegionTable
 from bot.settings import Settings
 from bot.store import Store
-from bot.testing import HANG
+from bot.testing import HANG, ChaosOutlets, chaos
+from tests.conftest import chaos_matrix, whsec
 
 
 async def fan_out(store: Store, matrix: Any, settings: Settings, *notices: Notice) -> None:
@@ -259,3 +264,36 @@ async def test_claims_in_hand_keep_their_notices_when_more_notices_are_in_flight
     # a claim whose notice was forgotten failed with an internal error (KeyError) and was sent again
     assert not [t["error"] for t in store.attempt_log() if "internal error" in (t["error"] or "")]
     assert len(outlets.delivered()["outlet-0000"]) == 1200
+
+
+async def test_a_claim_that_waited_for_a_slot_has_its_lease_renewed_before_it_is_sent(
+    store: Store, tmp_path: Path, regions: RegionTable, make_notice: Callable[..., Notice]
+) -> None:
+    # One slot, the documented minimum lease (timeout + 2 s): "a" is claimed ahead while "h" hangs for the
+    # whole timeout, so when "a" leaves the queue its lease has too little left for a send
+    secrets = {"h": whsec(), "a": whsec()}
+    async with ChaosOutlets(secrets, {"h": [chaos.HANG]}, latency=0.3) as outlets:
+        matrix = chaos_matrix(tmp_path, regions, {o: outlets.url(o) for o in secrets}, secrets)
+        settings = Settings(database_url=str(store.engine.url), http_timeout=1.5, lease_seconds=3.5, concurrency=1,
+                            slow_send_after=100, retry_schedule="0.05", retry_jitter=0, scan_interval=0.05)
+        leases: list[Any] = []
+        looking = True
+
+        def watch() -> None:  # every lease "a" has had, as another process would see it
+            d = sa.table("deliveries", sa.column("outlet_id"), sa.column("lease_expires_at"))
+            while looking:
+                with store.engine.connect() as conn:
+                    lease = conn.execute(sa.select(d.c.lease_expires_at).where(d.c.outlet_id == "a")).scalar()
+                if lease is not None and lease not in leases:
+                    leases.append(lease)
+                time.sleep(0.01)
+
+        watcher = asyncio.create_task(asyncio.to_thread(watch))
+        try:
+            await fan_out(store, matrix, settings, make_notice())
+        finally:
+            looking = False
+            await watcher
+    assert store.counts() == {"delivered": 2} and len(outlets.seen("a")) == 1
+    first, renewed = (datetime.fromisoformat(str(lease)) for lease in leases)  # claimed, renewed when sent
+    assert (renewed - first).total_seconds() >= 1.0

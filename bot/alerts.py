@@ -21,8 +21,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-import httpx
-
+from bot.http import Sender, SendFailed
 from bot.outlets import OutletMatrix
 from bot.settings import Settings
 from bot.store import Store, utcnow
@@ -36,7 +35,7 @@ DIGEST_LINES = 20  # alerts listed in one message; the rest are counted
 
 class Alerter:
     def __init__(
-        self, store: Store, matrix: OutletMatrix, settings: Settings, client: httpx.AsyncClient,
+        self, store: Store, matrix: OutletMatrix, settings: Settings, client: Sender,
         db: Callable[..., Awaitable[Any]] | None = None, channels: dict[str, Channel] | None = None,
     ) -> None:
         self.store = store
@@ -83,11 +82,10 @@ class Alerter:
             rendered = channel.render_alert(title, text, now)  # type: ignore[attr-defined]
             request = channel.build(rendered, operator, self.matrix.secret_for(operator.id), message_id, now)
             try:
-                async with asyncio.timeout(self.settings.http_timeout):
-                    response = await self.client.send(request)
-                outcome = channel.classify(response.status_code, response.headers, response.content[:65536])
-            except (TimeoutError, httpx.TransportError) as exc:
-                log.warning("operator channel %s unreachable: %s", operator.id, type(exc).__name__)
+                answer = await self.client.send(request)
+                outcome = channel.classify(answer.status, answer.headers, answer.body)
+            except SendFailed as exc:
+                log.warning("operator channel %s unreachable: %s", operator.id, exc.kind)
                 ok = False
                 continue
             if outcome.result != "delivered":

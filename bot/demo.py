@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bot.dispatch import make_client
 from bot.feed import FeedServer
+from bot.http import make_sender
 from bot.intake import expand, submit_files
 from bot.outlets import Tier, load_matrix
 from bot.regions import RegionTable
@@ -144,7 +144,7 @@ async def run_demo(console: Console) -> int:
                     retries += len(records) - len(done)  # type: ignore[arg-type]
                     bar.update(task, advance=len(done), retries=retries)
 
-                async with make_client(settings) as client:
+                async with make_sender(settings) as client:
                     await Daemon(settings, store, matrix, regions, client, on_recorded=progress).run(until_idle=True)
                 async with FeedServer(store, matrix) as feeds:  # the feed outlets pull: each fetch is a delivery
                     for outlet in matrix.outlets:

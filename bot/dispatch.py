@@ -5,8 +5,8 @@ process and at most ``per_outlet_concurrency`` in flight per outlet (counted acr
 worker, by lease), so a slow or dead outlet never holds up the others. Retries live in the
 store as ``next_attempt_at``; nothing about a delivery's future is only in memory.
 
-    >>> async with make_client(settings) as client:                       # doctest: +SKIP
-    ...     await Dispatcher(store, matrix, settings, client).run(until_idle=True)
+    >>> async with make_sender(settings) as sender:                       # doctest: +SKIP
+    ...     await Dispatcher(store, matrix, settings, sender).run(until_idle=True)
 """
 
 from __future__ import annotations
@@ -22,12 +22,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-import aiohttp
-import httpx
-from httpx_aiohttp import AiohttpTransport
 from tenacity import RetryCallState, stop_after_attempt, wait_chain, wait_random
 
 from bot.health import HealthPolicy
+from bot.http import Sender, SendFailed
 from bot.model import Notice
 from bot.outlets import Outlet, OutletMatrix
 from bot.settings import Settings
@@ -37,7 +35,6 @@ from channels import CHANNELS, Channel, Outcome, Rendered
 log = logging.getLogger("debunkbot.dispatch")
 T = TypeVar("T")
 
-READ_CAP = 64 * 1024  # bytes of an answer read for classification; the rest is not read
 # A lease must outlast one send: the send ends by its total deadline (http_timeout), and this margin
 # covers handing the result to the store. A lease that runs out early costs a duplicate (same webhook-id).
 LEASE_MARGIN = 2.0
@@ -83,22 +80,6 @@ class RetryPolicy:
         return delay
 
 
-def make_client(settings: Settings) -> httpx.AsyncClient:
-    """One pooled client for every outlet: httpx's API over aiohttp's connection pool.
-
-    httpx's native pool slows down as concurrency rises (shared/reference/http-clients.md);
-    the aiohttp transport keeps the httpx interface at aiohttp's speed. TLS is verified,
-    redirects are never followed.
-    """
-    # Twice the concurrency: sends slower than slow_send_after leave the budget (Dispatcher), not the pool.
-    pool = 2 * settings.concurrency
-    limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
-    transport = AiohttpTransport(limits=limits, verify=True, trust_env=False)
-    return httpx.AsyncClient(
-        transport=transport, follow_redirects=False, timeout=httpx.Timeout(settings.http_timeout), trust_env=False
-    )
-
-
 @dataclass(frozen=True)
 class Ready:
     """A claim in hand, with its notice (None: the notice is gone from the store)."""
@@ -115,14 +96,14 @@ class Dispatcher:
         store: Store,
         matrix: OutletMatrix,
         settings: Settings,
-        client: httpx.AsyncClient,
+        sender: Sender,
         channels: dict[str, Channel] | None = None,
         on_recorded: Callable[[Sequence[AttemptRecord]], None] | None = None,
     ) -> None:
         self.store = store
         self.matrix = matrix
         self.settings = settings
-        self.client = client
+        self.sender = sender
         self.channels = channels or CHANNELS
         self.policy = RetryPolicy.from_settings(settings)
         self.on_recorded = on_recorded
@@ -146,7 +127,6 @@ class Dispatcher:
         # at once instead of waiting for a store round trip.
         self._ready: deque[Ready] = deque()
         self._stale: list[Ready] = []  # left the queue with too little lease for a send: renew first
-        self._transport = _transport_of(client)
         self._unrecorded: list[AttemptRecord] = []
         # notices of recent claims, so a fan-out loads each once; a claim carries its own (Ready), so this
         # cache may forget a notice at any time without harm
@@ -396,27 +376,19 @@ class Dispatcher:
         body = b""
         signature = None
         try:
-            async with asyncio.timeout(self.settings.http_timeout):
-                if request is None:
-                    assert deliver is not None
-                    status, headers, body = await deliver(self.client, rendered, outlet, secret, claim.message_id,
-                                                          started)
-                    body = body[:READ_CAP]
-                else:
-                    signature = request.headers.get("webhook-signature")
-                    # Straight to the transport: AsyncClient.send's layers (auth, redirects, cookie jar,
-                    # hooks) do nothing for a fan-out and cost about a third of a delivery's CPU.
-                    response = await self._transport.handle_async_request(request)
-                    status, headers = response.status_code, response.headers
-                    try:
-                        body = await _read_capped(response, READ_CAP)
-                    finally:
-                        await response.aclose()
-            outcome = channel.classify(status, headers, body)
+            if request is None:
+                assert deliver is not None
+                async with asyncio.timeout(self.settings.http_timeout):  # the whole delivery, all its requests
+                    answer = await deliver(self.sender, rendered, outlet, secret, claim.message_id, started)
+            else:
+                signature = request.headers.get("webhook-signature")
+                answer = await self.sender.send(request)  # under the same total deadline
+            status, body = answer.status, answer.body
+            outcome = channel.classify(answer.status, answer.headers, answer.body)
         except TimeoutError:
             outcome = Outcome("retry", f"timed out after {self.settings.http_timeout:g}s")
-        except (httpx.TransportError, aiohttp.ClientError) as exc:  # refused, reset, not HTTP at all...
-            outcome = Outcome("retry", _transport_error(exc))
+        except SendFailed as exc:
+            status, outcome = exc.status, Outcome("retry", str(exc))
         except Exception as exc:  # a bug in a channel must not kill the fan-out; it is logged and retried
             log.exception("unexpected error sending to outlet %s", outlet.id)
             outcome = Outcome("retry", f"internal error: {type(exc).__name__}: {exc}")
@@ -440,7 +412,8 @@ class Dispatcher:
         return AttemptRecord(
             delivery_id=claim.delivery_id, outlet_id=claim.outlet_id, attempt=claim.attempt, started_at=started,
             latency_ms=latency_ms,
-            outcome=result, http_status=status, error=_storable(_redact(error, outlet, secret, signature) or "") or None,
+            outcome=result, http_status=status,
+            error=_storable(_redact(error, outlet, secret, signature) or "") or None,
             # redacted before it is cut, so no part of a secret survives at the cut
             response=_text((_redact(body.decode("utf-8", "replace"), outlet, secret, signature) or "").encode(),
                            self.settings.response_max_bytes) or None,
@@ -570,33 +543,6 @@ def _storable(text: str) -> str:
     """Text any store takes: PostgreSQL refuses NUL in text and every backend wants valid UTF-8
     (lone surrogates from a lenient decoder are not); both become U+FFFD or '?'."""
     return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
-
-
-def _transport_of(client: httpx.AsyncClient) -> httpx.AsyncBaseTransport:
-    """The transport the client was built with (httpx keeps it private; the fan-out sends through it)."""
-    transport = getattr(client, "_transport", None)
-    if not isinstance(transport, httpx.AsyncBaseTransport):
-        raise TypeError("the dispatcher needs an httpx.AsyncClient built with transport=...")
-    return transport
-
-
-async def _read_capped(response: httpx.Response, cap: int) -> bytes:
-    """Read at most ``cap`` bytes of an answer; a hostile outlet cannot fill memory."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= cap:
-            break
-    return b"".join(chunks)[:cap]
-
-
-def _transport_error(exc: Exception) -> str:
-    """What went wrong on the wire, named by the underlying error: httpx-aiohttp 0.2 maps a refused or
-    reset connection to httpx.ConnectTimeout, which would tell an operator the wrong story."""
-    cause = exc.__cause__ if isinstance(exc, httpx.TransportError) and exc.__cause__ else exc
-    return f"{type(cause).__name__}: {cause}".strip().rstrip(":")[:500]
 
 
 def _text(body: bytes, limit: int) -> str:

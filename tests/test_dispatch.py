@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from bot.dispatch import Dispatcher, RetryPolicy, make_client
+from bot.dispatch import Dispatcher, RetryPolicy
+from bot.http import Sender, make_sender
 from bot.model import Notice
 from bot.outlets import Outlet, OutletMatrix
 from bot.regions import RegionTable
@@ -24,7 +25,7 @@ from tests.conftest import chaos_matrix, whsec
 
 async def fan_out(store: Store, matrix: Any, settings: Settings, *notices: Notice) -> None:
     store.add_notices([(n, matrix.concerned_by(n)) for n in notices], source="test")
-    async with make_client(settings) as client:
+    async with make_sender(settings) as client:
         dispatcher = Dispatcher(store, matrix, settings, client)
         await dispatcher.run(until_idle=True)
         await dispatcher.close()
@@ -112,7 +113,7 @@ async def test_a_hanging_outlet_does_not_hold_up_the_others(
         if store.counts().get("delivered", 0) == 10:
             stop.set()
 
-    async with make_client(settings) as client:
+    async with make_sender(settings) as client:
         dispatcher = Dispatcher(store, matrix, settings, client, on_recorded=stop_when_the_rest_are_delivered)
         run = asyncio.create_task(dispatcher.run(stop))
         await asyncio.wait_for(stop.wait(), timeout=20)  # far below the 30 s the hung sends hold their slots
@@ -139,7 +140,7 @@ async def test_hung_sends_move_to_the_slow_lane_so_they_cannot_take_every_slot(
         if store.counts().get("delivered", 0) == 6:
             stop.set()
 
-    async with make_client(settings) as client:
+    async with make_sender(settings) as client:
         dispatcher = Dispatcher(store, matrix, settings, client, on_recorded=stop_when_the_rest_are_delivered)
         run = asyncio.create_task(dispatcher.run(stop))
         # both slots go to the hung outlets first; without the slow lane nothing else moves for 30 s
@@ -160,7 +161,7 @@ async def test_a_notice_stored_by_another_process_is_sent_without_waiting_for_th
         if store.counts().get("delivered", 0) == 3:
             stop.set()
 
-    async with make_client(settings) as client:
+    async with make_sender(settings) as client:
         dispatcher = Dispatcher(store, matrix, settings, client, on_recorded=stop_when_delivered)
         run = asyncio.create_task(dispatcher.run(stop))
         await asyncio.sleep(0.1)  # the dispatcher has looked, found nothing, and waits for the 60 s poll
@@ -222,8 +223,8 @@ async def test_redirects_are_not_followed_and_count_as_failures(
         return httpx.Response(302, headers={"location": "http://elsewhere.example/"})
 
     store.add_notices([(make_notice(), matrix.outlets)], source="test")
-    async with httpx.AsyncClient(transport=httpx.MockTransport(redirecting)) as client:
-        dispatcher = Dispatcher(store, matrix, settings, client)
+    async with Sender(httpx.MockTransport(redirecting), settings.http_timeout) as sender:
+        dispatcher = Dispatcher(store, matrix, settings, sender)
         await dispatcher.run(until_idle=True)
         await dispatcher.close()
     (row,) = store.delivery_log()

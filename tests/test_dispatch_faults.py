@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.dispatch import Dispatcher, make_client
+from bot.dispatch import Dispatcher
+from bot.http import make_sender
 from bot.model import Notice
 from bot.regions import RegionTable
 from bot.settings import Settings
@@ -101,7 +102,7 @@ async def chaos_run(
                             retry_jitter=0, http_timeout=TIMEOUT, scan_interval=0.05, retry_after_max=5,
                             breaker_threshold=100).model_copy(update=overrides)
         store.add_notices([(make_notice(), matrix.outlets)], source="test")
-        async with make_client(settings) as client:
+        async with make_sender(settings) as client:
             dispatcher = Dispatcher(store, matrix, settings, client,
                                     channels={"webhook": channel} if channel else None)
             await dispatcher.run(until_idle=True)
@@ -266,7 +267,7 @@ async def test_a_manual_retry_starts_the_retry_schedule_again(
     settings = Settings(database_url=str(run.store.engine.url), retry_schedule="0.05,0.1", retry_jitter=0,
                         http_timeout=TIMEOUT, scan_interval=0.05, breaker_threshold=100)
     matrix = chaos_matrix(tmp_path, regions, {"o": run.chaos.url("o")}, run.secrets)
-    async with make_client(settings) as client:
+    async with make_sender(settings) as client:
         dispatcher = Dispatcher(run.store, matrix, settings, client)
         await dispatcher.run(until_idle=True)
         await dispatcher.close()

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from bot.dispatch import DispatchFailed, Dispatcher, make_client
+from bot.dispatch import Dispatcher, DispatchFailed
+from bot.http import make_sender
 from bot.model import Notice
 from bot.regions import RegionTable
 from bot.settings import Settings
@@ -38,7 +39,7 @@ async def send_one_notice(
         settings = Settings(database_url=str(store.engine.url), retry_schedule="0.05", retry_jitter=0,
                             http_timeout=2, scan_interval=0.05, lease_seconds=4)
         store.add_notices([(make_notice(), matrix.outlets)], source="test")
-        async with make_client(settings) as client:
+        async with make_sender(settings) as client:
             dispatcher = Dispatcher(store, matrix, settings, client)
             try:
                 await asyncio.wait_for(dispatcher.run(until_idle=True), GUARD)
@@ -99,7 +100,7 @@ async def test_a_store_that_refuses_every_record_of_an_outlet_stops_the_run_and_
     send_one_notice: Callable[..., Any], store: Store
 ) -> None:
     refuse_attempts(store, "NEW.outlet_id = 'doomed'", "NEW.outlet_id = 'doomed'")
-    with pytest.raises(DispatchFailed, match="refuses to record attempts.*doomed"):
+    with pytest.raises(DispatchFailed, match=r"refuses to record attempts.*doomed"):
         await send_one_notice({"doomed": [], "ok": []})
     assert [t["outcome"] for t in store.attempt_log(outlet_id="ok")] == ["delivered"]
     assert store.attempt_log(outlet_id="doomed") == []

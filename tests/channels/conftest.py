@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bot.http import Sender
 from bot.model import Notice
 from bot.outlets import Outlet
 from bot.testing import DingTalkRobots, FeishuBots, WeChatMPAPI, WeComRobots, WeiboAPI
@@ -75,14 +76,13 @@ async def send(outlet: Outlet, secret: str, rendered: Rendered, now: datetime | 
     """One delivery as the dispatcher makes it: ``deliver`` if the channel has one, else build + send; then classify."""
     channel = CHANNELS[outlet.channel]
     now = now or datetime.now(UTC)
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with Sender(httpx.AsyncHTTPTransport(), timeout=10) as sender:
         deliver = getattr(channel, "deliver", None)
         if deliver is not None:
-            status, headers, body = await deliver(client, rendered, outlet, secret, "msg_test", now)
+            answer = await deliver(sender, rendered, outlet, secret, "msg_test", now)
         else:
-            answer = await client.send(channel.build(rendered, outlet, secret, "msg_test", now))
-            status, headers, body = answer.status_code, answer.headers, answer.content
-    return channel.classify(status, headers, body)
+            answer = await sender.send(channel.build(rendered, outlet, secret, "msg_test", now))
+    return channel.classify(answer.status, answer.headers, answer.body)
 
 
 def render_for(outlet: Outlet, notice: Notice) -> Rendered:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -25,7 +25,7 @@ from bot.http import Sender, SendFailed
 from bot.outlets import OutletMatrix
 from bot.settings import Settings
 from bot.store import Store, utcnow
-from channels import CHANNELS, Channel
+from channels import AlertChannel, AnyChannel
 
 log = logging.getLogger("debunkbot.alerts")
 T = TypeVar("T")
@@ -36,13 +36,13 @@ DIGEST_LINES = 20  # alerts listed in one message; the rest are counted
 class Alerter:
     def __init__(
         self, store: Store, matrix: OutletMatrix, settings: Settings, client: Sender,
-        db: Callable[..., Awaitable[Any]] | None = None, channels: dict[str, Channel] | None = None,
+        db: Callable[..., Awaitable[Any]] | None = None, channels: Mapping[str, AnyChannel] | None = None,
     ) -> None:
         self.store = store
         self.matrix = matrix
         self.settings = settings
         self.client = client
-        self.channels = channels or CHANNELS
+        self.channels = channels or matrix.channels
         self._db = db
         self._next_try = utcnow()
 
@@ -78,8 +78,9 @@ class Alerter:
         ok = True
         for operator in self.matrix.operators:
             channel = self.channels[operator.channel]
+            assert isinstance(channel, AlertChannel)  # load_matrix refuses an operator channel that is not
             now = utcnow()
-            rendered = channel.render_alert(title, text, now)  # type: ignore[attr-defined]
+            rendered = channel.render_alert(title, text, now)
             request = channel.build(rendered, operator, self.matrix.secret_for(operator.id), message_id, now)
             try:
                 answer = await self.client.send(request)

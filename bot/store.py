@@ -26,7 +26,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from bot.health import Health, HealthEvent, HealthPolicy, after_attempt, resumed
 from bot.model import Notice
-from bot.outlets import Outlet, RateLimit
+from bot.outlets import Outlet
+from channels.base import RateLimit
 
 metadata = sa.MetaData()
 

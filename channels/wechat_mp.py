@@ -31,9 +31,8 @@ import httpx
 import nh3
 
 from bot.http import Answer
-from bot.outlets import RateLimit
 from bot.render import form_context, render
-from channels.base import NO_OPTIONS, Outcome, Rendered, classify_json
+from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_json
 from channels.fit import Form, Limit, cut, fit, read_more
 
 if TYPE_CHECKING:
@@ -50,7 +49,6 @@ DIGEST_CHARS = 120
 class WeChatMP:
     name: ClassVar[str] = "wechat_mp"
     rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(60, 60),)
-    pull: ClassVar[bool] = False
     limits: ClassVar[tuple[Limit, ...]] = (Limit(19_999, "chars"), Limit(1_000_000 - 1, "bytes"))
     retry_codes: ClassVar[dict[int, str]] = {45009: "API quota reached", -1: "system busy",
                                              **{code: "access token invalid" for code in STALE_TOKEN}}

@@ -61,7 +61,8 @@ async def test_wechat_token_calls_go_through_the_same_deadline(sender: Sender) -
     # the token endpoint drips: WeChat's extra request is cut off like any send, not left to hang
     async with ChaosOutlets(script={"stable_token": [Drip(0.05)]}) as chaos:
         api = chaos.url("x").removesuffix("/o/x")
-        outlet = Outlet(id="mp", name="公众号", tier="city", channel="wechat_mp", url=api, secret_env="MP", options={"appid": "wx1", "thumb_media_id": "t"})
+        outlet = Outlet(id="mp", name="公众号", tier="city", channel="wechat_mp", url=api, secret_env="MP",
+                        options={"appid": "wx1", "thumb_media_id": "t"})
         rendered = Rendered(text="x", body=b"{}", extra={"title": "t"})
         with pytest.raises(SendFailed, match="timed out"):
             await CHANNELS["wechat_mp"].deliver(sender, rendered, outlet, "secret", "msg", datetime.now(UTC))  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ from bot.http import Sender
 from bot.model import Notice
 from bot.outlets import Outlet
 from bot.testing import DingTalkRobots, FeishuBots, WeChatMPAPI, WeComRobots, WeiboAPI
-from channels import CHANNELS, Outcome, Rendered
+from channels import CHANNELS, Exchanging, Outcome, Pushing, Rendered
 
 DINGTALK = ("dt0a1b2c3d4e5f", "SEC0123456789abcdef0123456789abcdef")
 WECOM = "693a91f6-7xxx-4bc4-97a0-0ec2sifa5aaa"
@@ -77,10 +77,10 @@ async def send(outlet: Outlet, secret: str, rendered: Rendered, now: datetime | 
     channel = CHANNELS[outlet.channel]
     now = now or datetime.now(UTC)
     async with Sender(httpx.AsyncHTTPTransport(), timeout=10) as sender:
-        deliver = getattr(channel, "deliver", None)
-        if deliver is not None:
-            answer = await deliver(sender, rendered, outlet, secret, "msg_test", now)
+        if isinstance(channel, Exchanging):
+            answer = await channel.deliver(sender, rendered, outlet, secret, "msg_test", now)
         else:
+            assert isinstance(channel, Pushing)
             answer = await sender.send(channel.build(rendered, outlet, secret, "msg_test", now))
     return channel.classify(answer.status, answer.headers, answer.body)
 

@@ -14,15 +14,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
+import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
+from urllib.parse import unquote, unquote_plus
 
-from tenacity import RetryCallState, stop_after_attempt, wait_chain, wait_random
+import httpx
 
 from bot.health import HealthPolicy
 from bot.http import Sender, SendFailed
@@ -41,13 +44,13 @@ LEASE_MARGIN = 2.0
 # A claim taken ahead may wait for a free slot; when it leaves the queue it must still have a whole send plus
 # this long to record the result, else its lease is renewed first (or, if it ran out, the claim is dropped).
 RECORD_MARGIN = 1.0
-STORE_BACKOFF_MAX = 30.0
-NOTICE_CACHE = 1000  # notices kept between claims (a claim in hand carries its own notice)  # seconds between tries of a store that is locked, busy or gone
+STORE_BACKOFF_MAX = 30.0  # seconds between tries of a store that is locked, busy or gone
+NOTICE_CACHE = 1000  # notices kept between claims (a claim in hand carries its own notice)
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """The durable retry schedule: tenacity's wait and stop strategies, evaluated per attempt.
+    """The durable retry schedule: after failed try n, wait ``delays[n-1]`` seconds ± ``jitter``.
 
     >>> RetryPolicy((5, 300), jitter=0).delay_after(1, retry_after=None)
     5.0
@@ -56,28 +59,18 @@ class RetryPolicy:
     delays: tuple[float, ...]
     jitter: float = 0.2
     retry_after_max: float = 3600.0
-    _wait: Any = field(init=False, repr=False, compare=False)
-    _stop: Any = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        waits = [wait_random(d * (1 - self.jitter), d * (1 + self.jitter)) for d in self.delays] or [wait_random(0, 0)]
-        object.__setattr__(self, "_wait", wait_chain(*waits))
-        object.__setattr__(self, "_stop", stop_after_attempt(len(self.delays) + 1))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
         return cls(settings.retry_delays, settings.retry_jitter, settings.retry_after_max)
 
     def delay_after(self, attempt: int, retry_after: float | None) -> float | None:
-        """Seconds to wait after failed try number ``attempt``; None when the schedule is exhausted."""
-        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
-        state.attempt_number = attempt
-        if self._stop(state):
+        """Seconds to wait after failed try number ``attempt``; None when the schedule is exhausted.
+        An outlet's ``Retry-After`` (up to ``retry_after_max``) makes it longer, never shorter."""
+        if not 1 <= attempt <= len(self.delays):
             return None
-        delay = float(self._wait(state))
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.retry_after_max))
-        return delay
+        delay = self.delays[attempt - 1] * random.uniform(1 - self.jitter, 1 + self.jitter)
+        return max(delay, min(retry_after, self.retry_after_max)) if retry_after is not None else delay
 
 
 @dataclass(frozen=True)
@@ -383,14 +376,12 @@ class Dispatcher:
         clock = time.perf_counter()
         status: int | None = None
         body = b""
-        signature = None
         try:
             if exchanging is not None:
                 async with asyncio.timeout(self.settings.http_timeout):  # the whole delivery, all its requests
                     answer = await exchanging.deliver(self.sender, rendered, outlet, secret, claim.message_id, started)
             else:
                 assert request is not None
-                signature = request.headers.get("webhook-signature")
                 answer = await self.sender.send(request)  # under the same total deadline
             status, body = answer.status, answer.body
             outcome = channel.classify(answer.status, answer.headers, answer.body)
@@ -402,11 +393,12 @@ class Dispatcher:
             log.exception("unexpected error sending to outlet %s", outlet.id)
             outcome = Outcome("retry", f"internal error: {type(exc).__name__}: {exc}")
         latency = (time.perf_counter() - clock) * 1000
-        return self._record(claim, started, latency, outcome, status, body, outlet, signature)
+        return self._record(claim, started, latency, outcome, status, body, outlet, request)
 
     def _record(
         self, claim: Claim, started: datetime, latency_ms: float, outcome: Outcome,
-        status: int | None = None, body: bytes = b"", outlet: Outlet | None = None, signature: str | None = None,
+        status: int | None = None, body: bytes = b"", outlet: Outlet | None = None,
+        request: httpx.Request | None = None,
     ) -> AttemptRecord:
         result, error, next_at, exhausted = outcome.result, outcome.error, None, False
         if result == "retry":
@@ -422,9 +414,9 @@ class Dispatcher:
             delivery_id=claim.delivery_id, outlet_id=claim.outlet_id, attempt=claim.attempt, started_at=started,
             latency_ms=latency_ms,
             outcome=result, http_status=status,
-            error=_storable(_redact(error, outlet, secret, signature) or "") or None,
+            error=_storable(_redact(error, outlet, secret, request) or "") or None,
             # redacted before it is cut, so no part of a secret survives at the cut
-            response=_text((_redact(body.decode("utf-8", "replace"), outlet, secret, signature) or "").encode(),
+            response=_text((_redact(body.decode("utf-8", "replace"), outlet, secret, request) or "").encode(),
                            self.settings.response_max_bytes) or None,
             next_attempt_at=next_at, pause_outlet=claim.outlet_id if outcome.pause_outlet else None,
             trigger=claim.trigger, exhausted=exhausted,
@@ -560,9 +552,11 @@ def _text(body: bytes, limit: int) -> str:
     return _storable(text)
 
 
-def _redact(text: str | None, outlet: Outlet | None, secret: str | None, signature: str | None = None) -> str | None:
-    """Secrets never reach the delivery log: not the secret, not a signature we sent (an outlet may echo
-    it back), not a URL's query (tokens live there)."""
+def _redact(
+    text: str | None, outlet: Outlet | None, secret: str | None, request: httpx.Request | None = None
+) -> str | None:
+    """Secrets never reach the delivery log, even when an outlet echoes the request back: not the secret (each
+    part of TOKEN:SECRET), and not a credential of the request we sent (``_credentials``)."""
     if not text:
         return text
     secret_parts = {secret, *secret.split(":")} if secret else set()  # TOKEN:SIGNING_SECRET (channels.base)
@@ -570,9 +564,39 @@ def _redact(text: str | None, outlet: Outlet | None, secret: str | None, signatu
     for part in sorted(secret_parts, key=len, reverse=True):
         if len(part) >= 6:
             text = text.replace(part, "[secret]")
-    for part in (signature or "").split():
-        text = text.replace(part, "[signature]").replace(part.removeprefix("v1,"), "[signature]")
     if outlet and outlet.url and "?" in outlet.url:
-        query = outlet.url.split("?", 1)[1]
-        text = text.replace(query, "[query]")
+        text = text.replace(outlet.url.split("?", 1)[1], "[query]")
+    if request is not None:
+        for value, label in _credentials(request):
+            text = text.replace(value, label)
+        if request.url.query:  # as echoed in whatever encoding (a client may requote %2F as /): by name
+            names = "|".join(re.escape(name) for name in request.url.params)
+            text = re.sub(rf"(?<![\w%])({names})=[^&\s\"'\\<>]+", r"\1=[query]", text)
     return text
+
+
+# Body fields that carry a credential in a signed request (Feishu/Lark put timestamp and sign in the body:
+# https://open.feishu.cn/document/client-docs/bot-v3/add-custom-bot).
+CREDENTIAL_FIELDS = ("sign", "signature", "secret", "access_token", "token")
+
+
+def _credentials(request: httpx.Request) -> list[tuple[str, str]]:
+    """The credentials of a request we built, each as an echo may show it (raw and decoded), longest first:
+    every query value (access tokens, keys, DingTalk's timestamp and sign:
+    https://open.dingtalk.com/document/robots/customize-robot-security-settings), the Standard Webhooks
+    signature, and a JSON body's credential fields."""
+    found: dict[str, str] = {}
+    for part in request.url.query.decode("ascii", "replace").split("&"):
+        raw = part.partition("=")[2]
+        found |= dict.fromkeys({raw, unquote_plus(raw), unquote(raw)}, "[query]")
+    for signature in request.headers.get("webhook-signature", "").split():
+        found |= dict.fromkeys({signature, signature.removeprefix("v1,")}, "[signature]")
+    content = request.content
+    if any(b'"%s"' % name.encode() in content for name in CREDENTIAL_FIELDS):
+        try:
+            body = json.loads(content)
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            found |= dict.fromkeys((str(body[k]) for k in CREDENTIAL_FIELDS if k in body), "[signature]")
+    return sorted(((v, label) for v, label in found.items() if len(v) >= 6), key=lambda item: -len(item[0]))

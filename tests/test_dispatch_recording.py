@@ -106,3 +106,45 @@ async def test_a_store_that_refuses_every_record_of_an_outlet_stops_the_run_and_
     assert store.attempt_log(outlet_id="doomed") == []
     doomed = store.delivery_log(outlet_id="doomed")[0]
     assert doomed["status"] == "pending"  # never taken as sent: its lease runs out and it is sent again
+
+
+async def test_a_background_task_that_fails_is_logged_and_started_again(
+    tmp_path: Path, store: Store, regions: RegionTable, make_notice: Callable[..., Notice],
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the store watcher (SQLite: its looks; PostgreSQL: its LISTEN) meets an error that is not a store fault,
+    # injected once: it must not die silently
+    failures = iter([RuntimeError("injected")])
+    name = "listen_dsn" if store.postgres else "changed_since_last_look"
+    real = getattr(store, name)
+
+    def once_failing() -> Any:
+        if (exc := next(failures, None)) is not None:
+            raise exc
+        return real()
+
+    monkeypatch.setattr(store, name, once_failing)
+    secrets = {"o": whsec()}
+    async with ChaosOutlets(secrets) as chaos:
+        matrix = chaos_matrix(tmp_path, regions, {"o": chaos.url("o")}, secrets)
+        settings = Settings(database_url=str(store.engine.url), http_timeout=2, scan_interval=5,
+                            wake_poll_interval=0.01)
+        async with make_sender(settings) as sender:
+            dispatcher = Dispatcher(store, matrix, settings, sender)
+            stop = asyncio.Event()
+            run = asyncio.create_task(dispatcher.run(stop))
+            deadline = asyncio.get_running_loop().time() + GUARD
+            while "the store watcher failed; starting it again" not in caplog.text:
+                assert asyncio.get_running_loop().time() < deadline and not run.done()
+                await asyncio.sleep(0.01)
+            # started again: a notice another process stores is seen by the watcher, well before the 5 s poll
+            other = Store.open(str(store.engine.url))
+            other.add_notices([(make_notice(), matrix.outlets)], source="test")
+            other.close()
+            while not chaos.seen("o"):
+                assert asyncio.get_running_loop().time() < deadline and not run.done()
+                await asyncio.sleep(0.01)
+            stop.set()
+            await run
+            await dispatcher.close()
+    assert store.counts() == {"delivered": 1}

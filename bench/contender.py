@@ -3,7 +3,7 @@
     python bench/contender.py bot|aiohttp|httpx|apprise --work DIR [--concurrency C] [--stop-after N]
 
 ``bot`` is the daemon exactly as ``debunkbot run --until-idle`` builds it (settings from the
-environment, make_client, Daemon), timed from Daemon.run to its return. The peers read
+environment, make_sender, Daemon), timed from Daemon.run to its return. The peers read
 DIR/spec.json (url and body per post, rendered once per notice by the webhook channel) and
 are timed from their first post to their last answer; each signs every post with the same
 standardwebhooks signer as the bot, and stores nothing. Nobody's timing includes interpreter
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 
 async def run_bot(work: Path, stop_after: int) -> dict[str, Any]:
-    from bot.dispatch import make_client
+    from bot.http import make_sender
     from bot.outlets import load_matrix
     from bot.regions import RegionTable
     from bot.scheduler import Daemon
@@ -37,7 +37,7 @@ async def run_bot(work: Path, stop_after: int) -> dict[str, Any]:
     matrix = load_matrix(settings.outlets, RegionTable.load(settings.regions))
     store = Store.open(settings.database_url)
     done = {"delivered": 0, "at": 0.0}
-    async with make_client(settings) as client:
+    async with make_sender(settings) as client:
         def recorded(batch: Any) -> None:  # F2: stop once the healthy outlets all have it
             done["delivered"] += sum(r.outcome == "delivered" for r in batch)
             if stop_after and done["delivered"] >= stop_after and not done["at"]:

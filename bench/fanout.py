@@ -19,7 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, SECRET, receiver, receiver_kind, sample_notice, write_matrix
-from bot.dispatch import Dispatcher, make_client
+from bot.dispatch import Dispatcher
+from bot.http import make_sender
 from bot.outlets import load_matrix
 from bot.regions import RegionTable
 from bot.settings import CONFIG, Settings
@@ -35,7 +36,7 @@ async def run(outlets: int, notices: int, concurrency: int) -> dict[str, float]:
         settings = Settings(database_url=f"sqlite:///{work / 'bench.sqlite3'}", concurrency=concurrency)
         store = Store.open(settings.database_url)
         store.queue.add_notices([(sample_notice(f"bench-{n}"), matrix.outlets) for n in range(notices)], source="bench")
-        async with make_client(settings) as client:
+        async with make_sender(settings) as client:
             dispatcher = Dispatcher(store, matrix, settings, client)
             started = time.perf_counter()
             await dispatcher.run(until_idle=True)

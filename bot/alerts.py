@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-import httpx
-
+from bot.http import Sender, SendFailed
 from bot.outlets import Outlet, OutletMatrix
 from bot.settings import Settings
 from bot.store import Store, utcnow
-from channels import CHANNELS, Channel
+from channels import AlertChannel, AnyChannel
 
 log = logging.getLogger("debunkbot.alerts")
 T = TypeVar("T")
@@ -38,14 +37,14 @@ DIGEST_LINES = 20  # alerts listed in one message; the rest are counted
 
 class Alerter:
     def __init__(
-        self, store: Store, matrix: OutletMatrix, settings: Settings, client: httpx.AsyncClient,
-        db: Callable[..., Awaitable[Any]] | None = None, channels: dict[str, Channel] | None = None,
+        self, store: Store, matrix: OutletMatrix, settings: Settings, client: Sender,
+        db: Callable[..., Awaitable[Any]] | None = None, channels: Mapping[str, AnyChannel] | None = None,
     ) -> None:
         self.store = store
         self.matrix = matrix
         self.settings = settings
         self.client = client
-        self.channels = channels or CHANNELS
+        self.channels = channels or matrix.channels
         self._db = db
         self._next_try: dict[str | None, datetime] = {}  # per operator channel: no try before then (after a failure)
 
@@ -93,15 +92,15 @@ class Alerter:
     async def _post(self, operator: Outlet, title: str, text: str, message_id: str) -> bool:
         """Post to one operator channel; True when it took it. A resend carries the same message id."""
         channel = self.channels[operator.channel]
+        assert isinstance(channel, AlertChannel)  # load_matrix refuses an operator channel that is not
         now = utcnow()
-        rendered = channel.render_alert(title, text, now)  # type: ignore[attr-defined]
+        rendered = channel.render_alert(title, text, now)
         request = channel.build(rendered, operator, self.matrix.secret_for(operator.id), message_id, now)
         try:
-            async with asyncio.timeout(self.settings.http_timeout):
-                response = await self.client.send(request)
-            outcome = channel.classify(response.status_code, response.headers, response.content[:65536])
-        except (TimeoutError, httpx.TransportError) as exc:
-            log.warning("operator channel %s unreachable: %s", operator.id, type(exc).__name__)
+            answer = await self.client.send(request)
+            outcome = channel.classify(answer.status, answer.headers, answer.body)
+        except SendFailed as exc:
+            log.warning("operator channel %s unreachable: %s", operator.id, exc.kind)
             return False
         if outcome.result != "delivered":
             log.warning("operator channel %s refused the alert: %s", operator.id, outcome.error)

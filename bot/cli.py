@@ -30,7 +30,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from bot.dispatch import make_client
+from bot.http import make_sender
 from bot.intake import expand, submit_files
 from bot.outlets import IncompleteMatrix, MatrixError, OutletMatrix, Tier, load_matrix
 from bot.regions import CHONGQING, RegionTable, chongqing_today
@@ -186,7 +186,7 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool) -> None:
     store = _store(settings)
 
     async def main() -> None:
-        async with make_client(settings) as client, contextlib.AsyncExitStack() as feeds:
+        async with make_sender(settings) as client, contextlib.AsyncExitStack() as feeds:
             if cluster_jobs and any(o.channel == "feed" for o in matrix.outlets):  # feed outlets fetch from the bot
                 from bot.feed import FeedServer
 

@@ -31,8 +31,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from bot.dispatch import make_client
 from bot.feed import FeedServer
+from bot.http import make_sender
 from bot.intake import expand, submit_files
 from bot.outlets import OutletMatrix, Tier, load_matrix
 from bot.regions import RegionTable, chongqing_today
@@ -161,7 +161,7 @@ async def run_demo(console: Console, keep: Path | None = None) -> int:
                     retries += len(records) - len(done)  # type: ignore[arg-type]
                     bar.update(task, advance=len(done), retries=retries)
 
-                async with make_client(settings) as client:
+                async with make_sender(settings) as client:
                     await Daemon(settings, store, matrix, regions, client, on_recorded=progress).run(until_idle=True)
                 async with FeedServer(store, matrix) as feeds:  # the feed outlets pull: each fetch is a delivery
                     for outlet in matrix.outlets:
@@ -227,7 +227,7 @@ In another terminal, load its settings and try:
   .venv/bin/debunkbot log --notice my-first
   .venv/bin/debunkbot outlets
 """)
-    async with make_client(settings) as client, FeedServer(store, matrix):
+    async with make_sender(settings) as client, FeedServer(store, matrix):
         daemon = Daemon(settings, store, matrix, regions, client)
         daemon.install_signal_handlers()
         await daemon.run()

@@ -5,8 +5,8 @@ process and at most ``per_outlet_concurrency`` in flight per outlet (counted acr
 worker, by lease), so a slow or dead outlet never holds up the others. Retries live in the
 store as ``next_attempt_at``; nothing about a delivery's future is only in memory.
 
-    >>> async with make_client(settings) as client:                       # doctest: +SKIP
-    ...     await Dispatcher(store, matrix, settings, client).run(until_idle=True)
+    >>> async with make_sender(settings) as sender:                       # doctest: +SKIP
+    ...     await Dispatcher(store, matrix, settings, sender).run(until_idle=True)
 """
 
 from __future__ import annotations
@@ -14,39 +14,43 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
+import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
+from urllib.parse import unquote, unquote_plus
 
-import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
-from tenacity import RetryCallState, stop_after_attempt, wait_chain, wait_random
 
 from bot.health import HealthPolicy
+from bot.http import Sender, SendFailed
 from bot.model import Notice
 from bot.outlets import Outlet, OutletMatrix
 from bot.settings import Settings
 from bot.store import STORE_FAULTS, AttemptRecord, Claim, Store, describe_fault, utcnow
-from channels import CHANNELS, Channel, Outcome, Rendered
+from channels import AnyChannel, Exchanging, Outcome, Pulling, Pushing, Rendered
 
 log = logging.getLogger("debunkbot.dispatch")
 T = TypeVar("T")
 
-READ_CAP = 64 * 1024  # bytes of an answer read for classification; the rest is not read
 # A lease must outlast one send: the send ends by its total deadline (http_timeout), and this margin
 # covers handing the result to the store. A lease that runs out early costs a duplicate (same webhook-id).
 LEASE_MARGIN = 2.0
+# A claim taken ahead may wait for a free slot; when it leaves the queue it must still have a whole send plus
+# this long to record the result, else its lease is renewed first (or, if it ran out, the claim is dropped).
+RECORD_MARGIN = 1.0
 STORE_BACKOFF_MAX = 30.0  # seconds between tries of a store that is locked, busy or gone
+NOTICE_CACHE = 1000  # notices kept between claims (a claim in hand carries its own notice)
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """The durable retry schedule: tenacity's wait and stop strategies, evaluated per attempt.
+    """The durable retry schedule: after failed try n, wait ``delays[n-1]`` seconds ± ``jitter``.
 
     >>> RetryPolicy((5, 300), jitter=0).delay_after(1, retry_after=None)
     5.0
@@ -55,44 +59,28 @@ class RetryPolicy:
     delays: tuple[float, ...]
     jitter: float = 0.2
     retry_after_max: float = 3600.0
-    _wait: Any = field(init=False, repr=False, compare=False)
-    _stop: Any = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        waits = [wait_random(d * (1 - self.jitter), d * (1 + self.jitter)) for d in self.delays] or [wait_random(0, 0)]
-        object.__setattr__(self, "_wait", wait_chain(*waits))
-        object.__setattr__(self, "_stop", stop_after_attempt(len(self.delays) + 1))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
         return cls(settings.retry_delays, settings.retry_jitter, settings.retry_after_max)
 
     def delay_after(self, attempt: int, retry_after: float | None) -> float | None:
-        """Seconds to wait after failed try number ``attempt``; None when the schedule is exhausted."""
-        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
-        state.attempt_number = attempt
-        if self._stop(state):
+        """Seconds to wait after failed try number ``attempt``; None when the schedule is exhausted.
+        An outlet's ``Retry-After`` (up to ``retry_after_max``) makes it longer, never shorter."""
+        if not 1 <= attempt <= len(self.delays):
             return None
-        delay = float(self._wait(state))
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.retry_after_max))
-        return delay
+        delay = self.delays[attempt - 1] * random.uniform(1 - self.jitter, 1 + self.jitter)
+        return max(delay, min(retry_after, self.retry_after_max)) if retry_after is not None else delay
 
 
-def make_client(settings: Settings) -> httpx.AsyncClient:
-    """One pooled client for every outlet: httpx's API over aiohttp's connection pool.
+@dataclass(frozen=True)
+class Ready:
+    """A claim in hand, with its notice (None: the notice is gone from the store)."""
 
-    httpx's native pool slows down as concurrency rises (shared/reference/http-clients.md);
-    the aiohttp transport keeps the httpx interface at aiohttp's speed. TLS is verified,
-    redirects are never followed.
-    """
-    # Twice the concurrency: sends slower than slow_send_after leave the budget (Dispatcher), not the pool.
-    pool = 2 * settings.concurrency
-    limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
-    transport = AiohttpTransport(limits=limits, verify=True, trust_env=False)
-    return httpx.AsyncClient(
-        transport=transport, follow_redirects=False, timeout=httpx.Timeout(settings.http_timeout), trust_env=False
-    )
+    claim: Claim
+    notice: Notice | None
+    published_at: datetime | None
+    lease_until: float  # time.monotonic() by which the lease has run out, at the latest (taken before the claim)
 
 
 class Dispatcher:
@@ -101,20 +89,25 @@ class Dispatcher:
         store: Store,
         matrix: OutletMatrix,
         settings: Settings,
-        client: httpx.AsyncClient,
-        channels: dict[str, Channel] | None = None,
+        sender: Sender,
+        channels: Mapping[str, AnyChannel] | None = None,
         on_recorded: Callable[[Sequence[AttemptRecord]], None] | None = None,
     ) -> None:
         self.store = store
         self.matrix = matrix
         self.settings = settings
-        self.client = client
-        self.channels = channels or CHANNELS
+        self.sender = sender
+        self.channels = channels or matrix.channels
         self.policy = RetryPolicy.from_settings(settings)
         self.on_recorded = on_recorded
         self.capacity = settings.concurrency
         self._rate_limits = matrix.rate_limits()
-        self._pulled = frozenset(o.id for o in matrix.outlets if self.channels[o.channel].pull)  # feeds fetch
+        # each channel's kind, looked up once (an isinstance of a Protocol costs ~15 µs a send)
+        self._exchanging = {n: c for n, c in self.channels.items() if isinstance(c, Exchanging)}
+        self._pushing = {n: c for n, c in self.channels.items()
+                         if isinstance(c, Pushing) and n not in self._exchanging and not isinstance(c, Pulling)}
+        self._pulled = frozenset(o.id for o in matrix.outlets  # feeds fetch: never claimed
+                                 if o.channel not in self._exchanging and o.channel not in self._pushing)
         # outlets with the same options share a rendering: the key is computed once, not per send
         self._options_key = {o.id: json.dumps(o.options, sort_keys=True, default=str) for o in matrix.outlets}
         self.health_policy = HealthPolicy.from_settings(settings)
@@ -124,14 +117,17 @@ class Dispatcher:
         # SQLite wants one writer: every store call runs on this one thread, off the event loop.
         self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="debunkbot-store")
         self._wake = asyncio.Event()
+        self._fatal: BaseException | None = None  # set by a task that failed in a way we cannot go on from
         self._flush_needed = asyncio.Event()
         self._in_flight: dict[asyncio.Task[None], float] = {}  # counted sends -> monotonic start, oldest first
         self._slow: set[asyncio.Task[None]] = set()  # sends past slow_send_after: not counted
         # Claimed ahead (as many again as concurrency, under lease): a freed slot starts the next send
         # at once instead of waiting for a store round trip.
-        self._ready: deque[Claim] = deque()
-        self._transport = _transport_of(client)
+        self._ready: deque[Ready] = deque()
+        self._stale: list[Ready] = []  # left the queue with too little lease for a send: renew first
         self._unrecorded: list[AttemptRecord] = []
+        # notices of recent claims, so a fan-out loads each once; a claim carries its own (Ready), so this
+        # cache may forget a notice at any time without harm
         self._notices: OrderedDict[int, tuple[Notice, datetime]] = OrderedDict()
         self._rendered: OrderedDict[tuple[int, str, str], Rendered] = OrderedDict()
 
@@ -145,13 +141,18 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event | None = None, until_idle: bool = False) -> None:
         """Send until ``stop`` is set, or (``until_idle``) until nothing is pending or scheduled."""
         stop = stop or asyncio.Event()
-        flusher = asyncio.create_task(self._flush_forever())
-        watcher = asyncio.create_task(self._watch_store())
+        flusher = asyncio.create_task(self._keep_running("the attempt recorder", self._flush_forever))
+        watcher = asyncio.create_task(self._keep_running("the store watcher", self._watch_store))
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
+                if self._fatal is not None:
+                    raise DispatchFailed(f"dispatch stopped: {self._fatal}") from self._fatal
                 room = self._room()
                 store_ok = time.monotonic() >= self._store_retry_at and not self._unrecorded_behind()
+                if store_ok and self._stale:
+                    await self._renew_stale()
+                    continue
                 if store_ok and (room >= max(1, self.capacity // 2) or (room > 0 and self._wake.is_set())):
                     self._wake.clear()
                     try:
@@ -160,7 +161,7 @@ class Dispatcher:
                     except STORE_FAULTS as exc:  # nothing was claimed, so nothing is sent
                         self._store_fault("claim", exc)
                 next_due = None
-                idle = not (self._in_flight or self._slow or self._ready or self._unrecorded)
+                idle = not (self._in_flight or self._slow or self._ready or self._stale or self._unrecorded)
                 if until_idle and store_ok and idle:
                     try:
                         next_due = await self.db(self.store.queue.next_due_at, self._pulled)
@@ -193,6 +194,26 @@ class Dispatcher:
                 log.error("could not give back claims (%s); they are reclaimed when their lease runs out",
                           describe_fault(exc))
 
+    async def _keep_running(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run a background loop of the dispatcher for as long as the dispatcher runs.
+
+        A loop that fails is logged with its traceback and started again after a back-off; none dies
+        silently. A failure the dispatcher cannot go on from (DispatchFailed) stops the run instead.
+        """
+        backoff = 0.0
+        while True:
+            try:
+                await loop()
+                return
+            except DispatchFailed as exc:
+                self._fatal = exc
+                self._wake.set()
+                return
+            except Exception:
+                backoff = min(max(backoff * 2, 0.1), STORE_BACKOFF_MAX)
+                log.exception("%s failed; starting it again in %.1fs", name, backoff)
+                await asyncio.sleep(backoff)
+
     async def _listen(self) -> None:
         """PostgreSQL: LISTEN for new work from any process and claim at once; polling stays the fallback."""
         import psycopg
@@ -222,28 +243,57 @@ class Dispatcher:
             missing = {c.notice_id for c in claims} - self._notices.keys()
             return claims, (self.store.queue.notices_by_id(missing) if missing else {})
 
+        lease_until = time.monotonic() + self._lease.total_seconds()
         claims, loaded = await self.db(claim)
-        for notice_id, value in loaded.items():
-            self._notices[notice_id] = value
-        while len(self._notices) > 1000:
+        for c in claims:
+            notice = self._notices.get(c.notice_id) or loaded.get(c.notice_id)
+            self._ready.append(Ready(c, *(notice or (None, None)), lease_until))
+        self._notices.update(loaded)
+        while len(self._notices) > NOTICE_CACHE:
             self._notices.popitem(last=False)
-        self._ready.extend(claims)
         self._start_ready()
         return len(claims)
 
     def _start_ready(self) -> None:
+        needed = self.settings.http_timeout + RECORD_MARGIN
         while self._ready and self._counted() < self.capacity:
-            task = asyncio.create_task(self._deliver(self._ready.popleft()))
+            ready = self._ready.popleft()
+            left = ready.lease_until - time.monotonic()
+            if left < needed:
+                if left > 0:
+                    self._stale.append(ready)  # renewed by the run loop before it is sent
+                    self._wake.set()
+                else:  # it may be someone else's by now: not sent; the store hands it out again
+                    log.debug("the lease on delivery %d ran out before its send", ready.claim.delivery_id)
+                continue
+            task = asyncio.create_task(self._deliver(ready))
             self._in_flight[task] = time.monotonic()
             task.add_done_callback(self._sent)
 
+    async def _renew_stale(self) -> None:
+        """Renew the leases of claims that waited too long for a slot, and send those still ours first."""
+        stale, self._stale = self._stale, []
+        lease_until = time.monotonic() + self._lease.total_seconds()
+        try:
+            renewed = await self.db(self.store.queue.renew_leases, [r.claim.delivery_id for r in stale], self._lease)
+        except STORE_FAULTS as exc:  # not sent; their leases run out and the store hands them out again
+            self._store_fault("renew leases", exc)
+            return
+        self._ready.extendleft(reversed([replace(r, lease_until=lease_until) for r in stale
+                                         if r.claim.delivery_id in renewed]))
+        self._start_ready()
+
     def _room(self) -> int:
         """How many more deliveries to claim: room for the sends and for as many again ready."""
-        return 2 * self.capacity - self._counted() - len(self._ready)
+        return 2 * self.capacity - self._counted() - len(self._ready) - len(self._stale)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
         self._slow.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # _deliver turns every failure into an attempt; reaching here is a bug: stop, don't hide it
+            log.error("a send task failed", exc_info=exc)
+            self._fatal = self._fatal or exc
         self._start_ready()
         if self._room() >= self.capacity // 2:
             self._wake.set()
@@ -280,60 +330,75 @@ class Dispatcher:
             await self._listen()
         while True:
             await asyncio.sleep(self.settings.wake_poll_interval)
-            if await self.db(self.store.cluster.changed_since_last_look):
+            try:
+                changed = await self.db(self.store.cluster.changed_since_last_look)
+            except STORE_FAULTS:  # a busy store: the claim loop reports and backs off; look again later
+                changed = False
+            if changed:
                 self._wake.set()
 
-    async def _deliver(self, claim: Claim) -> None:
-        record = await self._attempt(claim)
+    async def _deliver(self, ready: Ready) -> None:
+        claim = ready.claim
+        try:
+            record = await self._attempt(ready)
+        except Exception as exc:  # a bug of ours; the delivery is retried on the schedule, and it is logged
+            log.exception("unexpected error delivering to outlet %s", claim.outlet_id)
+            record = self._record(claim, utcnow(), 0.0, Outcome("retry", f"internal error: {type(exc).__name__}"))
         self._unrecorded.append(record)
         self._flush_needed.set()
 
-    async def _attempt(self, claim: Claim) -> AttemptRecord:
+    async def _attempt(self, ready: Ready) -> AttemptRecord:
+        claim, notice, published_at = ready.claim, ready.notice, ready.published_at
         started = utcnow()
         outlet = self.matrix.by_id.get(claim.outlet_id)
         if outlet is None:
             return self._record(claim, started, 0.0, Outcome(
                 "failed", f"outlet {claim.outlet_id!r} is no longer in the outlet matrix"))
-        channel = self.channels[outlet.channel]
-        notice, published_at = self._notices[claim.notice_id]
-        rendered = self._rendered_for(claim.notice_id, notice, published_at, channel, outlet)
+        if notice is None or published_at is None:
+            return self._record(claim, started, 0.0, Outcome("failed", f"notice {claim.notice_id} is not in the store"))
+        # Exchanging before Pushing: wechat_mp also builds its draft request alone, for previews
+        exchanging, pushing = self._exchanging.get(outlet.channel), self._pushing.get(outlet.channel)
+        channel = exchanging or pushing
+        if channel is None:
+            return self._record(claim, started, 0.0, Outcome(
+                "failed", f"channel {outlet.channel!r} does not send; its outlets fetch"), outlet=outlet)
         secret = self.matrix.secret_for(outlet.id)
+        try:
+            rendered = self._rendered_for(claim.notice_id, notice, published_at, channel, outlet)
+            request = pushing.build(rendered, outlet, secret, claim.message_id, started) if pushing else None
+        except Exception as exc:
+            # It would fail the same way on every try (a link too long for the platform, a template bug):
+            # a failed attempt with the reason, never retried on the schedule.
+            reason = _redact(f"{type(exc).__name__}: {exc}", outlet, secret)
+            log.error("could not render notice %s for outlet %s: %s", notice.ref, outlet.id, reason)
+            return self._record(claim, started, 0.0, Outcome(
+                "failed", f"could not render the notice for this outlet: {reason}"), outlet=outlet)
         clock = time.perf_counter()
         status: int | None = None
         body = b""
-        signature = None
         try:
-            deliver = getattr(channel, "deliver", None)  # channels.base.Exchanging: several requests (wechat_mp)
-            async with asyncio.timeout(self.settings.http_timeout):
-                if deliver is not None:
-                    status, headers, body = await deliver(self.client, rendered, outlet, secret, claim.message_id,
-                                                          started)
-                    body = body[:READ_CAP]
-                else:
-                    request = channel.build(rendered, outlet, secret, claim.message_id, started)
-                    signature = request.headers.get("webhook-signature")
-                    # Straight to the transport: AsyncClient.send's layers (auth, redirects, cookie jar,
-                    # hooks) do nothing for a fan-out and cost about a third of a delivery's CPU.
-                    response = await self._transport.handle_async_request(request)
-                    status, headers = response.status_code, response.headers
-                    try:
-                        body = await _read_capped(response, READ_CAP)
-                    finally:
-                        await response.aclose()
-            outcome = channel.classify(status, headers, body)
+            if exchanging is not None:
+                async with asyncio.timeout(self.settings.http_timeout):  # the whole delivery, all its requests
+                    answer = await exchanging.deliver(self.sender, rendered, outlet, secret, claim.message_id, started)
+            else:
+                assert request is not None
+                answer = await self.sender.send(request)  # under the same total deadline
+            status, body = answer.status, answer.body
+            outcome = channel.classify(answer.status, answer.headers, answer.body)
         except TimeoutError:
             outcome = Outcome("retry", f"timed out after {self.settings.http_timeout:g}s")
-        except (httpx.TransportError, aiohttp.ClientError) as exc:  # refused, reset, not HTTP at all...
-            outcome = Outcome("retry", _transport_error(exc))
+        except SendFailed as exc:
+            status, outcome = exc.status, Outcome("retry", str(exc))
         except Exception as exc:  # a bug in a channel must not kill the fan-out; it is logged and retried
             log.exception("unexpected error sending to outlet %s", outlet.id)
             outcome = Outcome("retry", f"internal error: {type(exc).__name__}: {exc}")
         latency = (time.perf_counter() - clock) * 1000
-        return self._record(claim, started, latency, outcome, status, body, outlet, signature)
+        return self._record(claim, started, latency, outcome, status, body, outlet, request)
 
     def _record(
         self, claim: Claim, started: datetime, latency_ms: float, outcome: Outcome,
-        status: int | None = None, body: bytes = b"", outlet: Outlet | None = None, signature: str | None = None,
+        status: int | None = None, body: bytes = b"", outlet: Outlet | None = None,
+        request: httpx.Request | None = None,
     ) -> AttemptRecord:
         result, error, next_at, exhausted = outcome.result, outcome.error, None, False
         if result == "retry":
@@ -348,16 +413,17 @@ class Dispatcher:
         return AttemptRecord(
             delivery_id=claim.delivery_id, outlet_id=claim.outlet_id, attempt=claim.attempt, started_at=started,
             latency_ms=latency_ms,
-            outcome=result, http_status=status, error=_redact(error, outlet, secret, signature),
+            outcome=result, http_status=status,
+            error=_storable(_redact(error, outlet, secret, request) or "") or None,
             # redacted before it is cut, so no part of a secret survives at the cut
-            response=_text((_redact(body.decode("utf-8", "replace"), outlet, secret, signature) or "").encode(),
+            response=_text((_redact(body.decode("utf-8", "replace"), outlet, secret, request) or "").encode(),
                            self.settings.response_max_bytes) or None,
             next_attempt_at=next_at, pause_outlet=claim.outlet_id if outcome.pause_outlet else None,
             trigger=claim.trigger, exhausted=exhausted,
         )
 
     def _rendered_for(
-        self, notice_id: int, notice: Notice, published_at: datetime, channel: Channel, outlet: Outlet
+        self, notice_id: int, notice: Notice, published_at: datetime, channel: AnyChannel, outlet: Outlet
     ) -> Rendered:
         key = (notice_id, channel.name, self._options_key[outlet.id])
         rendered = self._rendered.get(key)
@@ -404,6 +470,13 @@ class Dispatcher:
                 self._unrecorded[:0] = batch
                 self._store_fault("record attempts", exc)
                 return
+            except Exception as exc:  # the store refused what we wrote (a value it cannot take, a constraint)
+                self._unrecorded[:0] = batch
+                log.error("the store refused a batch of %d attempts (%s: %s); recording them one by one",
+                          len(batch), type(exc).__name__, _one_line(exc))
+                if not await self._record_one_by_one():
+                    return
+                continue
             if self._store_backoff:
                 log.info("the store is back")
                 self._store_backoff = 0.0
@@ -412,42 +485,78 @@ class Dispatcher:
             if not (self._in_flight or self._slow or self._ready or self._unrecorded):
                 self._wake.set()  # an until-idle run may be waiting to look again
 
+    async def _record_one_by_one(self) -> bool:
+        """Record each waiting result alone, so one the store refuses holds up no other.
 
-def _transport_of(client: httpx.AsyncClient) -> httpx.AsyncBaseTransport:
-    """The transport the client was built with (httpx keeps it private; the fan-out sends through it)."""
-    transport = getattr(client, "_transport", None)
-    if not isinstance(transport, httpx.AsyncBaseTransport):
-        raise TypeError("the dispatcher needs an httpx.AsyncClient built with transport=...")
-    return transport
+        A refused result is recorded again without the outlet's answer (its error says why). If the store
+        refuses even that, the result is given up (its lease runs out and it is sent again, with the same
+        webhook-id: never taken as sent) and the dispatcher stops with DispatchFailed, since it cannot
+        record what it sends. False on a store fault (locked, down): the rest waits for the back-off.
+        """
+        refused: list[tuple[AttemptRecord, Exception]] = []
+        while self._unrecorded:
+            record = self._unrecorded[0]
+            try:
+                try:
+                    await self.db(self.store.queue.record, [record], None, self.health_policy)
+                except STORE_FAULTS:
+                    raise
+                except Exception as exc:
+                    log.error("the store refused the attempt for outlet %s (%s: %s); recording it without "
+                              "the outlet's answer", record.outlet_id, type(exc).__name__, _one_line(exc))
+                    record = replace(record, response=None, error=_storable(
+                        f"{record.error or ''}{'; ' if record.error else ''}the outlet's answer could not be "
+                        f"stored ({type(exc).__name__})"))
+                    try:
+                        await self.db(self.store.queue.record, [record], None, self.health_policy)
+                    except STORE_FAULTS:
+                        raise
+                    except Exception as again:
+                        refused.append((record, again))
+                        self._unrecorded.pop(0)
+                        continue
+            except STORE_FAULTS as exc:
+                self._store_fault("record attempts", exc)
+                return False
+            self._unrecorded.pop(0)
+            if self.on_recorded:
+                self.on_recorded([record])
+        if refused:
+            record, exc = refused[0]
+            raise DispatchFailed(
+                f"the store refuses to record attempts ({type(exc).__name__}: {_one_line(exc)}); "
+                f"{len(refused)} sent results are not recorded (outlets "
+                f"{', '.join(sorted({r.outlet_id for r, _ in refused}))}): their leases run out and they are sent "
+                "again") from exc
+        return True
 
 
-async def _read_capped(response: httpx.Response, cap: int) -> bytes:
-    """Read at most ``cap`` bytes of an answer; a hostile outlet cannot fill memory."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= cap:
-            break
-    return b"".join(chunks)[:cap]
+class DispatchFailed(RuntimeError):
+    """The dispatcher cannot go on (the store refuses every way of recording a result): the run stops,
+    and the daemon exits non-zero. Unrecorded deliveries are sent again when their leases run out."""
 
 
-def _transport_error(exc: Exception) -> str:
-    """What went wrong on the wire, named by the underlying error: httpx-aiohttp 0.2 maps a refused or
-    reset connection to httpx.ConnectTimeout, which would tell an operator the wrong story."""
-    cause = exc.__cause__ if isinstance(exc, httpx.TransportError) and exc.__cause__ else exc
-    return f"{type(cause).__name__}: {cause}".strip().rstrip(":")[:500]
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
+
+
+def _storable(text: str) -> str:
+    """Text any store takes: PostgreSQL refuses NUL in text and every backend wants valid UTF-8
+    (lone surrogates from a lenient decoder are not); both become U+FFFD or '?'."""
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
 def _text(body: bytes, limit: int) -> str:
-    """At most ``limit`` bytes of an answer as text, never cut inside a UTF-8 character."""
-    return body[:limit].decode("utf-8", errors="ignore") if len(body) > limit else body.decode("utf-8", "replace")
+    """At most ``limit`` bytes of an answer as text any store takes, never cut inside a UTF-8 character."""
+    text = body[:limit].decode("utf-8", errors="ignore") if len(body) > limit else body.decode("utf-8", "replace")
+    return _storable(text)
 
 
-def _redact(text: str | None, outlet: Outlet | None, secret: str | None, signature: str | None = None) -> str | None:
-    """Secrets never reach the delivery log: not the secret, not a signature we sent (an outlet may echo
-    it back), not a URL's query (tokens live there)."""
+def _redact(
+    text: str | None, outlet: Outlet | None, secret: str | None, request: httpx.Request | None = None
+) -> str | None:
+    """Secrets never reach the delivery log, even when an outlet echoes the request back: not the secret (each
+    part of TOKEN:SECRET), and not a credential of the request we sent (``_credentials``)."""
     if not text:
         return text
     secret_parts = {secret, *secret.split(":")} if secret else set()  # TOKEN:SIGNING_SECRET (channels.base)
@@ -455,9 +564,39 @@ def _redact(text: str | None, outlet: Outlet | None, secret: str | None, signatu
     for part in sorted(secret_parts, key=len, reverse=True):
         if len(part) >= 6:
             text = text.replace(part, "[secret]")
-    for part in (signature or "").split():
-        text = text.replace(part, "[signature]").replace(part.removeprefix("v1,"), "[signature]")
     if outlet and outlet.url and "?" in outlet.url:
-        query = outlet.url.split("?", 1)[1]
-        text = text.replace(query, "[query]")
+        text = text.replace(outlet.url.split("?", 1)[1], "[query]")
+    if request is not None:
+        for value, label in _credentials(request):
+            text = text.replace(value, label)
+        if request.url.query:  # as echoed in whatever encoding (a client may requote %2F as /): by name
+            names = "|".join(re.escape(name) for name in request.url.params)
+            text = re.sub(rf"(?<![\w%])({names})=[^&\s\"'\\<>]+", r"\1=[query]", text)
     return text
+
+
+# Body fields that carry a credential in a signed request (Feishu/Lark put timestamp and sign in the body:
+# https://open.feishu.cn/document/client-docs/bot-v3/add-custom-bot).
+CREDENTIAL_FIELDS = ("sign", "signature", "secret", "access_token", "token")
+
+
+def _credentials(request: httpx.Request) -> list[tuple[str, str]]:
+    """The credentials of a request we built, each as an echo may show it (raw and decoded), longest first:
+    every query value (access tokens, keys, DingTalk's timestamp and sign:
+    https://open.dingtalk.com/document/robots/customize-robot-security-settings), the Standard Webhooks
+    signature, and a JSON body's credential fields."""
+    found: dict[str, str] = {}
+    for part in request.url.query.decode("ascii", "replace").split("&"):
+        raw = part.partition("=")[2]
+        found |= dict.fromkeys({raw, unquote_plus(raw), unquote(raw)}, "[query]")
+    for signature in request.headers.get("webhook-signature", "").split():
+        found |= dict.fromkeys({signature, signature.removeprefix("v1,")}, "[signature]")
+    content = request.content
+    if any(b'"%s"' % name.encode() in content for name in CREDENTIAL_FIELDS):
+        try:
+            body = json.loads(content)
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            found |= dict.fromkeys((str(body[k]) for k in CREDENTIAL_FIELDS if k in body), "[signature]")
+    return sorted(((v, label) for v, label in found.items() if len(v) >= 6), key=lambda item: -len(item[0]))

@@ -22,7 +22,7 @@ from aiohttp import web
 from bot.outlets import OutletMatrix
 from bot.render import render
 from bot.store import Store
-from channels import CHANNELS
+from channels import CHANNELS, Pulling
 
 JSON_FEED = "https://jsonfeed.org/version/1.1"
 
@@ -55,7 +55,8 @@ class FeedServer:
     async def _feed(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         outlet = self.matrix.by_id.get(request.match_info["outlet"])
-        if outlet is None or not CHANNELS[outlet.channel].pull:
+        channel = CHANNELS[outlet.channel] if outlet is not None else None
+        if outlet is None or not isinstance(channel, Pulling):
             raise web.HTTPNotFound(text="no such feed")
         secret = self.matrix.secret_for(outlet.id)
         offered = request.headers.get("authorization", "").removeprefix("Bearer ") or request.query.get("token", "")
@@ -63,8 +64,7 @@ class FeedServer:
             raise web.HTTPUnauthorized(text="this feed wants its token")
         loop = asyncio.get_running_loop()
         entries = await loop.run_in_executor(None, self.store.log.feed_entries, outlet.id)
-        channel = CHANNELS[outlet.channel]
-        items = [channel.render(notice, published_at, outlet.options).extra for _, _, notice, published_at in entries]
+        items = [channel.feed_item(notice, published_at, outlet.options) for _, _, notice, published_at in entries]
         title = f"重庆辟谣 · {outlet.name}"
         if request.match_info["kind"] == "json":
             body = json.dumps({"version": JSON_FEED, "title": title, "feed_url": str(request.url),

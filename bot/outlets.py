@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from bot.model import Notice
 from bot.regions import CITYWIDE, RegionTable, chongqing_today
+from channels import CHANNELS, AlertChannel, AnyChannel, RateLimit
 
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in: a big matrix loads ~10x faster
 
@@ -33,27 +34,6 @@ class Tier(StrEnum):
     city = "city"
     district = "district"
     other = "other"
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    """At most ``count`` sends to one outlet in any ``seconds``-long window.
-
-    >>> RateLimit.parse("20/min")
-    RateLimit(count=20, seconds=60.0)
-    """
-
-    count: int
-    seconds: float
-
-    UNITS: ClassVar[dict[str, float]] = {"s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0}
-
-    @classmethod
-    def parse(cls, text: str) -> RateLimit:
-        match = re.fullmatch(r"(\d+)/(\d+(?:\.\d+)?)?(s|sec|min|h)", text.replace(" ", ""))
-        if not match or int(match[1]) < 1:
-            raise ValueError(f"rate limit {text!r} should look like '20/min', '5/s' or '100/10min'")
-        return cls(int(match[1]), float(match[2] or 1) * cls.UNITS[match[3]])
 
 
 class MatrixError(ValueError):
@@ -90,13 +70,11 @@ class Outlet(BaseModel):
             RateLimit.parse(text)
         return value
 
-    def limits(self) -> tuple[RateLimit, ...]:
+    def limits(self, channels: Mapping[str, AnyChannel] = CHANNELS) -> tuple[RateLimit, ...]:
         """This outlet's rate limits: its own if set, else its channel's defaults."""
         if self.rate_limits is not None:
             return tuple(RateLimit.parse(text) for text in self.rate_limits)
-        from channels import CHANNELS
-
-        return tuple(CHANNELS[self.channel].rate_limits)
+        return tuple(channels[self.channel].rate_limits)
 
     @field_validator("url")
     @classmethod
@@ -107,11 +85,10 @@ class Outlet(BaseModel):
 
     @field_validator("channel")
     @classmethod
-    def _channel_is_known(cls, value: str) -> str:
-        from channels import CHANNELS
-
-        if value not in CHANNELS:
-            raise ValueError(f"unknown channel {value!r}; known: {', '.join(sorted(CHANNELS))}")
+    def _channel_is_known(cls, value: str, info: ValidationInfo) -> str:
+        channels = (info.context or {}).get("channels", CHANNELS)  # load_matrix passes its registry
+        if value not in channels:
+            raise ValueError(f"unknown channel {value!r}; known: {', '.join(sorted(channels))}")
         return value
 
 
@@ -155,6 +132,7 @@ class OutletMatrix:
     outlets: tuple[Outlet, ...]
     _secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     operators: tuple[Outlet, ...] = ()  # operator channels: alerts only, never notices
+    channels: Mapping[str, AnyChannel] = field(default_factory=lambda: CHANNELS, repr=False)  # the registry
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "by_id", {outlet.id: outlet for outlet in self.outlets})
@@ -166,7 +144,7 @@ class OutletMatrix:
 
     def rate_limits(self) -> dict[str, tuple[RateLimit, ...]]:
         """outlet id -> its rate limits, for the outlets that have any."""
-        return {o.id: limits for o in self.outlets if (limits := o.limits())}
+        return {o.id: limits for o in self.outlets if (limits := o.limits(self.channels))}
 
     def secret_for(self, outlet_id: str) -> str | None:
         """The outlet's secret, from the environment variable its entry names. Never log it."""
@@ -180,10 +158,11 @@ class OutletMatrix:
 def load_matrix(
     path: Path, regions: RegionTable, environ: Mapping[str, str] | None = None, on: date | None = None,
     require_secrets: bool = True,
+    channels: Mapping[str, AnyChannel] = CHANNELS,
 ) -> OutletMatrix:
-    """Load and check every entry; raise MatrixError listing every problem, by outlet id and field, or
-    IncompleteMatrix when all that is wrong is secrets missing from the environment (``require_secrets``
-    False: a matrix to list, never to send with)."""
+    """Load and check every entry against the channel registry ``channels``; raise MatrixError listing every
+    problem, by outlet id and field, or IncompleteMatrix when all that is wrong is secrets missing from the
+    environment (``require_secrets`` False: a matrix to list, never to send with)."""
     environ = os.environ if environ is None else environ
     day = on or chongqing_today()
     try:
@@ -214,7 +193,7 @@ def load_matrix(
         kind = "operator" if index >= len(matrix_file.outlets) else "outlet"
         label = f"{kind} {entry.get('id')!r}" if isinstance(entry, dict) and entry.get("id") else f"outlet #{index + 1}"
         try:
-            outlet = Outlet.model_validate(entry)
+            outlet = Outlet.model_validate(entry, context={"channels": channels})
         except ValidationError as exc:
             problems += [f"{label} field {_loc(err['loc'])!r}: {err['msg']}" for err in exc.errors()]
             continue
@@ -225,13 +204,11 @@ def load_matrix(
         if outlet.id in seen:
             problems.append(f"{label} field 'id': duplicate id")
         seen.add(outlet.id)
-        from channels import CHANNELS
-
-        channel = CHANNELS[outlet.channel]
+        channel = channels[outlet.channel]
         problems += [f"{label} field {fld!r}: {msg}" for fld, msg in channel.check_outlet(outlet)]
         if kind == "operator":
             operator_ids.add(outlet.id)
-            if not hasattr(channel, "render_alert"):
+            if not isinstance(channel, AlertChannel):
                 problems.append(f"{label} field 'channel': channel {outlet.channel!r} cannot carry operator alerts")
         if outlet.secret_env:
             secret = environ.get(outlet.secret_env)
@@ -248,7 +225,7 @@ def load_matrix(
     if missing and require_secrets:
         raise IncompleteMatrix(path, missing)
     return OutletMatrix(tuple(o for o in outlets if o.id not in operator_ids), secrets,
-                        tuple(o for o in outlets if o.id in operator_ids))
+                        tuple(o for o in outlets if o.id in operator_ids), channels)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

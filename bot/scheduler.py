@@ -17,11 +17,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.alerts import Alerter
 from bot.dispatch import Dispatcher
+from bot.http import Sender
 from bot.intake import FileResult, scan_inbox_off_loop
 from bot.outlets import OutletMatrix
 from bot.regions import RegionTable
@@ -38,7 +38,7 @@ class Daemon:
         store: Store,
         matrix: OutletMatrix,
         regions: RegionTable,
-        client: httpx.AsyncClient,
+        client: Sender,
         on_recorded: Callable[[Sequence[AttemptRecord]], None] | None = None,
         cluster_jobs: bool = True,
     ) -> None:

@@ -1,5 +1,11 @@
-"""What every channel is: something that renders a notice, builds a request and reads the answer.
+"""What every channel is: something that renders a notice for an outlet, and then one of three kinds:
 
+- ``Pushing``: builds one signed request per delivery and reads the answer (webhook, DingTalk, WeCom, ...);
+- ``Exchanging``: makes several requests per delivery itself, through the one ``Sender`` (wechat_mp: token,
+  draft, publish), and reads the last answer;
+- ``Pulling``: outlets fetch (feeds); the dispatcher never sends to them, bot/feed.py serves them.
+
+A channel that can also carry operator alerts is an ``AlertChannel`` (a Pushing one with ``render_alert``).
 A channel is one module in channels/ with its templates in templates/<name>/, registered in
 channels/__init__.py. Rendering happens once per notice x channel; signing once per outlet.
 """
@@ -7,18 +13,41 @@ channels/__init__.py. Rendering happens once per notice x channel; signing once 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import httpx
 
 if TYPE_CHECKING:
+    from bot.http import Answer, Sender
     from bot.model import Notice
-    from bot.outlets import Outlet, RateLimit
+    from bot.outlets import Outlet
 
 Result = Literal["delivered", "retry", "failed"]
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``count`` sends to one outlet in any ``seconds``-long window.
+
+    >>> RateLimit.parse("20/min")
+    RateLimit(count=20, seconds=60.0)
+    """
+
+    count: int
+    seconds: float
+
+    UNITS: ClassVar[dict[str, float]] = {"s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0}
+
+    @classmethod
+    def parse(cls, text: str) -> RateLimit:
+        match = re.fullmatch(r"(\d+)/(\d+(?:\.\d+)?)?(s|sec|min|h)", text.replace(" ", ""))
+        if not match or int(match[1]) < 1:
+            raise ValueError(f"rate limit {text!r} should look like '20/min', '5/s' or '100/10min'")
+        return cls(int(match[1]), float(match[2] or 1) * cls.UNITS[match[3]])
 
 
 @dataclass(frozen=True)
@@ -44,9 +73,10 @@ NO_OPTIONS: Mapping[str, Any] = {}
 
 
 class Channel(Protocol):
+    """What every channel has; a channel is also one of Pushing, Exchanging or Pulling."""
+
     name: ClassVar[str]
     rate_limits: ClassVar[tuple[RateLimit, ...]]  # the platform's, per outlet; an outlet may override
-    pull: ClassVar[bool]  # True: outlets fetch (the feed); the dispatcher never sends to them
 
     def check_outlet(self, outlet: Outlet) -> list[tuple[str, str]]:
         """Problems with an outlet entry for this channel, as (field, message)."""
@@ -56,6 +86,11 @@ class Channel(Protocol):
         """Render once per notice x channel x outlet options (e.g. ``msgtype``); cached by the dispatcher."""
         ...
 
+
+@runtime_checkable
+class Pushing(Channel, Protocol):
+    """One request per delivery: the dispatcher sends what ``build`` makes and ``classify`` reads the answer."""
+
     def build(
         self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime
     ) -> httpx.Request: ...
@@ -63,27 +98,39 @@ class Channel(Protocol):
     def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome: ...
 
 
-class Exchanging(Protocol):
-    """A channel that needs more than one request per delivery (wechat_mp: token, draft, publish).
+@runtime_checkable
+class Exchanging(Channel, Protocol):
+    """Several requests per delivery (wechat_mp: token, draft, publish), each through ``sender``.
 
-    The dispatcher calls ``deliver`` instead of sending ``build``'s request, then classifies the
-    answer it returns (status, headers, body) as usual.
+    The dispatcher calls ``deliver`` under one total deadline and classifies the answer it returns.
     """
 
     async def deliver(
-        self, client: httpx.AsyncClient, rendered: Rendered, outlet: Outlet, secret: str | None,
-        message_id: str, now: datetime,
-    ) -> tuple[int, httpx.Headers, bytes]: ...
+        self, sender: Sender, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime,
+    ) -> Answer: ...
+
+    def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome: ...
 
 
-class AlertChannel(Channel, Protocol):
-    """A channel that can also carry operator alerts (an entry under ``operators:`` in the matrix).
+@runtime_checkable
+class Pulling(Channel, Protocol):
+    """Outlets that fetch (feeds): never sent to; bot/feed.py lists ``feed_item`` for each of their notices."""
+
+    def feed_item(self, notice: Notice, published_at: datetime, options: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class AlertChannel(Pushing, Protocol):
+    """A pushing channel that can also carry operator alerts (an entry under ``operators:`` in the matrix).
 
     ``render_alert`` makes the alert's body; ``build`` signs and addresses it and ``classify`` reads the
     answer exactly as for a notice.
     """
 
     def render_alert(self, title: str, text: str, now: datetime) -> Rendered: ...
+
+
+AnyChannel = Pushing | Exchanging | Pulling
 
 
 RETRYABLE = frozenset({408, 425, 429})

@@ -25,9 +25,8 @@ from urllib.parse import quote_plus
 
 import httpx
 
-from bot.outlets import RateLimit
 from bot.render import form_context, markdown_escape, render
-from channels.base import NO_OPTIONS, Outcome, Rendered, classify_json, token_and_key
+from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_json, token_and_key
 from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
@@ -47,7 +46,6 @@ def sign(secret: str, timestamp_ms: int) -> str:
 class DingTalk:
     name: ClassVar[str] = "dingtalk"
     rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(20, 60),)
-    pull: ClassVar[bool] = False
     limits: ClassVar[tuple[Limit, ...]] = (Limit(20_000, "bytes"),)
     retry_codes: ClassVar[dict[int, str]] = {130101: "sending too fast: the robot is throttled ~10 minutes"}
 

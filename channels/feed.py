@@ -1,6 +1,6 @@
 """Feeds: outlets that prefer to pull. The bot serves each feed outlet an Atom feed and a JSON Feed.
 
-Nothing is pushed: the dispatcher never claims a feed delivery (``pull = True``). The feed server
+Nothing is pushed: a feed is ``channels.base.Pulling``, and the dispatcher never claims its deliveries. The feed server
 (bot/feed.py) lists the outlet's released notices, and once a fetch has been answered it marks the
 listed deliveries delivered, recording the fetch as the attempt (trigger ``fetch``). JSON Feed 1.1
 (jsonfeed.org/version/1.1) and Atom (RFC 4287) carry the same entries.
@@ -16,21 +16,18 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import httpx
-
 from bot.render import form_context, printable, render
-from channels.base import NO_OPTIONS, Outcome, Rendered
+from channels.base import NO_OPTIONS, RateLimit, Rendered
 from channels.fit import Form, cut, read_more
 
 if TYPE_CHECKING:
     from bot.model import Notice
-    from bot.outlets import Outlet, RateLimit
+    from bot.outlets import Outlet
 
 
 class Feed:
     name: ClassVar[str] = "feed"
     rate_limits: ClassVar[tuple[RateLimit, ...]] = ()
-    pull: ClassVar[bool] = True
 
     def check_outlet(self, outlet: Outlet) -> list[tuple[str, str]]:
         return [("url", "a feed outlet fetches from the bot; it has no url")] if outlet.url else []
@@ -51,10 +48,7 @@ class Feed:
         }
         return Rendered(text=text, body=json.dumps(item, ensure_ascii=False).encode(), extra=item)
 
-    def build(
-        self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime
-    ) -> httpx.Request:
-        raise RuntimeError("feed outlets fetch; the dispatcher never sends to them")
-
-    def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome:
-        raise RuntimeError("feed outlets fetch; the dispatcher never sends to them")
+    def feed_item(self, notice: Notice, published_at: datetime, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The notice as one JSON Feed item (the Atom template reads the same)."""
+        item: dict[str, Any] = self.render(notice, published_at, options).extra
+        return item

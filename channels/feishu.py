@@ -25,9 +25,8 @@ from urllib.parse import quote
 
 import httpx
 
-from bot.outlets import RateLimit
 from bot.render import form_context, render
-from channels.base import NO_OPTIONS, Outcome, Rendered, classify_json, token_and_key
+from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_json, token_and_key
 from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
@@ -52,7 +51,6 @@ class Feishu:
     name: ClassVar[str] = "feishu"
     endpoint: ClassVar[str] = "https://open.feishu.cn/open-apis/bot/v2/hook/"
     rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(5, 1), RateLimit(100, 60))
-    pull: ClassVar[bool] = False
     limits: ClassVar[tuple[Limit, ...]] = (Limit(20_000, "bytes"),)
     retry_codes: ClassVar[dict[int, str]] = {11232: "rate-limited"}
 

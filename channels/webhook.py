@@ -18,18 +18,17 @@ import httpx
 from standardwebhooks import Webhook as Signer
 
 from bot.render import notice_context, render
-from channels.base import NO_OPTIONS, Outcome, Rendered, classify_http
+from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_http
 
 if TYPE_CHECKING:
     from bot.model import Notice
-    from bot.outlets import Outlet, RateLimit
+    from bot.outlets import Outlet
 
 
 class Webhook:
     name: ClassVar[str] = "webhook"
     event_type: ClassVar[str] = "notice.published"
     rate_limits: ClassVar[tuple[RateLimit, ...]] = ()
-    pull: ClassVar[bool] = False
 
     def check_outlet(self, outlet: Outlet) -> list[tuple[str, str]]:
         problems = []

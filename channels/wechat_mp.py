@@ -30,12 +30,13 @@ from urllib.parse import urlencode
 import httpx
 import nh3
 
-from bot.outlets import RateLimit
+from bot.http import Answer
 from bot.render import form_context, render
-from channels.base import NO_OPTIONS, Outcome, Rendered, classify_json
+from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_json
 from channels.fit import Form, Limit, cut, fit, read_more
 
 if TYPE_CHECKING:
+    from bot.http import Sender
     from bot.model import Notice
     from bot.outlets import Outlet
 
@@ -48,7 +49,6 @@ DIGEST_CHARS = 120
 class WeChatMP:
     name: ClassVar[str] = "wechat_mp"
     rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(60, 60),)
-    pull: ClassVar[bool] = False
     limits: ClassVar[tuple[Limit, ...]] = (Limit(19_999, "chars"), Limit(1_000_000 - 1, "bytes"))
     retry_codes: ClassVar[dict[int, str]] = {45009: "API quota reached", -1: "system busy",
                                              **{code: "access token invalid" for code in STALE_TOKEN}}
@@ -98,39 +98,37 @@ class WeChatMP:
                              headers={"content-type": "application/json; charset=utf-8"})
 
     async def deliver(
-        self, client: httpx.AsyncClient, rendered: Rendered, outlet: Outlet, secret: str | None,
-        message_id: str, now: datetime,
-    ) -> tuple[int, httpx.Headers, bytes]:
+        self, sender: Sender, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime,
+    ) -> Answer:
         """Token (cached), draft/add (once more with a fresh token on 40001/42001), then publish if asked."""
         api = outlet.url or API
         for fresh in (False, True):
-            token, refused = await self._token(client, api, outlet.options["appid"], secret or "", refresh=fresh)
+            token, refused = await self._token(sender, api, outlet.options["appid"], secret or "", refresh=fresh)
             if token is None:
                 return refused  # the token endpoint's own answer, e.g. 40125 wrong AppSecret, 40164 IP not allowed
-            answer = await client.send(self._draft(rendered, outlet, token))
-            if _json(answer.content).get("errcode") not in STALE_TOKEN:
+            answer = await sender.send(self._draft(rendered, outlet, token))
+            if _json(answer.body).get("errcode") not in STALE_TOKEN:
                 break
-        media_id = _json(answer.content).get("media_id")
+        media_id = _json(answer.body).get("media_id")
         if not (media_id and outlet.options.get("publish")):
-            return answer.status_code, answer.headers, answer.content
-        published = await client.post(f"{api}/cgi-bin/freepublish/submit?{urlencode({'access_token': token})}",
-                                      json={"media_id": media_id})
-        return published.status_code, published.headers, published.content
+            return answer
+        publish = f"{api}/cgi-bin/freepublish/submit?{urlencode({'access_token': token})}"
+        return await sender.send(httpx.Request("POST", publish, json={"media_id": media_id}))
 
     async def _token(
-        self, client: httpx.AsyncClient, api: str, appid: str, secret: str, refresh: bool
-    ) -> tuple[str, None] | tuple[None, tuple[int, httpx.Headers, bytes]]:
+        self, sender: Sender, api: str, appid: str, secret: str, refresh: bool
+    ) -> tuple[str, None] | tuple[None, Answer]:
         key = (api, appid)
         async with self._locks.setdefault(key, asyncio.Lock()):
             cached = self._tokens.get(key)
             if cached and not refresh and cached[1] > time.monotonic():
                 return cached[0], None
-            answer = await client.post(f"{api}/cgi-bin/stable_token", json={
-                "grant_type": "client_credential", "appid": appid, "secret": secret, "force_refresh": False})
-            data = _json(answer.content)
+            answer = await sender.send(httpx.Request("POST", f"{api}/cgi-bin/stable_token", json={
+                "grant_type": "client_credential", "appid": appid, "secret": secret, "force_refresh": False}))
+            data = _json(answer.body)
             if not data.get("access_token"):
-                status = answer.status_code if "errcode" in data else 502  # never read a tokenless answer as success
-                return None, (status, answer.headers, answer.content)
+                status = answer.status if "errcode" in data else 502  # never read a tokenless answer as success
+                return None, Answer(status, answer.headers, answer.body)
             expires_in = float(data.get("expires_in", 7200))
             self._tokens[key] = (str(data["access_token"]), time.monotonic() + max(60.0, expires_in - 300))
             return str(data["access_token"]), None

@@ -22,9 +22,8 @@ from urllib.parse import quote_plus
 
 import httpx
 
-from bot.outlets import RateLimit
 from bot.render import form_context, markdown_escape, render
-from channels.base import NO_OPTIONS, Outcome, Rendered, classify_json
+from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_json
 from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
@@ -39,7 +38,6 @@ NEWS_TITLE = Limit(128, "bytes")
 class WeCom:
     name: ClassVar[str] = "wecom"
     rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(20, 60),)
-    pull: ClassVar[bool] = False
     limits: ClassVar[dict[str, tuple[Limit, ...]]] = {
         "markdown": (Limit(4096, "bytes"),),
         "news": (Limit(512, "bytes"),),  # the description

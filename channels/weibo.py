@@ -21,9 +21,8 @@ from urllib.parse import urlencode
 
 import httpx
 
-from bot.outlets import RateLimit
 from bot.render import form_context, render
-from channels.base import NO_OPTIONS, Outcome, Rendered, classify_json
+from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_json
 from channels.fit import Limit, fit, read_more
 
 if TYPE_CHECKING:
@@ -36,7 +35,6 @@ ENDPOINT = "https://api.weibo.com/2/statuses/share.json"
 class Weibo:
     name: ClassVar[str] = "weibo"
     rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(30, 3600),)  # Weibo publishes no figure; be modest
-    pull: ClassVar[bool] = False
     limits: ClassVar[tuple[Limit, ...]] = (Limit(140, "chars"),)
     retry_codes: ClassVar[dict[int, str]] = {10022: "IP rate limit", 10023: "user rate limit", 10024: "API rate limit"}
 

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from bot.alerts import Alerter
-from bot.dispatch import Dispatcher, make_client
+from bot.dispatch import Dispatcher
+from bot.http import make_sender
 from bot.model import Notice
 from bot.outlets import MatrixError, OutletMatrix, load_matrix
 from bot.regions import RegionTable
@@ -34,7 +35,7 @@ def write_matrix(tmp_path: Path, regions: RegionTable, urls: dict[str, str], sec
 
 async def send(store: Store, matrix: OutletMatrix, settings: Settings, notice: Notice) -> None:
     store.queue.add_notices([(notice, matrix.concerned_by(notice))], source="test")
-    async with make_client(settings) as client:
+    async with make_sender(settings) as client:
         dispatcher = Dispatcher(store, matrix, settings, client)
         await dispatcher.run(until_idle=True)
         await dispatcher.close()
@@ -55,7 +56,7 @@ async def test_a_bad_night_reaches_the_operators_as_one_digest_and_repeats_are_d
             await send(store, matrix, settings, make_notice(ref=f"n{n}", title=f"第{n}条"))
         assert store.log.counts()["failed"] == 4  # bad x3, gone x1 (gone's later notices are held)
 
-        async with make_client(settings) as client:
+        async with make_sender(settings) as client:
             alerter = Alerter(store, matrix, settings, client)
             assert await alerter.tick() == 2
             # a new alert inside the interval waits: one message per interval at most
@@ -87,7 +88,7 @@ async def test_an_alert_the_operator_channel_did_not_take_is_sent_again_later(
         matrix = write_matrix(tmp_path, regions, {"gone": chaos.url("gone")}, secrets, operators)
         settings = Settings(database_url=str(store.engine.url), http_timeout=1, alert_interval=0, scan_interval=0.01)
         await send(store, matrix, settings, make_notice())
-        async with make_client(settings) as client:
+        async with make_sender(settings) as client:
             alerter = Alerter(store, matrix, settings, client)
             assert await alerter.tick() == 0 and len(store.outbox.unsent()) == 1  # 503: kept
             assert await Alerter(store, matrix, settings, client).tick() == 1  # a restart, say: no back-off
@@ -112,7 +113,7 @@ async def test_with_two_operator_channels_only_the_failing_one_is_retried(
         matrix = write_matrix(tmp_path, regions, {"gone": chaos.url("gone")}, secrets, operators)
         settings = Settings(database_url=str(store.engine.url), http_timeout=1, alert_interval=0, scan_interval=0.01)
         await send(store, matrix, settings, make_notice())
-        async with make_client(settings) as client:
+        async with make_sender(settings) as client:
             assert await Alerter(store, matrix, settings, client).tick() == 0  # ops2: 503
             assert [a["kind"] for a in store.outbox.unsent("ops2")] == ["paused"] and store.outbox.unsent("ops1") == []
             assert await Alerter(store, matrix, settings, client).tick() == 0  # ops2: 503 again; ops1 not resent

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 
-from bot.dispatch import Dispatcher, RetryPolicy, make_client
+from bot.dispatch import Dispatcher, RetryPolicy
+from bot.http import Sender, make_sender
 from bot.model import Notice
+from bot.outlets import Outlet, OutletMatrix
+from bot.regions import RegionTable
 from bot.settings import Settings
 from bot.store import Store
-from bot.testing import HANG
+from bot.testing import HANG, ChaosOutlets, chaos
+from tests.conftest import chaos_matrix, whsec
 
 
 async def fan_out(store: Store, matrix: Any, settings: Settings, *notices: Notice) -> None:
     store.queue.add_notices([(n, matrix.concerned_by(n)) for n in notices], source="test")
-    async with make_client(settings) as client:
+    async with make_sender(settings) as client:
         dispatcher = Dispatcher(store, matrix, settings, client)
         await dispatcher.run(until_idle=True)
         await dispatcher.close()
@@ -106,7 +113,7 @@ async def test_a_hanging_outlet_does_not_hold_up_the_others(
         if store.log.counts().get("delivered", 0) == 10:
             stop.set()
 
-    async with make_client(settings) as client:
+    async with make_sender(settings) as client:
         dispatcher = Dispatcher(store, matrix, settings, client, on_recorded=stop_when_the_rest_are_delivered)
         run = asyncio.create_task(dispatcher.run(stop))
         await asyncio.wait_for(stop.wait(), timeout=20)  # far below the 30 s the hung sends hold their slots
@@ -133,7 +140,7 @@ async def test_hung_sends_move_to_the_slow_lane_so_they_cannot_take_every_slot(
         if store.log.counts().get("delivered", 0) == 6:
             stop.set()
 
-    async with make_client(settings) as client:
+    async with make_sender(settings) as client:
         dispatcher = Dispatcher(store, matrix, settings, client, on_recorded=stop_when_the_rest_are_delivered)
         run = asyncio.create_task(dispatcher.run(stop))
         # both slots go to the hung outlets first; without the slow lane nothing else moves for 30 s
@@ -154,7 +161,7 @@ async def test_a_notice_stored_by_another_process_is_sent_without_waiting_for_th
         if store.log.counts().get("delivered", 0) == 3:
             stop.set()
 
-    async with make_client(settings) as client:
+    async with make_sender(settings) as client:
         dispatcher = Dispatcher(store, matrix, settings, client, on_recorded=stop_when_delivered)
         run = asyncio.create_task(dispatcher.run(stop))
         await asyncio.sleep(0.1)  # the dispatcher has looked, found nothing, and waits for the 60 s poll
@@ -216,9 +223,78 @@ async def test_redirects_are_not_followed_and_count_as_failures(
         return httpx.Response(302, headers={"location": "http://elsewhere.example/"})
 
     store.queue.add_notices([(make_notice(), matrix.outlets)], source="test")
-    async with httpx.AsyncClient(transport=httpx.MockTransport(redirecting)) as client:
-        dispatcher = Dispatcher(store, matrix, settings, client)
+    async with Sender(httpx.MockTransport(redirecting), settings.http_timeout) as sender:
+        dispatcher = Dispatcher(store, matrix, settings, sender)
         await dispatcher.run(until_idle=True)
         await dispatcher.close()
     (row,) = store.log.deliveries()
     assert len(calls) == 1 and row["status"] == "failed" and "302" in row["error"] and "not followed" in row["error"]
+
+
+async def test_a_render_failure_mid_fan_out_fails_that_outlet_with_the_reason_and_the_run_ends(
+    store: Store, settings: Settings, loopback: Callable[..., Any], make_notice: Callable[..., Notice]
+) -> None:
+    outlets, matrix = await loopback(4)
+    # A Weibo outlet whose read-more link alone is over Weibo's 140 characters: every rendering fails.
+    # Built here, not loaded, since the matrix check may refuse such a link at start-up: whatever makes a
+    # rendering fail, the dispatcher must record it.
+    weibo = Outlet.model_validate({"id": "weibo-bad", "name": "微博", "tier": "city", "channel": "weibo",
+                                   "url": "http://127.0.0.1:9/", "secret_env": "WEIBO_TOKEN",
+                                   "options": {"read_more_url": "https://example.gov.cn/" + "a" * 150}})
+    matrix = OutletMatrix((*matrix.outlets[:2], weibo, *matrix.outlets[2:]),
+                          {**matrix._secrets, "weibo-bad": "token"})
+    await asyncio.wait_for(fan_out(store, matrix, settings, make_notice()), 120)  # returns: nothing left pending
+
+    (bad,) = store.log.attempts(outlet_id="weibo-bad")
+    assert bad["outcome"] == "failed" and bad["http_status"] is None
+    assert "could not render" in bad["error"] and "DoesNotFit" in bad["error"]
+    assert store.log.deliveries(outlet_id="weibo-bad")[0]["status"] == "failed"  # not retried on the schedule
+    assert {o: len(ids) for o, ids in outlets.delivered().items()} == {f"outlet-{i:04d}": 1 for i in range(4)}
+
+
+async def test_claims_in_hand_keep_their_notices_when_more_notices_are_in_flight_than_the_cache_holds(
+    store: Store, settings: Settings, loopback: Callable[..., Any], make_notice: Callable[..., Notice]
+) -> None:
+    # 1,200 notices to one outlet at concurrency 600: one claim takes 1,200 deliveries of 1,200 notices,
+    # more than the notice cache keeps (1,000)
+    outlets, matrix = await loopback(1)
+    settings = settings.model_copy(update={"concurrency": 600, "per_outlet_concurrency": 1200})
+    notices = [make_notice(ref=f"n{i}", title=f"通报{i}") for i in range(1200)]
+    await asyncio.wait_for(fan_out(store, matrix, settings, *notices), 300)
+    assert store.log.counts() == {"delivered": 1200}
+    # a claim whose notice was forgotten failed with an internal error (KeyError) and was sent again
+    assert not [t["error"] for t in store.log.attempts() if "internal error" in (t["error"] or "")]
+    assert len(outlets.delivered()["outlet-0000"]) == 1200
+
+
+async def test_a_claim_that_waited_for_a_slot_has_its_lease_renewed_before_it_is_sent(
+    store: Store, tmp_path: Path, regions: RegionTable, make_notice: Callable[..., Notice]
+) -> None:
+    # One slot, the documented minimum lease (timeout + 2 s): "a" is claimed ahead while "h" hangs for the
+    # whole timeout, so when "a" leaves the queue its lease has too little left for a send
+    secrets = {"h": whsec(), "a": whsec()}
+    async with ChaosOutlets(secrets, {"h": [chaos.HANG]}, latency=0.3) as outlets:
+        matrix = chaos_matrix(tmp_path, regions, {o: outlets.url(o) for o in secrets}, secrets)
+        settings = Settings(database_url=str(store.engine.url), http_timeout=1.5, lease_seconds=3.5, concurrency=1,
+                            slow_send_after=100, retry_schedule="0.05", retry_jitter=0, scan_interval=0.05)
+        leases: list[Any] = []
+        looking = True
+
+        def watch() -> None:  # every lease "a" has had, as another process would see it
+            d = sa.table("deliveries", sa.column("outlet_id"), sa.column("lease_expires_at"))
+            while looking:
+                with store.engine.connect() as conn:
+                    lease = conn.execute(sa.select(d.c.lease_expires_at).where(d.c.outlet_id == "a")).scalar()
+                if lease is not None and lease not in leases:
+                    leases.append(lease)
+                time.sleep(0.01)
+
+        watcher = asyncio.create_task(asyncio.to_thread(watch))
+        try:
+            await fan_out(store, matrix, settings, make_notice())
+        finally:
+            looking = False
+            await watcher
+    assert store.log.counts() == {"delivered": 2} and len(outlets.seen("a")) == 1
+    first, renewed = (datetime.fromisoformat(str(lease)) for lease in leases)  # claimed, renewed when sent
+    assert (renewed - first).total_seconds() >= 1.0

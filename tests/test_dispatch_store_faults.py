@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from bot.dispatch import Dispatcher, make_client
+from bot.dispatch import Dispatcher
+from bot.http import make_sender
 from bot.model import Notice
 from bot.settings import Settings
 from bot.store import Store
@@ -65,7 +66,7 @@ async def test_a_locked_store_means_nothing_is_claimed_or_sent_and_the_bot_goes_
     secrets = {f"o{i}": whsec() for i in range(5)}
     async with ChaosOutlets(secrets) as chaos:
         store, matrix, settings = setup(chaos, 5)
-        async with make_client(settings) as client:
+        async with make_sender(settings) as client:
             dispatcher = Dispatcher(store, matrix, settings, client)
             with locked(tmp_path / "faults.sqlite3"):
                 run = asyncio.create_task(dispatcher.run(until_idle=True))
@@ -84,7 +85,7 @@ async def test_results_the_store_refused_are_kept_and_recorded_when_it_is_back_w
     secrets = {f"o{i}": whsec() for i in range(5)}
     async with ChaosOutlets(secrets, latency=0.3) as chaos:  # answers come while the store is locked
         store, matrix, settings = setup(chaos, 5)
-        async with make_client(settings) as client:
+        async with make_sender(settings) as client:
             dispatcher = Dispatcher(store, matrix, settings, client)
             run = asyncio.create_task(dispatcher.run(until_idle=True))
             await until(lambda: len(chaos.requests) == 5)

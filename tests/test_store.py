@@ -99,7 +99,7 @@ def test_given_back_claims_are_claimable_at_once(store: Store, make_notice: Call
 def test_a_rate_limited_outlet_gets_no_more_than_its_window_allows_and_waits_for_it(
     store: Store, make_notice: Callable[..., Notice]
 ) -> None:
-    from bot.outlets import RateLimit
+    from channels import RateLimit
 
     robot = OUTLETS[0]
     limits = {robot.id: (RateLimit.parse("20/min"),)}
@@ -127,7 +127,7 @@ def test_a_rate_limited_outlet_gets_no_more_than_its_window_allows_and_waits_for
 def test_rate_limits_parse_the_way_operators_write_them() -> None:
     import pytest as _pytest
 
-    from bot.outlets import RateLimit
+    from channels import RateLimit
 
     assert RateLimit.parse("20/min") == RateLimit(20, 60)
     assert RateLimit.parse("5/s") == RateLimit(5, 1)

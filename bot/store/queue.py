@@ -22,7 +22,8 @@ from bot.store.health import OutletHealth
 from bot.store.tables import UTCDateTime, attempts, deliveries, notices, outlet_health
 
 if TYPE_CHECKING:
-    from bot.outlets import Outlet, RateLimit
+    from bot.outlets import Outlet
+    from channels.base import RateLimit
 
 d, a, h = deliveries, attempts, outlet_health
 
@@ -329,6 +330,19 @@ class Queue:
                         error=None, delivered_at=now, updated_at=now)
             )
         return len(rows)
+
+    def renew_leases(self, delivery_ids: Collection[int], lease: timedelta) -> set[int]:
+        """Extend this owner's unexpired leases on these deliveries (claims that waited before their send);
+        returns the ids renewed. A lease that ran out is not renewed: someone may have claimed it since."""
+        with self.db.tx() as conn:
+            now = self.db.now(conn)
+            return set(conn.execute(
+                d.update()
+                .where(d.c.id.in_(list(delivery_ids)), d.c.lease_owner == self.db.owner, d.c.status == "pending",
+                       d.c.lease_expires_at > now)
+                .values(lease_expires_at=now + lease)
+                .returning(d.c.id)
+            ).scalars())
 
     def release_claims(self) -> int:
         """Give back this owner's unfinished claims (graceful shutdown)."""

@@ -10,10 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
+from bot.http import Sender
 from bot.model import Notice
 from bot.outlets import Outlet
 from bot.testing import DingTalkRobots, FeishuBots, WeChatMPAPI, WeComRobots, WeiboAPI
-from channels import CHANNELS, Outcome, Rendered
+from channels import CHANNELS, Exchanging, Outcome, Pushing, Rendered
 
 DINGTALK = ("dt0a1b2c3d4e5f", "SEC0123456789abcdef0123456789abcdef")
 WECOM = "693a91f6-7xxx-4bc4-97a0-0ec2sifa5aaa"
@@ -75,14 +76,13 @@ async def send(outlet: Outlet, secret: str, rendered: Rendered, now: datetime | 
     """One delivery as the dispatcher makes it: ``deliver`` if the channel has one, else build + send; then classify."""
     channel = CHANNELS[outlet.channel]
     now = now or datetime.now(UTC)
-    async with httpx.AsyncClient(trust_env=False) as client:
-        deliver = getattr(channel, "deliver", None)
-        if deliver is not None:
-            status, headers, body = await deliver(client, rendered, outlet, secret, "msg_test", now)
+    async with Sender(httpx.AsyncHTTPTransport(), timeout=10) as sender:
+        if isinstance(channel, Exchanging):
+            answer = await channel.deliver(sender, rendered, outlet, secret, "msg_test", now)
         else:
-            answer = await client.send(channel.build(rendered, outlet, secret, "msg_test", now))
-            status, headers, body = answer.status_code, answer.headers, answer.content
-    return channel.classify(status, headers, body)
+            assert isinstance(channel, Pushing)
+            answer = await sender.send(channel.build(rendered, outlet, secret, "msg_test", now))
+    return channel.classify(answer.status, answer.headers, answer.body)
 
 
 def render_for(outlet: Outlet, notice: Notice) -> Rendered:

@@ -12,7 +12,8 @@ import httpx
 import pytest
 import yaml
 
-from bot.dispatch import Dispatcher, make_client
+from bot.dispatch import Dispatcher
+from bot.http import make_sender
 from bot.model import Notice
 from bot.outlets import load_matrix
 from bot.regions import RegionTable
@@ -111,7 +112,7 @@ async def test_a_burst_to_a_rate_limited_robot_is_paced_by_the_store_and_provoke
         matrix = load_matrix(path, regions, environ={"DT": ":".join(DINGTALK)})
         burst = [make_notice(ref=f"burst-{i:02d}", title=f"第{i}条") for i in range(30)]
         store.queue.add_notices([(n, matrix.outlets) for n in burst], source="test")
-        async with make_client(settings) as client:
+        async with make_sender(settings) as client:
             dispatcher = Dispatcher(store, matrix, settings, client)
             await dispatcher.run(until_idle=True)
             await dispatcher.close()

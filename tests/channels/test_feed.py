@@ -9,8 +9,9 @@ import httpx
 import pytest
 import yaml
 
-from bot.dispatch import Dispatcher, make_client
+from bot.dispatch import Dispatcher
 from bot.feed import FeedServer
+from bot.http import make_sender
 from bot.model import Notice
 from bot.outlets import load_matrix
 from bot.regions import RegionTable
@@ -29,9 +30,8 @@ async def test_a_fetch_delivers_what_it_lists_and_the_dispatcher_never_sends_to_
     ]}, allow_unicode=True))
     matrix = load_matrix(path, regions, environ={"FEED_TOKEN": "feed-token-123456"})
     notice = make_notice(title="<script>x</script> & 标题 😀", truth="真相 ]]> <b>")
-    store.queue.add_notices([(notice, matrix.outlets), (make_notice(ref="b", title="第二条"), matrix.outlets)],
-                            source="t")
-    async with make_client(settings) as client:
+    store.queue.add_notices([(notice, matrix.outlets), (make_notice(ref="b", title="第二条"), matrix.outlets)], source="t")
+    async with make_sender(settings) as client:
         dispatcher = Dispatcher(store, matrix, settings, client)
         await dispatcher.run(until_idle=True)  # nothing to push: returns at once, nothing attempted
         await dispatcher.close()

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from bot.http import Sender
 from bot.model import Notice
 from channels import CHANNELS
 from channels.wechat_mp import WeChatMP
@@ -73,11 +74,11 @@ async def test_several_workers_each_fetching_a_token_do_not_invalidate_each_othe
 ) -> None:
     outlet, secret = platforms.outlet("wechat_mp")
     workers = [WeChatMP(), WeChatMP(), WeChatMP()]  # three processes, three token caches
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with Sender(httpx.AsyncHTTPTransport(), timeout=10) as sender:
         for round_ in range(2):
             for n, worker in enumerate(workers):
                 rendered = worker.render(make_notice(ref=f"w{round_}{n}"), datetime(2026, 11, 27, tzinfo=UTC))
-                status, headers, body = await worker.deliver(client, rendered, outlet, secret, "msg", datetime.now(UTC))
-                assert worker.classify(status, headers, body).result == "delivered"
+                answer = await worker.deliver(sender, rendered, outlet, secret, "msg", datetime.now(UTC))
+                assert worker.classify(answer.status, answer.headers, answer.body).result == "delivered"
     assert platforms.wechat_mp.refused == []  # no 40001: the stable token is the same for everyone
     assert len(platforms.wechat_mp.by(WECHAT[0])) >= 6

@@ -116,14 +116,14 @@ async def test_a_background_task_that_fails_is_logged_and_started_again(
     # injected once: it must not die silently
     failures = iter([RuntimeError("injected")])
     name = "listen_dsn" if store.postgres else "changed_since_last_look"
-    real = getattr(store, name)
+    real = getattr(store.cluster, name)
 
     def once_failing() -> Any:
         if (exc := next(failures, None)) is not None:
             raise exc
         return real()
 
-    monkeypatch.setattr(store, name, once_failing)
+    monkeypatch.setattr(store.cluster, name, once_failing)
     secrets = {"o": whsec()}
     async with ChaosOutlets(secrets) as chaos:
         matrix = chaos_matrix(tmp_path, regions, {"o": chaos.url("o")}, secrets)
@@ -139,7 +139,7 @@ async def test_a_background_task_that_fails_is_logged_and_started_again(
                 await asyncio.sleep(0.01)
             # started again: a notice another process stores is seen by the watcher, well before the 5 s poll
             other = Store.open(str(store.engine.url))
-            other.add_notices([(make_notice(), matrix.outlets)], source="test")
+            other.queue.add_notices([(make_notice(), matrix.outlets)], source="test")
             other.close()
             while not chaos.seen("o"):
                 assert asyncio.get_running_loop().time() < deadline and not run.done()

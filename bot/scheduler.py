@@ -65,8 +65,10 @@ class Daemon:
                 finally:
                     running.discard(task)
 
-            scheduler.add_job(tracked, "interval", seconds=seconds, next_run_time=first, id=job.__name__,
-                              max_instances=1, coalesce=True)
+            # APScheduler 3 adds a job with next_run_time=None *paused*: pass it only to run at once
+            when = {} if first is None else {"next_run_time": first}
+            scheduler.add_job(tracked, "interval", seconds=seconds, id=job.__name__, max_instances=1, coalesce=True,
+                              **when)
 
         tick, now = self.settings.scan_interval, datetime.now(UTC)
         if self.cluster_jobs:

@@ -1,0 +1,145 @@
+"""The daemon as an operator runs it: a real ``debunkbot run`` process, given work while it runs.
+
+A test that calls a job function directly proves the job, not that the daemon runs it; these
+start the process, drop files into its inbox, submit embargoed notices from the command line and
+watch what the loopback outlets receive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bot.testing import WebhookOutlets
+from tests.conftest import notice_data
+
+SCAN_INTERVAL = 0.5
+# A bound for polling, not a timing assertion: a healthy daemon needs two scan intervals, a broken one never
+# gets there. Sixty intervals leave room for a loaded two-core machine.
+DEADLINE = 60 * SCAN_INTERVAL + 30
+
+
+@dataclass
+class RunningBot:
+    """Where a `debunkbot run` process under test finds its store, outlets and inbox."""
+
+    tmp: Path
+    env: dict[str, str]
+    outlets: WebhookOutlets
+    inbox: Path
+    procs: list[asyncio.subprocess.Process] = field(default_factory=list)
+
+    async def start(self, *args: str, command: str = "run", env: dict[str, str] | None = None,
+                    log: str = "daemon.log") -> asyncio.subprocess.Process:
+        out = (self.tmp / log).open("ab")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", command, *args, env=os.environ | self.env | (env or {}),
+            stdout=out, stderr=out, start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    async def submit(self, path: Path) -> int:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "submit", str(path), env=os.environ | self.env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0, out.decode()
+        return proc.returncode
+
+    def log(self, name: str = "daemon.log") -> str:
+        path = self.tmp / name
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+    def refs_delivered(self) -> dict[str, int]:
+        """notice ref -> how many outlets have verified it."""
+        seen: dict[str, set[str]] = {}
+        for post in self.outlets.posts:
+            seen.setdefault(post.payload["data"]["ref"], set()).add(post.outlet)
+        return {ref: len(outlets) for ref, outlets in seen.items()}
+
+    def write_notice(self, folder: Path, ref: str, **changes: Any) -> Path:
+        path = folder / f"{ref}.yaml"
+        tmp = path.with_suffix(".part")  # written elsewhere, then renamed in: the daemon never sees half a file
+        tmp.write_text(yaml.safe_dump(notice_data(ref=ref, **changes), allow_unicode=True), encoding="utf-8")
+        tmp.rename(path)
+        return path
+
+
+@pytest.fixture
+async def bot(tmp_path: Path, loopback: Callable[..., Any]) -> AsyncIterator[RunningBot]:
+    outlets, matrix = await loopback(3)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    env = {f"TEST_SECRET_{i:04d}": matrix.secret_for(f"outlet-{i:04d}") for i in range(3)} | {
+        "DEBUNKBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'bot.sqlite3'}",
+        "DEBUNKBOT_OUTLETS": str(tmp_path / "outlets.yaml"), "DEBUNKBOT_INBOX": str(inbox),
+        "DEBUNKBOT_SCAN_INTERVAL": str(SCAN_INTERVAL), "DEBUNKBOT_RETRY_JITTER": "0",
+    }
+    running = RunningBot(tmp_path, env, outlets, inbox)
+    yield running
+    for proc in running.procs:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def until(condition: Callable[[], bool], proc: asyncio.subprocess.Process, timeout: float = DEADLINE) -> float:
+    """Poll for an outcome while the daemon runs; returns the seconds it took (a bound, not an assertion)."""
+    started = time.monotonic()
+    while not condition():
+        assert proc.returncode is None, "the daemon exited"
+        if time.monotonic() - started > timeout:
+            break
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> int:
+    proc.send_signal(sig)
+    return await asyncio.wait_for(proc.wait(), timeout=60)
+
+
+async def test_a_file_dropped_into_the_inbox_of_a_running_daemon_is_delivered(bot: RunningBot) -> None:
+    bot.write_notice(bot.inbox, "cq-before-start")
+    proc = await bot.start()
+    await until(lambda: bot.refs_delivered().get("cq-before-start") == 3, proc)
+    assert bot.refs_delivered().get("cq-before-start") == 3, bot.log()  # the daemon is up and has scanned once
+
+    for n in range(2):  # not once more, but at every scan
+        ref = f"cq-while-running-{n}"
+        bot.write_notice(bot.inbox, ref)
+        took = await until(lambda r=ref: bot.refs_delivered().get(r) == 3, proc)
+        assert bot.refs_delivered().get(ref) == 3, f"{ref} still not delivered after {took:.0f}s:\n{bot.log()}"
+        assert (bot.inbox / "accepted" / f"{ref}.yaml").exists()
+        print(f"\n{ref}: delivered {took:.2f}s after it was dropped (scan interval {SCAN_INTERVAL}s)")
+    assert await stop(proc) == 0, bot.log()
+
+
+async def test_an_embargo_that_falls_due_while_the_daemon_runs_is_released_and_delivered(bot: RunningBot) -> None:
+    bot.write_notice(bot.inbox, "cq-warm-up")
+    proc = await bot.start()
+    await until(lambda: bot.refs_delivered().get("cq-warm-up") == 3, proc)
+    assert bot.refs_delivered().get("cq-warm-up") == 3, bot.log()
+
+    publish_at = datetime.now(UTC) + timedelta(seconds=2)
+    await bot.submit(bot.write_notice(bot.tmp, "cq-embargoed", publish_at=publish_at.isoformat()))
+    took = await until(lambda: bot.refs_delivered().get("cq-embargoed") == 3, proc)
+    assert bot.refs_delivered().get("cq-embargoed") == 3, f"still held after {took:.0f}s:\n{bot.log()}"
+    first_post = min(p.received_at for p in bot.outlets.posts if p.payload["data"]["ref"] == "cq-embargoed")
+    assert first_post >= publish_at.timestamp(), "not before its publish_at"
+    print(f"\nembargo: delivered {first_post - publish_at.timestamp():.2f}s after publish_at "
+          f"(scan interval {SCAN_INTERVAL}s)")
+    assert await stop(proc) == 0, bot.log()

@@ -105,7 +105,7 @@ def submit(paths: Annotated[list[Path], typer.Argument(help="notice files or fol
 
 
 UntilIdle = Annotated[bool, typer.Option("--until-idle", help="exit 0 once nothing is pending or scheduled")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="log every attempt, not only failures")]
 
 
 @app.command()
@@ -121,29 +121,54 @@ def worker(until_idle: UntilIdle = False, verbose: Verbose = False) -> None:
 
 
 def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool) -> None:
-    from bot.scheduler import Daemon
+    from bot.scheduler import Daemon, install_signal_handlers, open_store
 
-    _logging(verbose)
     settings = _settings()
     regions = _regions(settings)
     matrix = _matrix(settings, regions)
-    store = _store(settings)
+    _logging(verbose)
+    log = logging.getLogger("debunkbot")
 
-    async def main() -> None:
-        async with make_client(settings) as client, contextlib.AsyncExitStack() as feeds:
-            if cluster_jobs and any(o.channel == "feed" for o in matrix.outlets):  # feed outlets fetch from the bot
-                from bot.feed import FeedServer
+    async def main() -> int:
+        from bot.schema import SchemaOutdated
 
-                server = await feeds.enter_async_context(FeedServer(store, matrix, settings.feed_host, settings.feed_port))
-                logging.getLogger("debunkbot").info("feeds at http://%s:%d/feeds/OUTLET.atom (or .json)",
-                                                    server.host, server.port)
-            daemon = Daemon(settings, store, matrix, regions, client, cluster_jobs=cluster_jobs)
-            daemon.install_signal_handlers()
-            await daemon.run(until_idle=until_idle)
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        try:
+            store = await open_store(settings.database_url, stop)
+        except SchemaOutdated as exc:
+            log.error("store refused: %s", exc)
+            return 2
+        if store is None:
+            log.info("stopped before the store was reachable")
+            return 0
+        try:
+            async with make_client(settings) as client, contextlib.AsyncExitStack() as feeds:
+                if cluster_jobs and any(o.channel == "feed" for o in matrix.outlets):  # feed outlets fetch from the bot
+                    from bot.feed import FeedServer
 
-    asyncio.run(main())
-    store.close()
-    logging.getLogger("debunkbot").info("stopped (%s)", store.owner)
+                    try:
+                        server = await feeds.enter_async_context(
+                            FeedServer(store, matrix, settings.feed_host, settings.feed_port))
+                    except OSError as exc:
+                        log.error("cannot serve the feeds on %s port %d: %s; is another debunkbot running? "
+                                  "Set DEBUNKBOT_FEED_PORT (or DEBUNKBOT_FEED_HOST) to change it",
+                                  settings.feed_host, settings.feed_port, exc.strerror or exc)
+                        return 1
+                    log.info("feeds at http://%s:%d/feeds/OUTLET.atom (or .json)", server.host, server.port)
+                daemon = Daemon(settings, store, matrix, regions, client, cluster_jobs=cluster_jobs, stop=stop)
+                await daemon.run(until_idle=until_idle)
+        finally:
+            store.close()
+        log.info("stopped (%s)", store.owner)
+        return 0
+
+    try:
+        code = asyncio.run(main())
+    except Exception:  # logged, so it goes through the redaction of the log, then a non-zero exit
+        log.exception("the daemon stopped on an unexpected error")
+        code = 1
+    raise typer.Exit(code)
 
 
 db = typer.Typer(help="The store's schema.", no_args_is_help=True)

@@ -1,9 +1,12 @@
 """The running bot: APScheduler is the clock, the dispatcher does the sending.
 
 Jobs: scan the inbox, release embargoed notices whose publish_at has come, wake the
-dispatcher (a poll that backs up the immediate wake-ups), send operator alerts and prune old
-attempts. Stops cleanly on SIGINT/SIGTERM. A store that is locked, busy or gone fails a job's
-run, never the daemon: the next run tries again.
+dispatcher (a poll that backs up the immediate wake-ups), send operator alerts, prune old
+attempts, and resolve the matrix's regions again when the date changes in Chongqing. Stops
+cleanly on SIGINT/SIGTERM. A store that is locked, busy or gone fails a job's run, never the
+daemon: the next run tries again. A job that fails any other way is logged with its traceback
+and runs again at its next interval; the dispatcher, which the daemon awaits, ends the daemon
+with a non-zero exit if it fails.
 
     >>> await Daemon(settings, store, matrix, regions, client).run(until_idle=True)  # doctest: +SKIP
 """
@@ -11,17 +14,27 @@ run, never the daemon: the next run tries again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_SUBMITTED,
+    JobExecutionEvent,
+    JobSubmissionEvent,
+    SchedulerEvent,
+)
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.alerts import Alerter
-from bot.dispatch import Dispatcher
+from bot.dispatch import STORE_BACKOFF_MAX, Dispatcher
 from bot.intake import FileResult, scan_inbox
 from bot.outlets import OutletMatrix
 from bot.regions import RegionTable
@@ -29,6 +42,12 @@ from bot.settings import Settings
 from bot.store import STORE_FAULTS, AttemptRecord, Store, describe_fault, utcnow
 
 log = logging.getLogger("debunkbot")
+
+CHONGQING = ZoneInfo("Asia/Shanghai")  # dates that decide meaning (which regions exist) are Chongqing dates
+
+
+def chongqing_today() -> date:
+    return datetime.now(CHONGQING).date()
 
 
 class Daemon:
@@ -41,61 +60,94 @@ class Daemon:
         client: httpx.AsyncClient,
         on_recorded: Callable[[Sequence[AttemptRecord]], None] | None = None,
         cluster_jobs: bool = True,
+        stop: asyncio.Event | None = None,
+        today: Callable[[], date] = chongqing_today,
     ) -> None:
         self.cluster_jobs = cluster_jobs  # False for `debunkbot worker`: dispatch only
         self.settings = settings
         self.store = store
-        self.matrix = matrix
         self.regions = regions
+        self.today = today
         self.dispatcher = Dispatcher(store, matrix, settings, client, on_recorded=on_recorded)
         self.alerter = Alerter(store, matrix, settings, client, db=self.dispatcher.db)
-        self.stop = asyncio.Event()
+        self.matrix = matrix
+        self.regions_day: date | None = None
+        self.stop = stop or asyncio.Event()
+        self.scheduler: AsyncIOScheduler | None = None
+
+    @property
+    def matrix(self) -> OutletMatrix:
+        return self._matrix
+
+    @matrix.setter
+    def matrix(self, matrix: OutletMatrix) -> None:  # one matrix for every part of the daemon
+        self._matrix = self.dispatcher.matrix = self.alerter.matrix = matrix
 
     async def run(self, until_idle: bool = False) -> None:
-        scheduler = AsyncIOScheduler(timezone=UTC)
-        running: set[asyncio.Task[Any]] = set()
-
-        def every(job: Callable[[], Awaitable[Any]], seconds: float, first: datetime | None = None) -> None:
-            async def tracked() -> None:  # so a stop waits for a job in progress instead of cancelling it
-                task = asyncio.current_task()
-                assert task is not None
-                running.add(task)
-                try:
-                    await job()
-                finally:
-                    running.discard(task)
-
-            # APScheduler 3 adds a job with next_run_time=None *paused*: pass it only to run at once
-            when = {} if first is None else {"next_run_time": first}
-            scheduler.add_job(tracked, "interval", seconds=seconds, id=job.__name__, max_instances=1, coalesce=True,
-                              **when)
-
+        # APScheduler's own rules: one run of a job at a time, missed runs coalesced into one, and a run that
+        # comes late still runs. APScheduler 3 pauses a job added with next_run_time=None, so it is given only
+        # to run a job at once.
+        scheduler = self.scheduler = AsyncIOScheduler(
+            timezone=UTC, job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None})
+        running = _RunningJobs(scheduler)
         tick, now = self.settings.scan_interval, datetime.now(UTC)
+
+        def every(job: Callable[[], Awaitable[Any]], seconds: float, at_once: bool = False) -> None:
+            first = {"next_run_time": now} if at_once else {}
+            scheduler.add_job(job, "interval", seconds=seconds, id=job.__name__, **first)
+
+        self.resolve_regions()
         if self.cluster_jobs:
             # Cluster-wide jobs: every process ticks, only the leader (see Store.lead) does the work.
             if self.settings.inbox:
                 every(self.scan_inbox, tick)
             every(self.release_embargoed, min(tick, 1.0))
-            every(self.send_alerts, tick, first=now)
-            every(self.prune_attempts, 3600, first=now)
-        scheduler.add_job(self.dispatcher.wake, "interval", seconds=tick, id="dispatch-due", coalesce=True)
+            every(self.send_alerts, tick, at_once=True)
+            every(self.prune_attempts, 3600, at_once=True)
+        # the day's regions: at midnight in Chongqing, and every hour in case the machine slept through midnight
+        scheduler.add_job(self.resolve_regions, "cron", hour="*", timezone=CHONGQING, id="resolve_regions")
+        scheduler.add_job(self.dispatcher.wake, "interval", seconds=tick, id="dispatch_due")
         scheduler.start()
         try:
-            if self.cluster_jobs:
-                # files already waiting count before an until-idle run decides it is idle
-                await self.scan_inbox()
-                await self.release_embargoed()
+            if self.cluster_jobs:  # files already waiting count before an until-idle run decides it is idle
+                for job in (self.scan_inbox, self.release_embargoed):
+                    try:
+                        await job()
+                    except Exception:
+                        log.exception("job %s failed at start-up; it runs again at its next interval", job.__name__)
             await self.dispatcher.run(self.stop, until_idle=until_idle)
         finally:
+            # APScheduler 3's AsyncIOExecutor cannot wait on shutdown: shutdown(wait=True) cancels coroutine jobs
+            # in progress (apscheduler/executors/asyncio.py, "There is no way to honor wait=True"). So: no new
+            # runs, then the runs in progress get the grace period to finish, then shutdown.
+            scheduler.pause()
+            await running.finished(self.settings.shutdown_grace)
             scheduler.shutdown(wait=False)
-            if running:
-                await asyncio.wait(running)
             await self.dispatcher.close()
 
     def install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop.set)
+        install_signal_handlers(self.stop)
+
+    def resolve_regions(self) -> None:
+        """Resolve the outlets' regions on today's Chongqing date, if it changed: a district merged into
+        another from a date (江北区 into 两江新区 on 2026-01-25) routes its notices to its successor's outlets."""
+        day = self.today()
+        if day == self.regions_day:
+            return
+        outlets = []
+        for outlet in self.matrix.outlets:
+            try:
+                outlets.append(outlet.model_copy(update={"region": self.regions.resolve(outlet.region, day)}))
+            except ValueError as exc:
+                log.warning("outlet %s keeps region %s: %s", outlet.id, outlet.region, exc)
+                outlets.append(outlet)
+        changed = [(old.id, old.region, new.region) for old, new in zip(self.matrix.outlets, outlets, strict=True)
+                   if old.region != new.region]
+        if changed:
+            self.matrix = dataclasses.replace(self.matrix, outlets=tuple(outlets))
+            for outlet_id, old_region, new_region in changed:
+                log.info("outlet %s: region %s is %s from %s (Chongqing date)", outlet_id, old_region, new_region, day)
+        self.regions_day = day
 
     async def scan_inbox(self) -> list[FileResult]:
         if self.settings.inbox is None:
@@ -149,3 +201,61 @@ class Daemon:
             return
         if pruned:
             log.info("pruned %d attempts older than %g days", pruned, self.settings.attempt_retention_days)
+
+
+class _RunningJobs:
+    """The scheduler's job runs in progress, followed through its own events; a failed run is logged here
+    (with its traceback) and the job runs again at its next interval."""
+
+    def __init__(self, scheduler: AsyncIOScheduler) -> None:
+        self.scheduler = scheduler
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        scheduler.add_listener(self._event, EVENT_JOB_SUBMITTED | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+
+    def _event(self, event: SchedulerEvent) -> None:
+        if isinstance(event, JobSubmissionEvent):
+            self.count += 1
+            self.idle.clear()
+            return
+        assert isinstance(event, JobExecutionEvent)
+        self.count -= 1
+        if self.count <= 0:
+            self.idle.set()
+        if event.exception is not None:
+            job = self.scheduler.get_job(event.job_id)
+            when = job.next_run_time if job else None
+            again = f"; it runs again at {when.isoformat(timespec='seconds')}" if when else ""
+            log.error("job %s failed: %s: %s%s", event.job_id, type(event.exception).__name__, event.exception, again,
+                      exc_info=(type(event.exception), event.exception, event.exception.__traceback__))
+
+    async def finished(self, grace: float) -> None:
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout=max(grace, 0.1))
+        except TimeoutError:
+            log.warning("%d job run(s) still going after %gs; they are cancelled", self.count, grace)
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """SIGINT and SIGTERM both ask for the same clean stop."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def open_store(url: str, stop: asyncio.Event) -> Store | None:
+    """Open the store, waiting for a database that is not up yet: back-off up to 30 s, a log line every try.
+    None when asked to stop first."""
+    delay, tries = 1.0, 0
+    while True:
+        tries += 1
+        try:
+            return await asyncio.to_thread(Store.open, url)
+        except STORE_FAULTS as exc:
+            log.warning("waiting for the store, try %d: %s; trying again in %.0fs", tries, describe_fault(exc), delay)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+            return None
+        except TimeoutError:
+            delay = min(delay * 2, STORE_BACKOFF_MAX)

@@ -143,3 +143,110 @@ async def test_an_embargo_that_falls_due_while_the_daemon_runs_is_released_and_d
     print(f"\nembargo: delivered {first_post - publish_at.timestamp():.2f}s after publish_at "
           f"(scan interval {SCAN_INTERVAL}s)")
     assert await stop(proc) == 0, bot.log()
+
+
+# -- the daemon in this process, where a test needs to reach inside: a failing job, a changing date ----------------
+
+
+async def run_daemon_until(daemon: Any, condition: Callable[[], bool], timeout: float = 60) -> None:
+    task = asyncio.create_task(daemon.run())
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline and not task.done():
+        await asyncio.sleep(0.01)
+    daemon.stop.set()
+    await asyncio.wait_for(task, timeout=60)
+
+
+async def test_every_periodic_job_is_scheduled_none_paused(
+    settings: Any, store: Any, loopback: Callable[..., Any], regions: Any, tmp_path: Path
+) -> None:
+    from bot.dispatch import make_client
+    from bot.scheduler import Daemon
+
+    _, matrix = await loopback(2)
+    settings = settings.model_copy(update={"inbox": tmp_path / "inbox"})
+    async with make_client(settings) as client:
+        daemon = Daemon(settings, store, matrix, regions, client)
+        jobs: dict[str, Any] = {}
+
+        def seen() -> bool:
+            if daemon.scheduler is not None and daemon.scheduler.running:
+                jobs.update({job.id: job.next_run_time for job in daemon.scheduler.get_jobs()})
+            return bool(jobs)
+
+        await run_daemon_until(daemon, seen)
+    assert set(jobs) == {"scan_inbox", "release_embargoed", "send_alerts", "prune_attempts", "resolve_regions",
+                         "dispatch_due"}
+    assert all(when is not None for when in jobs.values()), f"paused jobs: {jobs}"
+
+
+async def test_a_job_that_raises_is_logged_with_its_traceback_and_runs_again(
+    settings: Any, store: Any, loopback: Callable[..., Any], regions: Any, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from bot.dispatch import make_client
+    from bot.scheduler import Daemon
+
+    _, matrix = await loopback(2)
+    calls = 0
+
+    def broken_release(now: Any = None) -> int:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError(f"bug number {calls}")
+
+    monkeypatch.setattr(store, "release_due", broken_release)
+    async with make_client(settings) as client:
+        daemon = Daemon(settings, store, matrix, regions, client)
+        await run_daemon_until(daemon, lambda: calls >= 4)
+    assert calls >= 4, "the job ran again after failing"
+    failures = [r for r in caplog.records if "release_embargoed failed" in r.getMessage()]
+    assert len(failures) >= 3
+    assert all(r.exc_info and "broken_release" in "".join(__import__("traceback").format_exception(*r.exc_info))
+               for r in failures)
+    assert any("runs again at" in r.getMessage() for r in failures)
+
+
+async def test_regions_are_resolved_again_when_the_date_changes_in_chongqing(
+    settings: Any, store: Any, loopback: Callable[..., Any], regions: Any, tmp_path: Path, make_notice: Any
+) -> None:
+    from datetime import date
+
+    from bot.dispatch import make_client
+    from bot.outlets import load_matrix
+    from bot.scheduler import CHONGQING, Daemon
+
+    _, loaded = await loopback(3, entry_changes={"outlet-0001": {"region": "江北"}})
+    environ = {f"TEST_SECRET_{i:04d}": loaded.secret_for(f"outlet-{i:04d}") or "" for i in range(3)}
+    matrix = load_matrix(tmp_path / "outlets.yaml", regions, environ=environ, on=date(2026, 1, 24))
+    assert matrix.by_id["outlet-0001"].region == "江北区"
+    day = date(2026, 1, 24)
+    async with make_client(settings) as client:
+        daemon = Daemon(settings, store, matrix, regions, client, today=lambda: day)
+        daemon.resolve_regions()
+        assert daemon.matrix.by_id["outlet-0001"].region == "江北区"
+        day = date(2026, 1, 25)  # midnight in Chongqing
+        daemon.resolve_regions()
+        assert daemon.matrix.by_id["outlet-0001"].region == "两江新区"
+        assert daemon.dispatcher.matrix is daemon.matrix and daemon.alerter.matrix is daemon.matrix
+        notice = make_notice(regions=["两江新区"], ref="cq-liangjiang")
+        assert "outlet-0001" in {o.id for o in daemon.matrix.concerned_by(notice)}
+
+        jobs: dict[str, Any] = {}
+
+        def seen() -> bool:
+            if daemon.scheduler is not None and daemon.scheduler.running:
+                jobs.update({job.id: job.next_run_time for job in daemon.scheduler.get_jobs()})
+            return bool(jobs)
+
+        await run_daemon_until(daemon, seen)
+    midnight_check = jobs["resolve_regions"].astimezone(CHONGQING)
+    assert (midnight_check.minute, midnight_check.second) == (0, 0), "on the hour, Chongqing time"
+
+
+async def test_a_store_that_is_down_at_start_is_waited_for_and_sigterm_still_stops_cleanly(bot: RunningBot) -> None:
+    proc = await bot.start(env={"DEBUNKBOT_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:9/nowhere"})
+    await until(lambda: bot.log().count("waiting for the store, try") >= 2, proc)
+    assert "waiting for the store, try 2" in bot.log(), bot.log()
+    assert await stop(proc) == 0, bot.log()
+    assert "Traceback" not in bot.log()

@@ -15,7 +15,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
 from bot.dispatch import make_client
@@ -75,11 +74,10 @@ def _store(settings: Settings) -> Store:
         raise typer.Exit(2) from None
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=errors, show_path=False)])
-    for noisy in ("apscheduler", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _logging(verbose: bool, matrix: OutletMatrix) -> None:
+    from bot.logs import setup_logging
+
+    setup_logging(verbose, [matrix.secret_for(o.id) for o in (*matrix.outlets, *matrix.operators)])
 
 
 @app.command()
@@ -126,7 +124,7 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool) -> None:
     settings = _settings()
     regions = _regions(settings)
     matrix = _matrix(settings, regions)
-    _logging(verbose)
+    _logging(verbose, matrix)
     log = logging.getLogger("debunkbot")
 
     async def main() -> int:

@@ -17,12 +17,14 @@ import asyncio
 import dataclasses
 import logging
 import signal
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
+import sqlalchemy as sa
 from apscheduler.events import (
     EVENT_JOB_ERROR,
     EVENT_JOB_EXECUTED,
@@ -39,7 +41,8 @@ from bot.intake import FileResult, scan_inbox
 from bot.outlets import OutletMatrix
 from bot.regions import RegionTable
 from bot.settings import Settings
-from bot.store import STORE_FAULTS, AttemptRecord, Store, describe_fault, utcnow
+from bot.store import STORE_FAULTS, AttemptRecord, Store, deliveries, describe_fault, notices, utcnow
+from channels import CHANNELS
 
 log = logging.getLogger("debunkbot")
 
@@ -68,7 +71,9 @@ class Daemon:
         self.store = store
         self.regions = regions
         self.today = today
-        self.dispatcher = Dispatcher(store, matrix, settings, client, on_recorded=on_recorded)
+        self.on_recorded = on_recorded
+        self.dispatcher = Dispatcher(store, matrix, settings, client, on_recorded=self._recorded)
+        self.report = AttemptReport(frozenset(o.id for o in matrix.outlets if CHANNELS[o.channel].pull))
         self.alerter = Alerter(store, matrix, settings, client, db=self.dispatcher.db)
         self.matrix = matrix
         self.regions_day: date | None = None
@@ -107,6 +112,7 @@ class Daemon:
         # the day's regions: at midnight in Chongqing, and every hour in case the machine slept through midnight
         scheduler.add_job(self.resolve_regions, "cron", hour="*", timezone=CHONGQING, id="resolve_regions")
         scheduler.add_job(self.dispatcher.wake, "interval", seconds=tick, id="dispatch_due")
+        every(self.report_attempts, tick)
         scheduler.start()
         try:
             if self.cluster_jobs:  # files already waiting count before an until-idle run decides it is idle
@@ -123,7 +129,26 @@ class Daemon:
             scheduler.pause()
             await running.finished(self.settings.shutdown_grace)
             scheduler.shutdown(wait=False)
+            await self.report_attempts()
             await self.dispatcher.close()
+
+    def _recorded(self, batch: Sequence[AttemptRecord]) -> None:
+        self.report.unreported.extend(batch)
+        if self.on_recorded:
+            self.on_recorded(batch)
+
+    async def report_attempts(self) -> None:
+        """Log what the recorded attempts did: each failed attempt, each delivery that ends failed, each notice
+        once every outlet had its first try, and with -v every attempt."""
+        batch, self.report.unreported = self.report.unreported, []
+        unknown = {r.delivery_id for r in batch} - self.report.refs.keys()
+        if unknown:
+            try:
+                await self.dispatcher.db(self.report.look_up, self.store, unknown)
+            except STORE_FAULTS:  # the dispatcher says the store is sick; these are logged at the next run
+                self.report.unreported[:0] = batch
+                return
+        self.report.log(batch)
 
     def install_signal_handlers(self) -> None:
         install_signal_handlers(self.stop)
@@ -201,6 +226,72 @@ class Daemon:
             return
         if pruned:
             log.info("pruned %d attempts older than %g days", pruned, self.settings.attempt_retention_days)
+
+
+@dataclasses.dataclass
+class _FanOut:
+    ref: str
+    outlets: int  # deliveries to outlets we push to (feeds fetch, they are not attempted)
+    first_tries: int = 0
+    outcomes: Counter[str] = dataclasses.field(default_factory=Counter)
+    started: datetime | None = None
+    ended: datetime | None = None
+
+
+@dataclasses.dataclass
+class AttemptReport:
+    """Turns batches of recorded attempts into log lines, naming each notice by its ref."""
+
+    pulled: frozenset[str]
+    unreported: list[AttemptRecord] = dataclasses.field(default_factory=list)
+    refs: OrderedDict[int, tuple[int, str]] = dataclasses.field(default_factory=OrderedDict)  # delivery -> notice
+    fanouts: dict[int, _FanOut] = dataclasses.field(default_factory=dict)
+
+    def look_up(self, store: Store, delivery_ids: set[int]) -> None:
+        """Store thread: the notice and ref of these deliveries, and how many outlets a new notice goes to."""
+        d, n = deliveries, notices
+        with store.engine.connect() as conn:
+            rows = conn.execute(sa.select(d.c.id, d.c.notice_id, n.c.ref).join(n, n.c.id == d.c.notice_id)
+                                .where(d.c.id.in_(list(delivery_ids)))).all()
+            new = {r.notice_id for r in rows} - self.fanouts.keys()
+            counts = dict(conn.execute(
+                sa.select(d.c.notice_id, sa.func.count()).where(d.c.notice_id.in_(list(new)),
+                                                                d.c.outlet_id.not_in(list(self.pulled)))
+                .group_by(d.c.notice_id)).all()) if new else {}
+        for r in rows:
+            self.refs[r.id] = (r.notice_id, r.ref)
+            if r.notice_id in new:
+                self.fanouts[r.notice_id] = _FanOut(r.ref, counts.get(r.notice_id, 0))
+        while len(self.refs) > 100_000:
+            self.refs.popitem(last=False)
+
+    def log(self, batch: Sequence[AttemptRecord]) -> None:
+        for r in batch:
+            notice_id, ref = self.refs.get(r.delivery_id, (0, f"delivery {r.delivery_id}"))
+            where = f"{ref} to {r.outlet_id}"
+            status = f"HTTP {r.http_status}" if r.http_status else ""
+            reason = r.error if r.error and r.error.startswith(status) else ": ".join(filter(None, (status, r.error)))
+            if r.outcome == "delivered":
+                log.debug("%s: attempt %d delivered (HTTP %s, %.0f ms)", where, r.attempt, r.http_status, r.latency_ms)
+            elif r.outcome == "retry":
+                when = r.next_attempt_at.isoformat(timespec="seconds") if r.next_attempt_at else "later"
+                log.warning("%s: attempt %d failed: %s; next try at %s", where, r.attempt, reason, when)
+            else:
+                log.error("%s: delivery failed after %d attempt(s): %s", where, r.attempt, reason)
+            fanout = self.fanouts.get(notice_id)
+            if fanout is None or r.attempt != 1:
+                continue
+            fanout.first_tries += 1
+            fanout.outcomes[r.outcome] += 1
+            end = r.started_at + timedelta(milliseconds=r.latency_ms)
+            fanout.started = min(fanout.started or r.started_at, r.started_at)
+            fanout.ended = max(fanout.ended or end, end)
+            if fanout.first_tries >= fanout.outlets:
+                del self.fanouts[notice_id]
+                took = (fanout.ended - fanout.started).total_seconds()
+                log.info("%s fanned out to %d outlet(s) in %.2fs: %d delivered, %d to retry, %d failed", fanout.ref,
+                         fanout.outlets, took, fanout.outcomes["delivered"], fanout.outcomes["retry"],
+                         fanout.outcomes["failed"])
 
 
 class _RunningJobs:

@@ -176,7 +176,7 @@ async def test_every_periodic_job_is_scheduled_none_paused(
 
         await run_daemon_until(daemon, seen)
     assert set(jobs) == {"scan_inbox", "release_embargoed", "send_alerts", "prune_attempts", "resolve_regions",
-                         "dispatch_due"}
+                         "dispatch_due", "report_attempts"}
     assert all(when is not None for when in jobs.values()), f"paused jobs: {jobs}"
 
 

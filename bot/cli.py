@@ -104,21 +104,25 @@ def submit(paths: Annotated[list[Path], typer.Argument(help="notice files or fol
 
 UntilIdle = Annotated[bool, typer.Option("--until-idle", help="exit 0 once nothing is pending or scheduled")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="log every attempt, not only failures")]
+MaxWait = Annotated[float | None, typer.Option(
+    "--max-wait", metavar="SECONDS", min=0,
+    help="with --until-idle: stop rather than wait longer than this for the next delivery due "
+         "(an open breaker's cooldown, the retry schedule); the last line says what is left")]
 
 
 @app.command()
-def run(until_idle: UntilIdle = False, verbose: Verbose = False) -> None:
+def run(until_idle: UntilIdle = False, max_wait: MaxWait = None, verbose: Verbose = False) -> None:
     """Run the bot: watch the inbox, release embargoes, send and retry. Stops on SIGINT/SIGTERM."""
-    _daemon(until_idle, verbose, cluster_jobs=True)
+    _daemon(until_idle, verbose, cluster_jobs=True, max_wait=max_wait)
 
 
 @app.command()
-def worker(until_idle: UntilIdle = False, verbose: Verbose = False) -> None:
+def worker(until_idle: UntilIdle = False, max_wait: MaxWait = None, verbose: Verbose = False) -> None:
     """Send only: claim and deliver from the shared store. Run any number, on any machine."""
-    _daemon(until_idle, verbose, cluster_jobs=False)
+    _daemon(until_idle, verbose, cluster_jobs=False, max_wait=max_wait)
 
 
-def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool) -> None:
+def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float | None = None) -> None:
     from bot.scheduler import Daemon, install_signal_handlers, open_store
 
     settings = _settings()
@@ -155,7 +159,7 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool) -> None:
                         return 1
                     log.info("feeds at http://%s:%d/feeds/OUTLET.atom (or .json)", server.host, server.port)
                 daemon = Daemon(settings, store, matrix, regions, client, cluster_jobs=cluster_jobs, stop=stop)
-                await daemon.run(until_idle=until_idle)
+                await daemon.run(until_idle=until_idle, max_wait=max_wait)
         finally:
             store.close()
         log.info("stopped (%s)", store.owner)

@@ -41,7 +41,16 @@ from bot.intake import FileResult, scan_inbox
 from bot.outlets import OutletMatrix
 from bot.regions import RegionTable
 from bot.settings import Settings
-from bot.store import STORE_FAULTS, AttemptRecord, Store, deliveries, describe_fault, notices, utcnow
+from bot.store import (
+    STORE_FAULTS,
+    AttemptRecord,
+    Store,
+    deliveries,
+    describe_fault,
+    notices,
+    outlet_health,
+    utcnow,
+)
 from channels import CHANNELS
 
 log = logging.getLogger("debunkbot")
@@ -79,6 +88,9 @@ class Daemon:
         self.regions_day: date | None = None
         self.stop = stop or asyncio.Event()
         self.scheduler: AsyncIOScheduler | None = None
+        self.max_wait: float | None = None
+        self.gave_up = False  # an until-idle run stopped at max_wait
+        self._waiting_for = ""
 
     @property
     def matrix(self) -> OutletMatrix:
@@ -88,7 +100,9 @@ class Daemon:
     def matrix(self, matrix: OutletMatrix) -> None:  # one matrix for every part of the daemon
         self._matrix = self.dispatcher.matrix = self.alerter.matrix = matrix
 
-    async def run(self, until_idle: bool = False) -> None:
+    async def run(self, until_idle: bool = False, max_wait: float | None = None) -> None:
+        """Send until stopped, or (``until_idle``) until nothing is due; ``max_wait``: an until-idle run stops
+        instead of waiting longer than that for the next thing due (an open breaker, the retry schedule)."""
         # APScheduler's own rules: one run of a job at a time, missed runs coalesced into one, and a run that
         # comes late still runs. APScheduler 3 pauses a job added with next_run_time=None, so it is given only
         # to run a job at once.
@@ -113,6 +127,9 @@ class Daemon:
         scheduler.add_job(self.resolve_regions, "cron", hour="*", timezone=CHONGQING, id="resolve_regions")
         scheduler.add_job(self.dispatcher.wake, "interval", seconds=tick, id="dispatch_due")
         every(self.report_attempts, tick)
+        if until_idle:
+            self.max_wait = max_wait
+            every(self.report_waiting, tick)
         scheduler.start()
         try:
             if self.cluster_jobs:  # files already waiting count before an until-idle run decides it is idle
@@ -122,6 +139,13 @@ class Daemon:
                     except Exception:
                         log.exception("job %s failed at start-up; it runs again at its next interval", job.__name__)
             await self.dispatcher.run(self.stop, until_idle=until_idle)
+            if until_idle:
+                await self.report_attempts()  # the last sends' lines come before the last line
+                left = await self.dispatcher.db(self.outstanding)
+                if self.gave_up:
+                    log.info("stopped waiting (--max-wait %gs): %s", max_wait, left.describe())
+                else:
+                    log.info("idle: %s", left.describe())
         finally:
             # APScheduler 3's AsyncIOExecutor cannot wait on shutdown: shutdown(wait=True) cancels coroutine jobs
             # in progress (apscheduler/executors/asyncio.py, "There is no way to honor wait=True"). So: no new
@@ -149,6 +173,31 @@ class Daemon:
                 self.report.unreported[:0] = batch
                 return
         self.report.log(batch)
+
+    def outstanding(self) -> Outstanding:
+        """Store thread: what is left, and what each part waits for."""
+        return outstanding(self.store, self.report.pulled, utcnow())
+
+    async def report_waiting(self) -> None:
+        """An until-idle run says what it waits for, when that changes, and stops at max_wait."""
+        try:
+            left = await self.dispatcher.db(self.outstanding)
+        except STORE_FAULTS:
+            return  # the dispatcher reports the store's trouble
+        now = utcnow()
+        next_at = left.next_send_at()
+        if left.due.count or next_at is None or next_at <= now:
+            self._waiting_for = ""
+            return
+        wait = (next_at - now).total_seconds()
+        if self.max_wait is not None and wait > self.max_wait:
+            self.gave_up = True
+            self.stop.set()
+            return
+        what = left.describe()
+        if what != self._waiting_for:
+            self._waiting_for = what
+            log.info("waiting %.0fs, until %s: %s", wait, next_at.isoformat(timespec="seconds"), what)
 
     def install_signal_handlers(self) -> None:
         install_signal_handlers(self.stop)
@@ -292,6 +341,102 @@ class AttemptReport:
                 log.info("%s fanned out to %d outlet(s) in %.2fs: %d delivered, %d to retry, %d failed", fanout.ref,
                          fanout.outlets, took, fanout.outcomes["delivered"], fanout.outcomes["retry"],
                          fanout.outcomes["failed"])
+
+
+def _n(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def _ids(outlets: set[str]) -> str:
+    names = sorted(outlets)
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+@dataclasses.dataclass
+class Waiting:
+    count: int = 0
+    outlets: set[str] = dataclasses.field(default_factory=set)
+    until: datetime | None = None  # when the first of them comes due
+
+    def add(self, count: int, outlet_id: str, until: datetime | None = None) -> None:
+        self.count += count
+        self.outlets.add(outlet_id)
+        if until is not None:
+            self.until = min(self.until or until, until)
+
+
+@dataclasses.dataclass
+class Outstanding:
+    """Deliveries not yet settled, by what they wait for."""
+
+    due: Waiting = dataclasses.field(default_factory=Waiting)  # being sent, or held back by a rate limit
+    breaker: Waiting = dataclasses.field(default_factory=Waiting)  # an open breaker's cooldown
+    retry: Waiting = dataclasses.field(default_factory=Waiting)  # the retry schedule
+    embargo: Waiting = dataclasses.field(default_factory=Waiting)  # publish_at not reached
+    paused: Waiting = dataclasses.field(default_factory=Waiting)  # an operator resumes the outlet
+    fetch: Waiting = dataclasses.field(default_factory=Waiting)  # feed outlets fetch them
+
+    def next_send_at(self) -> datetime | None:
+        """When the next delivery a sender waits for comes due (breaker cooldown or retry schedule)."""
+        times = [w.until for w in (self.breaker, self.retry) if w.count and w.until]
+        return min(times) if times else None
+
+    def describe(self) -> str:
+        def at(when: datetime | None) -> str:
+            return when.isoformat(timespec="seconds") if when else "?"
+
+        parts = []
+        if self.due.count:
+            parts.append(f"{_n(self.due.count, 'delivery', 'deliveries')} due now ({_ids(self.due.outlets)})")
+        if self.breaker.count:
+            parts.append(f"{_n(self.breaker.count, 'delivery', 'deliveries')} held by an open breaker until "
+                         f"{at(self.breaker.until)} ({_ids(self.breaker.outlets)}; `debunkbot outlets resume ID` "
+                         "closes it)")
+        if self.retry.count:
+            parts.append(f"{_n(self.retry.count, 'delivery', 'deliveries')} on the retry schedule, next at "
+                         f"{at(self.retry.until)} ({_ids(self.retry.outlets)})")
+        if self.embargo.count:
+            parts.append(f"{_n(self.embargo.count, 'delivery', 'deliveries')} embargoed, the first until "
+                         f"{at(self.embargo.until)}")
+        if self.paused.count:
+            parts.append(f"{_n(self.paused.count, 'delivery', 'deliveries')} at paused outlets "
+                         f"({_ids(self.paused.outlets)}; `debunkbot outlets resume ID`)")
+        if self.fetch.count:
+            verb = "waits" if self.fetch.count == 1 else "wait"
+            parts.append(f"{_n(self.fetch.count, 'delivery', 'deliveries')} {verb} for a fetch "
+                         f"({_ids(self.fetch.outlets)})")
+        return "; ".join(parts) if parts else "nothing left to send"
+
+
+def outstanding(store: Store, pulled: frozenset[str], now: datetime) -> Outstanding:
+    """Deliveries not yet settled, grouped per outlet and by what they wait for (one grouped query)."""
+    d, n, h = deliveries, notices, outlet_health
+    query = (
+        sa.select(d.c.outlet_id, d.c.status, n.c.released_at.is_(None).label("embargoed"),
+                  sa.func.count().label("count"), sa.func.min(d.c.next_attempt_at).label("next_at"),
+                  sa.func.min(n.c.publish_at).label("publish_at"), sa.func.max(h.c.paused_at).label("paused_at"),
+                  sa.func.max(h.c.open_until).label("open_until"))
+        .select_from(d.join(n, n.c.id == d.c.notice_id).outerjoin(h, h.c.outlet_id == d.c.outlet_id))
+        .where(d.c.status.in_(("pending", "held")))
+        .group_by(d.c.outlet_id, d.c.status, n.c.released_at.is_(None))
+    )
+    with store.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    left = Outstanding()
+    for r in rows:
+        if r.embargoed:
+            left.embargo.add(r.count, r.outlet_id, r.publish_at)
+        elif r.outlet_id in pulled:
+            left.fetch.add(r.count, r.outlet_id)
+        elif r.paused_at is not None or r.status == "held":
+            left.paused.add(r.count, r.outlet_id)
+        elif r.open_until is not None and r.open_until > now:
+            left.breaker.add(r.count, r.outlet_id, max(r.open_until, r.next_at or r.open_until))
+        elif r.next_at is not None and r.next_at > now:
+            left.retry.add(r.count, r.outlet_id, r.next_at)
+        else:
+            left.due.add(r.count, r.outlet_id)
+    return left
 
 
 class _RunningJobs:

@@ -250,3 +250,73 @@ async def test_a_store_that_is_down_at_start_is_waited_for_and_sigterm_still_sto
     assert "waiting for the store, try 2" in bot.log(), bot.log()
     assert await stop(proc) == 0, bot.log()
     assert "Traceback" not in bot.log()
+
+
+async def test_sigint_stops_the_daemon_as_cleanly_as_sigterm(bot: RunningBot) -> None:
+    bot.write_notice(bot.inbox, "cq-before-sigint")
+    proc = await bot.start()
+    await until(lambda: bot.refs_delivered().get("cq-before-sigint") == 3, proc)
+    assert bot.refs_delivered().get("cq-before-sigint") == 3, bot.log()
+    assert await stop(proc, signal.SIGINT) == 0, bot.log()
+    assert "stopped (" in bot.log() and "Traceback" not in bot.log() and "KeyboardInterrupt" not in bot.log()
+
+
+def with_feed_outlet(bot: RunningBot) -> None:
+    path = Path(bot.env["DEBUNKBOT_OUTLETS"])
+    matrix = yaml.safe_load(path.read_text(encoding="utf-8"))
+    matrix["outlets"].append({"id": "feed-open", "name": "公开订阅源", "tier": "other", "region": "全市",
+                              "channel": "feed"})
+    path.write_text(yaml.safe_dump(matrix, allow_unicode=True), encoding="utf-8")
+
+
+async def test_a_second_run_on_a_busy_feed_port_says_which_port_and_setting_in_one_line(bot: RunningBot) -> None:
+    import socket
+
+    with_feed_outlet(bot)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = await bot.start(env={"DEBUNKBOT_FEED_PORT": str(port)})
+        code = await asyncio.wait_for(proc.wait(), timeout=60)
+    assert code != 0
+    text = bot.log()
+    assert "Traceback" not in text, text
+    (line,) = [line for line in text.splitlines() if f"port {port}" in line]
+    assert "DEBUNKBOT_FEED_PORT" in line
+
+
+async def test_until_idle_is_not_held_up_by_feed_deliveries_and_says_what_waits_for_a_fetch(bot: RunningBot) -> None:
+    with_feed_outlet(bot)
+    bot.write_notice(bot.inbox, "cq-with-feed")
+    proc = await bot.start("--until-idle", env={"DEBUNKBOT_FEED_PORT": "0"})
+    assert await asyncio.wait_for(proc.wait(), timeout=DEADLINE) == 0, bot.log()
+    assert bot.refs_delivered().get("cq-with-feed") == 3
+    last = [line for line in bot.log().splitlines() if "idle" in line][-1]
+    assert "1 delivery waits for a fetch (feed-open)" in last, bot.log()
+
+
+async def test_until_idle_says_it_waits_for_an_open_breaker_and_max_wait_stops_it_saying_what_is_left(
+    bot: RunningBot,
+) -> None:
+    # one failure opens the breaker (threshold 1): the first try of each notice fails, the probe gets through
+    bot.outlets.script["outlet-0001"] = [503, 200, 503]
+    breaker = {"DEBUNKBOT_BREAKER_THRESHOLD": "1", "DEBUNKBOT_RETRY_SCHEDULE": "0.1,0.1"}
+
+    # without --max-wait it waits out the cooldown, and says so once
+    bot.write_notice(bot.inbox, "cq-breaker-1")
+    proc = await bot.start("--until-idle", env=breaker | {"DEBUNKBOT_BREAKER_COOLDOWN": "3"}, log="first.log")
+    assert await asyncio.wait_for(proc.wait(), timeout=DEADLINE) == 0, bot.log("first.log")
+    waiting = [line for line in bot.log("first.log").splitlines() if "waiting" in line]
+    assert len(waiting) == 1 and "held by an open breaker" in waiting[0], bot.log("first.log")
+    assert bot.refs_delivered().get("cq-breaker-1") == 3
+    assert "idle: nothing left to send" in bot.log("first.log")
+
+    # with --max-wait shorter than the cooldown it stops, and its last line says what is left and why
+    bot.write_notice(bot.inbox, "cq-breaker-2")
+    proc = await bot.start("--until-idle", "--max-wait", "1", env=breaker | {"DEBUNKBOT_BREAKER_COOLDOWN": "600"})
+    assert await asyncio.wait_for(proc.wait(), timeout=DEADLINE) == 0, bot.log()
+    last = bot.log().splitlines()[-2]  # then "stopped (owner)"
+    assert "stopped waiting (--max-wait 1s): 1 delivery held by an open breaker until" in last, bot.log()
+    assert "outlet-0001" in last and "debunkbot outlets resume" in last
+    assert bot.refs_delivered().get("cq-breaker-2") == 2

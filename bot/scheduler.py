@@ -124,8 +124,15 @@ class Daemon:
             every(self.send_alerts, tick, at_once=True)
             every(self.prune_attempts, 3600, at_once=True)
         # the day's regions: at midnight in Chongqing, and every hour in case the machine slept through midnight
-        scheduler.add_job(self.resolve_regions, "cron", hour="*", timezone=CHONGQING, id="resolve_regions")
-        scheduler.add_job(self.dispatcher.wake, "interval", seconds=tick, id="dispatch_due")
+        # Jobs are coroutines: APScheduler runs a plain function on a thread, and the daemon's state is the loop's.
+        async def resolve_regions() -> None:
+            self.resolve_regions()
+
+        async def dispatch_due() -> None:
+            self.dispatcher.wake()
+
+        scheduler.add_job(resolve_regions, "cron", hour="*", timezone=CHONGQING, id="resolve_regions")
+        every(dispatch_due, tick)
         every(self.report_attempts, tick)
         if until_idle:
             self.max_wait = max_wait

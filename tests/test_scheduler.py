@@ -320,3 +320,29 @@ async def test_until_idle_says_it_waits_for_an_open_breaker_and_max_wait_stops_i
     assert "stopped waiting (--max-wait 1s): 1 delivery held by an open breaker until" in last, bot.log()
     assert "outlet-0001" in last and "debunkbot outlets resume" in last
     assert bot.refs_delivered().get("cq-breaker-2") == 2
+
+
+BROKEN_DISPATCHER = """
+import sys
+from bot import dispatch
+from bot.cli import app
+
+async def broken(self, stop=None, until_idle=False):
+    raise RuntimeError("a bug, near " + self.matrix.secret_for("outlet-0000"))
+
+dispatch.Dispatcher.run = broken
+sys.argv = ["debunkbot", "run"]
+app()
+"""
+
+
+async def test_a_failure_of_the_sending_itself_is_logged_redacted_and_the_daemon_exits_1(bot: RunningBot) -> None:
+    out = (bot.tmp / "daemon.log").open("ab")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", BROKEN_DISPATCHER, env=os.environ | bot.env,
+                                                stdout=out, stderr=out)
+    assert await asyncio.wait_for(proc.wait(), timeout=DEADLINE) == 1, bot.log()
+    text = bot.log()
+    assert "the daemon stopped on an unexpected error" in text and "Traceback" in text
+    assert "RuntimeError: a bug, near [secret]" in text
+    secret = bot.env["TEST_SECRET_0000"]
+    assert secret not in text and secret.removeprefix("whsec_") not in text

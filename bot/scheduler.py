@@ -306,9 +306,11 @@ class AttemptReport:
     def look_up(self, store: Store, delivery_ids: set[int]) -> None:
         """Store thread: the notice and ref of these deliveries, and how many outlets a new notice goes to."""
         d, n = deliveries, notices
+        ids = sorted(delivery_ids)
         with store.engine.connect() as conn:
-            rows = conn.execute(sa.select(d.c.id, d.c.notice_id, n.c.ref).join(n, n.c.id == d.c.notice_id)
-                                .where(d.c.id.in_(list(delivery_ids)))).all()
+            rows = [row for start in range(0, len(ids), 500)  # SQLite caps the parameters of one statement
+                    for row in conn.execute(sa.select(d.c.id, d.c.notice_id, n.c.ref).join(n, n.c.id == d.c.notice_id)
+                                            .where(d.c.id.in_(ids[start:start + 500])))]
             new = {r.notice_id for r in rows} - self.fanouts.keys()
             counts = dict(conn.execute(
                 sa.select(d.c.notice_id, sa.func.count()).where(d.c.notice_id.in_(list(new)),

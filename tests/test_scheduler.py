@@ -67,7 +67,8 @@ class RunningBot:
         """notice ref -> how many outlets have verified it."""
         seen: dict[str, set[str]] = {}
         for post in self.outlets.posts:
-            seen.setdefault(post.payload["data"]["ref"], set()).add(post.outlet)
+            if post.payload.get("type") != "operator.alert":
+                seen.setdefault(post.payload["data"]["ref"], set()).add(post.outlet)
         return {ref: len(outlets) for ref, outlets in seen.items()}
 
     def write_notice(self, folder: Path, ref: str, **changes: Any) -> Path:
@@ -346,3 +347,25 @@ async def test_a_failure_of_the_sending_itself_is_logged_redacted_and_the_daemon
     assert "RuntimeError: a bug, near [secret]" in text
     secret = bot.env["TEST_SECRET_0000"]
     assert secret not in text and secret.removeprefix("whsec_") not in text
+
+
+async def test_operator_alerts_go_out_again_and_again_while_the_daemon_runs(bot: RunningBot) -> None:
+    path = Path(bot.env["DEBUNKBOT_OUTLETS"])
+    matrix = yaml.safe_load(path.read_text(encoding="utf-8"))
+    matrix["operators"] = [matrix["outlets"].pop()]  # outlet-0002 becomes the operators' channel
+    path.write_text(yaml.safe_dump(matrix, allow_unicode=True), encoding="utf-8")
+    # retries exhausted raise an alert: the first notice's at outlet-0001, then the second's at outlet-0000
+    bot.outlets.script["outlet-0000"] = [200, 503, 503]
+    bot.outlets.script["outlet-0001"] = [503, 503]
+
+    def alerts() -> list[str]:
+        return [p.payload["data"]["text"] for p in bot.outlets.posts if p.payload.get("type") == "operator.alert"]
+
+    bot.write_notice(bot.inbox, "cq-alert-1")
+    proc = await bot.start(env={"DEBUNKBOT_ALERT_INTERVAL": "0", "DEBUNKBOT_RETRY_SCHEDULE": "0.1"})
+    await until(lambda: any("outlet-0001" in text for text in alerts()), proc)
+    assert any("outlet-0001" in text for text in alerts()), bot.log()
+    bot.write_notice(bot.inbox, "cq-alert-2")
+    await until(lambda: any("outlet-0000" in text for text in alerts()), proc)
+    assert any("outlet-0000" in text for text in alerts()), f"no second digest:\n{bot.log()}"
+    assert await stop(proc) == 0, bot.log()

@@ -25,7 +25,6 @@ import typer.core
 from rich import box
 from rich.cells import cell_len
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -98,11 +97,10 @@ def _store(settings: Settings) -> Store:
         raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=errors, show_path=False)])
-    for noisy in ("apscheduler", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _logging(verbose: bool, matrix: OutletMatrix) -> None:
+    from bot.logs import setup_logging
+
+    setup_logging(verbose, [matrix.secret_for(o.id) for o in (*matrix.outlets, *matrix.operators)])
 
 
 @app.command()
@@ -162,44 +160,73 @@ def _count(n: int, noun: str) -> str:
 UntilIdle = Annotated[bool, typer.Option("--until-idle", help="exit 0 once nothing is pending or scheduled")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v",
                                        help="log every attempt and debug detail, not only what needs attention")]
+MaxWait = Annotated[float | None, typer.Option(
+    "--max-wait", metavar="SECONDS", min=0,
+    help="with --until-idle: stop rather than wait longer than this for the next delivery due "
+         "(an open breaker's cooldown, the retry schedule); the last line says what is left")]
 
 
 @app.command()
-def run(until_idle: UntilIdle = False, verbose: Verbose = False) -> None:
+def run(until_idle: UntilIdle = False, max_wait: MaxWait = None, verbose: Verbose = False) -> None:
     """Run the bot: watch the inbox, release embargoes, send and retry. Stops on SIGINT/SIGTERM."""
-    _daemon(until_idle, verbose, cluster_jobs=True)
+    _daemon(until_idle, verbose, cluster_jobs=True, max_wait=max_wait)
 
 
 @app.command()
-def worker(until_idle: UntilIdle = False, verbose: Verbose = False) -> None:
+def worker(until_idle: UntilIdle = False, max_wait: MaxWait = None, verbose: Verbose = False) -> None:
     """Send only: claim and deliver from the shared store. Run any number, on any machine."""
-    _daemon(until_idle, verbose, cluster_jobs=False)
+    _daemon(until_idle, verbose, cluster_jobs=False, max_wait=max_wait)
 
 
-def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool) -> None:
-    from bot.scheduler import Daemon
+def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float | None = None) -> None:
+    from bot.scheduler import Daemon, install_signal_handlers, open_store
 
-    _logging(verbose)
     settings = _settings()
     regions = _regions(settings)
     matrix = _matrix(settings, regions)
-    store = _store(settings)
+    _logging(verbose, matrix)
+    log = logging.getLogger("debunkbot")
 
-    async def main() -> None:
-        async with make_sender(settings) as client, contextlib.AsyncExitStack() as feeds:
-            if cluster_jobs and any(o.channel == "feed" for o in matrix.outlets):  # feed outlets fetch from the bot
-                from bot.feed import FeedServer
+    async def main() -> int:
+        from bot.schema import SchemaOutdated
 
-                server = await feeds.enter_async_context(FeedServer(store, matrix, settings.feed_host, settings.feed_port))
-                logging.getLogger("debunkbot").info("feeds at http://%s:%d/feeds/OUTLET.atom (or .json)",
-                                                    server.host, server.port)
-            daemon = Daemon(settings, store, matrix, regions, client, cluster_jobs=cluster_jobs)
-            daemon.install_signal_handlers()
-            await daemon.run(until_idle=until_idle)
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        try:
+            store = await open_store(settings.database_url, stop)
+        except SchemaOutdated as exc:
+            log.error("store refused: %s", exc)
+            return 2
+        if store is None:
+            log.info("stopped before the store was reachable")
+            return 0
+        try:
+            async with make_sender(settings) as client, contextlib.AsyncExitStack() as feeds:
+                if cluster_jobs and any(o.channel == "feed" for o in matrix.outlets):  # feed outlets fetch from the bot
+                    from bot.feed import FeedServer
 
-    asyncio.run(main())
-    store.close()
-    logging.getLogger("debunkbot").info("stopped (%s)", store.owner)
+                    try:
+                        server = await feeds.enter_async_context(
+                            FeedServer(store, matrix, settings.feed_host, settings.feed_port))
+                    except OSError as exc:
+                        log.error("cannot serve the feeds on %s port %d: %s; is another debunkbot running? "
+                                  "Set DEBUNKBOT_FEED_PORT (or DEBUNKBOT_FEED_HOST) to change it",
+                                  settings.feed_host, settings.feed_port, exc.strerror or exc)
+                        return 1
+                    log.info("feeds at http://%s:%d/feeds/OUTLET.atom (or .json)", server.host, server.port)
+                daemon = Daemon(settings, store, matrix, regions, client, cluster_jobs=cluster_jobs, stop=stop)
+                await daemon.run(until_idle=until_idle, max_wait=max_wait)
+        finally:
+            store.close()
+        log.info("stopped (%s)", store.owner)
+        return 0
+
+    try:
+        code = asyncio.run(main())
+    except Exception:  # logged, so it goes through the redaction of the log, then a non-zero exit
+        log.exception("the daemon stopped on an unexpected error")
+        code = 1
+    raise typer.Exit(code)
 
 
 db = typer.Typer(help="The store's schema.", no_args_is_help=True)

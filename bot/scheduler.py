@@ -1,9 +1,12 @@
 """The running bot: APScheduler is the clock, the dispatcher does the sending.
 
 Jobs: scan the inbox, release embargoed notices whose publish_at has come, wake the
-dispatcher (a poll that backs up the immediate wake-ups), send operator alerts and prune old
-attempts. Stops cleanly on SIGINT/SIGTERM. A store that is locked, busy or gone fails a job's
-run, never the daemon: the next run tries again.
+dispatcher (a poll that backs up the immediate wake-ups), send operator alerts, prune old
+attempts, and resolve the matrix's regions again when the date changes in Chongqing. Stops
+cleanly on SIGINT/SIGTERM. A store that is locked, busy or gone fails a job's run, never the
+daemon: the next run tries again. A job that fails any other way is logged with its traceback
+and runs again at its next interval; the dispatcher, which the daemon awaits, ends the daemon
+with a non-zero exit if it fails.
 
     >>> await Daemon(settings, store, matrix, regions, client).run(until_idle=True)  # doctest: +SKIP
 """
@@ -11,24 +14,52 @@ run, never the daemon: the next run tries again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import sqlalchemy as sa
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_SUBMITTED,
+    JobExecutionEvent,
+    JobSubmissionEvent,
+    SchedulerEvent,
+)
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.alerts import Alerter
-from bot.dispatch import Dispatcher
+from bot.dispatch import STORE_BACKOFF_MAX, Dispatcher
 from bot.http import Sender
 from bot.intake import FileResult, scan_inbox_off_loop
 from bot.outlets import OutletMatrix
 from bot.regions import RegionTable
 from bot.settings import Settings
-from bot.store import STORE_FAULTS, AttemptRecord, Store, describe_fault, utcnow
+from bot.store import (
+    STORE_FAULTS,
+    AttemptRecord,
+    Store,
+    deliveries,
+    describe_fault,
+    notices,
+    outlet_health,
+    utcnow,
+)
+from channels import CHANNELS
 
 log = logging.getLogger("debunkbot")
+
+CHONGQING = ZoneInfo("Asia/Shanghai")  # dates that decide meaning (which regions exist) are Chongqing dates
+
+
+def chongqing_today() -> date:
+    return datetime.now(CHONGQING).date()
 
 
 class Daemon:
@@ -41,59 +72,163 @@ class Daemon:
         client: Sender,
         on_recorded: Callable[[Sequence[AttemptRecord]], None] | None = None,
         cluster_jobs: bool = True,
+        stop: asyncio.Event | None = None,
+        today: Callable[[], date] = chongqing_today,
     ) -> None:
         self.cluster_jobs = cluster_jobs  # False for `debunkbot worker`: dispatch only
         self.settings = settings
         self.store = store
-        self.matrix = matrix
         self.regions = regions
-        self.dispatcher = Dispatcher(store, matrix, settings, client, on_recorded=on_recorded)
+        self.today = today
+        self.on_recorded = on_recorded
+        self.dispatcher = Dispatcher(store, matrix, settings, client, on_recorded=self._recorded)
+        self.report = AttemptReport(frozenset(o.id for o in matrix.outlets if CHANNELS[o.channel].pull))
         self.alerter = Alerter(store, matrix, settings, client, db=self.dispatcher.db)
-        self.stop = asyncio.Event()
+        self.matrix = matrix
+        self.regions_day: date | None = None
+        self.stop = stop or asyncio.Event()
+        self.scheduler: AsyncIOScheduler | None = None
+        self.max_wait: float | None = None
+        self.gave_up = False  # an until-idle run stopped at max_wait
+        self._waiting_for = ""
 
-    async def run(self, until_idle: bool = False) -> None:
-        scheduler = AsyncIOScheduler(timezone=UTC)
-        running: set[asyncio.Task[Any]] = set()
+    @property
+    def matrix(self) -> OutletMatrix:
+        return self._matrix
 
-        def every(job: Callable[[], Awaitable[Any]], seconds: float, first: datetime | None = None) -> None:
-            async def tracked() -> None:  # so a stop waits for a job in progress instead of cancelling it
-                task = asyncio.current_task()
-                assert task is not None
-                running.add(task)
-                try:
-                    await job()
-                finally:
-                    running.discard(task)
+    @matrix.setter
+    def matrix(self, matrix: OutletMatrix) -> None:  # one matrix for every part of the daemon
+        self._matrix = self.dispatcher.matrix = self.alerter.matrix = matrix
 
-            scheduler.add_job(tracked, "interval", seconds=seconds, next_run_time=first, id=job.__name__,
-                              max_instances=1, coalesce=True)
-
+    async def run(self, until_idle: bool = False, max_wait: float | None = None) -> None:
+        """Send until stopped, or (``until_idle``) until nothing is due; ``max_wait``: an until-idle run stops
+        instead of waiting longer than that for the next thing due (an open breaker, the retry schedule)."""
+        # APScheduler's own rules: one run of a job at a time, missed runs coalesced into one, and a run that
+        # comes late still runs. APScheduler 3 pauses a job added with next_run_time=None, so it is given only
+        # to run a job at once.
+        scheduler = self.scheduler = AsyncIOScheduler(
+            timezone=UTC, job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None})
+        running = _RunningJobs(scheduler)
         tick, now = self.settings.scan_interval, datetime.now(UTC)
+
+        def every(job: Callable[[], Awaitable[Any]], seconds: float, at_once: bool = False) -> None:
+            first = {"next_run_time": now} if at_once else {}
+            scheduler.add_job(job, "interval", seconds=seconds, id=job.__name__, **first)
+
+        self.resolve_regions()
         if self.cluster_jobs:
             # Cluster-wide jobs: every process ticks, only the leader (see Cluster.lead) does the work.
             if self.settings.inbox:
                 every(self.scan_inbox, tick)
             every(self.release_embargoed, min(tick, 1.0))
-            every(self.send_alerts, tick, first=now)
-            every(self.prune_attempts, 3600, first=now)
-        scheduler.add_job(self.dispatcher.wake, "interval", seconds=tick, id="dispatch-due", coalesce=True)
+            every(self.send_alerts, tick, at_once=True)
+            every(self.prune_attempts, 3600, at_once=True)
+        # the day's regions: at midnight in Chongqing, and every hour in case the machine slept through midnight
+        # Jobs are coroutines: APScheduler runs a plain function on a thread, and the daemon's state is the loop's.
+        async def resolve_regions() -> None:
+            self.resolve_regions()
+
+        async def dispatch_due() -> None:
+            self.dispatcher.wake()
+
+        scheduler.add_job(resolve_regions, "cron", hour="*", timezone=CHONGQING, id="resolve_regions")
+        every(dispatch_due, tick)
+        every(self.report_attempts, tick)
+        if until_idle:
+            self.max_wait = max_wait
+            every(self.report_waiting, tick)
         scheduler.start()
         try:
-            if self.cluster_jobs:
-                # files already waiting count before an until-idle run decides it is idle
-                await self.scan_inbox()
-                await self.release_embargoed()
+            if self.cluster_jobs:  # files already waiting count before an until-idle run decides it is idle
+                for job in (self.scan_inbox, self.release_embargoed):
+                    try:
+                        await job()
+                    except Exception:
+                        log.exception("job %s failed at start-up; it runs again at its next interval", job.__name__)
             await self.dispatcher.run(self.stop, until_idle=until_idle)
+            if until_idle:
+                await self.report_attempts()  # the last sends' lines come before the last line
+                left = await self.dispatcher.db(self.outstanding)
+                if self.gave_up:
+                    log.info("stopped waiting (--max-wait %gs): %s", max_wait, left.describe())
+                else:
+                    log.info("idle: %s", left.describe())
         finally:
+            # APScheduler 3's AsyncIOExecutor cannot wait on shutdown: shutdown(wait=True) cancels coroutine jobs
+            # in progress (apscheduler/executors/asyncio.py, "There is no way to honor wait=True"). So: no new
+            # runs, then the runs in progress get the grace period to finish, then shutdown.
+            scheduler.pause()
+            await running.finished(self.settings.shutdown_grace)
             scheduler.shutdown(wait=False)
-            if running:
-                await asyncio.wait(running)
+            await self.report_attempts()
             await self.dispatcher.close()
 
+    def _recorded(self, batch: Sequence[AttemptRecord]) -> None:
+        self.report.unreported.extend(batch)
+        if self.on_recorded:
+            self.on_recorded(batch)
+
+    async def report_attempts(self) -> None:
+        """Log what the recorded attempts did: each failed attempt, each delivery that ends failed, each notice
+        once every outlet had its first try, and with -v every attempt."""
+        batch, self.report.unreported = self.report.unreported, []
+        unknown = {r.delivery_id for r in batch} - self.report.refs.keys()
+        if unknown:
+            try:
+                await self.dispatcher.db(self.report.look_up, self.store, unknown)
+            except STORE_FAULTS:  # the dispatcher says the store is sick; these are logged at the next run
+                self.report.unreported[:0] = batch
+                return
+        self.report.log(batch)
+
+    def outstanding(self) -> Outstanding:
+        """Store thread: what is left, and what each part waits for."""
+        return outstanding(self.store, self.report.pulled, utcnow())
+
+    async def report_waiting(self) -> None:
+        """An until-idle run says what it waits for, when that changes, and stops at max_wait."""
+        try:
+            left = await self.dispatcher.db(self.outstanding)
+        except STORE_FAULTS:
+            return  # the dispatcher reports the store's trouble
+        now = utcnow()
+        next_at = left.next_send_at()
+        if left.due.count or next_at is None or next_at <= now:
+            self._waiting_for = ""
+            return
+        wait = (next_at - now).total_seconds()
+        if self.max_wait is not None and wait > self.max_wait:
+            self.gave_up = True
+            self.stop.set()
+            return
+        what = left.describe()
+        if what != self._waiting_for:
+            self._waiting_for = what
+            log.info("waiting %.0fs, until %s: %s", wait, next_at.isoformat(timespec="seconds"), what)
+
     def install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop.set)
+        install_signal_handlers(self.stop)
+
+    def resolve_regions(self) -> None:
+        """Resolve the outlets' regions on today's Chongqing date, if it changed: a district merged into
+        another from a date (江北区 into 两江新区 on 2026-01-25) routes its notices to its successor's outlets."""
+        day = self.today()
+        if day == self.regions_day:
+            return
+        outlets = []
+        for outlet in self.matrix.outlets:
+            try:
+                outlets.append(outlet.model_copy(update={"region": self.regions.resolve(outlet.region, day)}))
+            except ValueError as exc:
+                log.warning("outlet %s keeps region %s: %s", outlet.id, outlet.region, exc)
+                outlets.append(outlet)
+        changed = [(old.id, old.region, new.region) for old, new in zip(self.matrix.outlets, outlets, strict=True)
+                   if old.region != new.region]
+        if changed:
+            self.matrix = dataclasses.replace(self.matrix, outlets=tuple(outlets))
+            for outlet_id, old_region, new_region in changed:
+                log.info("outlet %s: region %s is %s from %s (Chongqing date)", outlet_id, old_region, new_region, day)
+        self.regions_day = day
 
     async def scan_inbox(self) -> list[FileResult]:
         if self.settings.inbox is None:
@@ -148,3 +283,225 @@ class Daemon:
             return
         if pruned:
             log.info("pruned %d attempts older than %g days", pruned, self.settings.attempt_retention_days)
+
+
+@dataclasses.dataclass
+class _FanOut:
+    ref: str
+    outlets: int  # deliveries to outlets we push to (feeds fetch, they are not attempted)
+    first_tries: int = 0
+    outcomes: Counter[str] = dataclasses.field(default_factory=Counter)
+    started: datetime | None = None
+    ended: datetime | None = None
+
+
+@dataclasses.dataclass
+class AttemptReport:
+    """Turns batches of recorded attempts into log lines, naming each notice by its ref."""
+
+    pulled: frozenset[str]
+    unreported: list[AttemptRecord] = dataclasses.field(default_factory=list)
+    refs: OrderedDict[int, tuple[int, str]] = dataclasses.field(default_factory=OrderedDict)  # delivery -> notice
+    fanouts: dict[int, _FanOut] = dataclasses.field(default_factory=dict)
+
+    def look_up(self, store: Store, delivery_ids: set[int]) -> None:
+        """Store thread: the notice and ref of these deliveries, and how many outlets a new notice goes to."""
+        d, n = deliveries, notices
+        ids = sorted(delivery_ids)
+        with store.engine.connect() as conn:
+            rows = [row for start in range(0, len(ids), 500)  # SQLite caps the parameters of one statement
+                    for row in conn.execute(sa.select(d.c.id, d.c.notice_id, n.c.ref).join(n, n.c.id == d.c.notice_id)
+                                            .where(d.c.id.in_(ids[start:start + 500])))]
+            new = {r.notice_id for r in rows} - self.fanouts.keys()
+            counts = dict(conn.execute(
+                sa.select(d.c.notice_id, sa.func.count()).where(d.c.notice_id.in_(list(new)),
+                                                                d.c.outlet_id.not_in(list(self.pulled)))
+                .group_by(d.c.notice_id)).all()) if new else {}
+        for r in rows:
+            self.refs[r.id] = (r.notice_id, r.ref)
+            if r.notice_id in new:
+                self.fanouts[r.notice_id] = _FanOut(r.ref, counts.get(r.notice_id, 0))
+        while len(self.refs) > 100_000:
+            self.refs.popitem(last=False)
+
+    def log(self, batch: Sequence[AttemptRecord]) -> None:
+        for r in batch:
+            notice_id, ref = self.refs.get(r.delivery_id, (0, f"delivery {r.delivery_id}"))
+            where = f"{ref} to {r.outlet_id}"
+            status = f"HTTP {r.http_status}" if r.http_status else ""
+            reason = r.error if r.error and r.error.startswith(status) else ": ".join(filter(None, (status, r.error)))
+            if r.outcome == "delivered":
+                log.debug("%s: attempt %d delivered (HTTP %s, %.0f ms)", where, r.attempt, r.http_status, r.latency_ms)
+            elif r.outcome == "retry":
+                when = r.next_attempt_at.isoformat(timespec="seconds") if r.next_attempt_at else "later"
+                log.warning("%s: attempt %d failed: %s; next try at %s", where, r.attempt, reason, when)
+            else:
+                log.error("%s: delivery failed after %d attempt(s): %s", where, r.attempt, reason)
+            fanout = self.fanouts.get(notice_id)
+            if fanout is None or r.attempt != 1:
+                continue
+            fanout.first_tries += 1
+            fanout.outcomes[r.outcome] += 1
+            end = r.started_at + timedelta(milliseconds=r.latency_ms)
+            fanout.started = min(fanout.started or r.started_at, r.started_at)
+            fanout.ended = max(fanout.ended or end, end)
+            if fanout.first_tries >= fanout.outlets:
+                del self.fanouts[notice_id]
+                took = (fanout.ended - fanout.started).total_seconds()
+                log.info("%s fanned out to %d outlet(s) in %.2fs: %d delivered, %d to retry, %d failed", fanout.ref,
+                         fanout.outlets, took, fanout.outcomes["delivered"], fanout.outcomes["retry"],
+                         fanout.outcomes["failed"])
+
+
+def _n(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def _ids(outlets: set[str]) -> str:
+    names = sorted(outlets)
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+@dataclasses.dataclass
+class Waiting:
+    count: int = 0
+    outlets: set[str] = dataclasses.field(default_factory=set)
+    until: datetime | None = None  # when the first of them comes due
+
+    def add(self, count: int, outlet_id: str, until: datetime | None = None) -> None:
+        self.count += count
+        self.outlets.add(outlet_id)
+        if until is not None:
+            self.until = min(self.until or until, until)
+
+
+@dataclasses.dataclass
+class Outstanding:
+    """Deliveries not yet settled, by what they wait for."""
+
+    due: Waiting = dataclasses.field(default_factory=Waiting)  # being sent, or held back by a rate limit
+    breaker: Waiting = dataclasses.field(default_factory=Waiting)  # an open breaker's cooldown
+    retry: Waiting = dataclasses.field(default_factory=Waiting)  # the retry schedule
+    embargo: Waiting = dataclasses.field(default_factory=Waiting)  # publish_at not reached
+    paused: Waiting = dataclasses.field(default_factory=Waiting)  # an operator resumes the outlet
+    fetch: Waiting = dataclasses.field(default_factory=Waiting)  # feed outlets fetch them
+
+    def next_send_at(self) -> datetime | None:
+        """When the next delivery a sender waits for comes due (breaker cooldown or retry schedule)."""
+        times = [w.until for w in (self.breaker, self.retry) if w.count and w.until]
+        return min(times) if times else None
+
+    def describe(self) -> str:
+        def at(when: datetime | None) -> str:
+            return when.isoformat(timespec="seconds") if when else "?"
+
+        parts = []
+        if self.due.count:
+            parts.append(f"{_n(self.due.count, 'delivery', 'deliveries')} due now ({_ids(self.due.outlets)})")
+        if self.breaker.count:
+            parts.append(f"{_n(self.breaker.count, 'delivery', 'deliveries')} held by an open breaker until "
+                         f"{at(self.breaker.until)} ({_ids(self.breaker.outlets)}; `debunkbot outlets resume ID` "
+                         "closes it)")
+        if self.retry.count:
+            parts.append(f"{_n(self.retry.count, 'delivery', 'deliveries')} on the retry schedule, next at "
+                         f"{at(self.retry.until)} ({_ids(self.retry.outlets)})")
+        if self.embargo.count:
+            parts.append(f"{_n(self.embargo.count, 'delivery', 'deliveries')} embargoed, the first until "
+                         f"{at(self.embargo.until)}")
+        if self.paused.count:
+            parts.append(f"{_n(self.paused.count, 'delivery', 'deliveries')} at paused outlets "
+                         f"({_ids(self.paused.outlets)}; `debunkbot outlets resume ID`)")
+        if self.fetch.count:
+            verb = "waits" if self.fetch.count == 1 else "wait"
+            parts.append(f"{_n(self.fetch.count, 'delivery', 'deliveries')} {verb} for a fetch "
+                         f"({_ids(self.fetch.outlets)})")
+        return "; ".join(parts) if parts else "nothing left to send"
+
+
+def outstanding(store: Store, pulled: frozenset[str], now: datetime) -> Outstanding:
+    """Deliveries not yet settled, grouped per outlet and by what they wait for (one grouped query)."""
+    d, n, h = deliveries, notices, outlet_health
+    query = (
+        sa.select(d.c.outlet_id, d.c.status, n.c.released_at.is_(None).label("embargoed"),
+                  sa.func.count().label("count"), sa.func.min(d.c.next_attempt_at).label("next_at"),
+                  sa.func.min(n.c.publish_at).label("publish_at"), sa.func.max(h.c.paused_at).label("paused_at"),
+                  sa.func.max(h.c.open_until).label("open_until"))
+        .select_from(d.join(n, n.c.id == d.c.notice_id).outerjoin(h, h.c.outlet_id == d.c.outlet_id))
+        .where(d.c.status.in_(("pending", "held")))
+        .group_by(d.c.outlet_id, d.c.status, n.c.released_at.is_(None))
+    )
+    with store.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    left = Outstanding()
+    for r in rows:
+        if r.embargoed:
+            left.embargo.add(r.count, r.outlet_id, r.publish_at)
+        elif r.outlet_id in pulled:
+            left.fetch.add(r.count, r.outlet_id)
+        elif r.paused_at is not None or r.status == "held":
+            left.paused.add(r.count, r.outlet_id)
+        elif r.open_until is not None and r.open_until > now:
+            left.breaker.add(r.count, r.outlet_id, max(r.open_until, r.next_at or r.open_until))
+        elif r.next_at is not None and r.next_at > now:
+            left.retry.add(r.count, r.outlet_id, r.next_at)
+        else:
+            left.due.add(r.count, r.outlet_id)
+    return left
+
+
+class _RunningJobs:
+    """The scheduler's job runs in progress, followed through its own events; a failed run is logged here
+    (with its traceback) and the job runs again at its next interval."""
+
+    def __init__(self, scheduler: AsyncIOScheduler) -> None:
+        self.scheduler = scheduler
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        scheduler.add_listener(self._event, EVENT_JOB_SUBMITTED | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+
+    def _event(self, event: SchedulerEvent) -> None:
+        if isinstance(event, JobSubmissionEvent):
+            self.count += 1
+            self.idle.clear()
+            return
+        assert isinstance(event, JobExecutionEvent)
+        self.count -= 1
+        if self.count <= 0:
+            self.idle.set()
+        if event.exception is not None:
+            job = self.scheduler.get_job(event.job_id)
+            when = job.next_run_time if job else None
+            again = f"; it runs again at {when.isoformat(timespec='seconds')}" if when else ""
+            log.error("job %s failed: %s: %s%s", event.job_id, type(event.exception).__name__, event.exception, again,
+                      exc_info=(type(event.exception), event.exception, event.exception.__traceback__))
+
+    async def finished(self, grace: float) -> None:
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout=max(grace, 0.1))
+        except TimeoutError:
+            log.warning("%d job run(s) still going after %gs; they are cancelled", self.count, grace)
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """SIGINT and SIGTERM both ask for the same clean stop."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def open_store(url: str, stop: asyncio.Event) -> Store | None:
+    """Open the store, waiting for a database that is not up yet: back-off up to 30 s, a log line every try.
+    None when asked to stop first."""
+    delay, tries = 1.0, 0
+    while True:
+        tries += 1
+        try:
+            return await asyncio.to_thread(Store.open, url)
+        except STORE_FAULTS as exc:
+            log.warning("waiting for the store, try %d: %s; trying again in %.0fs", tries, describe_fault(exc), delay)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+            return None
+        except TimeoutError:
+            delay = min(delay * 2, STORE_BACKOFF_MAX)

@@ -384,6 +384,7 @@ class Dispatcher:
                 assert request is not None
                 answer = await self.sender.send(request)  # under the same total deadline
             status, body = answer.status, answer.body
+            request = answer.request or request  # an exchange's last request: its credentials are redacted
             outcome = channel.classify(answer.status, answer.headers, answer.body)
         except TimeoutError:
             outcome = Outcome("retry", f"timed out after {self.settings.http_timeout:g}s")

@@ -33,11 +33,13 @@ READ_CAP = 64 * 1024  # bytes of an answer read; the rest is not read
 
 @dataclass(frozen=True)
 class Answer:
-    """An HTTP answer: its status, headers and at most ``READ_CAP`` bytes of its body."""
+    """An HTTP answer: its status, headers and at most ``READ_CAP`` bytes of its body, and the request it
+    answers (whose credentials are redacted from whatever of the answer is kept)."""
 
     status: int
     headers: httpx.Headers
     body: bytes
+    request: httpx.Request | None = None
 
 
 class SendFailed(Exception):
@@ -75,7 +77,7 @@ class Sender:
             cause = exc.__cause__ if isinstance(exc, httpx.TransportError) and exc.__cause__ else exc
             status = response.status_code if response is not None else None
             raise SendFailed(_transport_error(cause), type(cause).__name__, status) from exc
-        return Answer(response.status_code, response.headers, body)
+        return Answer(response.status_code, response.headers, body, request)
 
     async def aclose(self) -> None:
         await self.transport.aclose()

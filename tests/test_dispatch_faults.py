@@ -332,3 +332,28 @@ async def test_a_manual_retry_starts_the_retry_schedule_again(
     # three more tries, the whole schedule again: two fail (500), the third is delivered
     assert [(t["attempt"], t["trigger"], t["outcome"]) for t in tries[3:]] == [
         (4, "manual", "retry"), (5, "scheduled", "retry"), (6, "scheduled", "delivered")]
+
+
+async def test_no_wechat_access_token_is_stored_when_the_api_echoes_the_request(
+    tmp_path: Path, store: Store, regions: RegionTable, make_notice: Callable[..., Notice]
+) -> None:
+    # WeChat's token is fetched by the channel itself (an exchange), and travels in draft/add's query
+    token = f"tok{secrets.token_hex(16)}"
+    script = {"stable_token": [Status(200, json.dumps({"access_token": token, "expires_in": 7200}).encode())],
+              "add": [ECHO]}  # routes by the last path segment: /cgi-bin/stable_token, /cgi-bin/draft/add
+    async with ChaosOutlets({}, script) as chaos:
+        entries = [{"id": "mp", "name": "公众号", "tier": "city", "channel": "wechat_mp", "secret_env": "MP_SECRET",
+                    "url": chaos.url("x").removesuffix("/o/x"), "options": {"appid": "wx1", "thumb_media_id": "t"}}]
+        path = tmp_path / "outlets.yaml"
+        path.write_text(yaml.safe_dump({"outlets": entries}, allow_unicode=True), encoding="utf-8")
+        matrix = load_matrix(path, regions, environ={"MP_SECRET": f"appsecret{secrets.token_hex(8)}"})
+        settings = Settings(database_url=str(store.engine.url), http_timeout=TIMEOUT, scan_interval=0.05)
+        store.add_notices([(make_notice(), matrix.outlets)], source="test")
+        async with make_sender(settings) as sender:
+            dispatcher = Dispatcher(store, matrix, settings, sender)
+            await dispatcher.run(until_idle=True)
+            await dispatcher.close()
+        assert token in chaos.seen("add")[0].path
+    (only,) = store.attempt_log(outlet_id="mp")
+    assert only["outcome"] == "delivered" and "access_token=[query]" in only["response"]
+    assert token not in json.dumps([store.attempt_log(), store.delivery_log()], default=str, ensure_ascii=False)

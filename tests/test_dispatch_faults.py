@@ -348,12 +348,12 @@ async def test_no_wechat_access_token_is_stored_when_the_api_echoes_the_request(
         path.write_text(yaml.safe_dump({"outlets": entries}, allow_unicode=True), encoding="utf-8")
         matrix = load_matrix(path, regions, environ={"MP_SECRET": f"appsecret{secrets.token_hex(8)}"})
         settings = Settings(database_url=str(store.engine.url), http_timeout=TIMEOUT, scan_interval=0.05)
-        store.add_notices([(make_notice(), matrix.outlets)], source="test")
+        store.queue.add_notices([(make_notice(), matrix.outlets)], source="test")
         async with make_sender(settings) as sender:
             dispatcher = Dispatcher(store, matrix, settings, sender)
             await dispatcher.run(until_idle=True)
             await dispatcher.close()
         assert token in chaos.seen("add")[0].path
-    (only,) = store.attempt_log(outlet_id="mp")
+    (only,) = store.log.attempts(outlet_id="mp")
     assert only["outcome"] == "delivered" and "access_token=[query]" in only["response"]
-    assert token not in json.dumps([store.attempt_log(), store.delivery_log()], default=str, ensure_ascii=False)
+    assert token not in json.dumps([store.log.attempts(), store.log.deliveries()], default=str, ensure_ascii=False)

@@ -97,10 +97,11 @@ def _store(settings: Settings) -> Store:
         raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
-def _logging(verbose: bool, matrix: OutletMatrix) -> None:
+def _logging(verbose: bool, matrix: OutletMatrix | None = None) -> None:
+    """Log to stderr, every record redacted: the matrix's secrets, and anything shaped like a credential."""
     from bot.logs import setup_logging
 
-    setup_logging(verbose, [matrix.secret_for(o.id) for o in (*matrix.outlets, *matrix.operators)])
+    setup_logging(verbose, [matrix.secret_for(o.id) for o in (*matrix.outlets, *matrix.operators)] if matrix else ())
 
 
 @app.command()

@@ -106,7 +106,7 @@ class Dispatcher:
         self._exchanging = {n: c for n, c in self.channels.items() if isinstance(c, Exchanging)}
         self._pushing = {n: c for n, c in self.channels.items()
                          if isinstance(c, Pushing) and n not in self._exchanging and not isinstance(c, Pulling)}
-        self._pulled = frozenset(o.id for o in matrix.outlets  # feeds fetch: never claimed
+        self.pulled = frozenset(o.id for o in matrix.outlets  # feeds fetch: never claimed
                                  if o.channel not in self._exchanging and o.channel not in self._pushing)
         # outlets with the same options share a rendering: the key is computed once, not per send
         self._options_key = {o.id: json.dumps(o.options, sort_keys=True, default=str) for o in matrix.outlets}
@@ -164,7 +164,7 @@ class Dispatcher:
                 idle = not (self._in_flight or self._slow or self._ready or self._stale or self._unrecorded)
                 if until_idle and store_ok and idle:
                     try:
-                        next_due = await self.db(self.store.queue.next_due_at, self._pulled)
+                        next_due = await self.db(self.store.queue.next_due_at, self.pulled)
                         if next_due is None:
                             return
                     except STORE_FAULTS as exc:
@@ -239,7 +239,7 @@ class Dispatcher:
     async def _claim_and_send(self, room: int) -> int:
         def claim() -> tuple[list[Claim], dict[int, tuple[Notice, datetime]]]:
             claims = self.store.queue.claim(room, self.settings.per_outlet_concurrency, self._lease,
-                                          rate_limits=self._rate_limits, skip_outlets=self._pulled)
+                                          rate_limits=self._rate_limits, skip_outlets=self.pulled)
             missing = {c.notice_id for c in claims} - self._notices.keys()
             return claims, (self.store.queue.notices_by_id(missing) if missing else {})
 

@@ -82,7 +82,7 @@ class Daemon:
         self.today = today
         self.on_recorded = on_recorded
         self.dispatcher = Dispatcher(store, matrix, settings, client, on_recorded=self._recorded)
-        self.report = AttemptReport(frozenset(o.id for o in matrix.outlets if CHANNELS[o.channel].pull))
+        self.report = AttemptReport(self.dispatcher.pulled)
         self.alerter = Alerter(store, matrix, settings, client, db=self.dispatcher.db)
         self.matrix = matrix
         self.regions_day: date | None = None

@@ -161,12 +161,12 @@ async def run_daemon_until(daemon: Any, condition: Callable[[], bool], timeout: 
 async def test_every_periodic_job_is_scheduled_none_paused(
     settings: Any, store: Any, loopback: Callable[..., Any], regions: Any, tmp_path: Path
 ) -> None:
-    from bot.dispatch import make_client
+    from bot.http import make_sender
     from bot.scheduler import Daemon
 
     _, matrix = await loopback(2)
     settings = settings.model_copy(update={"inbox": tmp_path / "inbox"})
-    async with make_client(settings) as client:
+    async with make_sender(settings) as client:
         daemon = Daemon(settings, store, matrix, regions, client)
         jobs: dict[str, Any] = {}
 
@@ -185,7 +185,7 @@ async def test_a_job_that_raises_is_logged_with_its_traceback_and_runs_again(
     settings: Any, store: Any, loopback: Callable[..., Any], regions: Any, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from bot.dispatch import make_client
+    from bot.http import make_sender
     from bot.scheduler import Daemon
 
     _, matrix = await loopback(2)
@@ -196,8 +196,8 @@ async def test_a_job_that_raises_is_logged_with_its_traceback_and_runs_again(
         calls += 1
         raise RuntimeError(f"bug number {calls}")
 
-    monkeypatch.setattr(store, "release_due", broken_release)
-    async with make_client(settings) as client:
+    monkeypatch.setattr(store.queue, "release_due", broken_release)
+    async with make_sender(settings) as client:
         daemon = Daemon(settings, store, matrix, regions, client)
         await run_daemon_until(daemon, lambda: calls >= 4)
     assert calls >= 4, "the job ran again after failing"
@@ -213,7 +213,7 @@ async def test_regions_are_resolved_again_when_the_date_changes_in_chongqing(
 ) -> None:
     from datetime import date
 
-    from bot.dispatch import make_client
+    from bot.http import make_sender
     from bot.outlets import load_matrix
     from bot.scheduler import CHONGQING, Daemon
 
@@ -222,7 +222,7 @@ async def test_regions_are_resolved_again_when_the_date_changes_in_chongqing(
     matrix = load_matrix(tmp_path / "outlets.yaml", regions, environ=environ, on=date(2026, 1, 24))
     assert matrix.by_id["outlet-0001"].region == "江北区"
     day = date(2026, 1, 24)
-    async with make_client(settings) as client:
+    async with make_sender(settings) as client:
         daemon = Daemon(settings, store, matrix, regions, client, today=lambda: day)
         daemon.resolve_regions()
         assert daemon.matrix.by_id["outlet-0001"].region == "江北区"

@@ -125,7 +125,8 @@ def submit(paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="not
     for result in results:
         if result.ok:
             for added in result.added:
-                what = f"stored, {_count(added.deliveries, 'delivery')}" if added.created else "already stored, unchanged"
+                what = (f"stored, {_count(added.deliveries, 'delivery')}" if added.created
+                        else "already stored, unchanged")
                 console.print(Text.assemble(("ok", "green"), f" {result.path}: {added.ref} {what}"))
         else:
             errors.print(Text.assemble(("refused" if result.deferred else "rejected", "red"), f" {result.error}"))
@@ -343,7 +344,8 @@ def log_(
     outlet: Annotated[str | None, typer.Option("--outlet", metavar="ID", help="only this outlet id")] = None,
     status: Annotated[LogStatus | None, typer.Option(
         "--status", metavar="STATUS", help="only pending, delivered, failed or held deliveries")] = None,
-    attempts: Annotated[bool, typer.Option("--attempts", help="every HTTP try instead of one row per delivery")] = False,
+    attempts: Annotated[bool, typer.Option(
+        "--attempts", help="every HTTP try instead of one row per delivery")] = False,
     wide: Annotated[bool, typer.Option("--wide", help="every column, full errors and times, however wide")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
 ) -> None:
@@ -474,7 +476,8 @@ def retry(
 
     _show([("notice", ID), ("outlet", ID), ("tries", VALUE), ("note", VALUE), ("last error", FREE)],
           [[r["notice"], r["outlet"], str(r["attempts"]), note(r["outlet"]), r["error"] or ""] for r in rows],
-          title=("would requeue " if dry_run else "requeued ") + _count(len(rows), "delivery"), hint="debunkbot log --wide")
+          title=("would requeue " if dry_run else "requeued ") + _count(len(rows), "delivery"),
+          hint="debunkbot log --wide")
     held = sorted({r["outlet"] for r in rows if note(r["outlet"])})
     if dry_run:
         console.print(f"dry run: {_count(len(rows), 'delivery')} would be requeued; nothing changed")

@@ -98,7 +98,8 @@ async def test_a_missing_secret_stops_start_up_as_incomplete_configuration_befor
 
     code, _, err = await debunkbot(env, "run", "--until-idle")
     assert code == 4  # not 2, a bad file: the configuration is right but incomplete
-    assert "configuration is incomplete" in err and "1 outlet secret(s) not set in the environment: TEST_SECRET_0001" in err
+    assert "configuration is incomplete" in err
+    assert "1 outlet secret(s) not set in the environment: TEST_SECRET_0001" in err
     assert len(err.strip().splitlines()) <= 3 and "make try" in err
     assert outlets.posts == [] and sum(outlets.tries.values()) == 0
     code, _, err = await debunkbot(env, "submit", str(good))

@@ -41,7 +41,7 @@ async def test_try_leaves_a_running_setup_that_takes_a_notice_from_its_inbox_and
         (work / "inbox" / "mine.yaml").write_text(sample.replace("cq-2026-1127-001", "my-first"), encoding="utf-8")
         rows: list[dict[str, object]] = []
         for _ in range(600):  # polling for an outcome, not timing it
-            code, out, err = await debunkbot(env, "log", "--json", "--notice", "my-first")
+            _, out, _ = await debunkbot(env, "log", "--json", "--notice", "my-first")
             rows = [json.loads(line) for line in out.splitlines()]
             if len(rows) == 50 and all(r["status"] == "delivered" for r in rows if r["outlet"] not in (
                     "other-partner-site", "other-open-feed")):

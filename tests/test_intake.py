@@ -71,7 +71,8 @@ BAD_FILES = {
     "empty regions": ("bad.yaml", notice_data(regions=[]), "field 'regions': an empty list; omit the field or write"),
     "embargo years ahead": ("bad.yaml", notice_data(publish_at="2031-01-01T00:00:00+08:00"),
                             "field 'publish_at': 2031-01-01T00:00:00+08:00 is more than a year ahead"),
-    "control character": ("bad.json", notice_data(title="标题\u0000"), "field 'title': contains the invisible or control character U+0000 at position 3"),
+    "control character": ("bad.json", notice_data(title="标题\u0000"), 
+                          "field 'title': contains the invisible or control character U+0000 at position 3"),
 }
 
 

@@ -133,7 +133,8 @@ def test_an_outlet_gets_citywide_notices_and_those_naming_its_unit(
     regions: RegionTable, outlet_region: str, notice_region: str, on: date, expected: bool
 ) -> None:
     outlet = Outlet.model_validate(GOOD | {"region": regions.resolve(outlet_region, on)})
-    notice = Notice.model_validate(notice_data(regions=[notice_region]), context={"regions": regions, "now": datetime.combine(on, time(12), CHONGQING)})
+    notice = Notice.model_validate(notice_data(regions=[notice_region]),
+                                   context={"regions": regions, "now": datetime.combine(on, time(12), CHONGQING)})
     assert (OutletMatrix((outlet,)).concerned_by(notice) == [outlet]) is expected
 
 

@@ -129,7 +129,8 @@ def _visible(text: str, default: str) -> str:
 notices = st.builds(
     lambda title, rumour, truth, authority, sources, urgent: Notice.model_validate(notice_data(
         ref="cq-prop", title=_visible(title[:120], "标题"), rumour=_visible(rumour[:2000], "网传"),
-        truth=_visible(truth, "经核实"), authority=_visible(authority[:200], "重庆市"), urgency="urgent" if urgent else "normal",
+        truth=_visible(truth, "经核实"), authority=_visible(authority[:200], "重庆市"),
+        urgency="urgent" if urgent else "normal",
         sources=[{"title": "来源", "url": "https://slj.cq.example/a(b)?c=1&d=<e>"}] if sources else [])),
     text, text, st.lists(text, min_size=1, max_size=8).map("".join).map(lambda t: t[:5000]), text,
     st.booleans(), st.booleans(),

@@ -51,7 +51,6 @@ from bot.store import (
     outlet_health,
     utcnow,
 )
-from channels import CHANNELS
 
 log = logging.getLogger("debunkbot")
 

@@ -14,6 +14,7 @@ with a non-zero exit if it fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -33,6 +34,7 @@ from apscheduler.events import (
     SchedulerEvent,
 )
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, wait_exponential
 
 from bot.alerts import Alerter
 from bot.dispatch import STORE_BACKOFF_MAX, Dispatcher
@@ -492,15 +494,20 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
 async def open_store(url: str, stop: asyncio.Event) -> Store | None:
     """Open the store, waiting for a database that is not up yet: back-off up to 30 s, a log line every try.
     None when asked to stop first."""
-    delay, tries = 1.0, 0
-    while True:
-        tries += 1
-        try:
-            return await asyncio.to_thread(Store.open, url)
-        except STORE_FAULTS as exc:
-            log.warning("waiting for the store, try %d: %s; trying again in %.0fs", tries, describe_fault(exc), delay)
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=delay)
-            return None
-        except TimeoutError:
-            delay = min(delay * 2, STORE_BACKOFF_MAX)
+
+    async def nap(seconds: float) -> None:  # a stop ends the wait at once
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+    def say(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("waiting for the store, try %d: %s; trying again in %.0fs", state.attempt_number,
+                    describe_fault(exc) if isinstance(exc, Exception) else exc, state.upcoming_sleep)
+
+    retrying = AsyncRetrying(retry=retry_if_exception_type(STORE_FAULTS),
+                             wait=wait_exponential(multiplier=1, max=STORE_BACKOFF_MAX),
+                             stop=lambda _: stop.is_set(), sleep=nap, before_sleep=say)
+    try:
+        return await retrying(asyncio.to_thread, Store.open, url)
+    except RetryError:
+        return None

@@ -22,6 +22,14 @@ from bot.store import Store
 from bot.testing import WebhookOutlets
 
 
+@pytest.fixture(autouse=True)
+def _no_settings_from_the_real_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the machine's DEBUNKBOT_* settings: each sets what it needs, through monkeypatch."""
+    for name in list(os.environ):
+        if name.startswith("DEBUNKBOT_") and name != "DEBUNKBOT_TEST_POSTGRES_URL":
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def regions() -> RegionTable:
     return RegionTable.load(CONFIG / "regions.yaml")

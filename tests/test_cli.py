@@ -94,7 +94,6 @@ async def test_a_missing_secret_stops_start_up_as_incomplete_configuration_befor
     good.write_text(yaml.safe_dump(notice_data(), allow_unicode=True), encoding="utf-8")
     assert (await debunkbot(env, "submit", str(good)))[0] == 0
     del env["TEST_SECRET_0001"]
-    os.environ.pop("TEST_SECRET_0001", None)
 
     code, _, err = await debunkbot(env, "run", "--until-idle")
     assert code == 4  # not 2, a bad file: the configuration is right but incomplete

@@ -12,6 +12,7 @@ store as ``next_attempt_at``; nothing about a delivery's future is only in memor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -119,6 +120,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._fatal: BaseException | None = None  # set by a task that failed in a way we cannot go on from
         self._flush_needed = asyncio.Event()
+        self._recording = asyncio.Lock()  # held while results are written: a stop waits for the write
         self._in_flight: dict[asyncio.Task[None], float] = {}  # counted sends -> monotonic start, oldest first
         self._slow: set[asyncio.Task[None]] = set()  # sends past slow_send_after: not counted
         # Claimed ahead (as many again as concurrency, under lease): a freed slot starts the next send
@@ -186,7 +188,10 @@ class Dispatcher:
                     task.cancel()
                 if abandoned:
                     await asyncio.wait(abandoned)
-            flusher.cancel()
+            async with self._recording:  # never cut a write of results short: they would be lost and sent again
+                flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
             await self._flush_before_exit()
             try:
                 await self.db(self.store.queue.release_claims)
@@ -438,7 +443,8 @@ class Dispatcher:
         while True:
             await self._flush_needed.wait()
             self._flush_needed.clear()
-            await self._flush()
+            async with self._recording:
+                await self._flush()
             if self._unrecorded:  # the store refused the batch: try again after the back-off
                 await asyncio.sleep(max(0.0, self._store_retry_at - time.monotonic()))
                 self._flush_needed.set()

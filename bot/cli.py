@@ -331,7 +331,8 @@ def status(ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's 
         return
     _show([("outlet", ID), ("status", VALUE), ("tries", VALUE), ("next try", VALUE), ("last error", FREE)],
           [[r["outlet"], STATUS_WORDS[r["status"]] + (f": {r['reason']}" if r["reason"] else ""), str(r["attempts"]),
-            _when(r["next_attempt_at"]), r["error"] or ""] for r in missing], title=f"{len(missing)} outlet(s) without {ref} (times in Chongqing)",
+            _when(r["next_attempt_at"]), r["error"] or ""] for r in missing],
+          title=f"{_count(len(missing), 'outlet')} without {ref} (times in Chongqing)",
           hint="debunkbot log --wide --notice " + ref)
 
 

@@ -24,7 +24,6 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
 from apscheduler.events import (
     EVENT_JOB_ERROR,
     EVENT_JOB_EXECUTED,
@@ -47,10 +46,7 @@ from bot.store import (
     STORE_FAULTS,
     AttemptRecord,
     Store,
-    deliveries,
     describe_fault,
-    notices,
-    outlet_health,
     utcnow,
 )
 
@@ -307,17 +303,9 @@ class AttemptReport:
 
     def look_up(self, store: Store, delivery_ids: set[int]) -> None:
         """Store thread: the notice and ref of these deliveries, and how many outlets a new notice goes to."""
-        d, n = deliveries, notices
-        ids = sorted(delivery_ids)
-        with store.engine.connect() as conn:
-            rows = [row for start in range(0, len(ids), 500)  # SQLite caps the parameters of one statement
-                    for row in conn.execute(sa.select(d.c.id, d.c.notice_id, n.c.ref).join(n, n.c.id == d.c.notice_id)
-                                            .where(d.c.id.in_(ids[start:start + 500])))]
-            new = {r.notice_id for r in rows} - self.fanouts.keys()
-            counts = dict(conn.execute(
-                sa.select(d.c.notice_id, sa.func.count()).where(d.c.notice_id.in_(list(new)),
-                                                                d.c.outlet_id.not_in(list(self.pulled)))
-                .group_by(d.c.notice_id)).all()) if new else {}
+        rows = store.log.notices_of(delivery_ids)
+        new = {r.notice_id for r in rows} - self.fanouts.keys()
+        counts = store.log.fan_out_sizes(new, self.pulled)
         for r in rows:
             self.refs[r.id] = (r.notice_id, r.ref)
             if r.notice_id in new:
@@ -421,18 +409,7 @@ class Outstanding:
 
 def outstanding(store: Store, pulled: frozenset[str], now: datetime) -> Outstanding:
     """Deliveries not yet settled, grouped per outlet and by what they wait for (one grouped query)."""
-    d, n, h = deliveries, notices, outlet_health
-    query = (
-        sa.select(d.c.outlet_id, d.c.status, n.c.released_at.is_(None).label("embargoed"),
-                  sa.func.count().label("count"), sa.func.min(d.c.next_attempt_at).label("next_at"),
-                  sa.func.min(n.c.publish_at).label("publish_at"), sa.func.max(h.c.paused_at).label("paused_at"),
-                  sa.func.max(h.c.open_until).label("open_until"))
-        .select_from(d.join(n, n.c.id == d.c.notice_id).outerjoin(h, h.c.outlet_id == d.c.outlet_id))
-        .where(d.c.status.in_(("pending", "held")))
-        .group_by(d.c.outlet_id, d.c.status, n.c.released_at.is_(None))
-    )
-    with store.engine.connect() as conn:
-        rows = conn.execute(query).all()
+    rows = store.log.unsettled()
     left = Outstanding()
     for r in rows:
         if r.embargoed:

@@ -12,6 +12,7 @@ next try), ``delivered``, ``failed``, or ``held``, with a reason: ``embargo unti
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -169,6 +170,39 @@ class DeliveryLog:
             ):
                 out.setdefault(row.outlet_id, {"tier": row.tier})[row.status] = row.n
         return out
+
+    def notices_of(self, delivery_ids: Collection[int]) -> list[Any]:
+        """(id, notice_id, ref) of each of these deliveries: how the daemon's log names them."""
+        ids = sorted(delivery_ids)
+        with self.db.read() as conn:
+            return [row for start in range(0, len(ids), 500)  # SQLite caps the parameters of one statement
+                    for row in conn.execute(sa.select(d.c.id, d.c.notice_id, n.c.ref).join(n, n.c.id == d.c.notice_id)
+                                            .where(d.c.id.in_(ids[start:start + 500])))]
+
+    def fan_out_sizes(self, notice_ids: Collection[int], skip_outlets: Collection[str] = ()) -> dict[int, int]:
+        """notice id -> how many outlets it is sent to (``skip_outlets``, the feeds, fetch it instead)."""
+        if not notice_ids:
+            return {}
+        with self.db.read() as conn:
+            return dict(conn.execute(  # type: ignore[arg-type]
+                sa.select(d.c.notice_id, sa.func.count()).where(d.c.notice_id.in_(list(notice_ids)),
+                                                                d.c.outlet_id.not_in(list(skip_outlets)))
+                .group_by(d.c.notice_id)).all())
+
+    def unsettled(self) -> list[Any]:
+        """Deliveries not yet settled, counted per outlet, stored status and embargo (one grouped query):
+        outlet_id, status, embargoed, count, next_at, publish_at, paused_at, open_until."""
+        query = (
+            sa.select(d.c.outlet_id, d.c.status, n.c.released_at.is_(None).label("embargoed"),
+                      sa.func.count().label("count"), sa.func.min(d.c.next_attempt_at).label("next_at"),
+                      sa.func.min(n.c.publish_at).label("publish_at"), sa.func.max(h.c.paused_at).label("paused_at"),
+                      sa.func.max(h.c.open_until).label("open_until"))
+            .select_from(d.join(n, n.c.id == d.c.notice_id).outerjoin(h, h.c.outlet_id == d.c.outlet_id))
+            .where(d.c.status.in_(("pending", "held")))
+            .group_by(d.c.outlet_id, d.c.status, n.c.released_at.is_(None))
+        )
+        with self.db.read() as conn:
+            return list(conn.execute(query).all())
 
     def feed_entries(self, outlet_id: str, limit: int = 50) -> list[tuple[int, str, Notice, datetime]]:
         """An outlet's released notices, newest first: (delivery id, delivery status, notice, published at)."""

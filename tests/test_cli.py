@@ -81,7 +81,7 @@ async def test_submit_exits_2_naming_the_bad_file_and_still_stores_the_good_one(
     assert "bad.yaml" in err and "regions" in err and "火星" in err
 
     code, out, _ = await debunkbot(env, "status", "cq-test-001")
-    assert code == 0 and "outlet(s) without cq-test-001" in out
+    assert code == 0 and "2 outlets without cq-test-001" in out
     code, _, err = await debunkbot(env, "status", "bad")
     assert code == 2 and "no notice with ref 'bad'" in err
 

@@ -158,6 +158,19 @@ async def run_daemon_until(daemon: Any, condition: Callable[[], bool], timeout: 
     await asyncio.wait_for(task, timeout=60)
 
 
+async def scheduled_jobs(daemon: Any) -> dict[str, Any]:
+    """Run the daemon until its scheduler has its jobs; each job id -> its next run time."""
+    jobs: dict[str, Any] = {}
+
+    def seen() -> bool:
+        if daemon.scheduler is not None and daemon.scheduler.running:
+            jobs.update({job.id: job.next_run_time for job in daemon.scheduler.get_jobs()})
+        return bool(jobs)
+
+    await run_daemon_until(daemon, seen)
+    return jobs
+
+
 async def test_every_periodic_job_is_scheduled_none_paused(
     settings: Any, store: Any, loopback: Callable[..., Any], regions: Any, tmp_path: Path
 ) -> None:
@@ -168,14 +181,7 @@ async def test_every_periodic_job_is_scheduled_none_paused(
     settings = settings.model_copy(update={"inbox": tmp_path / "inbox"})
     async with make_sender(settings) as client:
         daemon = Daemon(settings, store, matrix, regions, client)
-        jobs: dict[str, Any] = {}
-
-        def seen() -> bool:
-            if daemon.scheduler is not None and daemon.scheduler.running:
-                jobs.update({job.id: job.next_run_time for job in daemon.scheduler.get_jobs()})
-            return bool(jobs)
-
-        await run_daemon_until(daemon, seen)
+        jobs = await scheduled_jobs(daemon)
     assert set(jobs) == {"scan_inbox", "release_embargoed", "send_alerts", "prune_attempts", "resolve_regions",
                          "dispatch_due", "report_attempts"}
     assert all(when is not None for when in jobs.values()), f"paused jobs: {jobs}"
@@ -233,14 +239,7 @@ async def test_regions_are_resolved_again_when_the_date_changes_in_chongqing(
         notice = make_notice(regions=["两江新区"], ref="cq-liangjiang")
         assert "outlet-0001" in {o.id for o in daemon.matrix.concerned_by(notice)}
 
-        jobs: dict[str, Any] = {}
-
-        def seen() -> bool:
-            if daemon.scheduler is not None and daemon.scheduler.running:
-                jobs.update({job.id: job.next_run_time for job in daemon.scheduler.get_jobs()})
-            return bool(jobs)
-
-        await run_daemon_until(daemon, seen)
+        jobs = await scheduled_jobs(daemon)
     midnight_check = jobs["resolve_regions"].astimezone(CHONGQING)
     assert (midnight_check.minute, midnight_check.second) == (0, 0), "on the hour, Chongqing time"
 

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote_plus
@@ -104,6 +105,6 @@ class DingTalk:
 
     def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome:
         outcome = classify_json(status, headers, body, retry=self.retry_codes)
-        if outcome.result == "retry" and "130101" in (outcome.error or ""):
-            return Outcome("retry", outcome.error, retry_after=max(outcome.retry_after or 0, 600))
+        if outcome.code == 130101:
+            return replace(outcome, retry_after=max(outcome.retry_after or 0, 600))
         return outcome

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote_plus
@@ -91,6 +92,7 @@ class WeCom:
 
     def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome:
         outcome = classify_json(status, headers, body, retry=self.retry_codes)
-        if "errcode 40058" in (outcome.error or ""):
-            return Outcome("failed", f"{outcome.error} (too long: this body is never retried; render shorter)")
+        if outcome.code == 40058:
+            return replace(outcome, result="failed",
+                           error=f"{outcome.error} (too long: this body is never retried; render shorter)")
         return outcome

@@ -15,6 +15,7 @@ Outlet: ``secret_env`` holds the access token; ``options.read_more_url`` (requir
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlencode
@@ -38,7 +39,10 @@ class Weibo:
     rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(30, 3600),)  # Weibo publishes no figure; be modest
     pull: ClassVar[bool] = False
     limits: ClassVar[tuple[Limit, ...]] = (Limit(140, "chars"),)
-    retry_codes: ClassVar[dict[int, str]] = {10022: "IP rate limit", 10023: "user rate limit", 10024: "API rate limit"}
+    retry_codes: ClassVar[dict[int, str]] = {10022: "IP rate limit", 10023: "user rate limit", 10024: "API rate limit",
+                                             20016: "posting too often"}
+    # 20017 similar / 20019 identical content: on a retry, the earlier try whose answer was lost went up
+    already_posted: ClassVar[dict[int, str]] = {20017: "similar content", 20019: "identical content"}
 
     def check_outlet(self, outlet: Outlet) -> list[tuple[str, str]]:
         problems = []
@@ -63,9 +67,18 @@ class Weibo:
         return httpx.Request("POST", outlet.url or ENDPOINT, content=urlencode(form).encode(), headers={
             "content-type": "application/x-www-form-urlencoded", "user-agent": "debunkbot/0.1"})
 
-    def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome:
+    def classify(self, status: int, headers: httpx.Headers, body: bytes, attempt: int | None = None) -> Outcome:
+        """Weibo's answer; ``attempt`` (1 for the first try) tells a retry's "already posted" from a refusal.
+
+        20032: posted although the server was slow, so delivered. 20017/20019 on a retry (or when the
+        attempt is unknown): the earlier try went up and only its answer was lost, so delivered with a
+        note; on a first try they are Weibo refusing a repeat, so failed.
+        """
         outcome = classify_json(status, headers, body, code_keys=("error_code",), retry=self.retry_codes,
                                 missing_is_ok=True)
-        if "error_code 20019" in (outcome.error or ""):
-            return Outcome("delivered", "already posted (error_code 20019 on a retry)")
+        if outcome.code == 20032:
+            return replace(outcome, result="delivered", error=f"{outcome.error} (posted; Weibo was slow to answer)")
+        if outcome.code in self.already_posted and (attempt is None or attempt > 1):
+            return replace(outcome, result="delivered", error=f"{outcome.error} (already posted by an earlier try "
+                                                              "whose answer was lost)")
         return outcome

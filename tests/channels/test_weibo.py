@@ -41,3 +41,56 @@ def test_a_weibo_outlet_must_name_its_safe_domain_link() -> None:
 ])
 def test_error_code_decides_the_outcome(status: int, answer: dict[str, object], result: str) -> None:
     assert Weibo().classify(status, httpx.Headers(), json.dumps(answer).encode()).result == result
+
+
+def test_codes_are_matched_as_numbers_not_as_text() -> None:
+    answer = json.dumps({"error_code": 200190, "error": "some other refusal"}).encode()
+    outcome = Weibo().classify(400, httpx.Headers(), answer, attempt=2)
+    assert (outcome.result, outcome.code) == ("failed", 200190)
+
+
+async def test_posting_too_often_is_retried_later(platforms: Platforms, make_notice: Callable[..., Notice]) -> None:
+    outlet, secret = platforms.outlet("weibo")
+    platforms.weibo.script[WEIBO] = [20016]
+    rendered = render_for(outlet, make_notice())
+    outcome = await send(outlet, secret, rendered, attempt=1)
+    assert (outcome.result, outcome.code) == ("retry", 20016)
+    assert (await send(outlet, secret, rendered, attempt=2)).result == "delivered"
+    assert platforms.weibo.by(WEIBO) == [rendered.text]
+
+
+async def test_a_slow_server_answer_20032_counts_as_delivered_with_a_note(
+    platforms: Platforms, make_notice: Callable[..., Notice]
+) -> None:
+    outlet, secret = platforms.outlet("weibo")
+    platforms.weibo.script[WEIBO] = [20032]
+    rendered = render_for(outlet, make_notice())
+    outcome = await send(outlet, secret, rendered, attempt=1)
+    assert (outcome.result, outcome.code) == ("delivered", 20032) and "slow" in (outcome.error or "")
+    assert platforms.weibo.by(WEIBO) == [rendered.text]
+
+
+@pytest.mark.parametrize("code", [20017, 20019])
+async def test_a_retry_after_a_lost_answer_stays_delivered(
+    platforms: Platforms, make_notice: Callable[..., Notice], code: int
+) -> None:
+    from bot.testing.weibo import LOST
+
+    outlet, secret = platforms.outlet("weibo")
+    platforms.weibo.script[WEIBO] = [LOST] if code == 20019 else [LOST, code]  # the fake finds identical text itself
+    rendered = render_for(outlet, make_notice())
+    with pytest.raises(httpx.TransportError):
+        await send(outlet, secret, rendered, attempt=1)
+    assert platforms.weibo.by(WEIBO) == [rendered.text]  # it went up; only the answer was lost
+    again = await send(outlet, secret, rendered, attempt=2)
+    assert (again.result, again.code) == ("delivered", code) and "earlier try" in (again.error or "")
+
+
+async def test_identical_content_on_a_first_try_is_a_refusal(
+    platforms: Platforms, make_notice: Callable[..., Notice]
+) -> None:
+    outlet, secret = platforms.outlet("weibo")
+    rendered = render_for(outlet, make_notice())
+    assert (await send(outlet, secret, rendered, attempt=1)).result == "delivered"
+    repeat = await send(outlet, secret, rendered, attempt=1)  # another notice that renders the same status
+    assert (repeat.result, repeat.code) == ("failed", 20019)

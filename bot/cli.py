@@ -59,7 +59,7 @@ def _regions(settings: Settings) -> RegionTable:
 
 def _matrix(settings: Settings, regions: RegionTable) -> OutletMatrix:
     try:
-        return load_matrix(settings.outlets, regions)
+        return load_matrix(settings.outlets, regions, public_ip=settings.public_ip)
     except MatrixError as exc:
         errors.print(f"[red]outlet matrix refused, nothing sent:[/] {exc}")
         raise typer.Exit(2) from None

@@ -130,9 +130,14 @@ class OutletMatrix:
 
 
 def load_matrix(
-    path: Path, regions: RegionTable, environ: Mapping[str, str] | None = None, on: date | None = None
+    path: Path, regions: RegionTable, environ: Mapping[str, str] | None = None, on: date | None = None,
+    public_ip: str | None = None,
 ) -> OutletMatrix:
-    """Load and check every entry; raise MatrixError listing every problem, by outlet id and field."""
+    """Load and check every entry; raise MatrixError listing every problem, by outlet id and field.
+
+    ``public_ip`` (DEBUNKBOT_PUBLIC_IP) is the machine's address for channels that must send it (Weibo's
+    ``rip``); an outlet's own ``options.rip`` wins.
+    """
     environ = os.environ if environ is None else environ
     day = on or date.today()
     try:
@@ -173,6 +178,8 @@ def load_matrix(
         from channels import CHANNELS
 
         channel = CHANNELS[outlet.channel]
+        if public_ip and getattr(channel, "sends_public_ip", False) and "rip" not in outlet.options:
+            outlet = outlet.model_copy(update={"options": {**outlet.options, "rip": public_ip}})
         problems += [f"{label} field {fld!r}: {msg}" for fld, msg in channel.check_outlet(outlet)]
         if kind == "operator":
             operator_ids.add(outlet.id)

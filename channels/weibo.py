@@ -9,11 +9,13 @@ Facts (shared/reference/channels.md; open.weibo.com wiki ``2/statuses/share``):
   The codes are from the public wiki's error table (unverified against the live API).
 
 Outlet: ``secret_env`` holds the access token; ``options.read_more_url`` (required, on the safe domain,
-``{ref}`` filled in) is the link; ``options.rip`` the caller's public IP if Weibo requires it.
+``{ref}`` filled in) is the link; ``options.rip`` (or DEBUNKBOT_PUBLIC_IP) the caller's public IP, which the
+current statuses/share documentation marks required (10016 "miss required parameter" without it).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -44,8 +46,12 @@ class Weibo:
     # 20017 similar / 20019 identical content: on a retry, the earlier try whose answer was lost went up
     already_posted: ClassVar[dict[int, str]] = {20017: "similar content", 20019: "identical content"}
 
+    sends_public_ip: ClassVar[bool] = True  # DEBUNKBOT_PUBLIC_IP fills options.rip (bot.outlets.load_matrix)
+
     def check_outlet(self, outlet: Outlet) -> list[tuple[str, str]]:
         problems = []
+        if problem := _rip_problem(outlet.options.get("rip")):
+            problems.append(("options.rip", problem))
         if not outlet.secret_env:
             problems.append(("secret_env", "a weibo outlet needs secret_env naming its access token"))
         if not str(outlet.options.get("read_more_url", "")).startswith(("https://", "http://")):
@@ -61,9 +67,7 @@ class Weibo:
     def build(
         self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime
     ) -> httpx.Request:
-        form = {"access_token": secret or "", "status": rendered.text}
-        if rip := outlet.options.get("rip"):
-            form["rip"] = str(rip)
+        form = {"access_token": secret or "", "status": rendered.text, "rip": str(outlet.options.get("rip", ""))}
         return httpx.Request("POST", outlet.url or ENDPOINT, content=urlencode(form).encode(), headers={
             "content-type": "application/x-www-form-urlencoded", "user-agent": "debunkbot/0.1"})
 
@@ -82,3 +86,21 @@ class Weibo:
             return replace(outcome, result="delivered", error=f"{outcome.error} (already posted by an earlier try "
                                                               "whose answer was lost)")
         return outcome
+
+
+_LAN = tuple(ipaddress.ip_network(net) for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"))
+
+
+def _rip_problem(rip: object) -> str | None:
+    """Why ``rip`` cannot be the caller's real public IP that statuses/share requires, if it cannot."""
+    if rip in (None, ""):
+        return ("Weibo's statuses/share requires rip, this machine's public IP: set options.rip, or "
+                "DEBUNKBOT_PUBLIC_IP for every weibo outlet")
+    try:
+        address = ipaddress.ip_address(str(rip))
+    except ValueError:
+        return f"{rip!r} is not an IP address"
+    if (address.is_loopback or address.is_unspecified or address.is_link_local or address.is_multicast
+            or any(address in net for net in _LAN)):
+        return f"{rip} is not a public address; Weibo wants the machine's public IP"
+    return None

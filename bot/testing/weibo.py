@@ -1,6 +1,7 @@
 """A loopback Weibo ``2/statuses/share.json``: access tokens, 140 characters, a safe-domain link, rate limits.
 
-Answers as the Weibo wiki documents: HTTP 400 with ``{"error_code": N, "error": …}``: 21332 invalid token,
+Answers as the Weibo wiki documents: HTTP 400 with ``{"error_code": N, "error": …}``: 10016 no ``rip`` (the
+caller's real IP, required), 21332 invalid token,
 20012 text too long, 20021 no link on the safe domain (our pick; Weibo's code for it is not published),
 20019 the same status again, 10023 over the user's rate limit.
 
@@ -47,6 +48,8 @@ class WeiboAPI(LoopbackPlatform):
         step = self.scripted(token)
         if step is not None and 0 < step < 1000:
             return web.json_response({"error": "scripted"}, status=step)
+        if not form.get("rip"):  # required in the current statuses/share documentation
+            return self._error(token, 10016, "miss required parameter (rip), see doc for more info")
         if token not in self.tokens:
             return self._error(token, 21332, "invalid_access_token")
         if step is not None and step not in (LOST, 20032):

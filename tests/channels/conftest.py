@@ -46,6 +46,7 @@ class Platforms:
         }[channel]
         if channel == "weibo":
             options.setdefault("read_more_url", f"https://{SAFE_DOMAIN}/{{ref}}")
+            options.setdefault("rip", "203.0.113.10")
         if channel == "wechat_mp":
             options = {"appid": WECHAT[0], "thumb_media_id": THUMB} | options
         outlet = Outlet(id=f"test-{channel}", name=f"测试{channel}", tier="district", channel=channel, url=url,

@@ -22,7 +22,8 @@ OUTLETS = [
     {"id": "dist-nanan", "channel": "wecom", "secret_env": "S3"},
     {"id": "n-group", "channel": "feishu", "secret_env": "S4"},
     {"id": "n-lark", "channel": "lark", "secret_env": "S4"},
-    {"id": "n-weibo", "channel": "weibo", "secret_env": "S5", "options": {"read_more_url": "https://piyao.cq.example/{ref}"}},
+    {"id": "n-weibo", "channel": "weibo", "secret_env": "S5", "options": {"read_more_url": "https://piyao.cq.example/{ref}",
+                                                                  "rip": "203.0.113.10"}},
     {"id": "n-wechat", "channel": "wechat_mp", "secret_env": "S6", "options": {"appid": "wx1", "thumb_media_id": "t"}},
     {"id": "n-feed", "channel": "feed"},
 ]

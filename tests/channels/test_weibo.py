@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
 
 from bot.model import Notice
+from bot.regions import RegionTable
 from channels.weibo import Weibo
 from tests.channels.conftest import WEIBO, Platforms, render_for, send
 
@@ -31,7 +33,7 @@ async def test_a_long_notice_becomes_a_140_character_post_that_keeps_the_title_a
 def test_a_weibo_outlet_must_name_its_safe_domain_link() -> None:
     from bot.outlets import Outlet
 
-    outlet = Outlet(id="w", name="w", tier="other", channel="weibo", secret_env="S")
+    outlet = Outlet(id="w", name="w", tier="other", channel="weibo", secret_env="S", options={"rip": "203.0.113.10"})
     assert [field for field, _ in Weibo().check_outlet(outlet)] == ["options.read_more_url"]
 
 
@@ -94,3 +96,44 @@ async def test_identical_content_on_a_first_try_is_a_refusal(
     assert (await send(outlet, secret, rendered, attempt=1)).result == "delivered"
     repeat = await send(outlet, secret, rendered, attempt=1)  # another notice that renders the same status
     assert (repeat.result, repeat.code) == ("failed", 20019)
+
+
+async def test_the_fake_refuses_a_post_without_rip_as_weibo_documents(
+    platforms: Platforms, make_notice: Callable[..., Notice]
+) -> None:
+    outlet, secret = platforms.outlet("weibo")
+    rendered = render_for(outlet, make_notice())
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(outlet.url or "", data={"access_token": secret, "status": rendered.text})
+    assert answer.json()["error_code"] == 10016
+    assert (await send(outlet, secret, rendered)).result == "delivered"  # the channel sends rip
+
+
+@pytest.mark.parametrize(("rip", "refused"), [
+    (None, "requires rip"), ("", "requires rip"), ("localhost", "not an IP address"),
+    ("127.0.0.1", "not a public address"), ("192.168.1.20", "not a public address"), ("203.0.113.10", None),
+    ("2001:db8::1", None),
+])
+def test_a_weibo_outlet_needs_a_public_rip_at_start_up(rip: str | None, refused: str | None) -> None:
+    from bot.outlets import Outlet
+
+    options = {"read_more_url": "https://piyao.cq.example/{ref}"} | ({} if rip is None else {"rip": rip})
+    outlet = Outlet(id="w", name="w", tier="other", channel="weibo", secret_env="S", options=options)
+    problems = dict(Weibo().check_outlet(outlet))
+    assert (refused in problems.get("options.rip", "")) if refused else problems == {}
+
+
+def test_one_setting_gives_every_weibo_outlet_the_machines_public_ip(tmp_path: Path, regions: RegionTable) -> None:
+    from bot.outlets import MatrixError, load_matrix
+
+    matrix = tmp_path / "outlets.yaml"
+    matrix.write_text(
+        "outlets:\n"
+        "  - {id: wb, name: 微博, tier: other, channel: weibo, secret_env: WB,\n"
+        "     options: {read_more_url: 'https://piyao.cq.example/{ref}'}}\n"
+        "  - {id: wb-own, name: 微博2, tier: other, channel: weibo, secret_env: WB,\n"
+        "     options: {read_more_url: 'https://piyao.cq.example/{ref}', rip: 198.51.100.7}}\n", encoding="utf-8")
+    with pytest.raises(MatrixError, match=r"outlet 'wb' field 'options.rip': .*DEBUNKBOT_PUBLIC_IP"):
+        load_matrix(matrix, regions, environ={"WB": "token"})
+    loaded = load_matrix(matrix, regions, environ={"WB": "token"}, public_ip="203.0.113.10")
+    assert [o.options["rip"] for o in loaded.outlets] == ["203.0.113.10", "198.51.100.7"]

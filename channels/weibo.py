@@ -1,12 +1,13 @@
 """Weibo (微博) ``statuses/share``: a short post with a link to the full notice.
 
-Facts (shared/reference/channels.md; open.weibo.com wiki ``2/statuses/share``):
+Facts (https://open.weibo.com/wiki/2/statuses/share and https://open.weibo.com/wiki/Error_code):
 - ``POST https://api.weibo.com/2/statuses/share.json`` form-encoded: ``access_token``, ``status``, ``rip``;
-- the status is at most 140 characters and must carry a link on the app's safe domain; we count every
-  character (code point) including the link, which is stricter than Weibo's half-width discount;
+- the status is at most 140 characters as Weibo counts them (two ASCII characters as one, a link as 10, an
+  emoji as two: ``channels.fit.weibo_length``) and must carry a link on the app's safe domain;
 - errors come as ``{"error_code": N, "error": "..."}``, mostly with HTTP 4xx; 10022/10023/10024 are rate
-  limits (retry later); 20019 (same content already posted) means an earlier try landed.
-  The codes are from the public wiki's error table (unverified against the live API).
+  limits and 20016 posting too often (retry later); 20032 posted but the server was slow (delivered);
+  20017/20019 similar/identical content (on a retry: an earlier try landed); 10016 a required parameter
+  is missing. The codes are from the public wiki's error table (https://open.weibo.com/wiki/Error_code).
 
 Outlet: ``secret_env`` holds the access token; ``options.read_more_url`` (required, on the safe domain,
 ``{ref}`` filled in) is the link; ``options.rip`` (or DEBUNKBOT_PUBLIC_IP) the caller's public IP, which the
@@ -25,9 +26,9 @@ from urllib.parse import urlencode
 import httpx
 
 from bot.outlets import RateLimit
-from bot.render import form_context, render
+from bot.render import VERDICT_SENTENCES, form_context, render
 from channels.base import NO_OPTIONS, Outcome, Rendered, classify_json
-from channels.fit import Limit, fit, read_more
+from channels.fit import WEIBO_URL_LENGTH, Limit, fit, read_more, weibo_length
 
 if TYPE_CHECKING:
     from bot.model import Notice
@@ -40,7 +41,7 @@ class Weibo:
     name: ClassVar[str] = "weibo"
     rate_limits: ClassVar[tuple[RateLimit, ...]] = (RateLimit(30, 3600),)  # Weibo publishes no figure; be modest
     pull: ClassVar[bool] = False
-    limits: ClassVar[tuple[Limit, ...]] = (Limit(140, "chars"),)
+    limits: ClassVar[tuple[Limit, ...]] = (Limit(140, "weibo"),)  # counted as Weibo counts: channels.fit.weibo_length
     retry_codes: ClassVar[dict[int, str]] = {10022: "IP rate limit", 10023: "user rate limit", 10024: "API rate limit",
                                              20016: "posting too often"}
     # 20017 similar / 20019 identical content: on a retry, the earlier try whose answer was lost went up
@@ -54,9 +55,15 @@ class Weibo:
             problems.append(("options.rip", problem))
         if not outlet.secret_env:
             problems.append(("secret_env", "a weibo outlet needs secret_env naming its access token"))
-        if not str(outlet.options.get("read_more_url", "")).startswith(("https://", "http://")):
+        link = str(outlet.options.get("read_more_url", ""))
+        if not link.startswith(("https://", "http://")):
             problems.append(("options.read_more_url", "a weibo post must link to the full notice on the app's safe "
                                                       "domain, e.g. https://piyao.example.cn/{ref}"))
+        elif (room := self.limits[0].size - weibo_length(_shortest_post(link))) < MIN_TITLE_ROOM:
+            problems.append(("options.read_more_url", f"too long to ever fit: the shortest post with this link leaves "
+                                                      f"{max(room, 0)} of Weibo's 140 characters for the title "
+                                                      f"(needs {MIN_TITLE_ROOM}); a link counts as "
+                                                      f"{WEIBO_URL_LENGTH} only up to its first non-ASCII character"))
         return problems
 
     def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
@@ -86,6 +93,15 @@ class Weibo:
             return replace(outcome, result="delivered", error=f"{outcome.error} (already posted by an earlier try "
                                                               "whose answer was lost)")
         return outcome
+
+
+MIN_TITLE_ROOM = 12  # characters a post keeps for the title and authority, at least
+
+
+def _shortest_post(link: str) -> str:
+    """The shortest status the template makes with ``link`` (an urgent one, the longest verdict, a 64-character ref)."""
+    longest_verdict = max(VERDICT_SENTENCES.values(), key=weibo_length)
+    return f"【紧急】【辟谣】{longest_verdict}（） 阅读全文：{link.replace('{ref}', 'r' * 64)}"
 
 
 _LAN = tuple(ipaddress.ip_network(net) for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"))

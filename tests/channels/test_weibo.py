@@ -11,8 +11,10 @@ import pytest
 
 from bot.model import Notice
 from bot.regions import RegionTable
+from channels.fit import weibo_length
 from channels.weibo import Weibo
-from tests.channels.conftest import WEIBO, Platforms, render_for, send
+from channels import Rendered
+from tests.channels.conftest import SAFE_DOMAIN, WEIBO, Platforms, render_for, send
 
 
 async def test_a_long_notice_becomes_a_140_character_post_that_keeps_the_title_and_links_the_full_text(
@@ -21,7 +23,7 @@ async def test_a_long_notice_becomes_a_140_character_post_that_keeps_the_title_a
     outlet, secret = platforms.outlet("weibo")
     notice = make_notice(truth="经核实，目前长江重庆段水位平稳。" * 40, title="网传#洪水#@所有人 长江水位暴涨系谣言")
     rendered = render_for(outlet, notice)
-    assert len(rendered.text) <= 140
+    assert weibo_length(rendered.text) <= 140
     assert "网传＃洪水＃＠所有人 长江水位暴涨系谣言" in rendered.text  # no topic, no mention
     assert rendered.text.endswith("阅读全文：https://piyao.cq.example/cq-test-001")
     assert (await send(outlet, secret, rendered)).result == "delivered"
@@ -137,3 +139,45 @@ def test_one_setting_gives_every_weibo_outlet_the_machines_public_ip(tmp_path: P
         load_matrix(matrix, regions, environ={"WB": "token"})
     loaded = load_matrix(matrix, regions, environ={"WB": "token"}, public_ip="203.0.113.10")
     assert [o.options["rip"] for o in loaded.outlets] == ["203.0.113.10", "198.51.100.7"]
+
+
+# 140 as Weibo counts: 100 CJK + 10 emoji (20) + 20 ASCII (10) + one link (10, whatever its length)
+AT_LIMIT = "辟" * 100 + "👍" * 10 + "a" * 20 + "https://piyao.cq.example/" + "x" * 80
+
+
+@pytest.mark.parametrize(("text", "length"), [
+    (AT_LIMIT, 140), (AT_LIMIT + " b", 141), ("b" + AT_LIMIT, 141), (AT_LIMIT.replace("a" * 20, "a" * 19), 140),
+    (AT_LIMIT.replace("辟", "👍", 1), 141), ("辟" * 140, 140), ("a" * 280, 140), ("a" * 281, 141),
+])
+def test_weibo_counts_ascii_as_half_a_link_as_ten_and_an_emoji_as_two(text: str, length: int) -> None:
+    assert weibo_length(text) == length
+
+
+@pytest.mark.parametrize(("extra", "result"), [("", "delivered"), ("b", "failed")])
+async def test_the_fake_takes_exactly_140_as_weibo_counts(platforms: Platforms, extra: str, result: str) -> None:
+    outlet, secret = platforms.outlet("weibo")
+    text = extra + AT_LIMIT.replace("https://piyao.cq.example/", f"https://{SAFE_DOMAIN}/")
+    outcome = await send(outlet, secret, Rendered(text=text, body=text.encode()))
+    assert outcome.result == result and (result == "delivered" or outcome.code == 20012)
+
+
+async def test_a_notice_full_of_emoji_is_fitted_as_weibo_counts_and_accepted(
+    platforms: Platforms, make_notice: Callable[..., Notice]
+) -> None:
+    outlet, secret = platforms.outlet("weibo")
+    notice = make_notice(title="网传长江👍水位暴涨系谣言", truth="经核实" + "👍🌊" * 100 + "。")
+    rendered = render_for(outlet, notice)
+    assert weibo_length(rendered.text) <= 140
+    assert (await send(outlet, secret, rendered)).result == "delivered"
+
+
+def test_a_read_more_url_that_can_never_fit_is_refused_at_start_up() -> None:
+    from bot.outlets import Outlet
+
+    def problems(link: str) -> dict[str, str]:
+        return dict(Weibo().check_outlet(Outlet(id="w", name="w", tier="other", channel="weibo", secret_env="S",
+                                                options={"read_more_url": link, "rip": "203.0.113.10"})))
+
+    assert problems("https://piyao.cq.example/" + "a" * 150 + "/{ref}") == {}  # a link counts 10, however long
+    refused = problems("https://piyao.cq.example/辟谣通报/" + "辟谣" * 50 + "/{ref}")
+    assert "too long to ever fit" in refused["options.read_more_url"]

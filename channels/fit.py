@@ -114,6 +114,11 @@ def fit(
         if best is not None and (best[0] >= len(truth_lead) or rumour == ""):
             return best[1], best[2]
     bare = replace(short, rumour="", truth="")  # a 140-character post may not hold a long title and authority
+    # the authority gives way first; the title is cut only if even no authority leaves it too little room
+    best = _longest(lambda n: replace(bare, authority=cut(notice.authority, n, sentence=False)),
+                    len(notice.authority), render, limits)
+    if best is not None:
+        return best[1], best[2]
     upto = max(len(notice.title), len(notice.authority))
     best = _longest(lambda n: replace(bare, title=cut(notice.title, n, sentence=False),
                                       authority=cut(notice.authority, n, sentence=False)), upto, render, limits)

@@ -91,7 +91,7 @@ async def test_action_card_carries_a_read_more_button_and_editor_markup_is_inert
     (payload,) = platforms.dingtalk.by(DINGTALK[0])
     card = payload["actionCard"]
     assert card["singleURL"] == "https://slj.cq.example/1" and card["singleTitle"] == "阅读全文"
-    assert r"\[点我\]\(http://evil\.example\) \*重要\* \@all \{\{ 7\*7 \}\} 😀" in card["text"]
+    assert r"\[点我\](http://evil.example) \*重要\* ＠all {{ 7\*7 }} 😀" in card["text"]
 
 
 async def test_a_burst_to_a_rate_limited_robot_is_paced_by_the_store_and_provokes_no_130101(

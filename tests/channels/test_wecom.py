@@ -21,7 +21,7 @@ async def test_markdown_and_news_reach_the_robot_with_editor_markup_inert(
         outlet, secret = platforms.outlet("wecom", msgtype=msgtype)
         assert (await send(outlet, secret, render_for(outlet, notice))).result == "delivered"
     markdown, news = platforms.wecom.by(WECOM)
-    assert r"\<\@all\> \[x\]\(y\) \*\*重要\*\*" in markdown["markdown"]["content"]
+    assert r"<＠all> \[x\](y) \*\*重要\*\*" in markdown["markdown"]["content"]  # no <@mention>, no link
     (article,) = news["news"]["articles"]
     assert article["url"] == "https://slj.cq.example/1" and notice.title in article["description"]
 

@@ -190,7 +190,11 @@ def load_matrix(
             if not secret:
                 problems.append(f"{label} field 'secret_env': environment variable {outlet.secret_env} is not set")
             else:
-                secrets[outlet.id] = secret
+                read_secret = getattr(channel, "read_secret", None)  # the credential's shape, checked once here
+                try:
+                    secrets[outlet.id] = read_secret(secret) if read_secret else secret
+                except ValueError as exc:  # the message names the shape, never the secret
+                    problems.append(f"{label} field 'secret_env': {outlet.secret_env} {exc}")
         outlets.append(outlet)
     if problems:
         raise MatrixError(f"{path}: " + "; ".join(problems) if len(problems) == 1

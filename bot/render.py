@@ -40,11 +40,11 @@ _MARKDOWN_LINE_START = re.compile(r"^([ \t]{0,3})(#|>|[-+](?=[ \t]|$)|\d{1,9}(?=
 
 
 def markdown_escape(value: object) -> str:
-    """Make editor text inert in markdown (no emphasis, links, headings, lists, HTML or <@mentions>) with as few
+    r"""Make editor text inert in markdown (no emphasis, links, headings, lists, HTML or <@mentions>) with as few
     backslashes as that takes.
 
-    >>> markdown_escape("10.5米 2026-11-27 @all *重要* [点我](http://x)")
-    '10.5米 2026-11-27 ＠all \\*重要\\* \\[点我\\](http://x)'
+    >>> print(markdown_escape("10.5米 2026-11-27 @all *重要* [点我](http://x)"))
+    10.5米 2026-11-27 ＠all \*重要\* \[点我\](http://x)
     """
     text = _MARKDOWN_INLINE.sub(lambda m: "\\" + m.group(), _MENTION.sub("＠", str(value)))
     return _MARKDOWN_LINE_START.sub(_escape_line_start, text)

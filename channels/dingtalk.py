@@ -29,6 +29,7 @@ import httpx
 from bot.outlets import RateLimit
 from bot.render import form_context, markdown_escape, render
 from channels.base import NO_OPTIONS, Outcome, Rendered, classify_json, token_and_key
+from channels.credentials import robot_token, token_problem
 from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
@@ -61,6 +62,18 @@ class DingTalk:
         if outlet.options.get("msgtype", "markdown") not in MSGTYPES:
             problems.append(("options.msgtype", f"should be one of {', '.join(MSGTYPES)}"))
         return problems
+
+    def read_secret(self, raw: str) -> str:
+        """``ACCESS_TOKEN``, ``ACCESS_TOKEN:SEC…`` or the robot's webhook URL (``…/robot/send?access_token=…``),
+        optionally followed by a space and the ``SEC…`` signing secret; see channels.credentials."""
+        shape = "ACCESS_TOKEN:SEC… or https://oapi.dingtalk.com/robot/send?access_token=… SEC…"
+        token, key = robot_token(raw, query="access_token", shape=shape)
+        if problem := token_problem(token, shape):
+            raise ValueError(problem)
+        if key is not None and not key.startswith("SEC"):
+            raise ValueError(f"holds a signing secret that does not start with SEC (DingTalk's 加签 secrets do); "
+                             f"expected {shape}")
+        return f"{token}:{key}" if key else token
 
     def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
         msgtype = options.get("msgtype", "markdown")

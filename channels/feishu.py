@@ -28,6 +28,7 @@ import httpx
 from bot.outlets import RateLimit
 from bot.render import form_context, render
 from channels.base import NO_OPTIONS, Outcome, Rendered, classify_json, token_and_key
+from channels.credentials import robot_token, token_problem
 from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
@@ -65,6 +66,15 @@ class Feishu:
         if outlet.options.get("msg_type", "post") not in MSG_TYPES:
             problems.append(("options.msg_type", f"should be one of {', '.join(MSG_TYPES)}"))
         return problems
+
+    def read_secret(self, raw: str) -> str:
+        """``HOOK_TOKEN:SIGNING_SECRET``, the token alone, or the bot's webhook URL (``…/open-apis/bot/v2/hook/TOKEN``)
+        optionally followed by a space and the signing secret; see channels.credentials."""
+        shape = "HOOK_TOKEN:SIGNING_SECRET or https://open.feishu.cn/open-apis/bot/v2/hook/TOKEN SIGNING_SECRET"
+        token, key = robot_token(raw, path_after="/hook/", shape=shape)
+        if problem := token_problem(token, shape):
+            raise ValueError(problem)
+        return f"{token}:{key}" if key else token
 
     def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
         link = read_more(notice, options)

@@ -26,6 +26,7 @@ import httpx
 from bot.outlets import RateLimit
 from bot.render import form_context, markdown_escape, render
 from channels.base import NO_OPTIONS, Outcome, Rendered, classify_json
+from channels.credentials import robot_token, token_problem
 from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
@@ -56,6 +57,16 @@ class WeCom:
         if outlet.options.get("msgtype", "markdown") not in MSGTYPES:
             problems.append(("options.msgtype", f"should be one of {', '.join(MSGTYPES)}"))
         return problems
+
+    def read_secret(self, raw: str) -> str:
+        """The robot's key, or its webhook URL (``…/cgi-bin/webhook/send?key=…``); see channels.credentials."""
+        shape = "the robot's key, or https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=…"
+        key, extra = robot_token(raw, query="key", shape=shape)
+        if problem := token_problem(key, shape):
+            raise ValueError(problem)
+        if extra:
+            raise ValueError(f"holds more than the key (WeCom robots have no signing secret); expected {shape}")
+        return key
 
     def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
         link = read_more(notice, options)

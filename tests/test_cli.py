@@ -87,14 +87,14 @@ async def test_submit_exits_2_naming_the_bad_file_and_still_stores_the_good_one(
 
 
 async def test_a_bad_outlet_matrix_stops_start_up_before_anything_is_sent(
-    tmp_path: Path, loopback: Callable[..., Any], database_url: str
+    tmp_path: Path, loopback: Callable[..., Any], database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     outlets, env = await bot_env(tmp_path, loopback, 3, database_url)
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(notice_data(), allow_unicode=True), encoding="utf-8")
     assert (await debunkbot(env, "submit", str(good)))[0] == 0
     del env["TEST_SECRET_0001"]
-    os.environ.pop("TEST_SECRET_0001", None)
+    monkeypatch.delenv("TEST_SECRET_0001", raising=False)  # nor from the environment the run inherits
 
     code, _, err = await debunkbot(env, "run", "--until-idle")
     assert code == 2

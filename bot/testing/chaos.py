@@ -50,7 +50,7 @@ class Huge:
 HANG = "hang"  # read the request and never answer
 RESET = "reset"  # read the request, then reset the connection (RST)
 GARBAGE = "garbage"  # answer bytes that are not HTTP
-ECHO = "echo"  # answer 200 with the request's headers in the body (a leaky outlet)
+ECHO = "echo"  # answer 200 with the request's target (path and query) and headers in the body (a leaky outlet)
 
 Behaviour = Status | Drip | Huge | str
 
@@ -77,6 +77,7 @@ class ChaosRequest:
     at: float  # time.monotonic() when the request was read
     verified: bool | None  # None: no secret known for the outlet
     accepted: bool = False  # answered a plain 200: the outlet has the post
+    target: str = ""  # the request line's path and query, as sent
 
 
 def refused_url() -> str:
@@ -148,12 +149,13 @@ class ChaosOutlets:
         _method, path, _ = lines[0].split(" ", 2)
         headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
         body = await reader.readexactly(int(headers.get("content-length", "0")))
-        outlet = path.rstrip("/").rsplit("/", 1)[-1]
+        outlet = path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
         self.tries[outlet] += 1
         steps = self.script.get(outlet, [])
         step: Behaviour = steps[self.tries[outlet] - 1] if self.tries[outlet] <= len(steps) else Status()
         verified = self._verify(outlet, body, headers)
-        request = ChaosRequest(outlet, headers.get("webhook-id"), headers, body, time.monotonic(), verified)
+        request = ChaosRequest(outlet, headers.get("webhook-id"), headers, body, time.monotonic(), verified,
+                               target=path)
         self.requests.append(request)
         if self.latency:
             await asyncio.sleep(self.latency)
@@ -170,7 +172,7 @@ class ChaosOutlets:
             await writer.drain()
         elif step == ECHO:
             request.accepted = True
-            await _respond(writer, Status(200, json.dumps(headers).encode()))
+            await _respond(writer, Status(200, json.dumps({"request-target": path} | headers).encode()))
         elif isinstance(step, Drip):
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 1000000\r\n\r\n")
             while not self._closing.is_set():

@@ -47,9 +47,12 @@ async def test_a_wrong_app_secret_fails_with_the_token_endpoints_errcode(
     platforms: Platforms, make_notice: Callable[..., Notice]
 ) -> None:
     outlet, _ = platforms.outlet("wechat_mp")
-    CHANNELS["wechat_mp"]._tokens.clear()  # type: ignore[attr-defined]
-    outcome = await send(outlet, "not-the-secret", render_for(outlet, make_notice()))
-    assert outcome.result == "failed" and "40125" in (outcome.error or "")
+    channel = WeChatMP()  # its own token cache: nothing shared with the registry's instance
+    async with httpx.AsyncClient(trust_env=False) as client:
+        answer = await channel.deliver(client, render_for(outlet, make_notice()), outlet, "not-the-secret", "m",
+                                       datetime.now(UTC))
+    outcome = channel.classify(*answer)
+    assert outcome.result == "failed" and outcome.code == 40125
 
 
 def test_a_wechat_outlet_needs_its_appid_and_cover() -> None:

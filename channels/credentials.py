@@ -36,7 +36,8 @@ def robot_token(
             token = url.path.partition(path_after)[2].strip("/") if path_after in url.path else ""
         if not token:
             where = f"?{query}=…" if query else f"…{path_after}TOKEN"
-            raise ValueError(f"holds a URL without the robot's token ({where})" + (f"; expected {shape}" if shape else ""))
+            expected = f"; expected {shape}" if shape else ""
+            raise ValueError(f"holds a URL without the robot's token ({where}){expected}")
         token, _, key = token.partition(":")
         return token, (rest[0].strip() if rest else key) or None
     token, _, key = raw.partition(":")
@@ -47,5 +48,6 @@ def token_problem(token: str, shape: str) -> str | None:
     if not token:
         return f"holds no token; expected {shape}"
     if not TOKEN.match(token):
-        return f"holds a token with characters a robot token never has (letters, digits, - and _ only); expected {shape}"
+        return (f"holds a token with characters a robot token never has (letters, digits, - and _ only); "
+                f"expected {shape}")
     return None

@@ -5,8 +5,8 @@
 - ``POST /cgi-bin/draft/add``: 40001 unknown or expired token (``expire_tokens()`` expires them all),
   40007 unknown thumb_media_id, 45003 title over 32 characters (draft/add: 标题总长度不超过32个字),
   45110 author over 16 characters, 45004 digest over 128 characters (codes from WeChat's global return
-  code table), 45002 content of 20,000 characters or 1 MB or more; else ``{"media_id": …}``. Drafts keep their article; ``scripts`` counts any that
-  carried a ``<script``;
+  code table), 45002 content of 20,000 characters or 1 MB or more; else ``{"media_id": …}``. Drafts keep
+  their article; ``scripts`` counts any that carried a ``<script``;
 - ``POST /cgi-bin/freepublish/submit``: publishes a draft by media_id.
 """
 

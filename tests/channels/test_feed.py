@@ -71,7 +71,8 @@ def _valid_atom(body: bytes) -> ET.Element:
         assert (element.findtext(f"{ATOM}id") or "").startswith(("tag:", "http", "urn:"))
         if where == "entry":
             assert element.find(f"{ATOM}author") is not None or root.find(f"{ATOM}author") is not None
-            assert element.find(f"{ATOM}content") is not None or element.find(f"{ATOM}link[@rel='alternate']") is not None
+            alternate = element.find(f"{ATOM}link[@rel='alternate']")
+            assert element.find(f"{ATOM}content") is not None or alternate is not None
         for link in element.findall(f"{ATOM}link"):
             assert link.get("href"), f"{where} link without href"
     return root

@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from bot.model import Notice
-from channels import CHANNELS
 from channels.wechat_mp import WeChatMP
 from tests.channels.conftest import WECHAT, Platforms, render_for, send
 

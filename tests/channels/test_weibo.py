@@ -11,9 +11,9 @@ import pytest
 
 from bot.model import Notice
 from bot.regions import RegionTable
+from channels import Rendered
 from channels.fit import weibo_length
 from channels.weibo import Weibo
-from channels import Rendered
 from tests.channels.conftest import SAFE_DOMAIN, WEIBO, Platforms, render_for, send
 
 

@@ -1,6 +1,7 @@
 """DingTalk custom robot (钉钉自定义机器人): markdown or actionCard, signed, read by errcode.
 
-Facts (shared/reference/channels.md; DingTalk's 自定义机器人接入 page, open.dingtalk.com):
+Facts (DingTalk's 自定义机器人 pages: https://open.dingtalk.com/document/orgapp/custom-robots-send-group-messages
+and https://open.dingtalk.com/document/robots/customize-robot-security-settings):
 - ``POST https://oapi.dingtalk.com/robot/send?access_token=TOKEN&timestamp=MS&sign=SIGN`` where
   SIGN = urlencode(base64(HMAC-SHA256(key=secret, msg=f"{MS}\\n{secret}"))), MS within 1 h of DingTalk's clock;
 - the message is at most 20,000 bytes (we count the whole JSON body in UTF-8 bytes);

@@ -1,6 +1,7 @@
 """Feishu custom bot (飞书自定义机器人), and Lark (the same bot on larksuite.com): post or card, signed in the body.
 
-Facts (shared/reference/channels.md; Feishu's 自定义机器人使用指南, open.feishu.cn / open.larkoffice.com):
+Facts (Feishu's 自定义机器人使用指南, https://open.feishu.cn/document/client-docs/bot-v3/add-custom-bot; Lark's
+at https://open.larksuite.com):
 - ``POST https://open.feishu.cn/open-apis/bot/v2/hook/TOKEN`` (Lark: ``open.larksuite.com``);
 - signed bots put ``timestamp`` (seconds, within 1 h) and ``sign`` = base64(HMAC-SHA256(
   key=f"{timestamp}\\n{secret}", msg=b"")) in the JSON body; the key and message are DingTalk's the other way round;

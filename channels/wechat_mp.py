@@ -1,6 +1,8 @@
 """WeChat Official Account (微信公众号) drafts: an HTML article, added as a draft for a human to publish.
 
-Facts (shared/reference/channels.md; developers.weixin.qq.com: 获取 Access token, 草稿箱/新建草稿, 发布能力/发布接口):
+Facts (https://developers.weixin.qq.com/doc/offiaccount/Basic_Information/getStableAccessToken.html,
+https://developers.weixin.qq.com/doc/offiaccount/Draft_Box/Add_draft.html,
+https://developers.weixin.qq.com/doc/offiaccount/Publish/Publish.html):
 - ``POST /cgi-bin/stable_token`` (getStableAccessToken) with ``{"grant_type": "client_credential", "appid",
   "secret"}`` gives ``access_token`` valid ``expires_in`` (≤ 7,200) seconds. In its normal mode every caller
   gets the same live token, so several workers can each fetch and cache one without invalidating each

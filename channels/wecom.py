@@ -1,6 +1,6 @@
 """WeCom group robot (企业微信群机器人): markdown or news, read by errcode.
 
-Facts (shared/reference/channels.md; WeCom's 群机器人配置说明, developer.work.weixin.qq.com/document/path/91770):
+Facts (WeCom's 群机器人配置说明, https://developer.work.weixin.qq.com/document/path/91770):
 - ``POST https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=KEY``; the key is the only credential,
   so it lives in the environment (``secret_env``) and the URL is never logged;
 - markdown ``content`` at most 4,096 UTF-8 bytes; news: one article, title at most 128 bytes,

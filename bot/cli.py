@@ -77,7 +77,8 @@ def _regions(settings: Settings) -> RegionTable:
 
 def _matrix(settings: Settings, regions: RegionTable, require_secrets: bool = True) -> OutletMatrix:
     try:
-        return load_matrix(settings.outlets, regions, require_secrets=require_secrets)
+        return load_matrix(settings.outlets, regions, require_secrets=require_secrets,
+                           public_ip=settings.public_ip)
     except IncompleteMatrix as exc:
         errors.print(f"[yellow]configuration is incomplete:[/] {escape(str(exc))}. Set them in the environment "
                      "(README: The outlet matrix), or try `make try` for a local set-up on loopback.")

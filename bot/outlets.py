@@ -159,10 +159,15 @@ def load_matrix(
     path: Path, regions: RegionTable, environ: Mapping[str, str] | None = None, on: date | None = None,
     require_secrets: bool = True,
     channels: Mapping[str, AnyChannel] = CHANNELS,
+    public_ip: str | None = None,
 ) -> OutletMatrix:
     """Load and check every entry against the channel registry ``channels``; raise MatrixError listing every
     problem, by outlet id and field, or IncompleteMatrix when all that is wrong is secrets missing from the
-    environment (``require_secrets`` False: a matrix to list, never to send with)."""
+    environment (``require_secrets`` False: a matrix to list, never to send with).
+
+    ``public_ip`` (DEBUNKBOT_PUBLIC_IP) is the machine's address for channels that must send it (Weibo's
+    ``rip``); an outlet's own ``options.rip`` wins.
+    """
     environ = os.environ if environ is None else environ
     day = on or chongqing_today()
     try:
@@ -205,6 +210,8 @@ def load_matrix(
             problems.append(f"{label} field 'id': duplicate id")
         seen.add(outlet.id)
         channel = channels[outlet.channel]
+        if public_ip and getattr(channel, "sends_public_ip", False) and "rip" not in outlet.options:
+            outlet = outlet.model_copy(update={"options": {**outlet.options, "rip": public_ip}})
         problems += [f"{label} field {fld!r}: {msg}" for fld, msg in channel.check_outlet(outlet)]
         if kind == "operator":
             operator_ids.add(outlet.id)
@@ -216,7 +223,11 @@ def load_matrix(
                 missing.append(outlet.secret_env)
                 unset.append(f"{label} field 'secret_env': environment variable {outlet.secret_env} is not set")
             else:
-                secrets[outlet.id] = secret
+                read_secret = getattr(channel, "read_secret", None)  # the credential's shape, checked once here
+                try:
+                    secrets[outlet.id] = read_secret(secret) if read_secret else secret
+                except ValueError as exc:  # the message names the shape, never the secret
+                    problems.append(f"{label} field 'secret_env': {outlet.secret_env} {exc}")
         outlets.append(outlet)
     if problems:
         problems += unset

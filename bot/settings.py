@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     scan_interval: float = Field(default=2.0, gt=0, description="seconds between inbox scans and polls")
     shutdown_grace: float = Field(default=10.0, ge=0, description="seconds in-flight sends get to finish on stop")
     lease_seconds: float = Field(default=60.0, gt=0, description="how long a claimed delivery stays claimed")
+    public_ip: str | None = Field(default=None, description="this machine's public IP address, sent as Weibo's "
+                                  "required rip for weibo outlets without options.rip")
     feed_host: str = Field(default="127.0.0.1", description="where the feed server listens (feed outlets)")
     feed_port: int = Field(default=8780, ge=0, le=65535, description="the feed server's port")
     slow_send_after: float = Field(default=1.0, gt=0, description="seconds after which a send stops counting "

@@ -56,6 +56,7 @@ class Outcome:
 
     result: Result
     error: str | None = None
+    code: int | None = None  # the platform's answer code (errcode, error_code, code), when it sent one
     retry_after: float | None = None  # seconds the outlet asked us to wait
     pause_outlet: bool = False  # the outlet asked to be disabled (410 Gone)
 
@@ -194,16 +195,21 @@ def classify_json(
     if isinstance(answer, dict):
         code = next((answer[k] for k in code_keys if k in answer), None)
         message = str(answer.get("errmsg") or answer.get("msg") or answer.get("error") or answer.get("StatusMessage") or "")
+    if isinstance(code, str) and code.lstrip("-").isdigit():
+        code = int(code)
+    if not isinstance(code, int) or isinstance(code, bool):
+        code = None
     said = f"{code_keys[0]} {code}: {message}"[:300] if code not in (None, 0) else ""
-    if isinstance(code, int) and code in retry:
-        return Outcome("retry", f"{said} ({retry[code]})", retry_after=http.retry_after)
+    if code is not None and code in retry:
+        return Outcome("retry", f"{said} ({retry[code]})", code=code, retry_after=http.retry_after)
     if http.result != "delivered":
-        return Outcome(http.result, f"{http.error}; {said}" if said else http.error, http.retry_after, http.pause_outlet)
+        return Outcome(http.result, f"{http.error}; {said}" if said else http.error, code=code,
+                       retry_after=http.retry_after, pause_outlet=http.pause_outlet)
     if code == 0 or (code is None and missing_is_ok):
-        return http
+        return Outcome("delivered", code=code)
     if code is None:
         return Outcome("retry", f"HTTP {status} without the platform's JSON answer")
-    return Outcome("failed", said)
+    return Outcome("failed", said, code=code)
 
 
 def token_and_key(secret: str | None) -> tuple[str, str | None]:

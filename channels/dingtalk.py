@@ -1,6 +1,7 @@
 """DingTalk custom robot (钉钉自定义机器人): markdown or actionCard, signed, read by errcode.
 
-Facts (shared/reference/channels.md; DingTalk's 自定义机器人接入 page, open.dingtalk.com):
+Facts (DingTalk's 自定义机器人 pages: https://open.dingtalk.com/document/orgapp/custom-robots-send-group-messages
+and https://open.dingtalk.com/document/robots/customize-robot-security-settings):
 - ``POST https://oapi.dingtalk.com/robot/send?access_token=TOKEN&timestamp=MS&sign=SIGN`` where
   SIGN = urlencode(base64(HMAC-SHA256(key=secret, msg=f"{MS}\\n{secret}"))), MS within 1 h of DingTalk's clock;
 - the message is at most 20,000 bytes (we count the whole JSON body in UTF-8 bytes);
@@ -19,6 +20,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote_plus
@@ -27,6 +29,7 @@ import httpx
 
 from bot.render import form_context, markdown_escape, render
 from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_json, token_and_key
+from channels.credentials import robot_token, token_problem
 from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
@@ -58,6 +61,18 @@ class DingTalk:
         if outlet.options.get("msgtype", "markdown") not in MSGTYPES:
             problems.append(("options.msgtype", f"should be one of {', '.join(MSGTYPES)}"))
         return problems
+
+    def read_secret(self, raw: str) -> str:
+        """``ACCESS_TOKEN``, ``ACCESS_TOKEN:SEC…`` or the robot's webhook URL (``…/robot/send?access_token=…``),
+        optionally followed by a space and the ``SEC…`` signing secret; see channels.credentials."""
+        shape = "ACCESS_TOKEN:SEC… or https://oapi.dingtalk.com/robot/send?access_token=… SEC…"
+        token, key = robot_token(raw, query="access_token", shape=shape)
+        if problem := token_problem(token, shape):
+            raise ValueError(problem)
+        if key is not None and not key.startswith("SEC"):
+            raise ValueError(f"holds a signing secret that does not start with SEC (DingTalk's 加签 secrets do); "
+                             f"expected {shape}")
+        return f"{token}:{key}" if key else token
 
     def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
         msgtype = options.get("msgtype", "markdown")
@@ -102,6 +117,6 @@ class DingTalk:
 
     def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome:
         outcome = classify_json(status, headers, body, retry=self.retry_codes)
-        if outcome.result == "retry" and "130101" in (outcome.error or ""):
-            return Outcome("retry", outcome.error, retry_after=max(outcome.retry_after or 0, 600))
+        if outcome.code == 130101:
+            return replace(outcome, retry_after=max(outcome.retry_after or 0, 600))
         return outcome

@@ -3,7 +3,8 @@
 Nothing is pushed: a feed is ``channels.base.Pulling``, and the dispatcher never claims its deliveries. The feed server
 (bot/feed.py) lists the outlet's released notices, and once a fetch has been answered it marks the
 listed deliveries delivered, recording the fetch as the attempt (trigger ``fetch``). JSON Feed 1.1
-(jsonfeed.org/version/1.1) and Atom (RFC 4287) carry the same entries.
+(https://jsonfeed.org/version/1.1) and Atom (RFC 4287, https://www.rfc-editor.org/rfc/rfc4287) carry the
+same entries.
 
 Outlet: ``secret_env`` (optional) names a token the reader must send as ``Authorization: Bearer …``
 or ``?token=…``.
@@ -38,7 +39,6 @@ class Feed:
         text = render("feed/entry.j2", form_context(notice, published_at, form))
         item = {
             "id": f"tag:debunkbot,{published_at.date().isoformat()}:{notice.ref}",
-            "url": form.read_more,
             "title": ("【紧急】" if notice.urgency.value == "urgent" else "") + f"【辟谣】{' '.join(printable(notice.title).split())}",
             "summary": cut(f"{notice.verdict.label}：{printable(notice.truth)}", 140),
             "content_text": text,
@@ -46,6 +46,8 @@ class Feed:
             "authors": [{"name": printable(notice.authority)}],
             "tags": [notice.verdict.label, *([notice.category] if notice.category else [])],
         }
+        if form.read_more:  # JSON Feed 1.1: url is a string when present, never null
+            item["url"] = form.read_more
         return Rendered(text=text, body=json.dumps(item, ensure_ascii=False).encode(), extra=item)
 
     def feed_item(self, notice: Notice, published_at: datetime, options: Mapping[str, Any]) -> dict[str, Any]:

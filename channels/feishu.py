@@ -1,6 +1,7 @@
 """Feishu custom bot (飞书自定义机器人), and Lark (the same bot on larksuite.com): post or card, signed in the body.
 
-Facts (shared/reference/channels.md; Feishu's 自定义机器人使用指南, open.feishu.cn / open.larkoffice.com):
+Facts (Feishu's 自定义机器人使用指南, https://open.feishu.cn/document/client-docs/bot-v3/add-custom-bot; Lark's
+at https://open.larksuite.com):
 - ``POST https://open.feishu.cn/open-apis/bot/v2/hook/TOKEN`` (Lark: ``open.larksuite.com``);
 - signed bots put ``timestamp`` (seconds, within 1 h) and ``sign`` = base64(HMAC-SHA256(
   key=f"{timestamp}\\n{secret}", msg=b"")) in the JSON body; the key and message are DingTalk's the other way round;
@@ -27,6 +28,7 @@ import httpx
 
 from bot.render import form_context, render
 from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_json, token_and_key
+from channels.credentials import robot_token, token_problem
 from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
@@ -63,6 +65,15 @@ class Feishu:
         if outlet.options.get("msg_type", "post") not in MSG_TYPES:
             problems.append(("options.msg_type", f"should be one of {', '.join(MSG_TYPES)}"))
         return problems
+
+    def read_secret(self, raw: str) -> str:
+        """``HOOK_TOKEN:SIGNING_SECRET``, the token alone, or the bot's webhook URL (``…/open-apis/bot/v2/hook/TOKEN``)
+        optionally followed by a space and the signing secret; see channels.credentials."""
+        shape = "HOOK_TOKEN:SIGNING_SECRET or https://open.feishu.cn/open-apis/bot/v2/hook/TOKEN SIGNING_SECRET"
+        token, key = robot_token(raw, path_after="/hook/", shape=shape)
+        if problem := token_problem(token, shape):
+            raise ValueError(problem)
+        return f"{token}:{key}" if key else token
 
     def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
         link = read_more(notice, options)

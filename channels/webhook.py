@@ -8,6 +8,7 @@ Headers ``webhook-id`` (stable per notice x outlet, the receiver's dedupe key),
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 from collections.abc import Mapping
@@ -37,6 +38,21 @@ class Webhook:
         if not outlet.secret_env:
             problems.append(("secret_env", "a webhook outlet needs secret_env naming its whsec_ secret"))
         return problems
+
+    def read_secret(self, raw: str) -> str:
+        """A Standard Webhooks secret: ``whsec_`` + base64 of 24 to 64 random bytes
+        (https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md)."""
+        secret = raw.strip()
+        shape = "whsec_ followed by the base64 of 24 to 64 random bytes"
+        if not secret.startswith("whsec_"):
+            raise ValueError(f"does not start with whsec_; expected {shape}")
+        try:
+            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            raise ValueError(f"is not valid base64 after whsec_; expected {shape}") from None
+        if not 24 <= len(key) <= 64:
+            raise ValueError(f"decodes to {len(key)} bytes; expected {shape}")
+        return secret
 
     def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
         context = notice_context(notice, published_at)

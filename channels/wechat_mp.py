@@ -1,6 +1,8 @@
 """WeChat Official Account (微信公众号) drafts: an HTML article, added as a draft for a human to publish.
 
-Facts (shared/reference/channels.md; developers.weixin.qq.com: 获取 Access token, 草稿箱/新建草稿, 发布能力/发布接口):
+Facts (https://developers.weixin.qq.com/doc/offiaccount/Basic_Information/getStableAccessToken.html,
+https://developers.weixin.qq.com/doc/offiaccount/Draft_Box/Add_draft.html,
+https://developers.weixin.qq.com/doc/offiaccount/Publish/Publish.html):
 - ``POST /cgi-bin/stable_token`` (getStableAccessToken) with ``{"grant_type": "client_credential", "appid",
   "secret"}`` gives ``access_token`` valid ``expires_in`` (≤ 7,200) seconds. In its normal mode every caller
   gets the same live token, so several workers can each fetch and cache one without invalidating each
@@ -33,7 +35,7 @@ import nh3
 from bot.http import Answer
 from bot.render import form_context, render
 from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_json
-from channels.fit import Form, Limit, cut, fit, read_more
+from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
     from bot.http import Sender
@@ -42,8 +44,12 @@ if TYPE_CHECKING:
 
 API = "https://api.weixin.qq.com"
 STALE_TOKEN = frozenset({40001, 40014, 42001})
-TITLE_CHARS = 64  # longer titles answer 45003 (the documented cap; unverified)
-DIGEST_CHARS = 120
+# draft/add (https://developers.weixin.qq.com/doc/offiaccount/Draft_Box/Add_draft.html): 标题总长度不超过32个字,
+# author at most 16, digest at most 128; a longer title answers 45003
+TITLE = Limit(32, "chars")
+AUTHOR = Limit(16, "chars")
+DIGEST = Limit(128, "chars")
+TITLE_PREFIX = "【辟谣】"
 
 
 class WeChatMP:
@@ -76,9 +82,9 @@ class WeChatMP:
         link = read_more(notice, options)
         content, form = fit(article, notice, self.limits, link)
         draft = {
-            "title": cut(f"【辟谣】{notice.title}", TITLE_CHARS),
-            "author": str(options.get("author", notice.authority))[:16],
-            "digest": cut(f"{notice.verdict.label}：{notice.truth}", DIGEST_CHARS),
+            "title": TITLE_PREFIX + cut_to(notice.title, (TITLE,), lambda title: TITLE_PREFIX + title),
+            "author": cut_to(str(options.get("author", notice.authority)), (AUTHOR,)),
+            "digest": cut_to(f"{notice.verdict.label}：{notice.truth}", (DIGEST,)),
             "content": content,
             "content_source_url": link or "",
             "need_open_comment": 0,

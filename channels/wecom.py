@@ -1,6 +1,6 @@
 """WeCom group robot (企业微信群机器人): markdown or news, read by errcode.
 
-Facts (shared/reference/channels.md; WeCom's 群机器人配置说明, developer.work.weixin.qq.com/document/path/91770):
+Facts (WeCom's 群机器人配置说明, https://developer.work.weixin.qq.com/document/path/91770):
 - ``POST https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=KEY``; the key is the only credential,
   so it lives in the environment (``secret_env``) and the URL is never logged;
 - markdown ``content`` at most 4,096 UTF-8 bytes; news: one article, title at most 128 bytes,
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote_plus
@@ -24,6 +25,7 @@ import httpx
 
 from bot.render import form_context, markdown_escape, render
 from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_json
+from channels.credentials import robot_token, token_problem
 from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
@@ -53,6 +55,16 @@ class WeCom:
         if outlet.options.get("msgtype", "markdown") not in MSGTYPES:
             problems.append(("options.msgtype", f"should be one of {', '.join(MSGTYPES)}"))
         return problems
+
+    def read_secret(self, raw: str) -> str:
+        """The robot's key, or its webhook URL (``…/cgi-bin/webhook/send?key=…``); see channels.credentials."""
+        shape = "the robot's key, or https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=…"
+        key, extra = robot_token(raw, query="key", shape=shape)
+        if problem := token_problem(key, shape):
+            raise ValueError(problem)
+        if extra:
+            raise ValueError(f"holds more than the key (WeCom robots have no signing secret); expected {shape}")
+        return key
 
     def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
         link = read_more(notice, options)
@@ -89,6 +101,7 @@ class WeCom:
 
     def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome:
         outcome = classify_json(status, headers, body, retry=self.retry_codes)
-        if "errcode 40058" in (outcome.error or ""):
-            return Outcome("failed", f"{outcome.error} (too long: this body is never retried; render shorter)")
+        if outcome.code == 40058:
+            return replace(outcome, result="failed",
+                           error=f"{outcome.error} (too long: this body is never retried; render shorter)")
         return outcome

@@ -36,6 +36,15 @@ def regions() -> RegionTable:
 
 
 POSTGRES_URL = os.environ.get("DEBUNKBOT_TEST_POSTGRES_URL")
+TEST_KNOBS = {"DEBUNKBOT_TEST_POSTGRES_URL", "DEBUNKBOT_CRASH_SEED"}  # the only DEBUNKBOT_ variables tests read
+
+
+@pytest.fixture(autouse=True)
+def hermetic_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the machine's settings: every DEBUNKBOT_ variable but the tests' own is unset (for
+    Settings(), the CLI and the processes tests start), and restored afterwards."""
+    for name in [n for n in os.environ if n.startswith("DEBUNKBOT_") and n not in TEST_KNOBS]:
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

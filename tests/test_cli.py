@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.conftest import notice_data
@@ -343,8 +344,6 @@ async def test_submit_says_it_waits_for_a_locked_store_and_exits_3_when_the_stor
     tmp_path: Path, loopback: Callable[..., Any], database_url: str
 ) -> None:
     import sqlite3
-
-    import pytest
 
     if not database_url.startswith("sqlite"):
         pytest.skip("a write lock held by another process is SQLite's case; PostgreSQL's faults take the same path")

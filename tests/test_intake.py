@@ -26,7 +26,7 @@ def matrix(tmp_path: Path, regions: RegionTable) -> OutletMatrix:
         e["url"] = "http://127.0.0.1:9/hook"
     path = tmp_path / "outlets.yaml"
     path.write_text(yaml.safe_dump({"outlets": entries}, allow_unicode=True), encoding="utf-8")
-    return load_matrix(path, regions, environ={e["secret_env"]: "whsec_AAAA" for e in entries})
+    return load_matrix(path, regions, environ={e["secret_env"]: "whsec_" + "A" * 32 for e in entries})
 
 
 def write(path: Path, content: Any) -> Path:

@@ -3,9 +3,10 @@
 - ``POST /cgi-bin/stable_token``: 40013 unknown appid, 40125 wrong AppSecret, else the live token
   (the same one to every caller while it lives; a fresh one when none lives or on force_refresh);
 - ``POST /cgi-bin/draft/add``: 40001 unknown or expired token (``expire_tokens()`` expires them all),
-  40007 unknown thumb_media_id, 45003 title over 64 characters, 45002 content of 20,000 characters
-  or 1 MB or more; else ``{"media_id": …}``. Drafts keep their article; ``scripts`` counts any that
-  carried a ``<script``;
+  40007 unknown thumb_media_id, 45003 title over 32 characters (draft/add: 标题总长度不超过32个字),
+  45110 author over 16 characters, 45004 digest over 128 characters (codes from WeChat's global return
+  code table), 45002 content of 20,000 characters or 1 MB or more; else ``{"media_id": …}``. Drafts keep
+  their article; ``scripts`` counts any that carried a ``<script``;
 - ``POST /cgi-bin/freepublish/submit``: publishes a draft by media_id.
 """
 
@@ -80,8 +81,12 @@ class WeChatMPAPI(LoopbackPlatform):
         content = article["content"]
         if article.get("thumb_media_id") not in self.thumbs:
             return self._error(appid, 40007, "invalid media_id")
-        if len(article["title"]) > 64:
+        if len(article["title"]) > 32:
             return self._error(appid, 45003, "title size out of limit")
+        if len(article.get("author", "")) > 16:
+            return self._error(appid, 45110, "author size out of limit")
+        if len(article.get("digest", "")) > 128:
+            return self._error(appid, 45004, "description size out of limit")
         if len(content) >= 20_000 or len(content.encode()) >= 1_000_000:
             return self._error(appid, 45002, "content size out of limit")
         self.scripts += "<script" in content.lower()

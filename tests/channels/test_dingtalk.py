@@ -92,7 +92,7 @@ async def test_action_card_carries_a_read_more_button_and_editor_markup_is_inert
     (payload,) = platforms.dingtalk.by(DINGTALK[0])
     card = payload["actionCard"]
     assert card["singleURL"] == "https://slj.cq.example/1" and card["singleTitle"] == "阅读全文"
-    assert r"\[点我\]\(http://evil\.example\) \*重要\* \@all \{\{ 7\*7 \}\} 😀" in card["text"]
+    assert r"\[点我\](http://evil.example) \*重要\* ＠all {{ 7\*7 }} 😀" in card["text"]
 
 
 async def test_a_burst_to_a_rate_limited_robot_is_paced_by_the_store_and_provokes_no_130101(
@@ -124,3 +124,18 @@ async def test_a_burst_to_a_rate_limited_robot_is_paced_by_the_store_and_provoke
     first = arrivals[0]
     assert sum(at - first < 2.0 for at in arrivals) == 20  # 20 at once
     assert all(at - first >= 2.0 for at in arrivals[20:])  # the other 10 after the window
+
+
+@pytest.mark.parametrize(("answer", "code", "result"), [
+    (b'{"errcode":130101,"errmsg":"send too fast"}', 130101, "retry"),
+    (b'{"errcode":1301010,"errmsg":"send too fast?"}', 1301010, "failed"),
+    (b'{"errcode":0,"errmsg":"ok"}', 0, "delivered"),
+])
+def test_the_answer_code_is_a_number_on_the_outcome(answer: bytes, code: int, result: str) -> None:
+    import httpx
+
+    from channels.dingtalk import DingTalk
+
+    outcome = DingTalk().classify(200, httpx.Headers(), answer)
+    assert (outcome.code, outcome.result) == (code, result)
+    assert outcome.retry_after == (600 if result == "retry" else None)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -49,3 +54,127 @@ async def test_a_fetch_delivers_what_it_lists_and_the_dispatcher_never_sends_to_
     assert {r["status"] for r in rows} == {"delivered"}
     assert {(t["trigger"], t["outcome"], t["http_status"]) for t in store.log.attempts()} == {("fetch", "delivered", 200)}
     assert len(store.log.attempts()) == 4
+
+
+ATOM = "{http://www.w3.org/2005/Atom}"
+TOKEN = "feed-token-123456"
+
+
+def _valid_atom(body: bytes) -> ET.Element:
+    """RFC 4287's musts: feed id, title, updated (RFC 3339), an author on the feed or every entry; each entry an
+    id, title and updated; content or an alternate link; at most one alternate link per type."""
+    root = ET.fromstring(body)
+    assert root.tag == f"{ATOM}feed"
+    for element, where in [(root, "feed"), *((e, "entry") for e in root.iter(f"{ATOM}entry"))]:
+        for required in ("id", "title", "updated"):
+            assert len(element.findall(f"{ATOM}{required}")) == 1, f"{where} needs one {required}"
+        datetime.fromisoformat(element.findtext(f"{ATOM}updated") or "")
+        assert (element.findtext(f"{ATOM}id") or "").startswith(("tag:", "http", "urn:"))
+        if where == "entry":
+            assert element.find(f"{ATOM}author") is not None or root.find(f"{ATOM}author") is not None
+            alternate = element.find(f"{ATOM}link[@rel='alternate']")
+            assert element.find(f"{ATOM}content") is not None or alternate is not None
+        for link in element.findall(f"{ATOM}link"):
+            assert link.get("href"), f"{where} link without href"
+    return root
+
+
+def _valid_json_feed(body: bytes) -> dict[str, Any]:
+    """JSON Feed 1.1 (https://jsonfeed.org/version/1.1): version, title and items required; each item an id
+    (string) and content_html or content_text; optional fields, when present, of their type (no null)."""
+    feed = json.loads(body)
+    assert feed["version"] == "https://jsonfeed.org/version/1.1" and isinstance(feed["title"], str)
+    for key in ("home_page_url", "feed_url", "next_url", "language"):
+        assert key not in feed or isinstance(feed[key], str), key
+    for item in feed["items"]:
+        assert isinstance(item["id"], str) and isinstance(item.get("content_text", item.get("content_html")), str)
+        for key in ("url", "title", "summary", "date_published", "content_text"):
+            assert key not in item or isinstance(item[key], str), (key, item.get(key))
+        assert all(isinstance(a, dict) and isinstance(a.get("name"), str) for a in item.get("authors", []))
+        assert isinstance(item.get("tags", []), list)
+    return feed
+
+
+async def _recorded(condition: Callable[[], bool]) -> None:
+    """The server records a fetch after the last byte is written, so a reader may see the body first: wait for it
+    (bounded generously: a loaded machine only makes this slower, never wrong)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    assert condition()
+
+
+def _feed_matrix(tmp_path: Path, regions: RegionTable) -> Any:
+    path = tmp_path / "outlets.yaml"
+    path.write_text(yaml.safe_dump({"outlets": [
+        {"id": "n-feed", "name": "合作网站", "tier": "other", "channel": "feed", "secret_env": "FEED_TOKEN"},
+    ]}, allow_unicode=True))
+    return load_matrix(path, regions, environ={"FEED_TOKEN": TOKEN})
+
+
+@pytest.mark.parametrize("kind", ["atom", "json"])
+async def test_a_feed_is_valid_never_carries_the_readers_token_and_has_no_null_url(
+    store: Store, tmp_path: Path, regions: RegionTable, make_notice: Callable[..., Notice], kind: str
+) -> None:
+    matrix = _feed_matrix(tmp_path, regions)
+    linked = [{"title": "通报", "url": "https://slj.cq.example/1"}]
+    store.queue.add_notices([(make_notice(ref="a", sources=[]), matrix.outlets),
+                       (make_notice(ref="b", sources=linked), matrix.outlets)], source="t")
+    async with FeedServer(store, matrix) as feeds, httpx.AsyncClient(trust_env=False) as client:
+        answer = await client.get(feeds.url("n-feed", kind), params={"token": TOKEN})
+    assert answer.status_code == 200 and TOKEN.encode() not in answer.content
+    if kind == "json":
+        feed = _valid_json_feed(answer.content)
+        assert feed["feed_url"] == feeds.url("n-feed", "json")
+        assert [("url" in item) for item in feed["items"]] == [True, False]  # b has a source, a has none
+    else:
+        root = _valid_atom(answer.content)
+        assert root.find(f"{ATOM}link[@rel='self']").get("href") == feeds.url("n-feed")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kind", ["atom", "json"])
+async def test_sixty_notices_are_paged_and_each_fetch_delivers_exactly_what_it_listed(
+    store: Store, tmp_path: Path, regions: RegionTable, make_notice: Callable[..., Notice], kind: str
+) -> None:
+    matrix = _feed_matrix(tmp_path, regions)
+    store.queue.add_notices([(make_notice(ref=f"n{i:02d}", title=f"第{i}条"), matrix.outlets) for i in range(60)], source="t")
+    headers = {"authorization": f"Bearer {TOKEN}"}
+
+    def statuses() -> dict[str, int]:
+        rows = store.log.deliveries()
+        return {s: sum(1 for r in rows if r["status"] == s) for s in ("pending", "delivered")}
+
+    async with FeedServer(store, matrix) as feeds, httpx.AsyncClient(trust_env=False, headers=headers) as client:
+        first = await client.get(feeds.url("n-feed", kind))
+        if kind == "json":
+            listed, next_url = _valid_json_feed(first.content)["items"], _valid_json_feed(first.content)["next_url"]
+        else:
+            root = _valid_atom(first.content)
+            listed = root.findall(f"{ATOM}entry")
+            next_url = root.find(f"{ATOM}link[@rel='next']").get("href")  # type: ignore[union-attr]
+        assert len(listed) == 50 and TOKEN not in next_url
+        await _recorded(lambda: statuses() == {"pending": 10, "delivered": 50})
+        second = await client.get(next_url)
+        await _recorded(lambda: statuses() == {"pending": 0, "delivered": 60})
+    if kind == "json":
+        last = _valid_json_feed(second.content)
+        assert len(last["items"]) == 10 and "next_url" not in last
+    else:
+        last_page = _valid_atom(second.content)
+        assert len(last_page.findall(f"{ATOM}entry")) == 10 and last_page.find(f"{ATOM}link[@rel='next']") is None
+
+
+async def test_a_head_request_delivers_nothing(
+    store: Store, tmp_path: Path, regions: RegionTable, make_notice: Callable[..., Notice]
+) -> None:
+    matrix = _feed_matrix(tmp_path, regions)
+    store.queue.add_notices([(make_notice(), matrix.outlets)], source="t")
+    async with FeedServer(store, matrix) as feeds, httpx.AsyncClient(trust_env=False) as client:
+        head = await client.head(feeds.url("n-feed"), headers={"authorization": f"Bearer {TOKEN}"})
+        assert head.status_code == 200
+        # the same connection's next request is handled after the HEAD's handler has finished, recording included
+        assert (await client.get(feeds.url("n-feed"))).status_code == 401
+        assert {r["status"] for r in store.log.deliveries()} == {"pending"} and store.log.attempts() == []
+        await read_feed(feeds.url("n-feed"), token=TOKEN)
+        await _recorded(lambda: {r["status"] for r in store.log.deliveries()} == {"delivered"})

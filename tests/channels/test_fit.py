@@ -22,7 +22,7 @@ from bot.model import Notice
 from bot.render import markdown_escape, plain_inert, printable
 from channels import CHANNELS, Rendered
 from channels.feishu import SIGNATURE_PLACEHOLDER
-from channels.fit import cut, lead, safe_boundary
+from channels.fit import cut, lead, safe_boundary, weibo_length
 from tests.channels.conftest import Platforms, render_for, send
 from tests.conftest import notice_data
 
@@ -41,7 +41,7 @@ TEMPLATES: dict[str, tuple[str, dict[str, Any], Callable[[Rendered], int], int]]
     "feishu post": ("feishu", {}, _signed_size, 20_000),
     "feishu interactive": ("feishu", {"msg_type": "interactive"}, _signed_size, 20_000),
     "lark post": ("lark", {}, _signed_size, 20_000),
-    "weibo status": ("weibo", {}, lambda r: len(r.text), 140),
+    "weibo status": ("weibo", {}, lambda r: weibo_length(r.text), 140),
     "wechat_mp article": ("wechat_mp", {}, lambda r: len(r.text), 19_999),
 }
 SOURCE = {"title": "重庆市水利局水情通报", "url": "https://slj.cq.example/notice/1"}

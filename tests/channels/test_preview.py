@@ -22,7 +22,8 @@ OUTLETS = [
     {"id": "dist-nanan", "channel": "wecom", "secret_env": "S3"},
     {"id": "n-group", "channel": "feishu", "secret_env": "S4"},
     {"id": "n-lark", "channel": "lark", "secret_env": "S4"},
-    {"id": "n-weibo", "channel": "weibo", "secret_env": "S5", "options": {"read_more_url": "https://piyao.cq.example/{ref}"}},
+    {"id": "n-weibo", "channel": "weibo", "secret_env": "S5", "options": {"read_more_url": "https://piyao.cq.example/{ref}",
+                                                                  "rip": "203.0.113.10"}},
     {"id": "n-wechat", "channel": "wechat_mp", "secret_env": "S6", "options": {"appid": "wx1", "thumb_media_id": "t"}},
     {"id": "n-feed", "channel": "feed"},
 ]
@@ -57,4 +58,24 @@ def test_render_previews_each_channels_text_and_body(previews: Callable[[str], s
     channel = next(o["channel"] for o in OUTLETS if o["id"] == outlet)
     output = previews(outlet)
     assert f"· {channel}" in output and "长江水位暴涨" in output and SHOWS[channel] in output
-    assert "SECx" not in output and "appsecret" not in output  # a preview shows no secret
+
+
+
+@pytest.mark.parametrize(("outlet", "secret"), [
+    ("dist-yuzhong", "dt-token-7f3a:NOTSEC-signing-secret-91b2"),  # a DingTalk secret not starting with SEC
+    ("dist-yuzhong", "https://oapi.dingtalk.com/robot/send?access_token=dt-token-7f3a NOTSEC-signing-secret-91b2"),
+    ("city-hualong", "whsec_c2hvcnQtc2VjcmV0LTkxYjI="),  # decodes to 17 bytes
+])
+def test_a_preview_refused_for_a_bad_credential_names_the_outlet_but_never_shows_the_secret(
+    tmp_path: Path, outlet: str, secret: str
+) -> None:
+    """The preview loads the matrix, secrets included: its refusal is where a secret could leak."""
+    path = tmp_path / "outlets.yaml"
+    path.write_text(yaml.safe_dump({"outlets": [{"name": o["id"], "tier": "other"} | o for o in OUTLETS]},
+                                   allow_unicode=True))
+    env = ENV | {"S1" if outlet == "city-hualong" else "S2": secret, "DEBUNKBOT_OUTLETS": str(path),
+                 "DEBUNKBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'bot.sqlite3'}", "COLUMNS": "200"}
+    result = CliRunner().invoke(app, ["render", "cq-test-001", "--outlet", outlet], env=env)
+    assert result.exit_code == 2 and f"outlet {outlet!r} field 'secret_env'" in " ".join(result.output.split())
+    for part in ("dt-token-7f3a", "NOTSEC-signing-secret-91b2", "c2hvcnQtc2VjcmV0LTkxYjI"):
+        assert part not in result.output

@@ -11,7 +11,6 @@ import pytest
 
 from bot.http import Sender
 from bot.model import Notice
-from channels import CHANNELS
 from channels.wechat_mp import WeChatMP
 from tests.channels.conftest import WECHAT, Platforms, render_for, send
 
@@ -48,9 +47,12 @@ async def test_a_wrong_app_secret_fails_with_the_token_endpoints_errcode(
     platforms: Platforms, make_notice: Callable[..., Notice]
 ) -> None:
     outlet, _ = platforms.outlet("wechat_mp")
-    CHANNELS["wechat_mp"]._tokens.clear()  # type: ignore[attr-defined]
-    outcome = await send(outlet, "not-the-secret", render_for(outlet, make_notice()))
-    assert outcome.result == "failed" and "40125" in (outcome.error or "")
+    channel = WeChatMP()  # its own token cache: nothing shared with the registry's instance
+    async with httpx.AsyncClient(trust_env=False) as client:
+        answer = await channel.deliver(client, render_for(outlet, make_notice()), outlet, "not-the-secret", "m",
+                                       datetime.now(UTC))
+    outcome = channel.classify(*answer)
+    assert outcome.result == "failed" and outcome.code == 40125
 
 
 def test_a_wechat_outlet_needs_its_appid_and_cover() -> None:
@@ -82,3 +84,29 @@ async def test_several_workers_each_fetching_a_token_do_not_invalidate_each_othe
                 assert worker.classify(answer.status, answer.headers, answer.body).result == "delivered"
     assert platforms.wechat_mp.refused == []  # no 40001: the stable token is the same for everyone
     assert len(platforms.wechat_mp.by(WECHAT[0])) >= 6
+
+
+async def test_a_long_title_author_and_digest_are_fitted_to_wechats_limits_whole_emoji_and_prefix_kept(
+    platforms: Platforms, make_notice: Callable[..., Notice]
+) -> None:
+    # a 120-character title with an emoji family (one character as people see it, five code points) at the cut
+    title = "网传主城区今晚停水" * 2 + "👨‍👩‍👧" + "系谣言" * 32
+    outlet, secret = platforms.outlet("wechat_mp", author="重庆市互联网违法和不良信息举报中心联合辟谣平台")
+    notice = make_notice(title=title[:120], truth="经核实，供水正常。" * 30)
+    outcome = await send(outlet, secret, render_for(outlet, notice))
+    assert outcome.result == "delivered", outcome.error
+    (article,) = platforms.wechat_mp.by(WECHAT[0])
+    assert article["title"].startswith("【辟谣】网传主城区今晚停水") and len(article["title"]) <= 32
+    assert "\u200d" not in article["title"][-3:] and article["title"].endswith("…")  # no half family left
+    assert len(article["author"]) <= 16 and article["author"].startswith("重庆市互联网")
+    assert len(article["digest"]) <= 128 and article["digest"].endswith(("。", "…"))
+
+
+async def test_the_fake_refuses_a_title_over_32_characters(platforms: Platforms) -> None:
+    outlet, secret = platforms.outlet("wechat_mp")
+    async with httpx.AsyncClient() as client:
+        token = (await client.post(f"{outlet.url}/cgi-bin/stable_token", json={
+            "grant_type": "client_credential", "appid": WECHAT[0], "secret": secret})).json()["access_token"]
+        answer = await client.post(f"{outlet.url}/cgi-bin/draft/add?access_token={token}", json={"articles": [
+            {"title": "标" * 33, "content": "<p>x</p>", "thumb_media_id": "thumb-media-0001"}]})
+    assert answer.json()["errcode"] == 45003

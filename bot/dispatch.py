@@ -390,7 +390,7 @@ class Dispatcher:
                 answer = await self.sender.send(request)  # under the same total deadline
             status, body = answer.status, answer.body
             request = answer.request or request  # an exchange's last request: its credentials are redacted
-            outcome = channel.classify(answer.status, answer.headers, answer.body)
+            outcome = channel.classify(answer.status, answer.headers, answer.body, attempt=claim.attempt)
         except TimeoutError:
             outcome = Outcome("retry", f"timed out after {self.settings.http_timeout:g}s")
         except SendFailed as exc:
@@ -426,6 +426,7 @@ class Dispatcher:
                            self.settings.response_max_bytes) or None,
             next_attempt_at=next_at, pause_outlet=claim.outlet_id if outcome.pause_outlet else None,
             trigger=claim.trigger, exhausted=exhausted,
+            platform_code=None if outcome.code is None else str(outcome.code),
         )
 
     def _rendered_for(

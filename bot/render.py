@@ -82,6 +82,7 @@ def environment() -> Environment:
     env.filters["md_url"] = markdown_url
     env.filters["plain"] = plain_inert
     env.filters["quoted"] = quoted
+    env.filters["sentence"] = sentence
     return env
 
 
@@ -122,6 +123,12 @@ def quoted(text: object) -> str:
     """A quoted claim as one sentence: “…撤离。” when it already ends one, “…撤离”。 when not (never “…。”。)."""
     text = str(text)
     return f"“{text}”" if text.rstrip().endswith(_SENTENCE_END) else f"“{text}”。"
+
+
+def sentence(text: object) -> str:
+    """Text as one sentence: a full stop added unless it already ends one (a title before the body)."""
+    text = str(text)
+    return text if not text or text.rstrip().endswith(_SENTENCE_END) else f"{text}。"
 
 
 def form_context(notice: Notice, published_at: datetime, form: Form) -> dict[str, Any]:

@@ -115,7 +115,7 @@ class DingTalk:
         return httpx.Request("POST", url, content=rendered.body,
                              headers={"content-type": "application/json; charset=utf-8", "user-agent": "debunkbot/0.1"})
 
-    def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome:
+    def classify(self, status: int, headers: httpx.Headers, body: bytes, attempt: int = 1) -> Outcome:
         outcome = classify_json(status, headers, body, retry=self.retry_codes)
         if outcome.code == 130101:
             return replace(outcome, retry_after=max(outcome.retry_after or 0, 600))

@@ -120,7 +120,7 @@ class Feishu:
         return httpx.Request("POST", (outlet.url or self.endpoint) + quote(token, safe=""), content=body,
                              headers={"content-type": "application/json; charset=utf-8", "user-agent": "debunkbot/0.1"})
 
-    def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome:
+    def classify(self, status: int, headers: httpx.Headers, body: bytes, attempt: int = 1) -> Outcome:
         return classify_json(status, headers, body, code_keys=("code", "StatusCode"), retry=self.retry_codes)
 
 

@@ -84,7 +84,7 @@ class Webhook:
             "user-agent": "debunkbot/0.1",
         })
 
-    def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome:
+    def classify(self, status: int, headers: httpx.Headers, body: bytes, attempt: int = 1) -> Outcome:
         return classify_http(status, headers)
 
 

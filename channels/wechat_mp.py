@@ -139,7 +139,7 @@ class WeChatMP:
             self._tokens[key] = (str(data["access_token"]), time.monotonic() + max(60.0, expires_in - 300))
             return str(data["access_token"]), None
 
-    def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome:
+    def classify(self, status: int, headers: httpx.Headers, body: bytes, attempt: int = 1) -> Outcome:
         # draft/add answers {"media_id": …} with no errcode on success
         return classify_json(status, headers, body, retry=self.retry_codes, missing_is_ok=True)
 

@@ -99,7 +99,7 @@ class WeCom:
         return httpx.Request("POST", url, content=rendered.body,
                              headers={"content-type": "application/json; charset=utf-8", "user-agent": "debunkbot/0.1"})
 
-    def classify(self, status: int, headers: httpx.Headers, body: bytes) -> Outcome:
+    def classify(self, status: int, headers: httpx.Headers, body: bytes, attempt: int = 1) -> Outcome:
         outcome = classify_json(status, headers, body, retry=self.retry_codes)
         if outcome.code == 40058:
             return replace(outcome, result="failed",

@@ -77,18 +77,17 @@ class Weibo:
         return httpx.Request("POST", outlet.url or ENDPOINT, content=urlencode(form).encode(), headers={
             "content-type": "application/x-www-form-urlencoded", "user-agent": "debunkbot/0.1"})
 
-    def classify(self, status: int, headers: httpx.Headers, body: bytes, attempt: int | None = None) -> Outcome:
+    def classify(self, status: int, headers: httpx.Headers, body: bytes, attempt: int = 1) -> Outcome:
         """Weibo's answer; ``attempt`` (1 for the first try) tells a retry's "already posted" from a refusal.
 
-        20032: posted although the server was slow, so delivered. 20017/20019 on a retry (or when the
-        attempt is unknown): the earlier try went up and only its answer was lost, so delivered with a
+        20032: posted although the server was slow, so delivered. 20017/20019 on a retry: the earlier try went up and only its answer was lost, so delivered with a
         note; on a first try they are Weibo refusing a repeat, so failed.
         """
         outcome = classify_json(status, headers, body, code_keys=("error_code",), retry=self.retry_codes,
                                 missing_is_ok=True)
         if outcome.code == 20032:
             return replace(outcome, result="delivered", error=f"{outcome.error} (posted; Weibo was slow to answer)")
-        if outcome.code in self.already_posted and (attempt is None or attempt > 1):
+        if outcome.code in self.already_posted and attempt > 1:
             return replace(outcome, result="delivered", error=f"{outcome.error} (already posted by an earlier try "
                                                               "whose answer was lost)")
         return outcome

@@ -235,12 +235,14 @@ async def test_a_render_failure_mid_fan_out_fails_that_outlet_with_the_reason_an
     store: Store, settings: Settings, loopback: Callable[..., Any], make_notice: Callable[..., Notice]
 ) -> None:
     outlets, matrix = await loopback(4)
-    # A Weibo outlet whose read-more link alone is over Weibo's 140 characters: every rendering fails.
+    # A Weibo outlet whose read-more link alone is over Weibo's 140 (a link counts 10 only up to its first
+    # character that is not ASCII; the 150 Chinese characters after it count one each): every rendering fails.
     # Built here, not loaded, since the matrix check may refuse such a link at start-up: whatever makes a
     # rendering fail, the dispatcher must record it.
     weibo = Outlet.model_validate({"id": "weibo-bad", "name": "微博", "tier": "city", "channel": "weibo",
                                    "url": "http://127.0.0.1:9/", "secret_env": "WEIBO_TOKEN",
-                                   "options": {"read_more_url": "https://example.gov.cn/" + "a" * 150}})
+                                   "options": {"read_more_url": "https://example.gov.cn/" + "阅" * 150,
+                                               "rip": "203.0.113.10"}})
     matrix = OutletMatrix((*matrix.outlets[:2], weibo, *matrix.outlets[2:]),
                           {**matrix._secrets, "weibo-bad": "token"})
     await asyncio.wait_for(fan_out(store, matrix, settings, make_notice()), 120)  # returns: nothing left pending

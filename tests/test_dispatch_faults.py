@@ -221,12 +221,12 @@ async def test_dingtalk_retries_its_rate_limit_code_and_fails_its_other_codes_in
                           channel="dingtalk", retry_after_max=0.3)
     first, second = run.tries("o")
     assert (first["outcome"], first["http_status"], second["outcome"]) == ("retry", 200, "delivered")
-    assert first["error"].startswith("errcode 130101: send too fast")
+    assert first["error"].startswith("errcode 130101: send too fast") and first["platform_code"] == "130101"
     assert run.gaps("o")[0] >= 0.3  # the platform's wait (600 s, capped), not the schedule's 0.05 s
     for outlet, code in (("p", 310000), ("q", 300001)):
         (only,) = run.tries(outlet)
         assert (only["outcome"], only["http_status"]) == ("failed", 200)
-        assert only["error"].startswith(f"errcode {code}: ")
+        assert only["error"].startswith(f"errcode {code}: ") and only["platform_code"] == str(code)
         assert run.delivery(outlet)["status"] == "failed"
 
 

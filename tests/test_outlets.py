@@ -16,6 +16,8 @@ from bot.regions import CHONGQING, RegionTable
 from bot.settings import CONFIG
 from tests.conftest import notice_data
 
+WHSEC = "whsec_" + "A" * 32  # a Standard Webhooks secret of the right shape (24 bytes)
+
 
 def example_environ() -> dict[str, str]:
     entries = yaml.safe_load((CONFIG / "outlets.yaml").read_text(encoding="utf-8"))["outlets"]
@@ -64,14 +66,14 @@ def test_a_bad_entry_refuses_the_whole_matrix_naming_outlet_and_field(
     other = GOOD | {"id": "dist-wanzhou", "region": "万州区"}
     path = write_matrix(tmp_path, [other, {k: v for k, v in (GOOD | change).items() if v is not None}])
     with pytest.raises(MatrixError) as error:
-        load_matrix(path, regions, environ={"S_YZ": "whsec_AAAA"})
+        load_matrix(path, regions, environ={"S_YZ": WHSEC})
     assert expected in str(error.value) and str(path) in str(error.value)
 
 
 def test_private_addresses_and_loopback_load_when_the_outlet_allows_them(tmp_path: Path, regions: RegionTable) -> None:
     entries = [GOOD | {"id": f"o{i}", "url": url, "allow_private": i < 2}
                for i, url in enumerate(["http://169.254.169.254/", "http://192.168.1.2/", "http://127.0.0.1:9/"])]
-    matrix = load_matrix(write_matrix(tmp_path, entries), regions, environ={"S_YZ": "whsec_AAAA"})
+    matrix = load_matrix(write_matrix(tmp_path, entries), regions, environ={"S_YZ": WHSEC})
     assert [o.url for o in matrix.outlets] == [e["url"] for e in entries]
 
 
@@ -88,7 +90,7 @@ def test_secrets_missing_from_the_environment_are_incomplete_configuration_not_a
     entries = [GOOD | {"id": f"o{i}", "secret_env": f"S_{i}"} for i in range(5)]
     path = write_matrix(tmp_path, entries)
     with pytest.raises(IncompleteMatrix) as error:
-        load_matrix(path, regions, environ={"S_0": "whsec_AAAA"})
+        load_matrix(path, regions, environ={"S_0": WHSEC})
     assert str(error.value) == f"{path}: 4 outlet secret(s) not set in the environment: S_1, S_2, S_3 and 1 more"
     assert len(load_matrix(path, regions, environ={}, require_secrets=False)) == 5  # enough to list them
     path = write_matrix(tmp_path, [*entries, GOOD | {"id": "o9", "tier": "province"}])
@@ -100,7 +102,7 @@ def test_secrets_missing_from_the_environment_are_incomplete_configuration_not_a
 def test_duplicate_ids_are_refused(tmp_path: Path, regions: RegionTable) -> None:
     path = write_matrix(tmp_path, [GOOD, GOOD])
     with pytest.raises(MatrixError, match="outlet 'dist-yuzhong' field 'id': duplicate id"):
-        load_matrix(path, regions, environ={"S_YZ": "whsec_AAAA"})
+        load_matrix(path, regions, environ={"S_YZ": WHSEC})
 
 
 def test_a_file_that_is_not_a_matrix_says_so(tmp_path: Path, regions: RegionTable) -> None:

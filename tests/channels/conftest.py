@@ -74,7 +74,7 @@ async def platforms() -> AsyncIterator[Platforms]:
 
 
 async def send(
-    outlet: Outlet, secret: str, rendered: Rendered, now: datetime | None = None, attempt: int | None = None
+    outlet: Outlet, secret: str, rendered: Rendered, now: datetime | None = None, attempt: int = 1
 ) -> Outcome:
     """One delivery as the dispatcher makes it: ``deliver`` if the channel has one, else build + send; then classify."""
     channel = CHANNELS[outlet.channel]
@@ -85,9 +85,7 @@ async def send(
         else:
             assert isinstance(channel, Pushing)
             answer = await sender.send(channel.build(rendered, outlet, secret, "msg_test", now))
-    if attempt is not None:  # channels that read it (weibo) take the attempt number
-        return channel.classify(answer.status, answer.headers, answer.body, attempt=attempt)  # type: ignore[call-arg]
-    return channel.classify(answer.status, answer.headers, answer.body)
+    return channel.classify(answer.status, answer.headers, answer.body, attempt=attempt)
 
 
 def render_for(outlet: Outlet, notice: Notice) -> Rendered:

@@ -48,10 +48,10 @@ async def test_a_wrong_app_secret_fails_with_the_token_endpoints_errcode(
 ) -> None:
     outlet, _ = platforms.outlet("wechat_mp")
     channel = WeChatMP()  # its own token cache: nothing shared with the registry's instance
-    async with httpx.AsyncClient(trust_env=False) as client:
-        answer = await channel.deliver(client, render_for(outlet, make_notice()), outlet, "not-the-secret", "m",
+    async with Sender(httpx.AsyncHTTPTransport(), timeout=10) as sender:
+        answer = await channel.deliver(sender, render_for(outlet, make_notice()), outlet, "not-the-secret", "m",
                                        datetime.now(UTC))
-    outcome = channel.classify(*answer)
+    outcome = channel.classify(answer.status, answer.headers, answer.body)
     assert outcome.result == "failed" and outcome.code == 40125
 
 

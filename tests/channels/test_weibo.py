@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bot.http import SendFailed
 from bot.model import Notice
 from bot.regions import RegionTable
 from channels import Rendered
@@ -27,7 +28,7 @@ async def test_a_long_notice_becomes_a_140_character_post_that_keeps_the_title_a
     assert "网传＃洪水＃＠所有人 长江水位暴涨系谣言" in rendered.text  # no topic, no mention
     assert rendered.text.endswith("阅读全文：https://piyao.cq.example/cq-test-001")
     assert (await send(outlet, secret, rendered)).result == "delivered"
-    again = await send(outlet, secret, rendered)  # an earlier try that landed: Weibo says "repeat content"
+    again = await send(outlet, secret, rendered, attempt=2)  # an earlier try that landed: Weibo says "repeat content"
     assert again.result == "delivered" and "20019" in (again.error or "")
     assert platforms.weibo.by(WEIBO) == [rendered.text]
 
@@ -83,7 +84,7 @@ async def test_a_retry_after_a_lost_answer_stays_delivered(
     outlet, secret = platforms.outlet("weibo")
     platforms.weibo.script[WEIBO] = [LOST] if code == 20019 else [LOST, code]  # the fake finds identical text itself
     rendered = render_for(outlet, make_notice())
-    with pytest.raises(httpx.TransportError):
+    with pytest.raises(SendFailed):
         await send(outlet, secret, rendered, attempt=1)
     assert platforms.weibo.by(WEIBO) == [rendered.text]  # it went up; only the answer was lost
     again = await send(outlet, secret, rendered, attempt=2)

@@ -381,10 +381,13 @@ class Dispatcher:
         clock = time.perf_counter()
         status: int | None = None
         body = b""
+        state = None
         try:
             if exchanging is not None:
                 async with asyncio.timeout(self.settings.http_timeout):  # the whole delivery, all its requests
-                    answer = await exchanging.deliver(self.sender, rendered, outlet, secret, claim.message_id, started)
+                    answer = await exchanging.deliver(self.sender, rendered, outlet, secret, claim.message_id, started,
+                                                      claim.channel_state or {})
+                state = answer.state
             else:
                 assert request is not None
                 answer = await self.sender.send(request)  # under the same total deadline
@@ -399,7 +402,7 @@ class Dispatcher:
             log.exception("unexpected error sending to outlet %s", outlet.id)
             outcome = Outcome("retry", f"internal error: {type(exc).__name__}: {exc}")
         latency = (time.perf_counter() - clock) * 1000
-        return self._record(claim, started, latency, outcome, status, body, outlet, request)
+        return replace(self._record(claim, started, latency, outcome, status, body, outlet, request), channel_state=state)
 
     def _record(
         self, claim: Claim, started: datetime, latency_ms: float, outcome: Outcome,

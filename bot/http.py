@@ -19,8 +19,10 @@ special needs inject another transport (``httpx.MockTransport``, a loopback serv
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import aiohttp
 import httpx
@@ -40,6 +42,8 @@ class Answer:
     headers: httpx.Headers
     body: bytes
     request: httpx.Request | None = None
+    # an exchange's memory for the delivery's next try (wechat_mp: its draft's media_id, a publish_id), never a secret
+    state: Mapping[str, Any] | None = None
 
 
 class SendFailed(Exception):

@@ -108,7 +108,10 @@ class Exchanging(Channel, Protocol):
 
     async def deliver(
         self, sender: Sender, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime,
-    ) -> Answer: ...
+        state: Mapping[str, Any],
+    ) -> Answer:
+        """``state`` is what the ``Answer.state`` of this delivery's earlier tries kept (empty at first)."""
+        ...
 
     def classify(self, status: int, headers: httpx.Headers, body: bytes, attempt: int = 1) -> Outcome: ...
 

@@ -14,6 +14,9 @@ https://developers.weixin.qq.com/doc/offiaccount/Publish/Publish.html):
 - errcode 40001/42001 (token invalid or expired): fetch a new token once and try again;
   45009 (API quota) and -1 (system busy) are retried later; 45002/45003 (content/title too large) fail;
 - ``POST /cgi-bin/freepublish/submit`` with the ``media_id`` publishes; only with ``options.publish: true``.
+  Its errcode 0 only accepts the task (``publish_id``); ``POST /cgi-bin/freepublish/get`` with the
+  ``publish_id`` says how it went (``publish_status`` 0 published, 1 publishing, 2–6 failed). The draft's
+  ``media_id`` and the ``publish_id`` are kept with the delivery, so a retry adds no second draft.
 
 Outlet: ``secret_env`` holds the AppSecret; ``options.appid`` and ``options.thumb_media_id`` are required;
 ``url`` is the API base (default https://api.weixin.qq.com).
@@ -24,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlencode
@@ -32,7 +36,7 @@ from urllib.parse import urlencode
 import httpx
 import nh3
 
-from bot.http import Answer
+from bot.http import Answer, SendFailed
 from bot.render import form_context, render
 from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_json
 from channels.fit import Form, Limit, cut_to, fit, read_more
@@ -50,6 +54,11 @@ TITLE = Limit(32, "chars")
 AUTHOR = Limit(16, "chars")
 DIGEST = Limit(128, "chars")
 TITLE_PREFIX = "【辟谣】"
+PUBLISH_CHECK_AFTER = 30.0  # seconds before asking freepublish/get again (never sooner than the retry schedule)
+# freepublish/get publish_status (https://developers.weixin.qq.com/doc/offiaccount/Publish/Get_status.html)
+PUBLISH_FAILED = {2: "原创失败 (originality check failed)", 3: "常规失败 (failed)",
+                  4: "平台审核不通过 (refused in review)", 5: "成功后用户删除所有文章 (deleted after publishing)",
+                  6: "成功后系统封禁所有文章 (banned after publishing)"}
 
 
 class WeChatMP:
@@ -105,21 +114,49 @@ class WeChatMP:
 
     async def deliver(
         self, sender: Sender, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime,
+        state: Mapping[str, Any],
     ) -> Answer:
-        """Token (cached), draft/add (once more with a fresh token on 40001/42001), then publish if asked."""
-        api = outlet.url or API
-        for fresh in (False, True):
-            token, refused = await self._token(sender, api, outlet.options["appid"], secret or "", refresh=fresh)
-            if token is None:
-                return refused  # the token endpoint's own answer, e.g. 40125 wrong AppSecret, 40164 IP not allowed
-            answer = await sender.send(self._draft(rendered, outlet, token))
-            if _json(answer.body).get("errcode") not in STALE_TOKEN:
-                break
-        media_id = _json(answer.body).get("media_id")
-        if not (media_id and outlet.options.get("publish")):
+        """Token (cached), draft/add, then with ``publish``: freepublish/submit, and on later tries freepublish/get.
+
+        The draft's ``media_id`` and the ``publish_id`` are kept in the delivery's state as soon as WeChat gives
+        them, so a retry never adds a second draft nor submits the same draft twice. errcode 0 from
+        freepublish/submit only means the publish task was accepted: ``classify`` counts it delivered once
+        freepublish/get says it is published (https://developers.weixin.qq.com/doc/offiaccount/Publish/Publish.html,
+        https://developers.weixin.qq.com/doc/offiaccount/Publish/Get_status.html).
+        """
+        api, appid, kept = outlet.url or API, outlet.options["appid"], dict(state)
+
+        async def call(make: Callable[[str], httpx.Request]) -> Answer:
+            for fresh in (False, True):  # once more with a fresh token on 40001/42001
+                token, refused = await self._token(sender, api, appid, secret or "", refresh=fresh)
+                if token is None:
+                    return refused  # the token endpoint's own answer, e.g. 40125 wrong AppSecret
+                answer = await sender.send(make(token))
+                if _json(answer.body).get("errcode") not in STALE_TOKEN:
+                    break
             return answer
-        publish = f"{api}/cgi-bin/freepublish/submit?{urlencode({'access_token': token})}"
-        return await sender.send(httpx.Request("POST", publish, json={"media_id": media_id}))
+
+        def endpoint(path: str, token: str, body: dict[str, Any]) -> httpx.Request:
+            return httpx.Request("POST", f"{api}/cgi-bin/{path}?{urlencode({'access_token': token})}", json=body)
+
+        if "publish_id" in kept:  # submitted on an earlier try: how did it go?
+            answer = await call(lambda t: endpoint("freepublish/get", t, {"publish_id": kept["publish_id"]}))
+            return replace(answer, state=kept)
+        if "media_id" not in kept:
+            answer = await call(lambda t: self._draft(rendered, outlet, t))
+            media_id = _json(answer.body).get("media_id")
+            if not (media_id and outlet.options.get("publish")):
+                return answer
+            kept["media_id"] = media_id
+        try:
+            answer = await call(lambda t: endpoint("freepublish/submit", t, {"media_id": kept["media_id"]}))
+        except SendFailed as exc:  # the draft is there: the retry publishes it, it adds no other
+            return Answer(502, httpx.Headers(), json.dumps({"errcode": -1, "errmsg": f"publishing the draft: {exc}"},
+                                                           ensure_ascii=False).encode(), state=kept)
+        publish_id = _json(answer.body).get("publish_id")
+        if publish_id and not _json(answer.body).get("errcode"):
+            kept["publish_id"] = publish_id
+        return replace(answer, state=kept)
 
     async def _token(
         self, sender: Sender, api: str, appid: str, secret: str, refresh: bool
@@ -141,7 +178,23 @@ class WeChatMP:
 
     def classify(self, status: int, headers: httpx.Headers, body: bytes, attempt: int = 1) -> Outcome:
         # draft/add answers {"media_id": …} with no errcode on success
-        return classify_json(status, headers, body, retry=self.retry_codes, missing_is_ok=True)
+        outcome = classify_json(status, headers, body, retry=self.retry_codes, missing_is_ok=True)
+        data = _json(body)
+        if outcome.result != "delivered" or "publish_id" not in data:
+            return outcome
+        if "publish_status" not in data:  # freepublish/submit: the task is accepted, not yet done
+            return Outcome("retry", f"publish task accepted (publish_id {data['publish_id']}); waiting for WeChat "
+                           "to publish it", code=0, retry_after=PUBLISH_CHECK_AFTER)
+        published = data["publish_status"]
+        if published == 0:
+            urls = [i.get("article_url") for i in (data.get("article_detail") or {}).get("item", [])]
+            return Outcome("delivered", f"published: {', '.join(u for u in urls if u)}" if any(urls) else None, code=0)
+        if published == 1:
+            return Outcome("retry", f"publishing (publish_id {data['publish_id']})", code=0,
+                           retry_after=PUBLISH_CHECK_AFTER)
+        reason = PUBLISH_FAILED.get(published, f"publish_status {published}")
+        return Outcome("failed", f"WeChat did not publish it: {reason} (publish_status {published}, "
+                       f"fail_idx {data.get('fail_idx', [])})", code=published)
 
 
 def _json(body: bytes) -> dict[str, Any]:

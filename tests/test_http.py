@@ -65,5 +65,5 @@ async def test_wechat_token_calls_go_through_the_same_deadline(sender: Sender) -
                         options={"appid": "wx1", "thumb_media_id": "t"})
         rendered = Rendered(text="x", body=b"{}", extra={"title": "t"})
         with pytest.raises(SendFailed, match="timed out"):
-            await CHANNELS["wechat_mp"].deliver(sender, rendered, outlet, "secret", "msg", datetime.now(UTC))  # type: ignore[attr-defined]
+            await CHANNELS["wechat_mp"].deliver(sender, rendered, outlet, "secret", "msg", datetime.now(UTC), {})  # type: ignore[attr-defined]
     assert chaos.tries["stable_token"] == 1

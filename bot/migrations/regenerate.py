@@ -1,6 +1,6 @@
 """Write a migration for what changed in bot/store/tables.py (a developer's tool).
 
-    .venv/bin/python -m bot.migrations.regenerate "add outlet health" 0003
+    .venv/bin/python -m bot.migrations.regenerate "add outlet health" 0004
 
 Compares the tables against a scratch SQLite store at the current head and writes
 bot/migrations/versions/<rev>_<message>.py. Read it before committing.

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ class Claim:
     message_id: str
     attempt: int  # the number this try will have, from 1
     schedule_start: int = 0  # attempts made before the current retry schedule began (a manual retry restarts it)
+    channel_state: Mapping[str, Any] | None = None  # what the channel kept from this delivery's earlier tries
 
     @property
     def trigger(self) -> str:
@@ -93,6 +95,7 @@ class AttemptRecord:
     trigger: str = "scheduled"
     exhausted: bool = False  # the retry schedule ran out: the operators hear of it
     platform_code: str | None = None  # the platform's own code in its answer (errcode 45009, …)
+    channel_state: Mapping[str, Any] | None = None  # kept for the delivery's next try; None: keep what is there
 
 
 def new_message_id() -> str:
@@ -239,7 +242,8 @@ class Queue:
             rows = conn.execute(
                 d.update().where(d.c.id.in_(free), claimable(now))
                 .values(lease_owner=self.db.owner, lease_expires_at=now + lease, updated_at=now)
-                .returning(d.c.id, d.c.notice_id, d.c.outlet_id, d.c.message_id, d.c.attempts, d.c.schedule_start)
+                .returning(d.c.id, d.c.notice_id, d.c.outlet_id, d.c.message_id, d.c.attempts, d.c.schedule_start,
+                           d.c.channel_state)
             ).all()
             claimed = {r.outlet_id for r in rows}
             if claimed:  # a probe shuts a cooled-down breaker to everyone else until it is recorded or its lease ends
@@ -248,7 +252,8 @@ class Queue:
             if window is not None:
                 self._wait_for_rate_windows(conn, window, busy, now)
         rows.sort(key=lambda r: r.id)
-        return [Claim(r.id, r.notice_id, r.outlet_id, r.message_id, r.attempts + 1, r.schedule_start) for r in rows]
+        return [Claim(r.id, r.notice_id, r.outlet_id, r.message_id, r.attempts + 1, r.schedule_start,
+                      json.loads(r.channel_state) if r.channel_state else None) for r in rows]
 
     def _wait_for_rate_windows(self, conn: sa.Connection, window: Any, busy: Any, now: datetime) -> None:
         """Outlets with due deliveries and no room left in a rate window wait until the window frees."""
@@ -297,12 +302,14 @@ class Queue:
                     next_attempt_at=sa.bindparam("b_next"), lease_owner=None, lease_expires_at=None,
                     http_status=sa.bindparam("b_http"), error=sa.bindparam("b_error"),
                     delivered_at=sa.bindparam("b_delivered"), updated_at=now,
+                    channel_state=sa.func.coalesce(sa.bindparam("b_state", type_=sa.Text), d.c.channel_state),
                 ),
                 [
                     {"b_id": r.delivery_id, "b_status": STATUS_AFTER[r.outcome], "b_attempts": r.attempt,
                      "b_next": at(r.next_attempt_at) if r.outcome == "retry" else None,
                      "b_http": r.http_status, "b_error": clean_text(r.error),
-                     "b_delivered": at(r.started_at) if r.outcome == "delivered" else None}
+                     "b_delivered": at(r.started_at) if r.outcome == "delivered" else None,
+                     "b_state": None if r.channel_state is None else json.dumps(dict(r.channel_state))}
                     for r in records
                 ],
             )

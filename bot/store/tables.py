@@ -60,6 +60,9 @@ deliveries = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     # the attempt count when the current retry schedule began: 0, or where a manual retry restarted it
     sa.Column("schedule_start", sa.Integer, nullable=False, default=0, server_default="0"),
+    # what a channel keeps between tries of this delivery (JSON; wechat_mp: its draft's media_id, a publish_id);
+    # never a secret
+    sa.Column("channel_state", sa.Text, nullable=True),
     sa.UniqueConstraint("notice_id", "outlet_id"),
     sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
     # the claim takes each outlet's oldest due deliveries, outlet by outlet

@@ -7,7 +7,12 @@
   45110 author over 16 characters, 45004 digest over 128 characters (codes from WeChat's global return
   code table), 45002 content of 20,000 characters or 1 MB or more; else ``{"media_id": …}``. Drafts keep
   their article; ``scripts`` counts any that carried a ``<script``;
-- ``POST /cgi-bin/freepublish/submit``: publishes a draft by media_id.
+- ``POST /cgi-bin/freepublish/submit``: accepts a publish task for a draft by media_id, answering
+  ``{"errcode": 0, "publish_id": …}`` (40007 unknown media_id); ``submit_errors`` scripts errcodes for the
+  next submits (-1 system busy);
+- ``POST /cgi-bin/freepublish/get`` with the ``publish_id``: ``{"publish_id", "publish_status", "article_id",
+  "article_detail": {"count", "item": [{"idx", "article_url"}]}, "fail_idx"}``; each check of a task takes
+  the next of ``publish_statuses`` (default: published at once; 1 publishing, 2–6 failed), the last one stays.
 """
 
 from __future__ import annotations
@@ -31,7 +36,10 @@ class WeChatMPAPI(LoopbackPlatform):
         self.current: dict[str, str] = {}  # appid -> the token stable_token hands out while it lives
         self.tokens_issued = 0
         self.drafts: dict[str, dict[str, Any]] = {}
-        self.published: list[str] = []
+        self.published: list[str] = []  # media_ids whose publish task was accepted
+        self.submit_errors: list[int] = []  # errcodes the next freepublish/submit calls answer
+        self.publish_statuses: list[int] = [0]  # what successive freepublish/get checks of a task say
+        self.tasks: dict[str, tuple[str, int]] = {}  # publish_id -> (media_id, checks so far)
         self.scripts = 0
 
     @property
@@ -46,6 +54,7 @@ class WeChatMPAPI(LoopbackPlatform):
         app.router.add_post("/cgi-bin/stable_token", self._token)
         app.router.add_post("/cgi-bin/draft/add", self._draft)
         app.router.add_post("/cgi-bin/freepublish/submit", self._publish)
+        app.router.add_post("/cgi-bin/freepublish/get", self._publish_status)
 
     def _error(self, key: str, errcode: int, errmsg: str) -> web.Response:
         self.refused.append((key, errcode))
@@ -102,5 +111,27 @@ class WeChatMPAPI(LoopbackPlatform):
         media_id = (await request.json()).get("media_id")
         if media_id not in self.drafts:
             return self._error(appid, 40007, "invalid media_id")
+        if self.submit_errors:
+            return self._error(appid, self.submit_errors.pop(0), "scripted")
         self.published.append(media_id)
-        return web.json_response({"errcode": 0, "errmsg": "ok", "publish_id": secrets.token_hex(6)})
+        publish_id = secrets.token_hex(6)
+        self.tasks[publish_id] = (media_id, 0)
+        return web.json_response({"errcode": 0, "errmsg": "ok", "publish_id": publish_id})
+
+    async def _publish_status(self, request: web.Request) -> web.Response:
+        appid = self.tokens.get(request.query.get("access_token", ""))
+        if appid is None:
+            return self._error("?", 40001, "invalid credential")
+        publish_id = (await request.json()).get("publish_id")
+        if publish_id not in self.tasks:
+            return self._error(appid, 40007, "invalid publish_id")
+        media_id, checks = self.tasks[publish_id]
+        self.tasks[publish_id] = (media_id, checks + 1)
+        status = self.publish_statuses[min(checks, len(self.publish_statuses) - 1)]
+        answer: dict[str, Any] = {"publish_id": publish_id, "publish_status": status, "fail_idx": []}
+        if status == 0:
+            answer |= {"article_id": f"a_{media_id}", "article_detail": {"count": 1, "item": [
+                {"idx": 1, "article_url": f"https://mp.weixin.qq.com/s/{media_id}"}]}}
+        elif status >= 2:
+            answer["fail_idx"] = [1]
+        return web.json_response(answer)

@@ -74,14 +74,18 @@ async def platforms() -> AsyncIterator[Platforms]:
 
 
 async def send(
-    outlet: Outlet, secret: str, rendered: Rendered, now: datetime | None = None, attempt: int = 1
+    outlet: Outlet, secret: str, rendered: Rendered, now: datetime | None = None, attempt: int = 1,
+    state: dict[str, Any] | None = None,
 ) -> Outcome:
     """One delivery as the dispatcher makes it: ``deliver`` if the channel has one, else build + send; then classify."""
     channel = CHANNELS[outlet.channel]
     now = now or datetime.now(UTC)
     async with Sender(httpx.AsyncHTTPTransport(), timeout=10) as sender:
         if isinstance(channel, Exchanging):
-            answer = await channel.deliver(sender, rendered, outlet, secret, "msg_test", now)
+            answer = await channel.deliver(sender, rendered, outlet, secret, "msg_test", now, dict(state or {}))
+            if state is not None and answer.state is not None:  # kept for the next try, as the store keeps it
+                state.clear()
+                state.update(answer.state)
         else:
             assert isinstance(channel, Pushing)
             answer = await sender.send(channel.build(rendered, outlet, secret, "msg_test", now))

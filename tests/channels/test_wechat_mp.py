@@ -11,6 +11,8 @@ import pytest
 
 from bot.http import Sender
 from bot.model import Notice
+from bot.settings import Settings
+from bot.store import Store
 from channels.wechat_mp import WeChatMP
 from tests.channels.conftest import WECHAT, Platforms, render_for, send
 
@@ -35,12 +37,12 @@ async def test_an_expired_token_is_refreshed_once_and_the_draft_goes_through(
     platforms: Platforms, make_notice: Callable[..., Notice]
 ) -> None:
     outlet, secret = platforms.outlet("wechat_mp", publish=True)
-    assert (await send(outlet, secret, render_for(outlet, make_notice(ref="a")))).result == "delivered"
+    assert (await send(outlet, secret, render_for(outlet, make_notice(ref="a")))).result == "retry"  # publishing
     platforms.wechat_mp.expire_tokens()
-    assert (await send(outlet, secret, render_for(outlet, make_notice(ref="b")))).result == "delivered"
+    assert (await send(outlet, secret, render_for(outlet, make_notice(ref="b")))).result == "retry"
     assert platforms.wechat_mp.tokens_issued == 2
     assert [code for _, code in platforms.wechat_mp.refused] == [40001]
-    assert len(platforms.wechat_mp.published) == 2  # publish: true publishes each draft
+    assert len(platforms.wechat_mp.published) == 2  # publish: true submits each draft for publishing
 
 
 async def test_a_wrong_app_secret_fails_with_the_token_endpoints_errcode(
@@ -50,7 +52,7 @@ async def test_a_wrong_app_secret_fails_with_the_token_endpoints_errcode(
     channel = WeChatMP()  # its own token cache: nothing shared with the registry's instance
     async with Sender(httpx.AsyncHTTPTransport(), timeout=10) as sender:
         answer = await channel.deliver(sender, render_for(outlet, make_notice()), outlet, "not-the-secret", "m",
-                                       datetime.now(UTC))
+                                       datetime.now(UTC), {})
     outcome = channel.classify(answer.status, answer.headers, answer.body)
     assert outcome.result == "failed" and outcome.code == 40125
 
@@ -63,7 +65,9 @@ def test_a_wechat_outlet_needs_its_appid_and_cover() -> None:
 
 
 @pytest.mark.parametrize(("answer", "result"), [
-    ({"media_id": "m"}, "delivered"), ({"errcode": 0, "publish_id": "p"}, "delivered"),
+    ({"media_id": "m"}, "delivered"), ({"errcode": 0, "publish_id": "p"}, "retry"),
+    ({"publish_id": "p", "publish_status": 0}, "delivered"), ({"publish_id": "p", "publish_status": 1}, "retry"),
+    ({"publish_id": "p", "publish_status": 4, "fail_idx": [1]}, "failed"),
     ({"errcode": 45009, "errmsg": "quota"}, "retry"), ({"errcode": 42001, "errmsg": "expired"}, "retry"),
     ({"errcode": 45002, "errmsg": "too large"}, "failed"),
 ])
@@ -80,7 +84,7 @@ async def test_several_workers_each_fetching_a_token_do_not_invalidate_each_othe
         for round_ in range(2):
             for n, worker in enumerate(workers):
                 rendered = worker.render(make_notice(ref=f"w{round_}{n}"), datetime(2026, 11, 27, tzinfo=UTC))
-                answer = await worker.deliver(sender, rendered, outlet, secret, "msg", datetime.now(UTC))
+                answer = await worker.deliver(sender, rendered, outlet, secret, "msg", datetime.now(UTC), {})
                 assert worker.classify(answer.status, answer.headers, answer.body).result == "delivered"
     assert platforms.wechat_mp.refused == []  # no 40001: the stable token is the same for everyone
     assert len(platforms.wechat_mp.by(WECHAT[0])) >= 6
@@ -110,3 +114,69 @@ async def test_the_fake_refuses_a_title_over_32_characters(platforms: Platforms)
         answer = await client.post(f"{outlet.url}/cgi-bin/draft/add?access_token={token}", json={"articles": [
             {"title": "标" * 33, "content": "<p>x</p>", "thumb_media_id": "thumb-media-0001"}]})
     assert answer.json()["errcode"] == 45003
+
+
+async def test_a_publish_counts_only_once_wechat_says_it_is_published(
+    platforms: Platforms, make_notice: Callable[..., Notice]
+) -> None:
+    outlet, secret = platforms.outlet("wechat_mp", publish=True)
+    platforms.wechat_mp.publish_statuses = [1, 0]  # still publishing at the first check
+    rendered, state = render_for(outlet, make_notice()), {}
+    accepted = await send(outlet, secret, rendered, state=state)
+    assert accepted.result == "retry" and "publish task accepted" in (accepted.error or "")
+    assert set(state) == {"media_id", "publish_id"} and not any(WECHAT[1] in str(v) for v in state.values())
+    assert (await send(outlet, secret, rendered, attempt=2, state=state)).result == "retry"  # publishing
+    published = await send(outlet, secret, rendered, attempt=3, state=state)
+    assert published.result == "delivered" and "https://mp.weixin.qq.com/s/" in (published.error or "")
+    assert len(platforms.wechat_mp.drafts) == 1 and len(platforms.wechat_mp.published) == 1
+
+
+async def test_a_publish_wechat_refuses_fails_with_its_reason(
+    platforms: Platforms, make_notice: Callable[..., Notice]
+) -> None:
+    outlet, secret = platforms.outlet("wechat_mp", publish=True)
+    platforms.wechat_mp.publish_statuses = [4]  # 平台审核不通过
+    rendered, state = render_for(outlet, make_notice()), {}
+    assert (await send(outlet, secret, rendered, state=state)).result == "retry"
+    refused = await send(outlet, secret, rendered, attempt=2, state=state)
+    assert refused.result == "failed" and refused.code == 4 and "平台审核不通过" in (refused.error or "")
+
+
+async def test_a_publish_call_that_fails_after_the_draft_was_added_is_retried_without_a_second_draft(
+    platforms: Platforms, make_notice: Callable[..., Notice]
+) -> None:
+    outlet, secret = platforms.outlet("wechat_mp", publish=True)
+    platforms.wechat_mp.submit_errors = [-1]  # system busy, once, after draft/add went through
+    rendered, state = render_for(outlet, make_notice()), {}
+    assert (await send(outlet, secret, rendered, state=state)).result == "retry"
+    assert set(state) == {"media_id"}
+    assert (await send(outlet, secret, rendered, attempt=2, state=state)).result == "retry"  # accepted now
+    assert (await send(outlet, secret, rendered, attempt=3, state=state)).result == "delivered"
+    assert len(platforms.wechat_mp.drafts) == 1 and platforms.wechat_mp.published == list(platforms.wechat_mp.drafts)
+
+
+async def test_the_dispatcher_keeps_the_draft_and_the_publish_task_in_the_store_between_tries(
+    platforms: Platforms, store: Store, settings: Settings, make_notice: Callable[..., Notice]
+) -> None:
+    """The real dispatcher and store, both backends: the publish call fails once after the draft went in,
+    then WeChat is still publishing at the first check. One draft, one publish, delivered at the end."""
+    from bot.dispatch import Dispatcher
+    from bot.http import make_sender
+    from bot.outlets import OutletMatrix
+
+    outlet, secret = platforms.outlet("wechat_mp", publish=True)
+    platforms.wechat_mp.submit_errors = [-1]
+    platforms.wechat_mp.publish_statuses = [1, 0]
+    matrix = OutletMatrix((outlet,), {outlet.id: secret})
+    settings = settings.model_copy(update={"retry_schedule": "0.05,0.05,0.05,0.05,0.05", "retry_after_max": 0.05})
+    store.queue.add_notices([(make_notice(), matrix.outlets)], source="test")
+    async with make_sender(settings) as sender:
+        dispatcher = Dispatcher(store, matrix, settings, sender)
+        await dispatcher.run(until_idle=True)
+        await dispatcher.close()
+
+    tries = store.log.attempts()
+    assert [t["outcome"] for t in tries] == ["retry", "retry", "retry", "delivered"]
+    assert "publish task accepted" in tries[1]["error"] and "https://mp.weixin.qq.com/s/" in tries[3]["error"]
+    assert store.log.counts() == {"delivered": 1}
+    assert len(platforms.wechat_mp.drafts) == 1 and len(platforms.wechat_mp.published) == 1

@@ -16,7 +16,8 @@ https://developers.weixin.qq.com/doc/offiaccount/Publish/Publish.html):
 - ``POST /cgi-bin/freepublish/submit`` with the ``media_id`` publishes; only with ``options.publish: true``.
   Its errcode 0 only accepts the task (``publish_id``); ``POST /cgi-bin/freepublish/get`` with the
   ``publish_id`` says how it went (``publish_status`` 0 published, 1 publishing, 2–6 failed). The draft's
-  ``media_id`` and the ``publish_id`` are kept with the delivery, so a retry adds no second draft.
+  ``media_id`` and the ``publish_id`` are kept with the delivery, so a retry adds no second draft; when
+  draft/add's answer was lost, the next try finds the draft (``draft/batchget``, by title and digest).
 
 Outlet: ``secret_env`` holds the AppSecret; ``options.appid`` and ``options.thumb_media_id`` are required;
 ``url`` is the API base (default https://api.weixin.qq.com).
@@ -27,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -142,8 +143,17 @@ class WeChatMP:
         if "publish_id" in kept:  # submitted on an earlier try: how did it go?
             answer = await call(lambda t: endpoint("freepublish/get", t, {"publish_id": kept["publish_id"]}))
             return replace(answer, state=kept)
+        if "media_id" not in kept and state.get("drafting"):  # an earlier try's draft/add answer was lost
+            found = await self._find_draft(call, endpoint, rendered)
+            if found and not outlet.options.get("publish"):  # the draft is all this outlet wants
+                return Answer(200, httpx.Headers(), json.dumps({"media_id": found}).encode(), state={"media_id": found})
+            if found:
+                kept["media_id"] = found
         if "media_id" not in kept:
-            answer = await call(lambda t: self._draft(rendered, outlet, t))
+            try:
+                answer = await call(lambda t: self._draft(rendered, outlet, t))
+            except SendFailed as exc:  # the draft may have gone in: the next try looks for it before adding one
+                return _busy(f"adding the draft: {exc}", {"drafting": True})
             media_id = _json(answer.body).get("media_id")
             if not (media_id and outlet.options.get("publish")):
                 return answer
@@ -151,12 +161,25 @@ class WeChatMP:
         try:
             answer = await call(lambda t: endpoint("freepublish/submit", t, {"media_id": kept["media_id"]}))
         except SendFailed as exc:  # the draft is there: the retry publishes it, it adds no other
-            return Answer(502, httpx.Headers(), json.dumps({"errcode": -1, "errmsg": f"publishing the draft: {exc}"},
-                                                           ensure_ascii=False).encode(), state=kept)
+            return _busy(f"publishing the draft: {exc}", kept)
         publish_id = _json(answer.body).get("publish_id")
         if publish_id and not _json(answer.body).get("errcode"):
             kept["publish_id"] = publish_id
         return replace(answer, state=kept)
+
+    @staticmethod
+    async def _find_draft(
+        call: Callable[[Callable[[str], httpx.Request]], Awaitable[Answer]],
+        endpoint: Callable[[str, str, dict[str, Any]], httpx.Request], rendered: Rendered,
+    ) -> str | None:
+        """The media_id of a draft an earlier try added (its answer lost): the newest with our title and digest
+        (draft/batchget, https://developers.weixin.qq.com/doc/offiaccount/Draft_Box/Get_draft_list.html)."""
+        answer = await call(lambda t: endpoint("draft/batchget", t, {"offset": 0, "count": 20, "no_content": 1}))
+        for item in _json(answer.body).get("item") or []:
+            article = ((item.get("content") or {}).get("news_item") or [{}])[0]
+            if (article.get("title"), article.get("digest")) == (rendered.extra["title"], rendered.extra["digest"]):
+                return str(item["media_id"])
+        return None
 
     async def _token(
         self, sender: Sender, api: str, appid: str, secret: str, refresh: bool
@@ -195,6 +218,12 @@ class WeChatMP:
         reason = PUBLISH_FAILED.get(published, f"publish_status {published}")
         return Outcome("failed", f"WeChat did not publish it: {reason} (publish_status {published}, "
                        f"fail_idx {data.get('fail_idx', [])})", code=published)
+
+
+def _busy(what: str, state: dict[str, Any]) -> Answer:
+    """No answer came to a call whose effect we must remember: WeChat's "system busy" (-1), retried later."""
+    body = json.dumps({"errcode": -1, "errmsg": f"no answer {what}"}, ensure_ascii=False).encode()
+    return Answer(502, httpx.Headers(), body, state=state)
 
 
 def _json(body: bytes) -> dict[str, Any]:

@@ -10,6 +10,9 @@
 - ``POST /cgi-bin/freepublish/submit``: accepts a publish task for a draft by media_id, answering
   ``{"errcode": 0, "publish_id": …}`` (40007 unknown media_id); ``submit_errors`` scripts errcodes for the
   next submits (-1 system busy);
+- ``POST /cgi-bin/draft/batchget`` with ``{"offset", "count", "no_content"}``: ``{"total_count", "item_count",
+  "item": [{"media_id", "content": {"news_item": [article]}, "update_time"}]}``, newest first;
+  ``lose_draft_answers`` makes the next draft/add calls store the draft and drop the connection;
 - ``POST /cgi-bin/freepublish/get`` with the ``publish_id``: ``{"publish_id", "publish_status", "article_id",
   "article_detail": {"count", "item": [{"idx", "article_url"}]}, "fail_idx"}``; each check of a task takes
   the next of ``publish_statuses`` (default: published at once; 1 publishing, 2–6 failed), the last one stays.
@@ -40,6 +43,7 @@ class WeChatMPAPI(LoopbackPlatform):
         self.submit_errors: list[int] = []  # errcodes the next freepublish/submit calls answer
         self.publish_statuses: list[int] = [0]  # what successive freepublish/get checks of a task say
         self.tasks: dict[str, tuple[str, int]] = {}  # publish_id -> (media_id, checks so far)
+        self.lose_draft_answers = 0  # the next draft/add calls store the draft, then drop the connection
         self.scripts = 0
 
     @property
@@ -55,6 +59,7 @@ class WeChatMPAPI(LoopbackPlatform):
         app.router.add_post("/cgi-bin/draft/add", self._draft)
         app.router.add_post("/cgi-bin/freepublish/submit", self._publish)
         app.router.add_post("/cgi-bin/freepublish/get", self._publish_status)
+        app.router.add_post("/cgi-bin/draft/batchget", self._drafts)
 
     def _error(self, key: str, errcode: int, errmsg: str) -> web.Response:
         self.refused.append((key, errcode))
@@ -102,7 +107,27 @@ class WeChatMPAPI(LoopbackPlatform):
         media_id = secrets.token_hex(8)
         self.drafts[media_id] = article
         self.received.append(Received(appid, article, time.monotonic()))
+        if self.lose_draft_answers:
+            self.lose_draft_answers -= 1
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=200)  # never reaches the caller: the connection is gone
         return web.json_response({"media_id": media_id})
+
+    async def _drafts(self, request: web.Request) -> web.Response:
+        """draft/batchget: {"offset", "count" (1–20), "no_content"} -> the newest drafts first."""
+        appid = self.tokens.get(request.query.get("access_token", ""))
+        if appid is None:
+            return self._error("?", 40001, "invalid credential")
+        asked = await request.json()
+        offset, count = int(asked.get("offset", 0)), int(asked.get("count", 20))
+        if not 1 <= count <= 20:
+            return self._error(appid, 40035, "invalid args")
+        newest = list(reversed(self.drafts.items()))[offset:offset + count]
+        items = [{"media_id": media_id, "update_time": int(time.time()), "content": {"news_item": [
+            {k: v for k, v in article.items() if not (asked.get("no_content") and k == "content")}]}}
+            for media_id, article in newest]
+        return web.json_response({"total_count": len(self.drafts), "item_count": len(items), "item": items})
 
     async def _publish(self, request: web.Request) -> web.Response:
         appid = self.tokens.get(request.query.get("access_token", ""))

@@ -180,3 +180,18 @@ async def test_the_dispatcher_keeps_the_draft_and_the_publish_task_in_the_store_
     assert "publish task accepted" in tries[1]["error"] and "https://mp.weixin.qq.com/s/" in tries[3]["error"]
     assert store.log.counts() == {"delivered": 1}
     assert len(platforms.wechat_mp.drafts) == 1 and len(platforms.wechat_mp.published) == 1
+
+
+@pytest.mark.parametrize("publish", [False, True])
+async def test_an_answer_lost_after_the_draft_went_in_adds_no_second_draft(
+    platforms: Platforms, make_notice: Callable[..., Notice], publish: bool
+) -> None:
+    outlet, secret = platforms.outlet("wechat_mp", publish=publish)
+    platforms.wechat_mp.lose_draft_answers = 1  # draft/add stores the draft, then the connection drops
+    rendered, state = render_for(outlet, make_notice()), {}
+    lost = await send(outlet, secret, rendered, state=state)
+    assert lost.result == "retry" and len(platforms.wechat_mp.drafts) == 1
+    again = await send(outlet, secret, rendered, attempt=2, state=state)  # finds that draft (draft/batchget)
+    assert again.result == ("retry" if publish else "delivered")  # with publish: the task is accepted now
+    assert len(platforms.wechat_mp.drafts) == 1 and state["media_id"] in platforms.wechat_mp.drafts
+    assert platforms.wechat_mp.published == ([state["media_id"]] if publish else [])

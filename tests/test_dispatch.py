@@ -260,7 +260,9 @@ async def test_claims_in_hand_keep_their_notices_when_more_notices_are_in_flight
     # 1,200 notices to one outlet at concurrency 600: one claim takes 1,200 deliveries of 1,200 notices,
     # more than the notice cache keeps (1,000)
     outlets, matrix = await loopback(1)
-    settings = settings.model_copy(update={"concurrency": 600, "per_outlet_concurrency": 1200})
+    # a long send deadline: on a loaded machine 1,200 sends at once may take seconds, and a timed-out send that
+    # arrived would be sent again, which is not what this test is about
+    settings = settings.model_copy(update={"concurrency": 600, "per_outlet_concurrency": 1200, "http_timeout": 60})
     notices = [make_notice(ref=f"n{i}", title=f"通报{i}") for i in range(1200)]
     await asyncio.wait_for(fan_out(store, matrix, settings, *notices), 300)
     assert store.log.counts() == {"delivered": 1200}

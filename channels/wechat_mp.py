@@ -127,12 +127,20 @@ class WeChatMP:
         """
         api, appid, kept = outlet.url or API, outlet.options["appid"], dict(state)
 
-        async def call(make: Callable[[str], httpx.Request]) -> Answer:
-            for fresh in (False, True):  # once more with a fresh token on 40001/42001
+        async def call(make: Callable[[str], httpx.Request], if_lost: dict[str, Any] | None = None) -> Answer:
+            """Send with a token (once more with a fresh one on 40001/42001). ``if_lost``: the call may have
+            taken effect although no answer came, so it is WeChat's "busy" with that state kept, not an error."""
+            for fresh in (False, True):
                 token, refused = await self._token(sender, api, appid, secret or "", refresh=fresh)
                 if token is None:
                     return refused  # the token endpoint's own answer, e.g. 40125 wrong AppSecret
-                answer = await sender.send(make(token))
+                request = make(token)
+                try:
+                    answer = await sender.send(request)
+                except SendFailed as exc:
+                    if if_lost is None:
+                        raise
+                    return _busy(f"to {request.url.path}: {exc}", if_lost)
                 if _json(answer.body).get("errcode") not in STALE_TOKEN:
                     break
             return answer
@@ -150,18 +158,18 @@ class WeChatMP:
             if found:
                 kept["media_id"] = found
         if "media_id" not in kept:
-            try:
-                answer = await call(lambda t: self._draft(rendered, outlet, t))
-            except SendFailed as exc:  # the draft may have gone in: the next try looks for it before adding one
-                return _busy(f"adding the draft: {exc}", {"drafting": True})
+            # the draft may go in without its answer coming back: the next try looks for it before adding one
+            answer = await call(lambda t: self._draft(rendered, outlet, t), if_lost={"drafting": True})
+            if answer.state is not None:
+                return answer
             media_id = _json(answer.body).get("media_id")
             if not (media_id and outlet.options.get("publish")):
                 return answer
             kept["media_id"] = media_id
-        try:
-            answer = await call(lambda t: endpoint("freepublish/submit", t, {"media_id": kept["media_id"]}))
-        except SendFailed as exc:  # the draft is there: the retry publishes it, it adds no other
-            return _busy(f"publishing the draft: {exc}", kept)
+        # the draft is there: if this answer is lost, the retry publishes it and adds no other
+        answer = await call(lambda t: endpoint("freepublish/submit", t, {"media_id": kept["media_id"]}), if_lost=kept)
+        if answer.state is not None:
+            return answer
         publish_id = _json(answer.body).get("publish_id")
         if publish_id and not _json(answer.body).get("errcode"):
             kept["publish_id"] = publish_id

@@ -34,7 +34,7 @@ bench: $(STAMP)
 	$(PY) bench/workers.py
 
 lock:
-	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(apprise|requests|requests-oauthlib|oauthlib|markdown|charset-normalizer|urllib3)==' > requirements.lock
+	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(apprise|requests-oauthlib|oauthlib|markdown)==' > requirements.lock
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

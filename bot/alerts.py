@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from bot.http import Sender, SendFailed
+from bot.matrix import LiveMatrix
 from bot.outlets import Outlet, OutletMatrix
 from bot.settings import Settings
 from bot.store import Store, utcnow
@@ -37,16 +38,21 @@ DIGEST_LINES = 20  # alerts listed in one message; the rest are counted
 
 class Alerter:
     def __init__(
-        self, store: Store, matrix: OutletMatrix, settings: Settings, client: Sender,
+        self, store: Store, matrix: OutletMatrix | LiveMatrix, settings: Settings, client: Sender,
         db: Callable[..., Awaitable[Any]] | None = None, channels: Mapping[str, AnyChannel] | None = None,
     ) -> None:
         self.store = store
-        self.matrix = matrix
+        self.live = LiveMatrix.of(matrix)
         self.settings = settings
         self.client = client
-        self.channels = channels or matrix.channels
+        self.channels = channels or self.live.matrix.channels
         self._db = db
         self._next_try: dict[str | None, datetime] = {}  # per operator channel: no try before then (after a failure)
+
+    @property
+    def matrix(self) -> OutletMatrix:
+        """The live matrix: its ``operators`` are where alerts go."""
+        return self.live.matrix
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         if self._db is not None:

@@ -31,6 +31,7 @@ from rich.text import Text
 
 from bot.http import make_sender
 from bot.intake import expand, submit_files
+from bot.matrix import LiveMatrix, file_loader
 from bot.outlets import IncompleteMatrix, MatrixError, OutletMatrix, Tier, load_matrix
 from bot.regions import CHONGQING, RegionTable, chongqing_today
 from bot.settings import Settings
@@ -98,11 +99,27 @@ def _store(settings: Settings) -> Store:
         raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
+def _secrets(matrix: OutletMatrix) -> list[str | None]:
+    return [matrix.secret_for(o.id) for o in (*matrix.outlets, *matrix.operators)]
+
+
+def _live(settings: Settings, regions: RegionTable, matrix: OutletMatrix) -> LiveMatrix:
+    """The matrix a long-running command runs with, read again from its file on a reload; the log redacts
+    the secrets of every matrix it runs with."""
+    from bot.logs import Redactor
+
+    live = LiveMatrix(matrix, load=file_loader(settings, regions))
+    for redactor in [f for handler in logging.getLogger().handlers for f in handler.filters]:
+        if isinstance(redactor, Redactor):
+            live.on_change(lambda new, r=redactor: r.learn(_secrets(new)))  # type: ignore[misc]
+    return live
+
+
 def _logging(verbose: bool, matrix: OutletMatrix | None = None) -> None:
     """Log to stderr, every record redacted: the matrix's secrets, and anything shaped like a credential."""
     from bot.logs import setup_logging
 
-    setup_logging(verbose, [matrix.secret_for(o.id) for o in (*matrix.outlets, *matrix.operators)] if matrix else ())
+    setup_logging(verbose, _secrets(matrix) if matrix else ())
 
 
 @app.command()
@@ -188,6 +205,7 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
     regions = _regions(settings)
     matrix = _matrix(settings, regions)
     _logging(verbose, matrix)
+    live = _live(settings, regions, matrix)
     log = logging.getLogger("debunkbot")
 
     async def main() -> int:
@@ -195,6 +213,7 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
 
         stop = asyncio.Event()
         install_signal_handlers(stop)
+        live.install_signal_handler()  # SIGHUP: reload outlets.yaml
         try:
             store = await open_store(settings.database_url, stop)
         except SchemaOutdated as exc:
@@ -217,7 +236,7 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
                                   settings.feed_host, settings.feed_port, exc.strerror or exc)
                         return 1
                     log.info("feeds at http://%s:%d/feeds/OUTLET.atom (or .json)", server.host, server.port)
-                daemon = Daemon(settings, store, matrix, regions, client, cluster_jobs=cluster_jobs, stop=stop)
+                daemon = Daemon(settings, store, live, regions, client, cluster_jobs=cluster_jobs, stop=stop)
                 await daemon.run(until_idle=until_idle, max_wait=max_wait)
         finally:
             store.close()

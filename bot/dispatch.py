@@ -19,7 +19,7 @@ import random
 import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -31,10 +31,11 @@ import httpx
 from bot.health import HealthPolicy
 from bot.http import Sender, SendFailed
 from bot.model import Notice
+from bot.matrix import LiveMatrix
 from bot.outlets import Outlet, OutletMatrix
 from bot.settings import Settings
 from bot.store import STORE_FAULTS, AttemptRecord, Claim, Store, describe_fault, utcnow
-from channels import AnyChannel, Exchanging, Outcome, Pulling, Pushing, Rendered
+from channels import AnyChannel, Exchanging, Outcome, Pulling, Pushing, RateLimit, Rendered
 
 log = logging.getLogger("debunkbot.dispatch")
 T = TypeVar("T")
@@ -75,6 +76,24 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class MatrixView:
+    """What the dispatcher works out from one matrix, once: worked out again when a reload replaces it."""
+
+    matrix: OutletMatrix
+    rate_limits: dict[str, tuple[RateLimit, ...]]
+    pulled: frozenset[str]  # feeds fetch: never claimed
+    sending: frozenset[str]  # the outlets this process claims for
+    options_key: dict[str, str]  # outlets with the same options share a rendering
+
+    @classmethod
+    def of(cls, matrix: OutletMatrix, sends: Collection[str]) -> MatrixView:
+        """``sends``: the channels that send (the others' outlets fetch)."""
+        pulled = frozenset(o.id for o in matrix.outlets if o.channel not in sends)
+        return cls(matrix, matrix.rate_limits(), pulled, frozenset(o.id for o in matrix.outlets) - pulled,
+                   {o.id: json.dumps(o.options, sort_keys=True, default=str) for o in matrix.outlets})
+
+
+@dataclass(frozen=True)
 class Ready:
     """A claim in hand, with its notice (None: the notice is gone from the store)."""
 
@@ -88,29 +107,26 @@ class Dispatcher:
     def __init__(
         self,
         store: Store,
-        matrix: OutletMatrix,
+        matrix: OutletMatrix | LiveMatrix,
         settings: Settings,
         sender: Sender,
         channels: Mapping[str, AnyChannel] | None = None,
         on_recorded: Callable[[Sequence[AttemptRecord]], None] | None = None,
     ) -> None:
         self.store = store
-        self.matrix = matrix
+        self.live = LiveMatrix.of(matrix)
+        matrix = self.live.matrix
         self.settings = settings
         self.sender = sender
         self.channels = channels or matrix.channels
         self.policy = RetryPolicy.from_settings(settings)
         self.on_recorded = on_recorded
         self.capacity = settings.concurrency
-        self._rate_limits = matrix.rate_limits()
         # each channel's kind, looked up once (an isinstance of a Protocol costs ~15 µs a send)
         self._exchanging = {n: c for n, c in self.channels.items() if isinstance(c, Exchanging)}
         self._pushing = {n: c for n, c in self.channels.items()
                          if isinstance(c, Pushing) and n not in self._exchanging and not isinstance(c, Pulling)}
-        self.pulled = frozenset(o.id for o in matrix.outlets  # feeds fetch: never claimed
-                                 if o.channel not in self._exchanging and o.channel not in self._pushing)
-        # outlets with the same options share a rendering: the key is computed once, not per send
-        self._options_key = {o.id: json.dumps(o.options, sort_keys=True, default=str) for o in matrix.outlets}
+        self._view = MatrixView.of(matrix, self._exchanging.keys() | self._pushing.keys())
         self.health_policy = HealthPolicy.from_settings(settings)
         self._lease = timedelta(seconds=max(settings.lease_seconds, settings.http_timeout + LEASE_MARGIN))
         self._store_backoff = 0.0
@@ -132,6 +148,27 @@ class Dispatcher:
         # cache may forget a notice at any time without harm
         self._notices: OrderedDict[int, tuple[Notice, datetime]] = OrderedDict()
         self._rendered: OrderedDict[tuple[int, str, str], Rendered] = OrderedDict()
+
+    @property
+    def matrix(self) -> OutletMatrix:
+        """The live matrix: a reload replaces it, and the dispatcher follows at once."""
+        return self.live.matrix
+
+    @matrix.setter
+    def matrix(self, matrix: OutletMatrix) -> None:
+        self.live.replace(matrix)
+
+    @property
+    def view(self) -> MatrixView:
+        """Rate limits, feeds and rendering keys of the live matrix (worked out again when it changes)."""
+        if self._view.matrix is not self.live.matrix:
+            self._view = MatrixView.of(self.live.matrix, self._exchanging.keys() | self._pushing.keys())
+        return self._view
+
+    @property
+    def pulled(self) -> frozenset[str]:
+        """The outlets that fetch their notices (feeds): never claimed."""
+        return self.view.pulled
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
@@ -166,7 +203,7 @@ class Dispatcher:
                 idle = not (self._in_flight or self._slow or self._ready or self._stale or self._unrecorded)
                 if until_idle and store_ok and idle:
                     try:
-                        next_due = await self.db(self.store.queue.next_due_at, self.pulled)
+                        next_due = await self.db(self.store.queue.next_due_at, (), self.view.sending)
                         if next_due is None:
                             return
                     except STORE_FAULTS as exc:
@@ -242,9 +279,11 @@ class Dispatcher:
         self._db_thread.shutdown(wait=True)
 
     async def _claim_and_send(self, room: int) -> int:
+        view = self.view
+
         def claim() -> tuple[list[Claim], dict[int, tuple[Notice, datetime]]]:
             claims = self.store.queue.claim(room, self.settings.per_outlet_concurrency, self._lease,
-                                          rate_limits=self._rate_limits, skip_outlets=self.pulled)
+                                          rate_limits=view.rate_limits, outlets=view.sending)
             missing = {c.notice_id for c in claims} - self._notices.keys()
             return claims, (self.store.queue.notices_by_id(missing) if missing else {})
 
@@ -263,6 +302,10 @@ class Dispatcher:
         needed = self.settings.http_timeout + RECORD_MARGIN
         while self._ready and self._counted() < self.capacity:
             ready = self._ready.popleft()
+            if ready.claim.outlet_id not in self.view.sending:  # a reload took it out since the claim
+                log.info("delivery %d not sent: outlet %s left the outlet matrix after it was claimed; its lease "
+                         "runs out", ready.claim.delivery_id, ready.claim.outlet_id)
+                continue
             left = ready.lease_until - time.monotonic()
             if left < needed:
                 if left > 0:
@@ -435,7 +478,7 @@ class Dispatcher:
     def _rendered_for(
         self, notice_id: int, notice: Notice, published_at: datetime, channel: AnyChannel, outlet: Outlet
     ) -> Rendered:
-        key = (notice_id, channel.name, self._options_key[outlet.id])
+        key = (notice_id, channel.name, self.view.options_key[outlet.id])
         rendered = self._rendered.get(key)
         if rendered is None:
             rendered = self._rendered[key] = channel.render(notice, published_at, outlet.options)

@@ -40,7 +40,12 @@ class Redactor(logging.Filter):
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         super().__init__()
-        parts: set[str] = set()
+        self.secrets: list[str] = []
+        self.learn(secrets)
+
+    def learn(self, secrets: Iterable[str | None]) -> None:
+        """Redact these secrets too (a reloaded matrix's); the ones known before stay redacted."""
+        parts: set[str] = set(self.secrets)
         for secret in filter(None, secrets):
             # TOKEN:SIGNING_SECRET (channels.base), and a whsec_ key's base64 without its prefix
             for part in {secret, *secret.split(":")}:

@@ -37,16 +37,21 @@ class Tier(StrEnum):
 
 
 class MatrixError(ValueError):
-    """The outlet matrix cannot be used; nothing was loaded and nothing was sent."""
+    """The outlet matrix cannot be used; nothing was loaded and nothing was sent. ``problems``: one line per
+    problem with an entry, ``outlet 'ID' field 'FIELD': what is wrong`` (empty when the file as a whole is)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
 
 
 class IncompleteMatrix(MatrixError):
     """The matrix is right but the environment lacks outlet secrets: configuration, not a mistake in a file."""
 
-    def __init__(self, path: Path, missing: list[str]) -> None:
+    def __init__(self, path: Path, missing: list[str], unset: list[str] | None = None) -> None:
         self.missing = missing
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        super().__init__(f"{path}: {len(missing)} outlet secret(s) not set in the environment: {shown}")
+        super().__init__(f"{path}: {len(missing)} outlet secret(s) not set in the environment: {shown}", unset)
 
 
 class Outlet(BaseModel):
@@ -232,9 +237,9 @@ def load_matrix(
     if problems:
         problems += unset
         raise MatrixError(f"{path}: " + "; ".join(problems) if len(problems) == 1
-                          else f"{path}: {len(problems)} problems:\n  " + "\n  ".join(problems))
+                          else f"{path}: {len(problems)} problems:\n  " + "\n  ".join(problems), problems)
     if missing and require_secrets:
-        raise IncompleteMatrix(path, missing)
+        raise IncompleteMatrix(path, missing, unset)
     return OutletMatrix(tuple(o for o in outlets if o.id not in operator_ids), secrets,
                         tuple(o for o in outlets if o.id in operator_ids), channels)
 

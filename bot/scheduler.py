@@ -2,7 +2,8 @@
 
 Jobs: scan the inbox, release embargoed notices whose publish_at has come, wake the
 dispatcher (a poll that backs up the immediate wake-ups), send operator alerts, prune old
-attempts, and resolve the matrix's regions again when the date changes in Chongqing. Stops
+attempts, resolve the matrix's regions again when the date changes in Chongqing, and follow the
+outlet matrix (a reload asked by SIGHUP, or done by another process: bot.matrix). Stops
 cleanly on SIGINT/SIGTERM. A store that is locked, busy or gone fails a job's run, never the
 daemon: the next run tries again. A job that fails any other way is logged with its traceback
 and runs again at its next interval; the dispatcher, which the daemon awaits, ends the daemon
@@ -39,6 +40,7 @@ from bot.alerts import Alerter
 from bot.dispatch import STORE_BACKOFF_MAX, Dispatcher
 from bot.http import Sender
 from bot.intake import FileResult, scan_inbox_off_loop
+from bot.matrix import LiveMatrix
 from bot.outlets import OutletMatrix
 from bot.regions import RegionTable
 from bot.settings import Settings
@@ -64,7 +66,7 @@ class Daemon:
         self,
         settings: Settings,
         store: Store,
-        matrix: OutletMatrix,
+        matrix: OutletMatrix | LiveMatrix,
         regions: RegionTable,
         client: Sender,
         on_recorded: Callable[[Sequence[AttemptRecord]], None] | None = None,
@@ -78,10 +80,11 @@ class Daemon:
         self.regions = regions
         self.today = today
         self.on_recorded = on_recorded
-        self.dispatcher = Dispatcher(store, matrix, settings, client, on_recorded=self._recorded)
+        self.live = LiveMatrix.of(matrix)  # the one matrix every part of the daemon reads
+        self.dispatcher = Dispatcher(store, self.live, settings, client, on_recorded=self._recorded)
         self.report = AttemptReport(self.dispatcher.pulled)
-        self.alerter = Alerter(store, matrix, settings, client, db=self.dispatcher.db)
-        self.matrix = matrix
+        self.alerter = Alerter(store, self.live, settings, client, db=self.dispatcher.db)
+        self.live.on_change(self._matrix_changed)
         self.regions_day: date | None = None
         self.stop = stop or asyncio.Event()
         self.scheduler: AsyncIOScheduler | None = None
@@ -91,11 +94,14 @@ class Daemon:
 
     @property
     def matrix(self) -> OutletMatrix:
-        return self._matrix
+        return self.live.matrix
 
     @matrix.setter
-    def matrix(self, matrix: OutletMatrix) -> None:  # one matrix for every part of the daemon
-        self._matrix = self.dispatcher.matrix = self.alerter.matrix = matrix
+    def matrix(self, matrix: OutletMatrix) -> None:
+        self.live.replace(matrix)
+
+    def _matrix_changed(self, matrix: OutletMatrix) -> None:
+        self.report.pulled = self.dispatcher.pulled
 
     async def run(self, until_idle: bool = False, max_wait: float | None = None) -> None:
         """Send until stopped, or (``until_idle``) until nothing is due; ``max_wait``: an until-idle run stops
@@ -130,6 +136,7 @@ class Daemon:
 
         scheduler.add_job(resolve_regions, "cron", hour="*", timezone=CHONGQING, id="resolve_regions")
         every(dispatch_due, tick)
+        every(self.follow_matrix, tick, at_once=True)
         every(self.report_attempts, tick)
         if until_idle:
             self.max_wait = max_wait
@@ -137,7 +144,7 @@ class Daemon:
         scheduler.start()
         try:
             if self.cluster_jobs:  # files already waiting count before an until-idle run decides it is idle
-                for job in (self.scan_inbox, self.release_embargoed):
+                for job in (self.adopt_matrix, self.scan_inbox, self.release_embargoed):
                     try:
                         await job()
                     except Exception:
@@ -205,6 +212,26 @@ class Daemon:
 
     def install_signal_handlers(self) -> None:
         install_signal_handlers(self.stop)
+
+    async def adopt_matrix(self) -> None:
+        """At start-up: outlets the store knows and this matrix lacks have their pending deliveries held
+        ("removed from matrix"); outlets in it that a reload had taken out are back."""
+        try:
+            await self.dispatcher.db(self.store.matrix.adopt, [o.id for o in self.matrix.outlets])
+        except STORE_FAULTS as exc:
+            log.warning("the store's list of removed outlets was not brought up to date: %s", describe_fault(exc))
+
+    async def follow_matrix(self) -> None:
+        """Do a reload asked for (SIGHUP), or follow one another process did (bot.matrix)."""
+        try:
+            changes = await self.live.look(self.store, self.dispatcher.db)
+        except STORE_FAULTS as exc:
+            log.warning("could not look for a reloaded outlet matrix: %s; looking again at the next interval",
+                        describe_fault(exc))
+            return
+        if changes is not None:
+            self.regions_day = self.today()  # a reload resolves the regions on the day it reads the file
+            self.dispatcher.wake()  # an outlet that came back has deliveries due
 
     def resolve_regions(self) -> None:
         """Resolve the outlets' regions on today's Chongqing date, if it changed: a district merged into

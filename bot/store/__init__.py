@@ -8,7 +8,8 @@ PostgreSQL for scale-out. Every call is synchronous and short; the dispatcher ma
 - ``store.health``: each outlet's breaker and pause, shared by every worker;
 - ``store.outbox``: operator alerts, taken by each operator channel on its own;
 - ``store.log``: the read-only delivery log (pages, filters, per-tier summaries, feeds);
-- ``store.cluster``: the leader lock, the LISTEN dsn, SQLite's ``data_version`` look.
+- ``store.cluster``: the leader lock, the LISTEN dsn, SQLite's ``data_version`` look;
+- ``store.matrix``: the outlet matrix's generation (reloads), and the outlets a reload took out.
 
     >>> store = Store.open("sqlite:///var/debunkbot.sqlite3")              # doctest: +SKIP
     >>> store.queue.add_notices([(notice, outlets)], source="cli")       # doctest: +SKIP
@@ -35,14 +36,25 @@ from bot.store.engine import (
 )
 from bot.store.health import OutletHealth
 from bot.store.log import DeliveryLog, Page, dumps
+from bot.store.matrix import MatrixRecord
 from bot.store.outbox import Outbox
 from bot.store.queue import Added, AttemptRecord, Claim, Queue, RefConflict, new_message_id
-from bot.store.tables import UTCDateTime, alert_sends, alerts, attempts, deliveries, metadata, notices, outlet_health
+from bot.store.tables import (
+    UTCDateTime,
+    alert_sends,
+    alerts,
+    attempts,
+    deliveries,
+    matrix_reloads,
+    metadata,
+    notices,
+    outlet_health,
+)
 
 __all__ = [
-    "STORE_FAULTS", "WORK_CHANNEL", "Added", "AttemptRecord", "Claim", "Cluster", "DeliveryLog", "Outbox",
+    "STORE_FAULTS", "WORK_CHANNEL", "Added", "AttemptRecord", "Claim", "Cluster", "DeliveryLog", "MatrixRecord", "Outbox",
     "OutletHealth", "Page", "Queue", "RefConflict", "Store", "UTCDateTime", "alert_sends", "alerts", "attempts",
-    "clean_text", "deliveries", "describe_fault", "dumps", "is_disk_full", "make_engine", "metadata",
+    "clean_text", "deliveries", "describe_fault", "dumps", "is_disk_full", "make_engine", "matrix_reloads", "metadata",
     "new_message_id", "notices", "outlet_health", "utcnow",
 ]
 
@@ -59,6 +71,7 @@ class Store:
         self.outbox = Outbox(self.db)
         self.log = DeliveryLog(self.db)
         self.cluster = Cluster(self.db)
+        self.matrix = MatrixRecord(self.db)
 
     @property
     def owner(self) -> str:

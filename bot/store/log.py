@@ -2,8 +2,9 @@
 dashboard read. Pages with a cursor, filters by notice, outlet, tier and state, summaries per tier.
 
 A delivery's state is what an operator needs to act on: ``pending`` (due, in flight or waiting for its
-next try), ``delivered``, ``failed``, or ``held``, with a reason: ``embargo until T``, ``outlet paused``,
-``breaker open until T`` or ``rate limit until T``.
+next try), ``delivered``, ``failed``, or ``held``, with a reason: ``embargo until T``, ``removed from matrix``
+(a reload took its outlet out; a reload that brings it back sends it), ``outlet paused``, ``breaker open until
+T`` or ``rate limit until T``.
 
     >>> page = store.log.page(tier="district", status="held", limit=50)     # doctest: +SKIP
     >>> store.log.page(tier="district", status="held", after=page.next)     # doctest: +SKIP
@@ -38,6 +39,7 @@ def _hold(now: datetime) -> tuple[Any, Any]:
     pending = d.c.status == "pending"
     kind = sa.case(
         (d.c.status == "held", "embargo"),
+        (pending & h.c.removed_at.is_not(None), "removed from matrix"),
         (pending & h.c.paused_at.is_not(None), "outlet paused"),
         (pending & (h.c.open_until > now), "breaker open"),
         (pending & (h.c.rate_limited_until > now), "rate limit"),
@@ -45,7 +47,7 @@ def _hold(now: datetime) -> tuple[Any, Any]:
     )
     until = sa.type_coerce(sa.case(
         (d.c.status == "held", d.c.next_attempt_at),
-        (pending & h.c.paused_at.is_not(None), sa.null()),
+        (pending & (h.c.removed_at.is_not(None) | h.c.paused_at.is_not(None)), sa.null()),
         (pending & (h.c.open_until > now), h.c.open_until),
         (pending & (h.c.rate_limited_until > now), h.c.rate_limited_until),
         else_=sa.null(),
@@ -191,12 +193,12 @@ class DeliveryLog:
 
     def unsettled(self) -> list[Any]:
         """Deliveries not yet settled, counted per outlet, stored status and embargo (one grouped query):
-        outlet_id, status, embargoed, count, next_at, publish_at, paused_at, open_until."""
+        outlet_id, status, embargoed, count, next_at, publish_at, paused_at, open_until, removed_at."""
         query = (
             sa.select(d.c.outlet_id, d.c.status, n.c.released_at.is_(None).label("embargoed"),
                       sa.func.count().label("count"), sa.func.min(d.c.next_attempt_at).label("next_at"),
                       sa.func.min(n.c.publish_at).label("publish_at"), sa.func.max(h.c.paused_at).label("paused_at"),
-                      sa.func.max(h.c.open_until).label("open_until"))
+                      sa.func.max(h.c.open_until).label("open_until"), sa.func.max(h.c.removed_at).label("removed_at"))
             .select_from(d.join(n, n.c.id == d.c.notice_id).outerjoin(h, h.c.outlet_id == d.c.outlet_id))
             .where(d.c.status.in_(("pending", "held")))
             .group_by(d.c.outlet_id, d.c.status, n.c.released_at.is_(None))

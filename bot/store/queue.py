@@ -43,9 +43,11 @@ def claimable(now: datetime, t: Any = d) -> sa.ColumnElement[bool]:
 
 
 def outlet_takes_sends(now: datetime) -> sa.ColumnElement[bool]:
-    """The outlet (joined as ``outlet_health``, maybe without a row) is not paused, its breaker is not open
-    (a cooled-down breaker lets a probe through) and its rate limit is not used up."""
-    return sa.and_(h.c.paused_at.is_(None), sa.or_(h.c.open_until.is_(None), h.c.open_until <= now),
+    """The outlet (joined as ``outlet_health``, maybe without a row) is in the matrix (no reload took it out)
+    and not paused, its breaker is not open (a cooled-down breaker lets a probe through) and its rate limit is
+    not used up."""
+    return sa.and_(h.c.removed_at.is_(None), h.c.paused_at.is_(None),
+                   sa.or_(h.c.open_until.is_(None), h.c.open_until <= now),
                    sa.or_(h.c.rate_limited_until.is_(None), h.c.rate_limited_until <= now))
 
 
@@ -186,6 +188,7 @@ class Queue:
     def claim(
         self, limit: int, per_outlet: int, lease: timedelta, now: datetime | None = None,
         rate_limits: Mapping[str, Sequence[RateLimit]] | None = None, skip_outlets: Collection[str] = (),
+        outlets: Collection[str] | None = None,
     ) -> list[Claim]:
         """Claim up to ``limit`` due deliveries under a lease, oldest first, filling up from every outlet
         that has room.
@@ -195,10 +198,16 @@ class Queue:
         every claim in flight, so the limits hold across restarts and workers. Outlets that are paused, have
         their breaker open or their rate limit used up are skipped; an outlet whose rate limit is used up
         waits (``rate_limited_until``) for its window to free. Outlets in ``skip_outlets`` (feeds: they
-        fetch) are never claimed.
+        fetch) are never claimed, nor (``outlets`` given) any outlet not among ``outlets``: a process claims
+        only for the outlets its matrix has, even while another process's reload has changed the matrix.
         """
+        if outlets is not None:
+            skip_outlets = set(skip_outlets)
+            outlets = [o for o in outlets if o not in skip_outlets]
+            if not outlets:
+                return []
         limits = [(o, rl.count, rl.seconds) for o, rls in (rate_limits or {}).items() for rl in rls
-                  if o not in skip_outlets]
+                  if o not in skip_outlets and (outlets is None or o in outlets)]
         with self.db.tx() as conn:
             if self.db.postgres:
                 # Claimers take turns, so per-outlet and rate limits count what every worker has in flight.
@@ -219,7 +228,8 @@ class Queue:
             room_left = cap - sa.func.coalesce(busy.c.n, 0)
             room = (sa.select(h.c.outlet_id, room_left.label("room")).select_from(joined)
                     .where(outlet_takes_sends(now), room_left > 0,
-                           *([h.c.outlet_id.not_in(list(skip_outlets))] if skip_outlets else []))
+                           *([h.c.outlet_id.in_(list(outlets))] if outlets is not None
+                             else [h.c.outlet_id.not_in(list(skip_outlets))] if skip_outlets else []))
                     .cte("room"))
             # each such outlet's oldest claimable deliveries (an index search per outlet: flat under any backlog)
             e = d.alias("e")
@@ -410,18 +420,21 @@ class Queue:
             )
             return {row.id: (Notice.from_stored(row.payload), row.released_at or row.submitted_at) for row in rows}
 
-    def next_due_at(self, skip_outlets: Collection[str] = ()) -> datetime | None:
+    def next_due_at(self, skip_outlets: Collection[str] = (), outlets: Collection[str] | None = None
+                    ) -> datetime | None:
         """When the earliest pending delivery comes due (on this process's clock); None when nothing is
         pending. A delivery waits for the latest of: its next try, another process's lease on it, its
-        outlet's open breaker and its outlet's rate window. Paused outlets' deliveries wait for an operator."""
+        outlet's open breaker and its outlet's rate window. Paused outlets' deliveries wait for an operator,
+        removed outlets' for a reload that brings them back; ``outlets`` given, only theirs are looked at."""
         due: Any = d.c.next_attempt_at
         for later in (d.c.lease_expires_at, h.c.open_until, h.c.rate_limited_until):
             due = sa.type_coerce(sa.case((later > due, later), else_=due), UTCDateTime)
         with self.db.read() as conn:
             when: datetime | None = conn.execute(
                 sa.select(sa.func.min(due)).select_from(d.outerjoin(h, h.c.outlet_id == d.c.outlet_id)).where(
-                    d.c.status == "pending", h.c.paused_at.is_(None),
+                    d.c.status == "pending", h.c.paused_at.is_(None), h.c.removed_at.is_(None),
                     *([d.c.outlet_id.not_in(list(skip_outlets))] if skip_outlets else []),
+                    *([d.c.outlet_id.in_(list(outlets))] if outlets is not None else []),
                 )
             ).scalar_one_or_none()
         return None if when is None else when - self.db.skew

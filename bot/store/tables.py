@@ -105,6 +105,19 @@ outlet_health = sa.Table(
     sa.Column("last_failure_at", UTCDateTime, nullable=True),
     sa.Column("open_until", UTCDateTime, nullable=True),  # breaker open: no sends before then, then one probe
     sa.Column("rate_limited_until", UTCDateTime, nullable=True),  # its rate limit is used up until then
+    # not in the outlet matrix since a reload: its pending deliveries are held until a reload brings it back
+    sa.Column("removed_at", UTCDateTime, nullable=True),
+)
+
+# Each reload of the outlet matrix (SIGHUP, POST /api/v1/matrix:reload): its id is the matrix generation every
+# process follows, reloading its own outlets.yaml when it sees a newer one. ``changes``: the outlet ids added,
+# removed and changed, as JSON; never a URL or a secret.
+matrix_reloads = sa.Table(
+    "matrix_reloads", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("reloaded_at", UTCDateTime, nullable=False),
+    sa.Column("reloaded_by", sa.String(200), nullable=False),
+    sa.Column("changes", sa.Text, nullable=False),
 )
 
 # Operator alerts: an outbox, deduplicated by key, written in the transaction that saw the event.

@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bot.matrix import LiveMatrix
 from bot.outlets import OutletMatrix
 from bot.regions import RegionTable
 from bot.settings import Settings
@@ -36,12 +37,20 @@ PROBLEM = "application/problem+json"
 
 @dataclass
 class Site:
-    """What the server's handlers share. ``matrix`` is the live matrix: a reload replaces it whole."""
+    """What the server's handlers share. ``live`` is the live matrix (an OutletMatrix given here is made live):
+    a reload replaces ``site.matrix`` whole, for the daemon in the same process too when they share it."""
 
     settings: Settings
     store: Store
     regions: RegionTable
-    matrix: OutletMatrix
+    live: LiveMatrix  # an OutletMatrix given here is made live
+
+    def __post_init__(self) -> None:
+        self.live = LiveMatrix.of(self.live)
+
+    @property
+    def matrix(self) -> OutletMatrix:
+        return self.live.matrix
 
 
 class Problem(Exception):
@@ -90,6 +99,10 @@ def create_app(site: Site) -> FastAPI:
 
     for fault in STORE_FAULTS:
         app.add_exception_handler(fault, _store_down)
+
+    from bot.web import matrix
+
+    app.include_router(matrix.router)
 
     @app.get("/healthz", tags=["health"], summary="The process answers")
     async def healthz() -> dict[str, str]:

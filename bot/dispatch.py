@@ -143,6 +143,7 @@ class Dispatcher:
         # at once instead of waiting for a store round trip.
         self._ready: deque[Ready] = deque()
         self._stale: list[Ready] = []  # left the queue with too little lease for a send: renew first
+        self._left_matrix: list[int] = []  # claimed, then a reload took the outlet out: given back unsent
         self._unrecorded: list[AttemptRecord] = []
         # notices of recent claims, so a fan-out loads each once; a claim carries its own (Ready), so this
         # cache may forget a notice at any time without harm
@@ -192,6 +193,8 @@ class Dispatcher:
                 if store_ok and self._stale:
                     await self._renew_stale()
                     continue
+                if store_ok and self._left_matrix:
+                    await self._give_back()
                 if store_ok and (room >= max(1, self.capacity // 2) or (room > 0 and self._wake.is_set())):
                     self._wake.clear()
                     try:
@@ -303,8 +306,10 @@ class Dispatcher:
         while self._ready and self._counted() < self.capacity:
             ready = self._ready.popleft()
             if ready.claim.outlet_id not in self.view.sending:  # a reload took it out since the claim
-                log.info("delivery %d not sent: outlet %s left the outlet matrix after it was claimed; its lease "
-                         "runs out", ready.claim.delivery_id, ready.claim.outlet_id)
+                log.info("delivery %d not sent: outlet %s left the outlet matrix after it was claimed",
+                         ready.claim.delivery_id, ready.claim.outlet_id)
+                self._left_matrix.append(ready.claim.delivery_id)
+                self._wake.set()
                 continue
             left = ready.lease_until - time.monotonic()
             if left < needed:
@@ -317,6 +322,14 @@ class Dispatcher:
             task = asyncio.create_task(self._deliver(ready))
             self._in_flight[task] = time.monotonic()
             task.add_done_callback(self._sent)
+
+    async def _give_back(self) -> None:
+        """Give back the claims of outlets a reload took out, so they are sent at once if it brings them back."""
+        ids, self._left_matrix = self._left_matrix, []
+        try:
+            await self.db(self.store.queue.release_claims, ids)
+        except STORE_FAULTS as exc:  # their leases run out instead
+            self._store_fault("give back claims", exc)
 
     async def _renew_stale(self) -> None:
         """Renew the leases of claims that waited too long for a slot, and send those still ours first."""

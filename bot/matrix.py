@@ -145,6 +145,8 @@ class LiveMatrix:
         generation = await off_loop(store.matrix.generation)
         if self.generation is None:
             self.generation = generation
+            log.info("outlet matrix: %d outlets; following its reloads from generation %d (SIGHUP or POST "
+                     "/api/v1/matrix:reload reloads it everywhere)", len(self.matrix), generation)
             return None
         if generation <= self.generation:
             return None

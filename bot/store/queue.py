@@ -361,11 +361,12 @@ class Queue:
                 .returning(d.c.id)
             ).scalars())
 
-    def release_claims(self) -> int:
-        """Give back this owner's unfinished claims (graceful shutdown)."""
+    def release_claims(self, delivery_ids: Collection[int] | None = None) -> int:
+        """Give back this owner's unfinished claims (graceful shutdown), or only these deliveries'."""
         with self.db.tx() as conn:
             released = conn.execute(
-                d.update().where(d.c.lease_owner == self.db.owner, d.c.status == "pending")
+                d.update().where(d.c.lease_owner == self.db.owner, d.c.status == "pending",
+                                 *([d.c.id.in_(list(delivery_ids))] if delivery_ids is not None else []))
                 .values(lease_owner=None, lease_expires_at=None)
             ).rowcount
             if released:

@@ -109,9 +109,13 @@ def _live(settings: Settings, regions: RegionTable, matrix: OutletMatrix) -> Liv
     from bot.logs import Redactor
 
     live = LiveMatrix(matrix, load=file_loader(settings, regions))
-    for redactor in [f for handler in logging.getLogger().handlers for f in handler.filters]:
-        if isinstance(redactor, Redactor):
-            live.on_change(lambda new, r=redactor: r.learn(_secrets(new)))  # type: ignore[misc]
+    redactors = [f for handler in logging.getLogger().handlers for f in handler.filters if isinstance(f, Redactor)]
+
+    def learn(new: OutletMatrix) -> None:
+        for redactor in redactors:
+            redactor.learn(_secrets(new))
+
+    live.on_change(learn)
     return live
 
 

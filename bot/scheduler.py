@@ -400,6 +400,7 @@ class Outstanding:
     retry: Waiting = dataclasses.field(default_factory=Waiting)  # the retry schedule
     embargo: Waiting = dataclasses.field(default_factory=Waiting)  # publish_at not reached
     paused: Waiting = dataclasses.field(default_factory=Waiting)  # an operator resumes the outlet
+    removed: Waiting = dataclasses.field(default_factory=Waiting)  # a reload brings the outlet back
     fetch: Waiting = dataclasses.field(default_factory=Waiting)  # feed outlets fetch them
 
     def next_send_at(self) -> datetime | None:
@@ -427,6 +428,9 @@ class Outstanding:
         if self.paused.count:
             parts.append(f"{_n(self.paused.count, 'delivery', 'deliveries')} at paused outlets "
                          f"({_ids(self.paused.outlets)}; `debunkbot outlets resume ID`)")
+        if self.removed.count:
+            parts.append(f"{_n(self.removed.count, 'delivery', 'deliveries')} held: removed from matrix "
+                         f"({_ids(self.removed.outlets)}; a matrix reload that brings them back sends them)")
         if self.fetch.count:
             verb = "waits" if self.fetch.count == 1 else "wait"
             parts.append(f"{_n(self.fetch.count, 'delivery', 'deliveries')} {verb} for a fetch "
@@ -441,6 +445,8 @@ def outstanding(store: Store, pulled: frozenset[str], now: datetime) -> Outstand
     for r in rows:
         if r.embargoed:
             left.embargo.add(r.count, r.outlet_id, r.publish_at)
+        elif r.removed_at is not None:
+            left.removed.add(r.count, r.outlet_id)
         elif r.outlet_id in pulled:
             left.fetch.add(r.count, r.outlet_id)
         elif r.paused_at is not None or r.status == "held":

@@ -65,6 +65,12 @@ def test_a_log_that_is_not_a_terminal_gets_one_unwrapped_line_per_record_with_an
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", stamp), stamp
 
 
+def test_a_secret_learned_from_a_reloaded_matrix_is_redacted_and_the_old_ones_still_are() -> None:
+    redactor = Redactor(["SECold0123456789"])
+    redactor.learn(["TOKENnew:SECnew0123456789"])
+    assert redactor.redact("SECold0123456789 TOKENnew SECnew0123456789") == "[secret] [secret] [secret]"
+
+
 def test_short_or_empty_secrets_do_not_redact_ordinary_words() -> None:
     assert Redactor(["", None, "abc"]).redact("abc delivered") == "abc delivered"
 

@@ -27,7 +27,7 @@ from bot.settings import Settings
 from bot.store import Store
 from bot.testing import WebhookOutlets
 from tests.conftest import outlet_entries, whsec
-from tests.test_scheduler import RunningBot, stop, until
+from tests.test_scheduler import DEADLINE, RunningBot, stop, until
 
 OUTLETS = 4  # the loopback outlets; the matrix starts with the first three
 
@@ -201,6 +201,24 @@ async def test_a_run_and_a_worker_on_one_store_both_follow_one_reload(bot: Reloa
     assert await stop(worker) == 0, bot.log("worker.log")
 
 
+async def test_run_started_without_an_outlet_holds_its_deliveries_and_started_with_it_again_sends_them(
+    bot: ReloadableBot,
+) -> None:
+    await bot.submit(bot.write_notice(bot.tmp, "cq-submitted"))  # with outlet-0002 in the file
+    bot.write_matrix(ids(0, 1))
+    proc = await bot.start("--until-idle", log="without.log")
+    assert await asyncio.wait_for(proc.wait(), timeout=DEADLINE) == 0, bot.log("without.log")
+    assert delivered_to(bot, "cq-submitted") == set(ids(0, 1))
+    (idle,) = bot.lines("idle:", "without.log")
+    assert "1 delivery held: removed from matrix (outlet-0002;" in idle
+
+    bot.write_matrix(ids(0, 1, 2))
+    proc = await bot.start("--until-idle", log="with.log")
+    assert await asyncio.wait_for(proc.wait(), timeout=DEADLINE) == 0, bot.log("with.log")
+    assert delivered_to(bot, "cq-submitted") == set(ids(0, 1, 2))
+    assert bot.lines("idle: nothing left to send", "with.log")
+
+
 # -- the parts, in this process --------------------------------------------------------------------------------
 
 
@@ -241,6 +259,29 @@ async def test_a_process_whose_file_is_bad_keeps_its_matrix_and_says_so_once(
     assert there.matrix is before and there.generation == 1
     refusals = [r for r in caplog.records if "generation 1 (reloaded elsewhere) refused on this machine" in r.message]
     assert len(refusals) == 1 and "not valid UTF-8 YAML" in refusals[0].message
+
+
+async def test_a_process_without_a_daemon_follows_reloads_while_it_keeps_following(
+    store: Store, two_machines: Callable[..., tuple[Path, LiveMatrix]],
+) -> None:
+    entries, environ = entries_at(3)
+    here_path, here = two_machines("here", entries, environ)
+    there_path, web = two_machines("there", entries, environ)
+    stopping = asyncio.Event()
+    following = asyncio.create_task(web.keep_following(store, 0.05, stopping))
+    try:
+        while web.generation is None:
+            await asyncio.sleep(0.01)
+        for path in (here_path, there_path):  # both machines' copies get the same edit
+            path.write_text(yaml.safe_dump({"outlets": entries[:2]}, allow_unicode=True), encoding="utf-8")
+        await here.reload(store, by="test")
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(web.matrix) != 2 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert [o.id for o in web.matrix.outlets] == ["outlet-0000", "outlet-0001"] and web.generation == 1
+    finally:
+        stopping.set()
+        await following
 
 
 async def test_a_reload_is_recorded_with_who_asked_and_what_changed_by_id_only(

@@ -2,7 +2,7 @@
 took out (their pending deliveries are held, "removed from matrix", until a reload brings them back).
 
     >>> generation = store.matrix.reloaded(["city-cqrb", "dist-yuzhong"], by="SIGHUP to web-1-4242",
-    ...                                    changes={"added": ["dist-yuzhong"], "removed": [], "changed": []})
+    ...                                    changes={"added": ["dist-yuzhong"], "removed": [], "changed": []})  # doctest: +SKIP
     >>> store.matrix.generation()                                        # doctest: +SKIP
     7
 """

@@ -98,11 +98,12 @@ def _store(settings: Settings) -> Store:
         raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
-def _logging(verbose: bool, matrix: OutletMatrix | None = None) -> None:
+def _logging(verbose: bool, matrix: OutletMatrix | None = None, log_format: str = "text") -> None:
     """Log to stderr, every record redacted: the matrix's secrets, and anything shaped like a credential."""
     from bot.logs import setup_logging
 
-    setup_logging(verbose, [matrix.secret_for(o.id) for o in (*matrix.outlets, *matrix.operators)] if matrix else ())
+    setup_logging(verbose, [matrix.secret_for(o.id) for o in (*matrix.outlets, *matrix.operators)] if matrix else (),
+                  log_format=log_format)
 
 
 @app.command()
@@ -187,7 +188,7 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
     settings = _settings()
     regions = _regions(settings)
     matrix = _matrix(settings, regions)
-    _logging(verbose, matrix)
+    _logging(verbose, matrix, settings.log_format)
     log = logging.getLogger("debunkbot")
 
     async def main() -> int:
@@ -545,7 +546,7 @@ def demo(keep: Annotated[Path | None, typer.Option(
     from bot.demo import run_demo
 
     if keep is not None:
-        _logging(False)
+        _logging(False, log_format=_settings().log_format)
     raise typer.Exit(asyncio.run(run_demo(console, keep)))
 
 

@@ -39,6 +39,7 @@ from bot.alerts import Alerter
 from bot.dispatch import STORE_BACKOFF_MAX, Dispatcher
 from bot.http import Sender
 from bot.intake import FileResult, scan_inbox_off_loop
+from bot.logs import log_fields
 from bot.outlets import OutletMatrix
 from bot.regions import RegionTable
 from bot.settings import Settings
@@ -131,6 +132,7 @@ class Daemon:
         scheduler.add_job(resolve_regions, "cron", hour="*", timezone=CHONGQING, id="resolve_regions")
         every(dispatch_due, tick)
         every(self.report_attempts, tick)
+        every(self.save_store_errors, tick)
         if until_idle:
             self.max_wait = max_wait
             every(self.report_waiting, tick)
@@ -158,6 +160,7 @@ class Daemon:
             await running.finished(self.settings.shutdown_grace)
             scheduler.shutdown(wait=False)
             await self.report_attempts()
+            await self.save_store_errors()
             await self.dispatcher.close()
 
     def _recorded(self, batch: Sequence[AttemptRecord]) -> None:
@@ -177,6 +180,13 @@ class Daemon:
                 self.report.unreported[:0] = batch
                 return
         self.report.log(batch)
+
+    async def save_store_errors(self) -> None:
+        """Add the store errors this process saw to the store's count (/metrics), once it answers again. With
+        none to add, no store call is made."""
+        if self.store.errors.unsaved:
+            with contextlib.suppress(*STORE_FAULTS):  # still unavailable: kept for the next tick
+                await self.dispatcher.db(self.store.errors.save)
 
     def outstanding(self) -> Outstanding:
         """Store thread: what is left, and what each part waits for."""
@@ -319,13 +329,17 @@ class AttemptReport:
             where = f"{ref} to {r.outlet_id}"
             status = f"HTTP {r.http_status}" if r.http_status else ""
             reason = r.error if r.error and r.error.startswith(status) else ": ".join(filter(None, (status, r.error)))
+            fields = log_fields(notice_ref=ref if notice_id else None, outlet_id=r.outlet_id, delivery_id=r.delivery_id,
+                                attempt=r.attempt, trigger=r.trigger, duration_ms=r.latency_ms, outcome=r.outcome,
+                                http_status=r.http_status)
             if r.outcome == "delivered":
-                log.debug("%s: attempt %d delivered (HTTP %s, %.0f ms)", where, r.attempt, r.http_status, r.latency_ms)
+                log.debug("%s: attempt %d delivered (HTTP %s, %.0f ms)", where, r.attempt, r.http_status, r.latency_ms,
+                          extra=fields)
             elif r.outcome == "retry":
                 when = r.next_attempt_at.isoformat(timespec="seconds") if r.next_attempt_at else "later"
-                log.warning("%s: attempt %d failed: %s; next try at %s", where, r.attempt, reason, when)
+                log.warning("%s: attempt %d failed: %s; next try at %s", where, r.attempt, reason, when, extra=fields)
             else:
-                log.error("%s: delivery failed after %d attempt(s): %s", where, r.attempt, reason)
+                log.error("%s: delivery failed after %d attempt(s): %s", where, r.attempt, reason, extra=fields)
             fanout = self.fanouts.get(notice_id)
             if fanout is None or r.attempt != 1:
                 continue
@@ -339,7 +353,7 @@ class AttemptReport:
                 took = (fanout.ended - fanout.started).total_seconds()
                 log.info("%s fanned out to %d outlet(s) in %.2fs: %d delivered, %d to retry, %d failed", fanout.ref,
                          fanout.outlets, took, fanout.outcomes["delivered"], fanout.outcomes["retry"],
-                         fanout.outcomes["failed"])
+                         fanout.outcomes["failed"], extra=log_fields(notice_ref=fanout.ref, duration_ms=took * 1000))
 
 
 def _n(count: int, one: str, many: str) -> str:

@@ -316,7 +316,7 @@ class Queue:
                 ],
             )
             self.health.after_attempts(conn, records, now, policy)
-            add_latencies(conn, ((r.channel, r.outlet_id, r.latency_ms) for r in records))
+            add_latencies(conn, ((r.channel, r.latency_ms) for r in records))
 
     def record_fetch(self, outlet_id: str, delivery_ids: Sequence[int], latency_ms: float = 0.0,
                      now: datetime | None = None) -> int:
@@ -339,7 +339,7 @@ class Queue:
                 .values(status="delivered", attempts=d.c.attempts + 1, next_attempt_at=None, http_status=200,
                         error=None, delivered_at=now, updated_at=now)
             )
-            add_latencies(conn, [("feed", outlet_id, latency_ms)] * len(rows))
+            add_latencies(conn, [("feed", latency_ms)] * len(rows))
         return len(rows)
 
     def renew_leases(self, delivery_ids: Collection[int], lease: timedelta) -> set[int]:

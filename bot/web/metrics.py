@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 router = APIRouter(tags=["metrics"])
 log = logging.getLogger("debunkbot.web")
 
-UNKNOWN = "unknown"  # the channel of an outlet no longer in the matrix
+UNKNOWN = "unknown"  # the channel and tier of an outlet no longer in the matrix
 
 
 class StoreCollector(Collector):
@@ -71,11 +71,15 @@ class StoreCollector(Collector):
             outlet = outlets.get(outlet_id)
             return outlet.channel if outlet else UNKNOWN
 
+        def tier(outlet_id: str) -> str:
+            outlet = outlets.get(outlet_id)
+            return outlet.tier.value if outlet else UNKNOWN
+
         deliveries = GaugeMetricFamily("debunkbot_deliveries", "Deliveries by state (pending, held, delivered, "
-                                       "failed), the outlet's channel and tier", labels=["state", "channel", "tier"])
+                                       "failed), their outlet's channel and tier", labels=["state", "channel", "tier"])
         by_label: dict[tuple[str, str, str], int] = {}
-        for (outlet_id, tier, state), count in figures.deliveries.items():
-            key = (state, channel(outlet_id), tier)
+        for (outlet_id, state), count in figures.deliveries.items():
+            key = (state, channel(outlet_id), tier(outlet_id))
             by_label[key] = by_label.get(key, 0) + count
         for key, count in sorted(by_label.items()):
             deliveries.add_metric(list(key), count)

@@ -182,3 +182,41 @@ async def test_a_scrape_when_the_store_is_unreachable_says_so_and_counts_the_err
             store.close()
     assert samples == {("debunkbot_store_up", ()): 0.0}
     assert store.errors.unsaved == {"unavailable": 1}  # the read that failed; saved once the store is back
+
+
+async def test_a_workers_store_errors_reach_any_servers_scrape_once_the_store_is_back(
+    tmp_path: Path, regions: RegionTable, loopback: Callable[..., Any], make_notice: Callable[..., Notice],
+) -> None:
+    from bot.scheduler import Daemon
+
+    _, matrix = await loopback(3)
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    settings = Settings(database_url=url, scan_interval=0.05, http_timeout=2)
+    worker, server = Store.open(url, busy_timeout=0.05), Store.open(url)
+    holder = sqlite3.connect(tmp_path / "store.sqlite3", timeout=10, isolation_level=None)
+    stop = asyncio.Event()
+    try:
+        async with make_sender(settings) as client:
+            daemon = Daemon(settings, worker, matrix, regions, client, cluster_jobs=False, stop=stop)
+            running = asyncio.create_task(daemon.run())
+            holder.execute("BEGIN EXCLUSIVE")  # a stuck writer: the worker's claims fail until it lets go
+            await until(lambda: worker.errors.unsaved["locked"] >= 2)
+            holder.execute("COMMIT")
+            server.queue.add_notices([(make_notice(), matrix.outlets)], source="test")
+            await until(lambda: not worker.errors.unsaved and server.log.counts() == {"delivered": 3})
+            stop.set()
+            await asyncio.wait_for(running, timeout=20)
+        samples = await scrape(server, matrix, regions, settings)
+        assert samples["debunkbot_store_errors_total", (("kind", "locked"),)] >= 2
+        assert samples["debunkbot_attempt_latency_seconds_count", (("channel", "webhook"),)] == 3
+    finally:
+        holder.close()
+        worker.close()
+        server.close()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
+        await asyncio.sleep(0.02)

@@ -227,14 +227,16 @@ class Daemon:
             try:
                 outlets.append(outlet.model_copy(update={"region": self.regions.resolve(outlet.region, day)}))
             except ValueError as exc:
-                log.warning("outlet %s keeps region %s: %s", outlet.id, outlet.region, exc)
+                log.warning("outlet %s keeps region %s: %s", outlet.id, outlet.region, exc,
+                            extra=log_fields(outlet_id=outlet.id))
                 outlets.append(outlet)
         changed = [(old.id, old.region, new.region) for old, new in zip(self.matrix.outlets, outlets, strict=True)
                    if old.region != new.region]
         if changed:
             self.matrix = dataclasses.replace(self.matrix, outlets=tuple(outlets))
             for outlet_id, old_region, new_region in changed:
-                log.info("outlet %s: region %s is %s from %s (Chongqing date)", outlet_id, old_region, new_region, day)
+                log.info("outlet %s: region %s is %s from %s (Chongqing date)", outlet_id, old_region, new_region, day,
+                         extra=log_fields(outlet_id=outlet_id))
         self.regions_day = day
 
     async def scan_inbox(self) -> list[FileResult]:

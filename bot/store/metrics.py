@@ -74,7 +74,7 @@ def kind_of(exc: BaseException) -> str:
     if isinstance(exc, Exception) and is_disk_full(exc):
         return "disk_full"
     orig = getattr(exc, "orig", None) or exc
-    if getattr(orig, "sqlstate", None) in ("55P03", "40P01", "40001", "57014"):
+    if getattr(orig, "sqlstate", None) in ("55P03", "40P01", "40001"):
         return "locked"
     text = str(orig).lower()
     return "locked" if "locked" in text or "busy" in text else "unavailable"

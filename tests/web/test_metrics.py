@@ -220,3 +220,34 @@ async def until(condition: Callable[[], bool], timeout: float = 20) -> None:
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
         await asyncio.sleep(0.02)
+
+
+async def test_pruning_old_attempts_never_takes_a_count_back(
+    store: Store, settings: Settings, regions: RegionTable, loopback: Callable[..., Any],
+    make_notice: Callable[..., Notice],
+) -> None:
+    _, matrix = await loopback(5)
+    store.queue.add_notices([(make_notice(), matrix.outlets)], source="test")
+    await dispatch(store, matrix, settings)
+    before = await scrape(store, matrix, regions, settings)
+
+    assert store.queue.prune_attempts(datetime.now(UTC) + timedelta(days=1)) == 5
+    after = await scrape(store, matrix, regions, settings)
+    latency = {k: v for k, v in before.items() if k[0].startswith("debunkbot_attempt_latency_seconds")}
+    assert latency and all(after[key] == value for key, value in latency.items())
+
+
+async def test_a_feed_fetch_counts_as_an_attempt_of_the_feed_channel(
+    store: Store, settings: Settings, regions: RegionTable, loopback: Callable[..., Any],
+    make_notice: Callable[..., Notice],
+) -> None:
+    _, matrix = await loopback(2)
+    store.queue.add_notices([(make_notice(), matrix.outlets)], source="test")
+    (row,) = store.log.deliveries(outlet_id="outlet-0000")
+    assert store.queue.record_fetch("outlet-0000", [row["id"]], latency_ms=30.0) == 1
+
+    samples = await scrape(store, matrix, regions, settings)
+    feed = (("channel", "feed"),)
+    assert samples["debunkbot_attempt_latency_seconds_count", feed] == 1
+    assert samples["debunkbot_attempt_latency_seconds_sum", feed] == pytest.approx(0.03)
+    assert samples["debunkbot_attempt_latency_seconds_bucket", (("channel", "feed"), ("le", "0.05"))] == 1

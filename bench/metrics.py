@@ -39,7 +39,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT  # noqa: E402
+from bench.common import ROOT, sample_notice  # noqa: E402
 from bot.outlets import OutletMatrix, load_matrix  # noqa: E402
 from bot.regions import RegionTable  # noqa: E402
 from bot.settings import CONFIG, Settings  # noqa: E402
@@ -133,15 +133,11 @@ def histogram_over_attempts(store: Store) -> None:
 
 def record_cost(store: Store, matrix: OutletMatrix) -> tuple[float, float]:
     """queue.record of 100 attempts at a time, with the latency counter and without it."""
-    from bot.model import Notice
-    from tests.conftest import notice_data
-
     outlets = list(matrix.outlets)
     timings: dict[bool, list[float]] = {True: [], False: []}
     for round_ in range(2 * ROUNDS):
         counted = round_ % 2 == 0
-        store.queue.add_notices([(Notice.model_validate(notice_data(ref=f"rec-{round_}-{i}")), outlets)
-                                 for i in range(2)], source="bench")
+        store.queue.add_notices([(sample_notice(f"rec-{round_}-{i}"), outlets) for i in range(2)], source="bench")
         claims = store.queue.claim(100, per_outlet=10, lease=timedelta(minutes=5))
         records = [AttemptRecord(c.delivery_id, c.outlet_id, c.attempt, datetime.now(UTC), random.uniform(20, 400),
                                  "delivered", 200, channel="webhook") for c in claims]

@@ -326,6 +326,7 @@ class AttemptReport:
             self.refs.popitem(last=False)
 
     def log(self, batch: Sequence[AttemptRecord]) -> None:
+        verbose = log.isEnabledFor(logging.DEBUG)  # else a delivered attempt makes no record: no fields to build
         for r in batch:
             notice_id, ref = self.refs.get(r.delivery_id, (0, f"delivery {r.delivery_id}"))
             where = f"{ref} to {r.outlet_id}"
@@ -333,7 +334,7 @@ class AttemptReport:
             reason = r.error if r.error and r.error.startswith(status) else ": ".join(filter(None, (status, r.error)))
             fields = log_fields(notice_ref=ref if notice_id else None, outlet_id=r.outlet_id, delivery_id=r.delivery_id,
                                 attempt=r.attempt, trigger=r.trigger, duration_ms=r.latency_ms, outcome=r.outcome,
-                                http_status=r.http_status)
+                                http_status=r.http_status) if r.outcome != "delivered" or verbose else {}
             if r.outcome == "delivered":
                 log.debug("%s: attempt %d delivered (HTTP %s, %.0f ms)", where, r.attempt, r.http_status, r.latency_ms,
                           extra=fields)

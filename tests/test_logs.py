@@ -162,3 +162,13 @@ def test_a_secret_in_a_structured_field_is_redacted_like_the_message() -> None:
     (record,) = [json.loads(line) for line in out.getvalue().splitlines()]
     assert WECOM not in out.getvalue() and WECHAT[1] not in out.getvalue()
     assert record["outlet_id"].endswith("key=[redacted]") and "[secret]" in record["reason"]
+
+
+async def test_an_unknown_log_format_is_refused_at_start_naming_the_setting(tmp_path: Path) -> None:
+    from tests.test_cli import debunkbot
+
+    code, _, err = await debunkbot({"DEBUNKBOT_LOG_FORMAT": "xml",
+                                    "DEBUNKBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'bot.sqlite3'}"},
+                                   "run", "--until-idle")
+    assert code == 2
+    assert "bad setting" in err and "log_format" in err and "'text' or 'json'" in err

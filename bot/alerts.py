@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from bot.http import Sender, SendFailed
 from bot.matrix import LiveMatrix
+from bot.logs import log_fields
 from bot.outlets import Outlet, OutletMatrix
 from bot.settings import Settings
 from bot.store import Store, utcnow
@@ -106,10 +107,12 @@ class Alerter:
             answer = await self.client.send(request)
             outcome = channel.classify(answer.status, answer.headers, answer.body)
         except SendFailed as exc:
-            log.warning("operator channel %s unreachable: %s", operator.id, exc.kind)
+            log.warning("operator channel %s unreachable: %s", operator.id, exc.kind,
+                        extra=log_fields(outlet_id=operator.id))
             return False
         if outcome.result != "delivered":
-            log.warning("operator channel %s refused the alert: %s", operator.id, outcome.error)
+            log.warning("operator channel %s refused the alert: %s", operator.id, outcome.error,
+                        extra=log_fields(outlet_id=operator.id))
             return False
         return True
 

@@ -119,11 +119,12 @@ def _live(settings: Settings, regions: RegionTable, matrix: OutletMatrix) -> Liv
     return live
 
 
-def _logging(verbose: bool, matrix: OutletMatrix | None = None) -> None:
+def _logging(verbose: bool, matrix: OutletMatrix | None = None, log_format: str = "text") -> None:
     """Log to stderr, every record redacted: the matrix's secrets, and anything shaped like a credential."""
     from bot.logs import setup_logging
 
-    setup_logging(verbose, _secrets(matrix) if matrix else ())
+    setup_logging(verbose, _secrets(matrix) if matrix else (),
+                  log_format=log_format)
 
 
 @app.command()
@@ -208,7 +209,7 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
     settings = _settings()
     regions = _regions(settings)
     matrix = _matrix(settings, regions)
-    _logging(verbose, matrix)
+    _logging(verbose, matrix, settings.log_format)
     live = _live(settings, regions, matrix)
     log = logging.getLogger("debunkbot")
 
@@ -568,7 +569,7 @@ def demo(keep: Annotated[Path | None, typer.Option(
     from bot.demo import run_demo
 
     if keep is not None:
-        _logging(False)
+        _logging(False, log_format=_settings().log_format)
     raise typer.Exit(asyncio.run(run_demo(console, keep)))
 
 

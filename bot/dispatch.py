@@ -30,6 +30,7 @@ import httpx
 
 from bot.health import HealthPolicy
 from bot.http import Sender, SendFailed
+from bot.logs import log_fields
 from bot.model import Notice
 from bot.matrix import LiveMatrix
 from bot.outlets import Outlet, OutletMatrix
@@ -317,7 +318,8 @@ class Dispatcher:
                     self._stale.append(ready)  # renewed by the run loop before it is sent
                     self._wake.set()
                 else:  # it may be someone else's by now: not sent; the store hands it out again
-                    log.debug("the lease on delivery %d ran out before its send", ready.claim.delivery_id)
+                    log.debug("the lease on delivery %d ran out before its send", ready.claim.delivery_id,
+                              extra=_fields(ready.claim))
                 continue
             task = asyncio.create_task(self._deliver(ready))
             self._in_flight[task] = time.monotonic()
@@ -403,7 +405,7 @@ class Dispatcher:
         try:
             record = await self._attempt(ready)
         except Exception as exc:  # a bug of ours; the delivery is retried on the schedule, and it is logged
-            log.exception("unexpected error delivering to outlet %s", claim.outlet_id)
+            log.exception("unexpected error delivering to outlet %s", claim.outlet_id, extra=_fields(claim))
             record = self._record(claim, utcnow(), 0.0, Outcome("retry", f"internal error: {type(exc).__name__}"))
         self._unrecorded.append(record)
         self._flush_needed.set()
@@ -431,7 +433,8 @@ class Dispatcher:
             # It would fail the same way on every try (a link too long for the platform, a template bug):
             # a failed attempt with the reason, never retried on the schedule.
             reason = _redact(f"{type(exc).__name__}: {exc}", outlet, secret)
-            log.error("could not render notice %s for outlet %s: %s", notice.ref, outlet.id, reason)
+            log.error("could not render notice %s for outlet %s: %s", notice.ref, outlet.id, reason,
+                      extra=_fields(claim, notice.ref))
             return self._record(claim, started, 0.0, Outcome(
                 "failed", f"could not render the notice for this outlet: {reason}"), outlet=outlet)
         clock = time.perf_counter()
@@ -455,7 +458,7 @@ class Dispatcher:
         except SendFailed as exc:
             status, outcome = exc.status, Outcome("retry", str(exc))
         except Exception as exc:  # a bug in a channel must not kill the fan-out; it is logged and retried
-            log.exception("unexpected error sending to outlet %s", outlet.id)
+            log.exception("unexpected error sending to outlet %s", outlet.id, extra=_fields(claim, notice.ref))
             outcome = Outcome("retry", f"internal error: {type(exc).__name__}: {exc}")
         latency = (time.perf_counter() - clock) * 1000
         return replace(self._record(claim, started, latency, outcome, status, body, outlet, request), channel_state=state)
@@ -475,6 +478,7 @@ class Dispatcher:
             else:
                 next_at = utcnow() + timedelta(seconds=delay)
         secret = self.matrix.secret_for(outlet.id) if outlet else None
+        known = outlet or self.matrix.by_id.get(claim.outlet_id)
         return AttemptRecord(
             delivery_id=claim.delivery_id, outlet_id=claim.outlet_id, attempt=claim.attempt, started_at=started,
             latency_ms=latency_ms,
@@ -485,7 +489,7 @@ class Dispatcher:
                            self.settings.response_max_bytes) or None,
             next_attempt_at=next_at, pause_outlet=claim.outlet_id if outcome.pause_outlet else None,
             trigger=claim.trigger, exhausted=exhausted,
-            platform_code=None if outcome.code is None else str(outcome.code),
+            platform_code=None if outcome.code is None else str(outcome.code), channel=known.channel if known else "",
         )
 
     def _rendered_for(
@@ -570,7 +574,9 @@ class Dispatcher:
                     raise
                 except Exception as exc:
                     log.error("the store refused the attempt for outlet %s (%s: %s); recording it without "
-                              "the outlet's answer", record.outlet_id, type(exc).__name__, _one_line(exc))
+                              "the outlet's answer", record.outlet_id, type(exc).__name__, _one_line(exc),
+                              extra=log_fields(outlet_id=record.outlet_id, delivery_id=record.delivery_id,
+                                               attempt=record.attempt, trigger=record.trigger))
                     record = replace(record, response=None, error=_storable(
                         f"{record.error or ''}{'; ' if record.error else ''}the outlet's answer could not be "
                         f"stored ({type(exc).__name__})"))
@@ -601,6 +607,12 @@ class Dispatcher:
 class DispatchFailed(RuntimeError):
     """The dispatcher cannot go on (the store refuses every way of recording a result): the run stops,
     and the daemon exits non-zero. Unrecorded deliveries are sent again when their leases run out."""
+
+
+def _fields(claim: Claim, notice_ref: str | None = None) -> dict[str, Any]:
+    """The log fields of a record about this claim's attempt (JSON lines)."""
+    return log_fields(notice_ref=notice_ref, outlet_id=claim.outlet_id, delivery_id=claim.delivery_id,
+                      attempt=claim.attempt, trigger=claim.trigger)
 
 
 def _one_line(exc: BaseException) -> str:

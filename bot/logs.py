@@ -1,12 +1,18 @@
 """The daemon's log: ISO 8601 times with the zone, never wrapped in a file, and no credential in any line.
 
+Readable lines by default; with ``DEBUNKBOT_LOG_FORMAT=json``, one JSON object per line (python-json-logger):
+``time``, ``level``, ``logger``, ``message``, and wherever the record concerns one delivery or notice, the
+fields ``log_fields`` names (``notice_ref``, ``outlet_id``, ``delivery_id``, ``attempt``, ``trigger``,
+``duration_ms``), passed as ``extra=``.
+
 Every record goes through one redaction filter on the handler, library records and tracebacks
 included: the matrix's secret values, URL and JSON credentials (``access_token=``, ``key=``,
 ``sign=``, a DingTalk or Feishu ``"sign"``), ``whsec_`` keys and a database URL's password.
 Libraries that log URLs (httpx's ``HTTP Request: POST …?access_token=…``) or chatter are held
 to warnings.
 
-    >>> setup_logging(verbose=False, secrets=["SECabc123"])            # doctest: +SKIP
+    >>> setup_logging(verbose=False, secrets=["SECabc123"], log_format="json")   # doctest: +SKIP
+    >>> log.warning("%s: attempt %d failed", where, n, extra=log_fields(outlet_id="o1", attempt=n))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ import sys
 import traceback
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
 
 # httpx logs every request's URL at INFO; aiohttp, apscheduler and the database libraries chatter
 QUIET_LIBRARIES = ("httpx", "httpcore", "aiohttp", "alembic", "asyncio", "sqlalchemy", "psycopg", "hpack")
@@ -33,6 +42,25 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(://[^/\s:@]+:)[^@\s/]+@"), r"\1[redacted]@"),  # scheme://user:password@host
 )
 MIN_SECRET = 6  # shorter values would redact ordinary words
+# what every LogRecord has; anything else on a record came from ``extra=``
+_RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+def log_fields(
+    notice_ref: str | None = None, outlet_id: str | None = None, delivery_id: int | None = None,
+    attempt: int | None = None, trigger: str | None = None, duration_ms: float | None = None, **more: Any,
+) -> dict[str, Any]:
+    """The structured fields of a record about a notice, an outlet, a delivery or an attempt, for ``extra=``;
+    those not given are left out.
+
+    >>> log_fields(outlet_id="cq-ybq-rmt", attempt=2, duration_ms=151.234)
+    {'outlet_id': 'cq-ybq-rmt', 'attempt': 2, 'duration_ms': 151.2}
+    """
+    if duration_ms is not None:
+        duration_ms = round(duration_ms, 1)
+    given = dict(notice_ref=notice_ref, outlet_id=outlet_id, delivery_id=delivery_id, attempt=attempt,
+                 trigger=trigger, duration_ms=duration_ms, **more)
+    return {name: value for name, value in given.items() if value is not None}
 
 
 class Redactor(logging.Filter):
@@ -67,6 +95,9 @@ class Redactor(logging.Filter):
             message += "\n" + record.stack_info
         record.msg, record.args = self.redact(message), None
         record.exc_info = record.exc_text = record.stack_info = None  # already in the message, redacted
+        for name, value in list(vars(record).items()):  # the extra= fields: JSON lines show each of them
+            if name not in _RECORD_ATTRIBUTES and not isinstance(value, bool | int | float | None):
+                setattr(record, name, self.redact(value if isinstance(value, str) else str(value)))
         return True
 
 
@@ -80,11 +111,28 @@ class IsoFormatter(logging.Formatter):
         return datetime.fromtimestamp(record.created, UTC).astimezone().isoformat(timespec="milliseconds")
 
 
-def setup_logging(verbose: bool, secrets: Iterable[str | None] = (), stream: object = None) -> logging.Handler:
-    """Log to stderr: Rich's columns on a terminal, plain unwrapped lines otherwise (a file, a pipe, journald)."""
+class JsonLines(JsonFormatter):
+    """``{"time": "2026-11-28T14:05:09.123+08:00", "level": "WARNING", "logger": "debunkbot", "message": …,
+    "outlet_id": …}``: one object a line, UTF-8 as it is (no \\u escapes), the ``extra=`` fields included."""
+
+    def __init__(self) -> None:
+        super().__init__("{asctime}{levelname}{name}{message}", style="{", json_ensure_ascii=False,
+                         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"})
+
+    formatTime = IsoFormatter.formatTime
+
+
+def setup_logging(verbose: bool, secrets: Iterable[str | None] = (), stream: object = None,
+                  log_format: str = "text") -> logging.Handler:
+    """Log to stderr: JSON lines with ``log_format="json"``; else Rich's columns on a terminal, plain unwrapped
+    lines otherwise (a file, a pipe, journald)."""
     out = stream or sys.stderr
     handler: logging.Handler
-    if getattr(out, "isatty", lambda: False)():
+    if log_format == "json":
+        handler = logging.StreamHandler(out)  # type: ignore[arg-type]
+        handler.setFormatter(JsonLines())
+        logging.captureWarnings(True)  # a Python warning is a JSON line too, not a bare one
+    elif getattr(out, "isatty", lambda: False)():
         from rich.console import Console
         from rich.logging import RichHandler
         from rich.text import Text

@@ -41,6 +41,7 @@ from bot.dispatch import STORE_BACKOFF_MAX, Dispatcher
 from bot.http import Sender
 from bot.intake import FileResult, scan_inbox_off_loop
 from bot.matrix import LiveMatrix
+from bot.logs import log_fields
 from bot.outlets import OutletMatrix
 from bot.regions import RegionTable
 from bot.settings import Settings
@@ -138,6 +139,7 @@ class Daemon:
         every(dispatch_due, tick)
         every(self.follow_matrix, tick, at_once=True)
         every(self.report_attempts, tick)
+        every(self.save_store_errors, tick)
         if until_idle:
             self.max_wait = max_wait
             every(self.report_waiting, tick)
@@ -165,6 +167,7 @@ class Daemon:
             await running.finished(self.settings.shutdown_grace)
             scheduler.shutdown(wait=False)
             await self.report_attempts()
+            await self.save_store_errors()
             await self.dispatcher.close()
 
     def _recorded(self, batch: Sequence[AttemptRecord]) -> None:
@@ -184,6 +187,13 @@ class Daemon:
                 self.report.unreported[:0] = batch
                 return
         self.report.log(batch)
+
+    async def save_store_errors(self) -> None:
+        """Add the store errors this process saw to the store's count (/metrics), once it answers again. With
+        none to add, no store call is made."""
+        if self.store.errors.unsaved:
+            with contextlib.suppress(*STORE_FAULTS):  # still unavailable: kept for the next tick
+                await self.dispatcher.db(self.store.errors.save)
 
     def outstanding(self) -> Outstanding:
         """Store thread: what is left, and what each part waits for."""
@@ -244,14 +254,16 @@ class Daemon:
             try:
                 outlets.append(outlet.model_copy(update={"region": self.regions.resolve(outlet.region, day)}))
             except ValueError as exc:
-                log.warning("outlet %s keeps region %s: %s", outlet.id, outlet.region, exc)
+                log.warning("outlet %s keeps region %s: %s", outlet.id, outlet.region, exc,
+                            extra=log_fields(outlet_id=outlet.id))
                 outlets.append(outlet)
         changed = [(old.id, old.region, new.region) for old, new in zip(self.matrix.outlets, outlets, strict=True)
                    if old.region != new.region]
         if changed:
             self.matrix = dataclasses.replace(self.matrix, outlets=tuple(outlets))
             for outlet_id, old_region, new_region in changed:
-                log.info("outlet %s: region %s is %s from %s (Chongqing date)", outlet_id, old_region, new_region, day)
+                log.info("outlet %s: region %s is %s from %s (Chongqing date)", outlet_id, old_region, new_region, day,
+                         extra=log_fields(outlet_id=outlet_id))
         self.regions_day = day
 
     async def scan_inbox(self) -> list[FileResult]:
@@ -341,18 +353,23 @@ class AttemptReport:
             self.refs.popitem(last=False)
 
     def log(self, batch: Sequence[AttemptRecord]) -> None:
+        verbose = log.isEnabledFor(logging.DEBUG)  # else a delivered attempt makes no record: no fields to build
         for r in batch:
             notice_id, ref = self.refs.get(r.delivery_id, (0, f"delivery {r.delivery_id}"))
             where = f"{ref} to {r.outlet_id}"
             status = f"HTTP {r.http_status}" if r.http_status else ""
             reason = r.error if r.error and r.error.startswith(status) else ": ".join(filter(None, (status, r.error)))
+            fields = log_fields(notice_ref=ref if notice_id else None, outlet_id=r.outlet_id, delivery_id=r.delivery_id,
+                                attempt=r.attempt, trigger=r.trigger, duration_ms=r.latency_ms, outcome=r.outcome,
+                                http_status=r.http_status) if r.outcome != "delivered" or verbose else {}
             if r.outcome == "delivered":
-                log.debug("%s: attempt %d delivered (HTTP %s, %.0f ms)", where, r.attempt, r.http_status, r.latency_ms)
+                log.debug("%s: attempt %d delivered (HTTP %s, %.0f ms)", where, r.attempt, r.http_status, r.latency_ms,
+                          extra=fields)
             elif r.outcome == "retry":
                 when = r.next_attempt_at.isoformat(timespec="seconds") if r.next_attempt_at else "later"
-                log.warning("%s: attempt %d failed: %s; next try at %s", where, r.attempt, reason, when)
+                log.warning("%s: attempt %d failed: %s; next try at %s", where, r.attempt, reason, when, extra=fields)
             else:
-                log.error("%s: delivery failed after %d attempt(s): %s", where, r.attempt, reason)
+                log.error("%s: delivery failed after %d attempt(s): %s", where, r.attempt, reason, extra=fields)
             fanout = self.fanouts.get(notice_id)
             if fanout is None or r.attempt != 1:
                 continue
@@ -366,7 +383,7 @@ class AttemptReport:
                 took = (fanout.ended - fanout.started).total_seconds()
                 log.info("%s fanned out to %d outlet(s) in %.2fs: %d delivered, %d to retry, %d failed", fanout.ref,
                          fanout.outlets, took, fanout.outcomes["delivered"], fanout.outcomes["retry"],
-                         fanout.outcomes["failed"])
+                         fanout.outcomes["failed"], extra=log_fields(notice_ref=fanout.ref, duration_ms=took * 1000))
 
 
 def _n(count: int, one: str, many: str) -> str:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +51,8 @@ class Settings(BaseSettings):
     urgent_deadline: float = Field(default=10.0, gt=0, description="minutes an urgent notice has to reach every outlet")
     alert_interval: float = Field(default=300.0, ge=0, description="seconds between two operator alert messages at least")
     attempt_retention_days: float = Field(default=90.0, gt=0, description="days attempts are kept in the log")
+    log_format: Literal["text", "json"] = Field(default="text", description="the log on stderr: readable "
+                                                "lines, or one JSON object per line")
 
     @field_validator("retry_schedule")
     @classmethod

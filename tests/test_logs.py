@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import os
 import re
@@ -75,8 +76,9 @@ def test_short_or_empty_secrets_do_not_redact_ordinary_words() -> None:
     assert Redactor(["", None, "abc"]).redact("abc delivered") == "abc delivered"
 
 
-@pytest.mark.parametrize("verbose", [False, True], ids=["default", "-v"])
-async def test_nothing_the_daemon_writes_contains_a_credential_of_any_channel(tmp_path: Path, verbose: bool) -> None:
+async def daemon_output(tmp_path: Path, *args: str, **settings: str) -> tuple[str, str, set[str]]:
+    """Run `python -m bot run --until-idle` against four real loopback platforms (one failing once, one for good):
+    its stdout, its stderr, and every credential it held (the platforms' and the WeChat tokens it was given)."""
     key = whsec()
     async with (
         DingTalkRobots({DINGTALK[0]: DINGTALK[1]}) as dingtalk,
@@ -103,17 +105,23 @@ async def test_nothing_the_daemon_writes_contains_a_credential_of_any_channel(tm
             "DEBUNKBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'bot.sqlite3'}",
             "DEBUNKBOT_OUTLETS": str(tmp_path / "outlets.yaml"), "DEBUNKBOT_INBOX": str(inbox),
             "DEBUNKBOT_SCAN_INTERVAL": "0.2", "DEBUNKBOT_RETRY_SCHEDULE": "0.1", "DEBUNKBOT_RETRY_JITTER": "0",
-        }
+        } | {f"DEBUNKBOT_{name.upper()}": value for name, value in settings.items()}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "run", "--until-idle", *(["-v"] if verbose else []), env=env,
+            sys.executable, "-m", "bot", "run", "--until-idle", *args, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-        text = out.decode() + err.decode()
-        assert proc.returncode == 0, text
+        assert proc.returncode == 0, out.decode() + err.decode()
         tokens = {*wechat.tokens, *wechat.current.values()}
         assert wechat.drafts, "the WeChat outlet got its draft (so a token was used in a URL)"
+    return out.decode(), err.decode(), {*DINGTALK, WECOM, WECHAT[1], key, key.removeprefix("whsec_"), *tokens}
 
-    for secret in (*DINGTALK, WECOM, WECHAT[1], key, key.removeprefix("whsec_"), *tokens):
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["default", "-v"])
+async def test_nothing_the_daemon_writes_contains_a_credential_of_any_channel(tmp_path: Path, verbose: bool) -> None:
+    out, err, secrets = await daemon_output(tmp_path, *(["-v"] if verbose else []))
+    text = out + err
+
+    for secret in secrets:
         assert secret not in text, f"{secret!r} in the daemon's output:\n{text}"
     assert "sign=" not in text.replace("sign=[redacted]", "")
     assert "HTTP Request" not in text, "httpx's per-request lines are silenced"
@@ -124,3 +132,49 @@ async def test_nothing_the_daemon_writes_contains_a_credential_of_any_channel(tm
     delivered = [line for line in lines if ": attempt" in line and "delivered" in line]
     assert len(delivered) == (3 if verbose else 0), "-v adds one line per attempt"
     assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d ", line) for line in lines), text
+
+
+async def test_with_log_format_json_every_line_is_an_object_and_attempts_carry_their_fields(tmp_path: Path) -> None:
+    out, err, secrets = await daemon_output(tmp_path, "-v", log_format="json")
+
+    records = [json.loads(line) for line in err.splitlines()]  # every line parses, or this fails on it
+    assert records and out == ""
+    for secret in secrets:  # neither in the text nor in any decoded field
+        assert secret not in err and all(secret not in json.dumps(r, ensure_ascii=False) for r in records), secret
+    assert all(r.keys() >= {"time", "level", "logger", "message"} for r in records)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", r["time"]) for r in records)
+    tries = [r for r in records if "attempt" in r]
+    by_try = {(r["outlet_id"], r["attempt"]): r for r in tries}
+    assert set(by_try) == {("dt", 1), ("wc", 1), ("wc", 2), ("mp", 1), ("hook", 1)}
+    for r in tries:
+        assert r["notice_ref"] == "cq-log-001" and r["trigger"] == "scheduled"
+        assert isinstance(r["delivery_id"], int) and isinstance(r["duration_ms"], float) and r["duration_ms"] >= 0
+    assert (by_try["wc", 1]["outcome"], by_try["wc", 1]["http_status"], by_try["wc", 1]["level"]) == (
+        "retry", 503, "WARNING")
+    assert (by_try["hook", 1]["outcome"], by_try["hook", 1]["http_status"]) == ("failed", 400)
+    assert by_try["wc", 1]["delivery_id"] == by_try["wc", 2]["delivery_id"] != by_try["dt", 1]["delivery_id"]
+    (fanned,) = [r for r in records if "fanned out" in r["message"]]
+    assert fanned["notice_ref"] == "cq-log-001" and fanned["duration_ms"] > 0
+
+
+def test_a_secret_in_a_structured_field_is_redacted_like_the_message() -> None:
+    url = f"https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key={WECOM}"
+    out = io.StringIO()
+    handler = setup_logging(verbose=True, secrets=[WECHAT[1]], stream=out, log_format="json")
+    try:
+        logging.getLogger("debunkbot").warning("posting", extra={"outlet_id": url, "reason": {"answer": WECHAT[1]}})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    (record,) = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert WECOM not in out.getvalue() and WECHAT[1] not in out.getvalue()
+    assert record["outlet_id"].endswith("key=[redacted]") and "[secret]" in record["reason"]
+
+
+async def test_an_unknown_log_format_is_refused_at_start_naming_the_setting(tmp_path: Path) -> None:
+    from tests.test_cli import debunkbot
+
+    code, _, err = await debunkbot({"DEBUNKBOT_LOG_FORMAT": "xml",
+                                    "DEBUNKBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'bot.sqlite3'}"},
+                                   "run", "--until-idle")
+    assert code == 2
+    assert "bad setting" in err and "log_format" in err and "'text' or 'json'" in err

@@ -183,7 +183,7 @@ async def test_every_periodic_job_is_scheduled_none_paused(
         daemon = Daemon(settings, store, matrix, regions, client)
         jobs = await scheduled_jobs(daemon)
     assert set(jobs) == {"scan_inbox", "release_embargoed", "send_alerts", "prune_attempts", "resolve_regions",
-                         "dispatch_due", "follow_matrix", "report_attempts"}
+                         "dispatch_due", "follow_matrix", "report_attempts", "save_store_errors"}
     assert all(when is not None for when in jobs.values()), f"paused jobs: {jobs}"
 
 

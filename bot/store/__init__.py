@@ -8,6 +8,7 @@ PostgreSQL for scale-out. Every call is synchronous and short; the dispatcher ma
 - ``store.health``: each outlet's breaker and pause, shared by every worker;
 - ``store.outbox``: operator alerts, taken by each operator channel on its own;
 - ``store.log``: the read-only delivery log (pages, filters, per-tier summaries, feeds);
+- ``store.metrics``: the figures /metrics shows; ``store.errors``: this process's store errors, until saved;
 - ``store.cluster``: the leader lock, the LISTEN dsn, SQLite's ``data_version`` look;
 - ``store.matrix``: the outlet matrix's generation (reloads), and the outlets a reload took out.
 
@@ -37,6 +38,7 @@ from bot.store.engine import (
 from bot.store.health import OutletHealth
 from bot.store.log import DeliveryLog, Page, dumps
 from bot.store.matrix import MatrixRecord
+from bot.store.metrics import Figures, Metrics, StoreErrors
 from bot.store.outbox import Outbox
 from bot.store.queue import Added, AttemptRecord, Claim, Queue, RefConflict, new_message_id
 from bot.store.tables import (
@@ -52,7 +54,8 @@ from bot.store.tables import (
 )
 
 __all__ = [
-    "STORE_FAULTS", "WORK_CHANNEL", "Added", "AttemptRecord", "Claim", "Cluster", "DeliveryLog", "MatrixRecord", "Outbox",
+    "STORE_FAULTS", "WORK_CHANNEL", "Added", "AttemptRecord", "Claim", "Cluster", "DeliveryLog", "Figures",
+    "MatrixRecord", "Metrics", "Outbox", "StoreErrors",
     "OutletHealth", "Page", "Queue", "RefConflict", "Store", "UTCDateTime", "alert_sends", "alerts", "attempts",
     "clean_text", "deliveries", "describe_fault", "dumps", "is_disk_full", "make_engine", "matrix_reloads", "metadata",
     "new_message_id", "notices", "outlet_health", "utcnow",
@@ -72,6 +75,8 @@ class Store:
         self.log = DeliveryLog(self.db)
         self.cluster = Cluster(self.db)
         self.matrix = MatrixRecord(self.db)
+        self.metrics = Metrics(self.db)
+        self.errors = StoreErrors(self.db)
 
     @property
     def owner(self) -> str:

@@ -27,6 +27,16 @@ def raise_alerts(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     insert_new(conn, alerts, rows, "key")
 
 
+def late_urgent(now: datetime, after: timedelta) -> sa.Select[Any]:
+    """Urgent notices released more than ``after`` before ``now`` that some outlet does not have yet: ref, and
+    how many outlets are missing it (``missing``). What the urgent-late alert and /metrics count."""
+    d, n = deliveries, notices
+    return (sa.select(n.c.ref, sa.func.count().label("missing"))
+            .select_from(n.join(d, d.c.notice_id == n.c.id))
+            .where(n.c.urgency == "urgent", n.c.released_at <= now - after, d.c.status != "delivered")
+            .group_by(n.c.ref))
+
+
 class Outbox:
     def __init__(self, db: Db) -> None:
         self.db = db
@@ -34,16 +44,10 @@ class Outbox:
     def flag_late_urgent(self, after: timedelta, now: datetime | None = None) -> int:
         """Raise an alert (once per notice) for each urgent notice released more than ``after`` ago that
         some outlet still does not have. Returns the alerts raised."""
-        d, n = deliveries, notices
         with self.db.tx() as conn:
             now = now or self.db.now(conn)
-            rows = conn.execute(
-                sa.select(n.c.ref, sa.func.count().label("missing"))
-                .select_from(n.join(d, d.c.notice_id == n.c.id))
-                .where(n.c.urgency == "urgent", n.c.released_at <= now - after, d.c.status != "delivered",
-                       ~sa.exists().where(alerts.c.key == sa.literal("urgent-late:") + n.c.ref))
-                .group_by(n.c.ref)
-            ).all()
+            raised = sa.exists().where(alerts.c.key == sa.literal("urgent-late:") + notices.c.ref)
+            rows = conn.execute(late_urgent(now, after).where(~raised)).all()
             late = [alert(f"urgent-late:{r.ref}", "urgent-late",
                           f"urgent notice {r.ref} is not delivered everywhere {after.total_seconds() / 60:g} "
                           f"minutes after release: {r.missing} outlet(s) without it. See `debunkbot status {r.ref}`",

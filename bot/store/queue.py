@@ -20,6 +20,7 @@ from bot.health import HealthPolicy
 from bot.model import Notice
 from bot.store.engine import Db, clean_text, insert_new
 from bot.store.health import OutletHealth
+from bot.store.metrics import add_latencies
 from bot.store.tables import UTCDateTime, attempts, deliveries, notices, outlet_health
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class AttemptRecord:
     exhausted: bool = False  # the retry schedule ran out: the operators hear of it
     platform_code: str | None = None  # the platform's own code in its answer (errcode 45009, …)
     channel_state: Mapping[str, Any] | None = None  # kept for the delivery's next try; None: keep what is there
+    channel: str = ""  # the outlet's channel (the latency histogram's label); "" when the outlet is unknown
 
 
 def new_message_id() -> str:
@@ -324,6 +326,7 @@ class Queue:
                 ],
             )
             self.health.after_attempts(conn, records, now, policy)
+            add_latencies(conn, ((r.channel, r.latency_ms) for r in records))
 
     def record_fetch(self, outlet_id: str, delivery_ids: Sequence[int], latency_ms: float = 0.0,
                      now: datetime | None = None) -> int:
@@ -346,6 +349,7 @@ class Queue:
                 .values(status="delivered", attempts=d.c.attempts + 1, next_attempt_at=None, http_status=200,
                         error=None, delivered_at=now, updated_at=now)
             )
+            add_latencies(conn, [("feed", latency_ms)] * len(rows))
         return len(rows)
 
     def renew_leases(self, delivery_ids: Collection[int], lease: timedelta) -> set[int]:

@@ -141,3 +141,23 @@ alert_sends = sa.Table(
     sa.Column("sent_at", UTCDateTime, nullable=False),
     sa.Index("ix_alert_sends_operator", "operator_id", "sent_at"),
 )
+
+# Attempt latency as histogram buckets per channel, for /metrics: added to in the transaction that records the
+# attempts, so every worker's attempts count once, and pruning old attempts never takes a count back. A row
+# counts the attempts whose latency fell in its bucket alone (not cumulative).
+attempt_latency = sa.Table(
+    "attempt_latency", metadata,
+    sa.Column("channel", sa.String(32), primary_key=True),
+    sa.Column("le", sa.String(16), primary_key=True),  # the bucket's upper bound in seconds: "0.25", …, "+Inf"
+    sa.Column("attempts", sa.BigInteger, nullable=False),
+    sa.Column("seconds", sa.Float, nullable=False),  # their latencies added up
+)
+
+# Store calls that failed (locked, busy, unreachable, full), counted by the process that saw them and added
+# here once the store answers again: the cluster's total, for /metrics.
+store_errors = sa.Table(
+    "store_errors", metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),  # locked | unavailable | disk_full
+    sa.Column("errors", sa.BigInteger, nullable=False),
+    sa.Column("last_at", UTCDateTime, nullable=False),  # when the last of them was added
+)

@@ -31,6 +31,7 @@ from bot.outlets import OutletMatrix
 from bot.regions import RegionTable
 from bot.settings import Settings
 from bot.store import STORE_FAULTS, Store, describe_fault
+from bot.web import metrics
 
 PROBLEM = "application/problem+json"
 
@@ -121,4 +122,5 @@ def create_app(site: Site) -> FastAPI:
             return problem(503, describe_fault(exc))
         return {"status": "ready"}
 
+    app.include_router(metrics.router)
     return app

@@ -321,6 +321,9 @@ class AttemptReport:
             reason = r.error if r.error and r.error.startswith(status) else ": ".join(filter(None, (status, r.error)))
             if r.outcome == "delivered":
                 log.debug("%s: attempt %d delivered (HTTP %s, %.0f ms)", where, r.attempt, r.http_status, r.latency_ms)
+            elif r.outcome == "cancelled":
+                log.info("%s: not sent, cancelled (%s)", where, r.error)
+                continue
             elif r.outcome == "retry":
                 when = r.next_attempt_at.isoformat(timespec="seconds") if r.next_attempt_at else "later"
                 log.warning("%s: attempt %d failed: %s; next try at %s", where, r.attempt, reason, when)

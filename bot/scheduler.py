@@ -39,7 +39,7 @@ from bot.alerts import Alerter
 from bot.dispatch import STORE_BACKOFF_MAX, Dispatcher
 from bot.http import Sender
 from bot.intake import FileResult, scan_inbox_off_loop
-from bot.outlets import OutletMatrix
+from bot.outlets import OutletMatrix, resolve_regions
 from bot.regions import RegionTable
 from bot.settings import Settings
 from bot.store import (
@@ -214,17 +214,19 @@ class Daemon:
             return
         outlets = []
         for outlet in self.matrix.outlets:
-            try:
-                outlets.append(outlet.model_copy(update={"region": self.regions.resolve(outlet.region, day)}))
-            except ValueError as exc:
-                log.warning("outlet %s keeps region %s: %s", outlet.id, outlet.region, exc)
-                outlets.append(outlet)
-        changed = [(old.id, old.region, new.region) for old, new in zip(self.matrix.outlets, outlets, strict=True)
-                   if old.region != new.region]
-        if changed:
+            resolved, problems = resolve_regions(outlet, self.regions, day)
+            for fld, problem in problems:
+                log.warning("outlet %s keeps its %s as it was: %s", outlet.id, fld, problem)
+            outlets.append(resolved if not problems else outlet)
+        pairs = list(zip(self.matrix.outlets, outlets, strict=True))
+        if any(old != new for old, new in pairs):
             self.matrix = dataclasses.replace(self.matrix, outlets=tuple(outlets))
-            for outlet_id, old_region, new_region in changed:
-                log.info("outlet %s: region %s is %s from %s (Chongqing date)", outlet_id, old_region, new_region, day)
+        for old, new in pairs:
+            if old.region != new.region:
+                log.info("outlet %s: region %s is %s from %s (Chongqing date)", old.id, old.region, new.region, day)
+            if old.regions != new.regions:
+                log.info("outlet %s: regions filter %s is %s from %s (Chongqing date)", old.id,
+                         "、".join(old.regions or ()), "、".join(new.regions or ()), day)
         self.regions_day = day
 
     async def scan_inbox(self) -> list[FileResult]:

@@ -248,7 +248,8 @@ class Dispatcher:
     async def _claim_and_send(self, room: int) -> int:
         def claim() -> tuple[list[Claim], dict[int, tuple[Notice, datetime]]]:
             for ref, count in self.store.queue.cancel_expired().items():
-                log.info("notice %s expired: %d unsent deliveries cancelled", ref, count)
+                log.info("notice %s expired: %d unsent %s cancelled", ref, count,
+                         "delivery" if count == 1 else "deliveries")
             claims = self.store.queue.claim(room, self.settings.per_outlet_concurrency, self._lease,
                                           rate_limits=self._rate_limits, skip_outlets=self.pulled)
             missing = {c.notice_id for c in claims} - self._notices.keys()

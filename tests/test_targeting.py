@@ -83,8 +83,8 @@ async def test_submit_dry_run_lists_who_gets_each_notice_and_why_not_the_others_
 
     lines = out.splitlines()
     for ref, (_, _, reached) in EXPECTED.items():
-        assert re.search(rf"^{ref} would reach {len(reached)} outlets of 8 \(city \d.*\); {8 - len(reached)} would not$",
-                         out, re.MULTILINE), ref
+        summary = rf"^{ref} would reach {len(reached)} outlets of 8 \(city \d.*\); {8 - len(reached)} would not$"
+        assert re.search(summary, out, re.MULTILINE), ref
     table = lines[lines.index(next(line for line in lines if line.startswith("nanan-food ("))):]
     rows = {line.split()[0]: line for line in table[3:11]}  # after the title, the header and its rule
     assert [outlet for outlet, line in rows.items() if " yes " in line] == [

@@ -155,7 +155,8 @@ class Queue:
                     notices.insert().values(
                         ref=notice.ref, content_hash=digest, payload=notice.canonical_json(),
                         title=notice.title, urgency=notice.urgency.value, publish_at=notice.publish_at,
-                        expires_at=notice.expires_at, submitted_at=now, released_at=None if held else now, source=source,
+                        expires_at=notice.expires_at, submitted_at=now, released_at=None if held else now,
+                        source=source,
                     )
                 ).inserted_primary_key[0]
                 if outlets:

@@ -458,3 +458,14 @@ def test_an_embargoed_notice_that_expires_while_held_is_cancelled(
     assert store.queue.cancel_expired(now=now + timedelta(hours=2, seconds=1)) == {"cq-test-001": 3}
     assert store.log.counts() == {"cancelled": 3}
     assert store.queue.release_due(now=now + timedelta(hours=3)) == 0
+
+
+def test_an_urgent_notice_that_expired_raises_no_late_alert_for_what_was_cancelled(
+    store: Store, make_notice: Callable[..., Notice]
+) -> None:
+    now = datetime.now(UTC)
+    notice = make_notice(urgency="urgent", expires_at=(now + timedelta(minutes=5)).isoformat())
+    store.queue.add_notices([(notice, OUTLETS[:2])], source="t", now=now)
+    later = now + timedelta(minutes=20)
+    assert store.queue.cancel_expired(now=later) == {"cq-test-001": 2}
+    assert store.outbox.flag_late_urgent(timedelta(minutes=10), now=later) == 0  # nothing left anyone can do

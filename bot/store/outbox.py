@@ -40,7 +40,8 @@ class Outbox:
             rows = conn.execute(
                 sa.select(n.c.ref, sa.func.count().label("missing"))
                 .select_from(n.join(d, d.c.notice_id == n.c.id))
-                .where(n.c.urgency == "urgent", n.c.released_at <= now - after, d.c.status != "delivered",
+                .where(n.c.urgency == "urgent", n.c.released_at <= now - after,
+                       d.c.status.not_in(("delivered", "cancelled")),  # cancelled (expired): nothing left to do
                        ~sa.exists().where(alerts.c.key == sa.literal("urgent-late:") + n.c.ref))
                 .group_by(n.c.ref)
             ).all()

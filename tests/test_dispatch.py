@@ -321,9 +321,9 @@ async def test_an_urgent_notice_overtakes_a_backlog_of_10000_normal_deliveries_w
         deadline = time.monotonic() + 60
         while len(outlets.posts) < 200 and time.monotonic() < deadline:  # the backlog is being worked through
             await asyncio.sleep(0.01)
-        mark = len(outlets.posts)
         await asyncio.to_thread(store.queue.add_notices, [(make_notice(ref="urgent", title="紧急", urgency="urgent"),
                                                            matrix.outlets)], "test")
+        mark = len(outlets.posts)  # the urgent notice is stored: from here the claims can see it
         dispatcher.wake()
         while time.monotonic() < deadline and len({p.outlet for p in outlets.posts[mark:]
                                                    if p.payload["data"]["ref"] == "urgent"}) < 20:

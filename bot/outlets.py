@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from bot.model import Notice, Text
+from bot.model import Notice, RegionName, Text
 from bot.regions import CITYWIDE, RegionTable, chongqing_today
 from channels import CHANNELS, AlertChannel, AnyChannel, RateLimit
 
@@ -69,8 +69,8 @@ class Outlet(BaseModel):
     rate_limits: tuple[str, ...] | None = None  # e.g. ["20/min"]; default: the channel's
     options: dict[str, Any] = Field(default_factory=dict)
     # targeting, instead of the default (see ``reach``): every notice, or citywide ones plus those matching
-    regions: Annotated[tuple[Annotated[str, Field(min_length=1, max_length=40)], ...],
-                       Field(min_length=1, max_length=100)] | None = None
+    # spelled as a notice's regions and category are; the names are resolved by load_matrix (resolve_regions)
+    regions: Annotated[tuple[RegionName, ...], Field(min_length=1, max_length=100)] | None = None
     categories: Annotated[tuple[Text(40), ...], Field(min_length=1, max_length=100)] | None = None
     receive: Literal["all"] | None = None  # after the filters: its check reads them
 

@@ -163,7 +163,7 @@ def _dry_run(files: Sequence[Path], matrix: OutletMatrix, regions: RegionTable, 
             _show([("outlet", ID), ("tier", VALUE), ("region", VALUE), ("gets it", VALUE), ("why", FREE)],
                   [[r.outlet.id, r.outlet.tier.value, r.outlet.region,
                     Text("yes", style="green") if r.reached else Text("no", style="yellow"), r.why] for r in reach],
-                  title=f"{notice.ref} ({'; '.join(about)})")
+                  title=Text(f"{notice.ref} ({'; '.join(about)})"))  # Text: a category is never markup
             console.print(Text(f"{notice.ref} would reach {_count(len(reached), 'outlet')} of {len(reach)}"
                                + (f" ({tiers})" if tiers else "") + f"; {len(reach) - len(reached)} would not"))
     console.print("dry run: nothing stored, nothing sent")
@@ -291,8 +291,8 @@ def db_upgrade() -> None:
 ID, VALUE, EXTRA, FREE = "id", "value", "extra", "free"
 
 
-def _table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Text | str]], title: str | None = None,
-           wide: bool = False) -> tuple[Table, int, list[str]]:
+def _table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Text | str]],
+           title: str | Text | None = None, wide: bool = False) -> tuple[Table, int, list[str]]:
     """A table that fits the terminal without cutting an identifier (a ref, an outlet id): free-text columns
     fold, and are left out when even folded they do not fit, then the extra columns (``wide`` keeps all).
     Returns the table, the width to print it at, and the headers left out."""
@@ -324,7 +324,7 @@ def _table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Text | st
     return table, width, [columns[i][0] for i in range(len(columns)) if i not in keep]
 
 
-def _show(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Text | str]], title: str | None = None,
+def _show(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Text | str]], title: str | Text | None = None,
           wide: bool = False, hint: str = "--wide") -> None:
     table, width, left_out = _table(columns, rows, title, wide)
     console.print(table, width=width)

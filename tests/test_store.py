@@ -469,3 +469,17 @@ def test_an_urgent_notice_that_expired_raises_no_late_alert_for_what_was_cancell
     later = now + timedelta(minutes=20)
     assert store.queue.cancel_expired(now=later) == {"cq-test-001": 2}
     assert store.outbox.flag_late_urgent(timedelta(minutes=10), now=later) == 0  # nothing left anyone can do
+
+
+def test_a_failed_delivery_of_an_expired_notice_is_not_requeued(
+    store: Store, make_notice: Callable[..., Notice]
+) -> None:
+    now = datetime.now(UTC)
+    store.queue.add_notices([(make_notice(ref="brief", expires_at=(now + timedelta(minutes=5)).isoformat()),
+                              OUTLETS[:1]), (make_notice(ref="lasting", title="长期"), OUTLETS[:1])], source="t", now=now)
+    claims = store.queue.claim(10, 2, LEASE, now=now)
+    store.queue.record([AttemptRecord(c.delivery_id, c.outlet_id, 1, now, 1.0, "failed", 400, "HTTP 400")
+                        for c in claims], now=now)
+    later = now + timedelta(minutes=10)
+    assert [r["notice"] for r in store.queue.requeue(now=later)] == ["lasting"]
+    assert store.log.deliveries(ref="brief")[0]["status"] == "failed"

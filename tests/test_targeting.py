@@ -118,3 +118,20 @@ async def test_submit_dry_run_names_a_bad_file_and_exits_2(tmp_path: Path, loopb
     assert code == 2
     assert f"{bad}: notice (ref 'cq-test-001') field 'regions.0': unknown region '火星区'" in err
     assert "dry run: nothing stored" in out
+
+
+async def test_submit_dry_run_prints_what_editors_wrote_as_text_never_as_markup(
+    tmp_path: Path, loopback: Callable[..., Any], database_url: str
+) -> None:
+    await loopback(2, entry_changes={"outlet-0001": {"categories": ["[red]食品[/red]"]}})
+    env = {"DEBUNKBOT_DATABASE_URL": database_url, "DEBUNKBOT_OUTLETS": str(tmp_path / "outlets.yaml"),
+           "COLUMNS": "200"}
+    notice = tmp_path / "n.yaml"
+    notice.write_text(yaml.safe_dump(notice_data(regions=["渝中区"], category="[bold]交通[/bold]"),
+                                     allow_unicode=True), encoding="utf-8")
+
+    code, out, err = await debunkbot(env, "submit", "--dry-run", str(notice))
+
+    assert code == 0, err
+    assert "category [bold]交通[/bold]" in out  # in the table's title and in the reason
+    assert "category [bold]交通[/bold], not in its categories filter ([red]食品[/red])" in out

@@ -413,7 +413,8 @@ class Queue:
         status: str = "failed", dry_run: bool = False, now: datetime | None = None,
     ) -> list[dict[str, Any]]:
         """Put matching deliveries back in the queue, due now, each with a fresh retry schedule; their
-        next try is logged with trigger ``manual``. Returns what was (or, dry run, would be) requeued."""
+        next try is logged with trigger ``manual``; deliveries of an expired notice are left alone. Returns what
+        was (or, dry run, would be) requeued."""
         n = notices
         query = (
             sa.select(d.c.id, n.c.ref.label("notice"), d.c.outlet_id.label("outlet"), d.c.attempts,
@@ -430,6 +431,8 @@ class Queue:
             query = query.where(d.c.updated_at >= since)
         with self.db.tx() as conn:
             now = now or self.db.now(conn)
+            # an expired notice's deliveries stay as they are: it must not be sent late
+            query = query.where(sa.or_(d.c.expires_at.is_(None), d.c.expires_at > now))
             rows = [dict(row._mapping) for row in conn.execute(query)]
             if rows and not dry_run:
                 conn.execute(

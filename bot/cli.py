@@ -50,7 +50,7 @@ console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)  # messages name paths: never wrap them
 
 STATUS_WORDS = {"delivered": "已送达 delivered", "pending": "待发送 pending", "failed": "失败 failed",
-                "held": "暂缓 held"}
+                "held": "暂缓 held", "cancelled": "已取消 cancelled"}
 
 
 class LogStatus(StrEnum):
@@ -58,6 +58,7 @@ class LogStatus(StrEnum):
     delivered = "delivered"
     failed = "failed"
     held = "held"
+    cancelled = "cancelled"
 
 
 def _settings() -> Settings:
@@ -128,7 +129,11 @@ def _logging(verbose: bool, matrix: OutletMatrix | None = None, log_format: str 
 
 
 @app.command()
-def submit(paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="notice files or folders")]) -> None:
+def submit(
+    paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="notice files or folders")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="check the files and list, for each notice, the "
+                                          "outlets it would reach and why not the others; store nothing")] = False,
+) -> None:
     """Validate and store notices.
 
     Exit 0 when every file was valid; 2 when a file was rejected (each rejection names the file and the
@@ -137,12 +142,14 @@ def submit(paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="not
     """
     settings = _settings()
     regions = _regions(settings)
-    matrix = _matrix(settings, regions)
-    store = _store(settings)
+    matrix = _matrix(settings, regions, require_secrets=not dry_run)  # a dry run sends nothing
     files = expand(paths)
     if not files:
         errors.print("[red]no notice files found[/] (expected .yaml, .yml or .json)")
         raise typer.Exit(EXIT_BAD_INPUT)
+    if dry_run:
+        raise typer.Exit(_dry_run(files, matrix, regions, settings))
+    store = _store(settings)
     with _say_if_waiting(f"waiting for the store ({_where(settings)}): another process is writing to it"):
         results = submit_files(files, store, matrix, regions, settings.max_notices_per_file)
     for result in results:
@@ -155,6 +162,34 @@ def submit(paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="not
             errors.print(Text.assemble(("refused" if result.deferred else "rejected", "red"), f" {result.error}"))
     raise typer.Exit(0 if all(r.ok for r in results)
                      else EXIT_STORE_REFUSED if any(r.deferred for r in results) else EXIT_BAD_INPUT)
+
+
+def _dry_run(files: Sequence[Path], matrix: OutletMatrix, regions: RegionTable, settings: Settings) -> int:
+    """Each notice's reach over the matrix, outlet by outlet (those it reaches first), and nothing stored."""
+    from bot.intake import read_files
+
+    read = read_files(files, regions, settings.max_notices_per_file)
+    for result, notices in read:
+        if not result.ok:
+            errors.print(Text.assemble(("rejected", "red"), f" {result.error}"))
+            continue
+        for notice in notices:
+            reach = sorted(matrix.reach(notice), key=lambda r: not r.reached)  # stable: matrix order within
+            reached = [r for r in reach if r.reached]
+            tiers = ", ".join(f"{tier.value} {n}" for tier in Tier
+                              if (n := sum(r.outlet.tier == tier for r in reached)))
+            about = [f"for {'、'.join(notice.regions)}", f"category {notice.category or '(none)'}",
+                     notice.urgency.value]
+            if notice.expires_at:
+                about.append(f"expires {_when(notice.expires_at, wide=True)}")
+            _show([("outlet", ID), ("tier", VALUE), ("region", VALUE), ("gets it", VALUE), ("why", FREE)],
+                  [[r.outlet.id, r.outlet.tier.value, r.outlet.region,
+                    Text("yes", style="green") if r.reached else Text("no", style="yellow"), r.why] for r in reach],
+                  title=Text(f"{notice.ref} ({'; '.join(about)})"))  # Text: a category is never markup
+            console.print(Text(f"{notice.ref} would reach {_count(len(reached), 'outlet')} of {len(reach)}"
+                               + (f" ({tiers})" if tiers else "") + f"; {len(reach) - len(reached)} would not"))
+    console.print("dry run: nothing stored, nothing sent")
+    return 0 if all(result.ok for result, _ in read) else EXIT_BAD_INPUT
 
 
 @contextlib.contextmanager
@@ -280,8 +315,8 @@ def db_upgrade() -> None:
 ID, VALUE, EXTRA, FREE = "id", "value", "extra", "free"
 
 
-def _table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Text | str]], title: str | None = None,
-           wide: bool = False) -> tuple[Table, int, list[str]]:
+def _table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Text | str]],
+           title: str | Text | None = None, wide: bool = False) -> tuple[Table, int, list[str]]:
     """A table that fits the terminal without cutting an identifier (a ref, an outlet id): free-text columns
     fold, and are left out when even folded they do not fit, then the extra columns (``wide`` keeps all).
     Returns the table, the width to print it at, and the headers left out."""
@@ -313,7 +348,7 @@ def _table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Text | st
     return table, width, [columns[i][0] for i in range(len(columns)) if i not in keep]
 
 
-def _show(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Text | str]], title: str | None = None,
+def _show(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Text | str]], title: str | Text | None = None,
           wide: bool = False, hint: str = "--wide") -> None:
     table, width, left_out = _table(columns, rows, title, wide)
     console.print(table, width=width)
@@ -335,18 +370,24 @@ def status(ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's 
     """Who has notice REF: a summary per tier and the outlets not yet delivered."""
     settings = _settings()
     store = _store(settings)
-    if store.log.notice(ref) is None:
+    found = store.log.notice(ref)
+    if found is None:
         errors.print(Text(f"no notice with ref {ref!r}", style="red"))
         raise typer.Exit(EXIT_BAD_INPUT)
+    expires_at = found[1].expires_at
+    if expires_at is not None:
+        console.print(Text(f"{ref} {'expired' if expires_at <= utcnow() else 'expires'} at "
+                           f"{_when(expires_at, wide=True)}: after that nothing of it is sent"))
     rows = store.log.deliveries(ref=ref)
     summary = []
     for tier in Tier:
         tier_rows = [r for r in rows if r["tier"] == tier.value]
         if tier_rows:
             summary.append([tier.value, str(len(tier_rows)), *(str(sum(r["status"] == s for r in tier_rows))
-                                                               for s in ("delivered", "pending", "held", "failed"))])
+                                                               for s in ("delivered", "pending", "held", "failed",
+                                                                         "cancelled"))])
     _show([("tier", ID), ("outlets", VALUE), ("delivered", VALUE), ("pending", VALUE), ("held", VALUE),
-           ("failed", VALUE)], summary, title=f"{ref}: deliveries by tier")
+           ("failed", VALUE), ("cancelled", VALUE)], summary, title=f"{ref}: deliveries by tier")
     missing = [r for r in rows if r["status"] != "delivered"]
     if not rows:
         console.print(Text(f"{ref} has no deliveries: no outlet of the matrix was concerned", style="yellow"))
@@ -369,7 +410,7 @@ def log_(
     notice: Annotated[str | None, typer.Option("--notice", metavar="REF", help="only this notice ref")] = None,
     outlet: Annotated[str | None, typer.Option("--outlet", metavar="ID", help="only this outlet id")] = None,
     status: Annotated[LogStatus | None, typer.Option(
-        "--status", metavar="STATUS", help="only pending, delivered, failed or held deliveries")] = None,
+        "--status", metavar="STATUS", help="only pending, delivered, failed, held or cancelled deliveries")] = None,
     attempts: Annotated[bool, typer.Option(
         "--attempts", help="every HTTP try instead of one row per delivery")] = False,
     wide: Annotated[bool, typer.Option("--wide", help="every column, full errors and times, however wide")] = False,

@@ -36,6 +36,7 @@ from bot.matrix import LiveMatrix
 from bot.outlets import Outlet, OutletMatrix
 from bot.settings import Settings
 from bot.store import STORE_FAULTS, AttemptRecord, Claim, Store, describe_fault, utcnow
+from bot.store.queue import EXPIRED
 from channels import AnyChannel, Exchanging, Outcome, Pulling, Pushing, RateLimit, Rendered
 
 log = logging.getLogger("debunkbot.dispatch")
@@ -64,8 +65,10 @@ class RetryPolicy:
     retry_after_max: float = 3600.0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RetryPolicy:
-        return cls(settings.retry_delays, settings.retry_jitter, settings.retry_after_max)
+    def from_settings(cls, settings: Settings, urgent: bool = False) -> RetryPolicy:
+        """The normal schedule (DEBUNKBOT_RETRY_SCHEDULE), or the urgent lane's (DEBUNKBOT_URGENT_RETRY_SCHEDULE)."""
+        return cls(settings.urgent_retry_delays if urgent else settings.retry_delays, settings.retry_jitter,
+                   settings.retry_after_max)
 
     def delay_after(self, attempt: int, retry_after: float | None) -> float | None:
         """Seconds to wait after failed try number ``attempt``; None when the schedule is exhausted.
@@ -121,6 +124,7 @@ class Dispatcher:
         self.sender = sender
         self.channels = channels or matrix.channels
         self.policy = RetryPolicy.from_settings(settings)
+        self.urgent_policy = RetryPolicy.from_settings(settings, urgent=True)
         self.on_recorded = on_recorded
         self.capacity = settings.concurrency
         # each channel's kind, looked up once (an isinstance of a Protocol costs ~15 µs a send)
@@ -286,6 +290,9 @@ class Dispatcher:
         view = self.view
 
         def claim() -> tuple[list[Claim], dict[int, tuple[Notice, datetime]]]:
+            for ref, count in self.store.queue.cancel_expired().items():
+                log.info("notice %s expired: %d unsent %s cancelled", ref, count,
+                         "delivery" if count == 1 else "deliveries")
             claims = self.store.queue.claim(room, self.settings.per_outlet_concurrency, self._lease,
                                           rate_limits=view.rate_limits, outlets=view.sending)
             missing = {c.notice_id for c in claims} - self._notices.keys()
@@ -293,9 +300,11 @@ class Dispatcher:
 
         lease_until = time.monotonic() + self._lease.total_seconds()
         claims, loaded = await self.db(claim)
+        urgent: list[Ready] = []
         for c in claims:
             notice = self._notices.get(c.notice_id) or loaded.get(c.notice_id)
-            self._ready.append(Ready(c, *(notice or (None, None)), lease_until))
+            (urgent if c.urgent else self._ready).append(Ready(c, *(notice or (None, None)), lease_until))
+        self._ready.extendleft(reversed(urgent))  # ahead of normal claims taken earlier
         self._notices.update(loaded)
         while len(self._notices) > NOTICE_CACHE:
             self._notices.popitem(last=False)
@@ -413,6 +422,9 @@ class Dispatcher:
     async def _attempt(self, ready: Ready) -> AttemptRecord:
         claim, notice, published_at = ready.claim, ready.notice, ready.published_at
         started = utcnow()
+        if claim.expires_at is not None and started >= claim.expires_at:  # claimed in time, but not sent in time
+            return AttemptRecord(claim.delivery_id, claim.outlet_id, claim.attempt, started, 0.0, "cancelled",
+                                 error=EXPIRED, trigger=claim.trigger)
         outlet = self.matrix.by_id.get(claim.outlet_id)
         if outlet is None:
             return self._record(claim, started, 0.0, Outcome(
@@ -471,7 +483,8 @@ class Dispatcher:
         result, error, next_at, exhausted = outcome.result, outcome.error, None, False
         if result == "retry":
             # a manual retry starts the schedule again from its first delay
-            delay = self.policy.delay_after(claim.attempt - claim.schedule_start, outcome.retry_after)
+            policy = self.urgent_policy if claim.urgent else self.policy
+            delay = policy.delay_after(claim.attempt - claim.schedule_start, outcome.retry_after)
             if delay is None:
                 result, exhausted = "failed", True
                 error = f"{error}; retries exhausted after {claim.attempt} attempts"

@@ -145,6 +145,7 @@ class Notice(BaseModel):
     category: Text(40) | None = None
     urgency: Urgency = Urgency.normal
     publish_at: Annotated[AwareDatetime, AfterValidator(_plausible_time)] | None = None
+    expires_at: AwareDatetime | None = None  # after it, deliveries not yet made are cancelled (reason "expired")
     sources: Annotated[tuple[Source, ...], Field(max_length=20)] = ()
 
     @field_validator("regions")
@@ -157,6 +158,28 @@ class Notice(BaseModel):
             return (CITYWIDE,)
         return tuple(dict.fromkeys(names))
 
+    @field_validator("expires_at")
+    @classmethod
+    def _expires_later(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        """After the notice is published, and not already past when it is submitted."""
+        if value is None or (info.context or {}).get("stored"):
+            return value
+        now: datetime = (info.context or {}).get("now") or datetime.now(UTC)
+        try:
+            utc = value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError(f"{value.isoformat()} is out of range") from None
+        publish_at = info.data.get("publish_at")
+        if publish_at is not None and utc <= publish_at:
+            raise ValueError(f"{value.isoformat()} is not after publish_at ({publish_at.isoformat()}); "
+                             "a notice must be published before it expires")
+        if utc <= now:
+            raise ValueError(f"{value.isoformat()} is already past; a notice that has expired would reach no outlet")
+        if utc > now + timedelta(days=3660):
+            raise ValueError(f"{value.isoformat()} is more than ten years ahead; omit expires_at for a notice "
+                             "that does not expire")
+        return value
+
     @property
     def citywide(self) -> bool:
         return self.regions == (CITYWIDE,)
@@ -166,7 +189,10 @@ class Notice(BaseModel):
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        if data["expires_at"] is None:  # notices stored before expires_at existed keep their hash
+            del data["expires_at"]
+        return json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_stored(cls, payload: str | dict[str, Any]) -> Notice:

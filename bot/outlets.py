@@ -5,6 +5,12 @@ and the error names the outlet id and the field.
 
     >>> matrix = load_matrix(Path("config/outlets.yaml"), environ={...})  # doctest: +SKIP
     >>> [o.id for o in matrix.concerned_by(notice)]                        # doctest: +SKIP
+    >>> [(r.outlet.id, r.why) for r in matrix.reach(notice) if not r.reached]  # doctest: +SKIP
+
+Who gets a notice (``reach``, the one place that decides it): by default a citywide outlet gets every
+notice and a district outlet citywide notices and those naming its region. An outlet may say instead
+``receive: all``, or ``regions: [...]`` and/or ``categories: [...]``: citywide notices, plus those that
+match every filter it sets.
 """
 
 from __future__ import annotations
@@ -17,13 +23,13 @@ from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from bot.model import Notice
+from bot.model import Notice, RegionName, Text
 from bot.regions import CITYWIDE, RegionTable, chongqing_today
 from channels import CHANNELS, AlertChannel, AnyChannel, RateLimit
 
@@ -67,6 +73,18 @@ class Outlet(BaseModel):
     secret_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")] | None = None
     rate_limits: tuple[str, ...] | None = None  # e.g. ["20/min"]; default: the channel's
     options: dict[str, Any] = Field(default_factory=dict)
+    # targeting, instead of the default (see ``reach``): every notice, or citywide ones plus those matching
+    # spelled as a notice's regions and category are; the names are resolved by load_matrix (resolve_regions)
+    regions: Annotated[tuple[RegionName, ...], Field(min_length=1, max_length=100)] | None = None
+    categories: Annotated[tuple[Text(40), ...], Field(min_length=1, max_length=100)] | None = None
+    receive: Literal["all"] | None = None  # after the filters: its check reads them
+
+    @field_validator("receive")
+    @classmethod
+    def _all_or_filters(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value == "all" and (info.data.get("regions") or info.data.get("categories")):
+            raise ValueError("receive: all takes every notice; remove it, or remove regions and categories")
+        return value
 
     @field_validator("rate_limits")
     @classmethod
@@ -156,8 +174,78 @@ class OutletMatrix:
         return self._secrets.get(outlet_id)
 
     def concerned_by(self, notice: Notice) -> list[Outlet]:
-        """Citywide outlets get every notice; a district outlet gets citywide ones and its own region's."""
-        return [o for o in self.outlets if notice.citywide or o.region == CITYWIDE or o.region in notice.regions]
+        """The outlets the notice goes to (``reach`` says why, and why not the others)."""
+        return [r.outlet for r in self.reach(notice) if r.reached]
+
+    def reach(self, notice: Notice) -> list[Reach]:
+        """For every outlet, in matrix order: whether the notice goes to it, and why (or why not)."""
+        return [reach(outlet, notice) for outlet in self.outlets]
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Whether a notice goes to an outlet, and why, in words a district editor reads."""
+
+    outlet: Outlet
+    reached: bool
+    why: str
+
+
+def reach(outlet: Outlet, notice: Notice) -> Reach:
+    """Whether ``notice`` goes to ``outlet``, and why: the one place targeting is decided.
+
+    >>> reach(yuzhong_centre, notice_for_wanzhou).why                    # doctest: +SKIP
+    'for 万州区 only, not its region 渝中区'
+    """
+    where = "、".join(notice.regions)
+    if outlet.receive == "all":
+        return Reach(outlet, True, "receive: all")
+    if notice.citywide:
+        return Reach(outlet, True, "citywide notice")
+    if outlet.regions is None and outlet.categories is None:  # the default
+        if outlet.region == CITYWIDE:
+            return Reach(outlet, True, "citywide outlet: takes every notice")
+        if outlet.region in notice.regions:
+            return Reach(outlet, True, f"names its region {outlet.region}")
+        return Reach(outlet, False, f"for {where} only, not its region {outlet.region}")
+    matched, missed = [], []
+    if outlet.regions is not None:
+        if found := [r for r in notice.regions if r in outlet.regions]:
+            matched.append(f"names {'、'.join(found)} (its regions filter)")
+        else:
+            missed.append(f"for {where} only, none in its regions filter ({'、'.join(outlet.regions)})")
+    if outlet.categories is not None:
+        if notice.category in outlet.categories:
+            matched.append(f"category {notice.category} (its categories filter)")
+        else:
+            missed.append((f"category {notice.category}" if notice.category else "no category") +
+                          f", not in its categories filter ({'、'.join(outlet.categories)})")
+    return Reach(outlet, False, "; ".join(missed)) if missed else Reach(outlet, True, "; ".join(matched))
+
+
+def resolve_regions(outlet: Outlet, table: RegionTable, day: date) -> tuple[Outlet, list[tuple[str, str]]]:
+    """The outlet with its region and regions filter resolved on ``day`` (aliases, merged districts), as a
+    notice's regions are; and the problems, as (field, message), for names the table does not know."""
+    problems: list[tuple[str, str]] = []
+    try:
+        region = table.resolve(outlet.region, day)
+    except ValueError as exc:
+        region = outlet.region
+        problems.append(("region", str(exc)))
+    regions = outlet.regions
+    if regions is not None:
+        resolved = []
+        for index, name in enumerate(regions):
+            try:
+                resolved.append(table.resolve(name, day))
+            except ValueError as exc:
+                resolved.append(name)
+                problems.append((f"regions.{index}", str(exc)))
+        regions = tuple(dict.fromkeys(resolved))
+        if CITYWIDE in regions:
+            problems.append(("regions", f"names {CITYWIDE}; citywide notices reach every outlet anyway: list "
+                                        "districts, or write receive: all for every notice"))
+    return outlet.model_copy(update={"region": region, "regions": regions}), problems
 
 
 def load_matrix(
@@ -205,12 +293,10 @@ def load_matrix(
         try:
             outlet = Outlet.model_validate(entry, context={"channels": channels})
         except ValidationError as exc:
-            problems += [f"{label} field {_loc(err['loc'])!r}: {err['msg']}" for err in exc.errors()]
+            problems += [f"{label} field {_loc(err['loc'])!r}: {_msg(err)}" for err in exc.errors()]
             continue
-        try:
-            outlet = outlet.model_copy(update={"region": regions.resolve(outlet.region, day)})
-        except ValueError as exc:
-            problems.append(f"{label} field 'region': {exc}")
+        outlet, unknown = resolve_regions(outlet, regions, day)
+        problems += [f"{label} field {fld!r}: {msg}" for fld, msg in unknown]
         if outlet.id in seen:
             problems.append(f"{label} field 'id': duplicate id")
         seen.add(outlet.id)
@@ -246,6 +332,14 @@ def load_matrix(
 
 def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(entry)"
+
+
+def _msg(err: Any) -> str:
+    if err["type"] == "too_short" and err["input"] in ([], ()):
+        return "an empty list; omit the field (the default targeting) or list at least one"
+    if err["type"] == "tuple_type":
+        return f"expected a list, such as [{err['input']}]" if isinstance(err["input"], str) else "expected a list"
+    return str(err["msg"])
 
 
 def _one_line(exc: Exception) -> str:

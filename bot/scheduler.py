@@ -40,9 +40,9 @@ from bot.alerts import Alerter
 from bot.dispatch import STORE_BACKOFF_MAX, Dispatcher
 from bot.http import Sender
 from bot.intake import FileResult, scan_inbox_off_loop
-from bot.matrix import LiveMatrix
 from bot.logs import log_fields
-from bot.outlets import OutletMatrix
+from bot.matrix import LiveMatrix
+from bot.outlets import OutletMatrix, resolve_regions
 from bot.regions import RegionTable
 from bot.settings import Settings
 from bot.store import (
@@ -251,19 +251,22 @@ class Daemon:
             return
         outlets = []
         for outlet in self.matrix.outlets:
-            try:
-                outlets.append(outlet.model_copy(update={"region": self.regions.resolve(outlet.region, day)}))
-            except ValueError as exc:
-                log.warning("outlet %s keeps region %s: %s", outlet.id, outlet.region, exc,
+            resolved, problems = resolve_regions(outlet, self.regions, day)
+            for fld, problem in problems:
+                log.warning("outlet %s keeps its %s as it was: %s", outlet.id, fld, problem,
                             extra=log_fields(outlet_id=outlet.id))
-                outlets.append(outlet)
-        changed = [(old.id, old.region, new.region) for old, new in zip(self.matrix.outlets, outlets, strict=True)
-                   if old.region != new.region]
-        if changed:
+            outlets.append(resolved if not problems else outlet)
+        pairs = list(zip(self.matrix.outlets, outlets, strict=True))
+        if any(old != new for old, new in pairs):
             self.matrix = dataclasses.replace(self.matrix, outlets=tuple(outlets))
-            for outlet_id, old_region, new_region in changed:
-                log.info("outlet %s: region %s is %s from %s (Chongqing date)", outlet_id, old_region, new_region, day,
-                         extra=log_fields(outlet_id=outlet_id))
+        for old, new in pairs:
+            if old.region != new.region:
+                log.info("outlet %s: region %s is %s from %s (Chongqing date)", old.id, old.region, new.region, day,
+                         extra=log_fields(outlet_id=old.id))
+            if old.regions != new.regions:
+                log.info("outlet %s: regions filter %s is %s from %s (Chongqing date)", old.id,
+                         "、".join(old.regions or ()), "、".join(new.regions or ()), day,
+                         extra=log_fields(outlet_id=old.id))
         self.regions_day = day
 
     async def scan_inbox(self) -> list[FileResult]:
@@ -365,6 +368,9 @@ class AttemptReport:
             if r.outcome == "delivered":
                 log.debug("%s: attempt %d delivered (HTTP %s, %.0f ms)", where, r.attempt, r.http_status, r.latency_ms,
                           extra=fields)
+            elif r.outcome == "cancelled":
+                log.info("%s: not sent, cancelled (%s)", where, r.error, extra=fields)
+                continue
             elif r.outcome == "retry":
                 when = r.next_attempt_at.isoformat(timespec="seconds") if r.next_attempt_at else "later"
                 log.warning("%s: attempt %d failed: %s; next try at %s", where, r.attempt, reason, when, extra=fields)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     per_outlet_concurrency: int = Field(default=2, ge=1, description="sends in flight at once to one outlet")
     http_timeout: float = Field(default=15.0, gt=0, description="seconds for one send, connect to last byte")
     retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
+    urgent_retry_schedule: str = Field(default="2,10,30,120,600", description="seconds between the tries of "
+                                       "an urgent notice's delivery: a tighter schedule than retry_schedule")
     retry_jitter: float = Field(default=0.2, ge=0, lt=1)
     retry_after_max: float = Field(default=3600.0, gt=0, description="cap on an outlet's Retry-After")
     response_max_bytes: int = Field(default=4096, ge=0, description="response bytes kept per attempt")
@@ -54,17 +56,22 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(default="text", description="the log on stderr: readable "
                                                 "lines, or one JSON object per line")
 
-    @field_validator("retry_schedule")
+    @field_validator("retry_schedule", "urgent_retry_schedule")
     @classmethod
-    def _schedule_is_seconds(cls, value: str) -> str:
+    def _schedule_is_seconds(cls, value: str, info: ValidationInfo) -> str:
+        name = f"DEBUNKBOT_{(info.field_name or '').upper()}"
         try:
             delays = [float(part) for part in value.split(",") if part.strip()]
         except ValueError:
-            raise ValueError(f"DEBUNKBOT_RETRY_SCHEDULE must be seconds separated by commas, got {value!r}") from None
+            raise ValueError(f"{name} must be seconds separated by commas, got {value!r}") from None
         if any(delay < 0 for delay in delays):
-            raise ValueError(f"DEBUNKBOT_RETRY_SCHEDULE has a negative delay: {value!r}")
+            raise ValueError(f"{name} has a negative delay: {value!r}")
         return value
 
     @property
     def retry_delays(self) -> tuple[float, ...]:
         return tuple(float(part) for part in self.retry_schedule.split(",") if part.strip())
+
+    @property
+    def urgent_retry_delays(self) -> tuple[float, ...]:
+        return tuple(float(part) for part in self.urgent_retry_schedule.split(",") if part.strip())

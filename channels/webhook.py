@@ -122,4 +122,6 @@ def claim_review(notice: Notice, published_at: datetime) -> dict[str, Any]:
     }
     if notice.sources:
         review["url"] = str(notice.sources[0].url)
+    if notice.expires_at:  # schema.org CreativeWork.expires: when the review stops being useful
+        review["expires"] = notice.expires_at.isoformat()
     return review

@@ -361,3 +361,30 @@ async def test_submit_says_it_waits_for_a_locked_store_and_exits_3_when_the_stor
     assert "not stored, the store is unavailable (database is locked)" in err and "Submit it again" in err
     code, out, _ = await debunkbot(env, "submit", str(tmp_path / "n.yaml"))
     assert code == 0 and "cq-test-001 stored, 2 deliveries" in out
+
+
+async def test_an_expired_notice_is_cancelled_by_the_running_bot_and_status_and_log_say_so(
+    tmp_path: Path, loopback: Callable[..., Any], database_url: str
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    outlets, env = await bot_env(tmp_path, loopback, 2, database_url, **{"outlet-0001": [503] * 1000})
+    env["DEBUNKBOT_RETRY_SCHEDULE"] = ",".join(["0.2"] * 1000)
+    expires = datetime.now(UTC) + timedelta(seconds=8)  # room for the submit process to start
+    notice = write_notice(tmp_path / "n.yaml", expires_at=expires.isoformat())
+    code, _, err = await debunkbot(env, "submit", str(notice))
+    assert code == 0, err
+
+    code, _, err = await debunkbot(env, "run", "--until-idle")  # retries outlet-0001 until the notice expires
+
+    assert code == 0, err
+    assert "notice cq-test-001 expired: 1 unsent delivery cancelled" in err
+    assert outlets.tries["outlet-0001"] >= 1 and {p.outlet for p in outlets.posts} == {"outlet-0000"}
+    code, out, _ = await debunkbot(env, "status", "cq-test-001")
+    assert "cq-test-001 expired at " in out and "nothing of it is sent" in out
+    assert "outlet-0001  已取消 cancelled: expired" in out
+    code, out, _ = await debunkbot(env, "log", "--status", "cancelled", "--json")
+    (row,) = [json.loads(line) for line in out.splitlines()]
+    assert (row["outlet"], row["status"], row["reason"], row["error"]) == ("outlet-0001", "cancelled", "expired",
+                                                                           "HTTP 503")
+    assert row["attempts"] == outlets.tries["outlet-0001"]  # each request the outlet got is a try begun in time

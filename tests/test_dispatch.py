@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -302,3 +302,120 @@ async def test_a_claim_that_waited_for_a_slot_has_its_lease_renewed_before_it_is
     assert store.log.counts() == {"delivered": 2} and len(outlets.seen("a")) == 1
     first, renewed = (datetime.fromisoformat(str(lease)) for lease in leases)  # claimed, renewed when sent
     assert (renewed - first).total_seconds() >= 1.0
+
+
+# -- urgent lanes ---------------------------------------------------------------------------------------
+
+async def test_an_urgent_notice_overtakes_a_backlog_of_10000_normal_deliveries_within_one_claim_cycle(
+    store: Store, settings: Settings, loopback: Callable[..., Any], make_notice: Callable[..., Notice]
+) -> None:
+    outlets, matrix = await loopback(20, delay=0.005)
+    for batch in range(5):
+        store.queue.add_notices([(make_notice(ref=f"old{batch}-{n}", title=f"旧{n}"), matrix.outlets)
+                                 for n in range(100)], source="test")
+    assert store.log.counts() == {"pending": 10_000}
+    stop = asyncio.Event()
+    async with make_sender(settings) as client:
+        dispatcher = Dispatcher(store, matrix, settings, client)
+        run = asyncio.create_task(dispatcher.run(stop))
+        deadline = time.monotonic() + 60
+        while len(outlets.posts) < 200 and time.monotonic() < deadline:  # the backlog is being worked through
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(store.queue.add_notices, [(make_notice(ref="urgent", title="紧急", urgency="urgent"),
+                                                           matrix.outlets)], "test")
+        mark = len(outlets.posts)  # the urgent notice is stored: from here the claims can see it
+        dispatcher.wake()
+        while time.monotonic() < deadline and len({p.outlet for p in outlets.posts[mark:]
+                                                   if p.payload["data"]["ref"] == "urgent"}) < 20:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await run
+        await dispatcher.close()
+
+    assert store.log.counts("urgent") == {"delivered": 20}
+    assert store.log.counts()["pending"] > 5_000  # the backlog was still there: the urgent notice overtook it
+    cap = settings.per_outlet_concurrency
+    for outlet in matrix.outlets:
+        after = [p.payload["data"]["ref"] for p in outlets.posts[mark:] if p.outlet == outlet.id]
+        # before the urgent post: only what the outlet had in flight or claimed when the notice was stored, and
+        # what a claim running at that moment took (one claim cycle), never the backlog waiting longer
+        assert after.index("urgent") <= 2 * cap, (outlet.id, after[:10])
+
+
+async def test_urgent_deliveries_retry_on_the_urgent_schedule(
+    store: Store, settings: Settings, loopback: Callable[..., Any], make_notice: Callable[..., Notice]
+) -> None:
+    outlets, matrix = await loopback(1, script={"outlet-0000": [503, 503]})
+    settings = settings.model_copy(update={"retry_schedule": "600", "urgent_retry_schedule": "0.05,0.05"})
+    store.queue.add_notices([(make_notice(ref="normal"), matrix.outlets)], source="test")
+    store.queue.add_notices([(make_notice(ref="urgent", title="紧急", urgency="urgent"), matrix.outlets)],
+                            source="test")
+    stop = asyncio.Event()
+    async with make_sender(settings) as client:
+        dispatcher = Dispatcher(store, matrix, settings, client)
+        run = asyncio.create_task(dispatcher.run(stop))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and store.log.counts("urgent") != {"delivered": 1}:
+            await asyncio.sleep(0.02)
+        stop.set()
+        await run
+        await dispatcher.close()
+
+    urgent = store.log.attempts(ref="urgent")
+    assert [t["outcome"] for t in urgent] == ["retry", "delivered"]  # claimed first: it took the first 503
+    (normal_try,) = store.log.attempts(ref="normal")
+    (normal,) = store.log.deliveries(ref="normal")
+    assert normal_try["outcome"] == "retry" and normal["status"] == "pending"
+    assert normal["next_attempt_at"] - normal_try["started_at"] >= timedelta(seconds=599)  # the normal schedule
+    assert urgent[1]["started_at"] - urgent[0]["started_at"] < timedelta(seconds=30)
+
+
+# -- expiry ---------------------------------------------------------------------------------------------
+
+async def test_an_expired_notices_retries_never_reach_the_outlet(
+    store: Store, settings: Settings, loopback: Callable[..., Any], make_notice: Callable[..., Notice]
+) -> None:
+    outlets, matrix = await loopback(2, script={"outlet-0001": [503] * 1000})  # outlet-0001 is down
+    settings = settings.model_copy(update={"retry_schedule": ",".join(["0.1"] * 1000)})
+    expires = datetime.now(UTC) + timedelta(seconds=2)
+    store.queue.add_notices([(make_notice(expires_at=expires.isoformat()), matrix.outlets)], source="test")
+
+    async with make_sender(settings) as client:
+        dispatcher = Dispatcher(store, matrix, settings, client)
+        await asyncio.wait_for(dispatcher.run(until_idle=True), timeout=60)  # idle: nothing left to retry
+        await dispatcher.close()
+
+    up, down = store.log.deliveries()
+    assert (up["status"], down["status"], down["reason"]) == ("delivered", "cancelled", "expired")
+    tries = store.log.attempts(outlet_id="outlet-0001")
+    assert tries and all(t["outcome"] == "retry" and t["started_at"] < expires for t in tries)
+    assert outlets.tries["outlet-0001"] == len(tries)  # every request it received is a try begun before expiry
+    assert down["attempts"] == len(tries) and down["error"] == "HTTP 503"
+    (post,) = outlets.posts  # the receiver is told when the notice expires, in the payload and its ClaimReview
+    data = post.payload["data"]
+    assert datetime.fromisoformat(data["expires_at"]) == expires
+    assert datetime.fromisoformat(data["claim_review"]["expires"]) == expires
+
+
+async def test_a_claimed_delivery_whose_notice_expires_before_its_send_starts_is_cancelled_not_sent(
+    store: Store, settings: Settings, loopback: Callable[..., Any], make_notice: Callable[..., Notice]
+) -> None:
+    # one send at a time to a slow outlet: the second claim waits its turn, and its notice expires meanwhile
+    outlets, matrix = await loopback(1, delay=3.0)
+    settings = settings.model_copy(update={"concurrency": 1, "per_outlet_concurrency": 2, "slow_send_after": 60,
+                                           "http_timeout": 10})
+    store.queue.add_notices([(make_notice(ref="lasting"), matrix.outlets)], source="test")
+    expires = datetime.now(UTC) + timedelta(seconds=1.5)
+    store.queue.add_notices([(make_notice(ref="brief", title="短", expires_at=expires.isoformat()),
+                              matrix.outlets)], source="test")
+
+    async with make_sender(settings) as client:
+        dispatcher = Dispatcher(store, matrix, settings, client)
+        await asyncio.wait_for(dispatcher.run(until_idle=True), timeout=60)
+        await dispatcher.close()
+
+    assert [p.payload["data"]["ref"] for p in outlets.posts] == ["lasting"]
+    assert outlets.tries["outlet-0000"] == 1
+    (brief,) = store.log.deliveries(ref="brief")
+    assert (brief["status"], brief["reason"], brief["attempts"]) == ("cancelled", "expired", 0)
+    assert store.log.attempts(ref="brief") == []

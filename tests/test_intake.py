@@ -71,6 +71,14 @@ BAD_FILES = {
     "empty regions": ("bad.yaml", notice_data(regions=[]), "field 'regions': an empty list; omit the field or write"),
     "embargo years ahead": ("bad.yaml", notice_data(publish_at="2031-01-01T00:00:00+08:00"),
                             "field 'publish_at': 2031-01-01T00:00:00+08:00 is more than a year ahead"),
+    "expiry in the past": ("bad.yaml", notice_data(expires_at="2020-01-01T00:00:00+08:00"),
+                           "field 'expires_at': 2020-01-01T00:00:00+08:00 is already past; a notice that has expired "
+                           "would reach no outlet"),
+    "expiry before publication": ("bad.yaml", notice_data(publish_at="2027-01-02T00:00:00+08:00",
+                                                          expires_at="2027-01-01T00:00:00+08:00"),
+                                  "field 'expires_at': 2027-01-01T00:00:00+08:00 is not after publish_at "
+                                  "(2027-01-02T00:00:00+08:00); a notice must be published before it expires"),
+    "naive expires_at": ("bad.yaml", "ref: x\nexpires_at: 2027-11-27 10:00:00\n", "field 'expires_at'"),
     "control character": ("bad.json", notice_data(title="标题\u0000"), 
                           "field 'title': contains the invisible or control character U+0000 at position 3"),
 }
@@ -353,3 +361,23 @@ def test_a_notice_read_back_from_the_store_is_taken_as_stored_even_if_todays_rul
 
     old = notice_data(rumour="网传\u202e消息", publish_at="2040-01-01T00:00:00+08:00")  # accepted by older rules
     assert Notice.from_stored(old).rumour == "网传\u202e消息"
+
+
+def test_an_expiring_notice_is_stored_with_its_expiry_and_one_without_keeps_its_content_hash(
+    tmp_path: Path, store: Store, matrix: OutletMatrix, regions: RegionTable
+) -> None:
+    import hashlib
+
+    from bot.model import Notice
+
+    path = write(tmp_path / "n.yaml", notice_data(expires_at="2027-06-01T12:00:00+08:00"))
+    (result,) = submit_files([path], store, matrix, regions, now=datetime(2026, 11, 27, tzinfo=UTC))
+    assert result.ok, result.error
+    _, stored = store.log.notice("cq-test-001")  # type: ignore[misc]
+    assert stored.expires_at == datetime(2027, 6, 1, 4, tzinfo=UTC)
+    assert {r["status"] for r in store.log.deliveries()} == {"pending"}
+    # a notice stored before expires_at existed hashes as it did then, so submitting it again is still a no-op
+    plain = Notice.model_validate(notice_data(), context={"regions": regions})
+    before = json.dumps({k: v for k, v in plain.model_dump(mode="json").items() if k != "expires_at"},
+                        ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    assert plain.content_hash() == hashlib.sha256(before.encode()).hexdigest()

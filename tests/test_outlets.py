@@ -144,3 +144,57 @@ def test_an_outlet_gets_citywide_notices_and_those_naming_its_unit(
 def test_a_notice_naming_an_unknown_region_is_refused(regions: RegionTable) -> None:
     with pytest.raises(ValidationError, match="unknown region '火星区'"):
         Notice.model_validate(notice_data(regions=["火星区"]), context={"regions": regions, "now": datetime.combine(AFTER, time(12), CHONGQING)})
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"receive": "all", "regions": ["渝中区"]},
+     "outlet 'dist-yuzhong' field 'receive': Value error, receive: all takes every notice; remove it, or remove "
+     "regions and categories"),
+    ({"receive": "everything"}, "outlet 'dist-yuzhong' field 'receive': Input should be 'all'"),
+    ({"regions": []}, "outlet 'dist-yuzhong' field 'regions': an empty list; omit the field"),
+    ({"categories": "公共安全"}, "outlet 'dist-yuzhong' field 'categories': expected a list, such as [公共安全]"),
+    ({"regions": ["渝中区", "火星区"]}, "outlet 'dist-yuzhong' field 'regions.1': unknown region '火星区'"),
+    ({"regions": ["全市"]}, "outlet 'dist-yuzhong' field 'regions': names 全市; citywide notices reach every outlet"),
+    ({"categories": ["公共\u200b安全"]}, "outlet 'dist-yuzhong' field 'categories.0': Value error, contains the "
+                                         "invisible or control character U+200B"),
+])
+def test_bad_targeting_is_refused_naming_the_outlet_and_the_field(
+    tmp_path: Path, regions: RegionTable, change: dict[str, Any], expected: str
+) -> None:
+    path = write_matrix(tmp_path, [GOOD | change])
+    with pytest.raises(MatrixError) as error:
+        load_matrix(path, regions, environ={"S_YZ": WHSEC})
+    assert expected in str(error.value) and str(path) in str(error.value)
+
+
+def test_a_regions_filter_is_resolved_like_a_notices_regions_and_follows_a_merger(
+    tmp_path: Path, regions: RegionTable
+) -> None:
+    path = write_matrix(tmp_path, [GOOD | {"regions": ["渝中", "江北区", "渝北"]}])
+    before = load_matrix(path, regions, environ={"S_YZ": WHSEC}, on=BEFORE).outlets[0]
+    after = load_matrix(path, regions, environ={"S_YZ": WHSEC}, on=AFTER).outlets[0]
+    assert before.regions == ("渝中区", "江北区", "渝北区")
+    assert after.regions == ("渝中区", "两江新区")  # both merged into 两江新区: listed once
+
+
+def test_reach_says_why_a_notice_goes_or_does_not_go_to_each_outlet(regions: RegionTable) -> None:
+    outlets = (
+        Outlet.model_validate(GOOD | {"id": "default"}),
+        Outlet.model_validate(GOOD | {"id": "everything", "receive": "all"}),
+        Outlet.model_validate(GOOD | {"id": "food", "categories": ["食品安全"]}),
+        Outlet.model_validate(GOOD | {"id": "nanan-food", "regions": ["南岸区"], "categories": ["食品安全"]}),
+    )
+    matrix = OutletMatrix(outlets)
+    now = datetime.combine(AFTER, time(12), CHONGQING)
+    dadukou_food = Notice.model_validate(notice_data(regions=["大渡口"], category="食品安全"),
+                                         context={"regions": regions, "now": now})
+    assert [(r.outlet.id, r.reached, r.why) for r in matrix.reach(dadukou_food)] == [
+        ("default", False, "for 大渡口区 only, not its region 渝中区"),
+        ("everything", True, "receive: all"),
+        ("food", True, "category 食品安全 (its categories filter)"),
+        ("nanan-food", False, "for 大渡口区 only, none in its regions filter (南岸区)"),
+    ]
+    assert [o.id for o in matrix.concerned_by(dadukou_food)] == ["everything", "food"]
+    citywide = Notice.model_validate(notice_data(), context={"regions": regions, "now": now})
+    assert {r.why for r in matrix.reach(citywide)} == {"citywide notice", "receive: all"}
+    assert len(matrix.concerned_by(citywide)) == 4

@@ -349,3 +349,137 @@ def test_any_text_an_outlet_answers_is_stored_and_the_platform_code_with_it(
     assert attempt["response"] == '{"ok":true}\ufffd \ufffd' and attempt["error"] == "errcode 45009 \ufffd"
     assert attempt["platform_code"] == "45009"
     assert store.log.deliveries()[0]["error"] == "errcode 45009 \ufffd"
+
+
+# -- urgent lanes ---------------------------------------------------------------------------------------
+
+def test_an_urgent_notice_is_claimed_within_one_claim_cycle_of_a_10000_delivery_backlog(
+    store: Store, make_notice: Callable[..., Notice]
+) -> None:
+    outlets = [Outlet(id=f"o{i:02}", name=f"站点{i}", tier="district", channel="webhook", url="https://x.example/",
+                      secret_env="S") for i in range(50)]
+    start = datetime.now(UTC) - timedelta(minutes=10)
+    for batch in range(4):
+        store.queue.add_notices([(make_notice(ref=f"old{batch}-{n}", title=f"旧{n}"), outlets) for n in range(50)],
+                                source="t", now=start)
+    assert store.log.counts() == {"pending": 10_000}
+    now = datetime.now(UTC)
+    in_flight = store.queue.claim(100, per_outlet=2, lease=LEASE, now=now)  # every outlet's room is taken
+    assert len(in_flight) == 100
+
+    store.queue.add_notices([(make_notice(ref="urgent", title="紧急", urgency="urgent"), outlets)], source="t", now=now)
+    assert store.queue.claim(100, per_outlet=2, lease=LEASE, now=now) == []  # no room until the sends in flight end
+    store.queue.record([AttemptRecord(c.delivery_id, c.outlet_id, c.attempt, now, 1.0, "delivered", 200)
+                        for c in in_flight], now=now)
+    urgent_id = store.log.notice("urgent")[0]  # type: ignore[index]
+
+    # the next claim: every outlet's urgent delivery, ahead of the 9,900 normal ones waiting longer, each outlet
+    # within its cap
+    claims = store.queue.claim(100, per_outlet=2, lease=LEASE, now=now)
+    assert [c.notice_id == urgent_id for c in claims] == [True] * 50 + [False] * 50
+    assert all(c.urgent for c in claims[:50]) and not any(c.urgent for c in claims[50:])
+    assert {c.outlet_id for c in claims[:50]} == {o.id for o in outlets}
+    assert max(sum(c.outlet_id == o.id for c in claims) for o in outlets) == 2
+    # a smaller claim takes only urgent ones
+    store.queue.release_claims()
+    assert all(c.urgent for c in store.queue.claim(30, per_outlet=2, lease=LEASE, now=now))
+
+
+def test_an_urgent_delivery_keeps_its_outlets_rate_limit(store: Store, make_notice: Callable[..., Notice]) -> None:
+    from bot.outlets import RateLimit
+
+    now = datetime.now(UTC)
+    store.queue.add_notices([(make_notice(ref="old"), OUTLETS[:1])], source="t", now=now - timedelta(minutes=1))
+    (sent,) = store.queue.claim(10, 2, LEASE, now=now, rate_limits={"o0": (RateLimit(1, 60),)})
+    store.queue.record([AttemptRecord(sent.delivery_id, "o0", 1, now, 1.0, "delivered", 200)], now=now)
+    store.queue.add_notices([(make_notice(ref="urgent", urgency="urgent"), OUTLETS[:1])], source="t", now=now)
+
+    limits = {"o0": (RateLimit(1, 60),)}
+    assert store.queue.claim(10, 2, LEASE, now=now + timedelta(seconds=30), rate_limits=limits) == []
+    (urgent,) = store.queue.claim(10, 2, LEASE, now=now + timedelta(seconds=61), rate_limits=limits)
+    assert urgent.urgent
+
+
+# -- expiry ---------------------------------------------------------------------------------------------
+
+def test_after_expiry_a_delivery_in_retry_is_cancelled_never_claimed_and_the_log_says_expired(
+    store: Store, make_notice: Callable[..., Notice]
+) -> None:
+    now = datetime.now(UTC)
+    expires = now + timedelta(minutes=5)
+    store.queue.add_notices([(make_notice(ref="short", expires_at=expires.isoformat()), OUTLETS[:2]),
+                             (make_notice(ref="lasting", title="长期"), OUTLETS[:2])], source="t", now=now)
+    first = store.queue.claim(10, 2, LEASE, now=now)
+    store.queue.record([AttemptRecord(c.delivery_id, c.outlet_id, 1, now, 1.0, "retry", 503, "HTTP 503",
+                                      next_attempt_at=now + timedelta(minutes=10)) for c in first], now=now)
+
+    later = expires + timedelta(minutes=6)  # the retries are due, the notice has expired
+    assert store.queue.cancel_expired(now=expires - timedelta(seconds=1)) == {}
+    assert {store.queue.notices_by_id([c.notice_id])[c.notice_id][0].ref
+            for c in store.queue.claim(10, 2, LEASE, now=later)} == {"lasting"}  # never handed out, even uncancelled
+    store.queue.release_claims()
+    assert store.queue.cancel_expired(now=later) == {"short": 2}
+    assert store.queue.cancel_expired(now=later) == {}
+
+    rows = store.log.deliveries(ref="short")
+    assert [(r["status"], r["reason"], r["attempts"], r["http_status"], r["error"]) for r in rows] == [
+        ("cancelled", "expired", 1, 503, "HTTP 503")] * 2  # the last try's answer stays: why it had not gone out
+    assert store.log.counts("short") == {"cancelled": 2}
+    assert len(store.log.deliveries(status="cancelled")) == 2
+    assert {r["status"] for r in store.log.deliveries(ref="lasting")} == {"pending"}
+
+
+def test_a_claimed_delivery_is_cancelled_by_its_claimer_not_under_its_feet(
+    store: Store, make_notice: Callable[..., Notice]
+) -> None:
+    now = datetime.now(UTC)
+    expires = now + timedelta(seconds=10)
+    store.queue.add_notices([(make_notice(expires_at=expires.isoformat()), OUTLETS[:1])], source="t", now=now)
+    (claim,) = store.queue.claim(10, 2, LEASE, now=now)
+    assert claim.expires_at == expires
+
+    # under a live lease its send may have started: expiry leaves it to the claimer
+    assert store.queue.cancel_expired(now=expires + timedelta(seconds=1)) == {}
+    store.queue.record([AttemptRecord(claim.delivery_id, claim.outlet_id, claim.attempt, expires, 0.0, "cancelled",
+                                      error="expired")], now=expires)
+    (row,) = store.log.deliveries()
+    assert (row["status"], row["reason"], row["attempts"]) == ("cancelled", "expired", 0)
+    assert store.log.attempts() == []  # nothing was sent, so no attempt is logged
+    assert store.health.all()["o0"].consecutive_failures == 0
+
+
+def test_an_embargoed_notice_that_expires_while_held_is_cancelled(
+    store: Store, make_notice: Callable[..., Notice]
+) -> None:
+    now = datetime.now(UTC)
+    notice = make_notice(publish_at=(now + timedelta(hours=1)).isoformat(),
+                         expires_at=(now + timedelta(hours=2)).isoformat())
+    store.queue.add_notices([(notice, OUTLETS[:3])], source="t", now=now)
+    assert store.queue.cancel_expired(now=now + timedelta(hours=2, seconds=1)) == {"cq-test-001": 3}
+    assert store.log.counts() == {"cancelled": 3}
+    assert store.queue.release_due(now=now + timedelta(hours=3)) == 0
+
+
+def test_an_urgent_notice_that_expired_raises_no_late_alert_for_what_was_cancelled(
+    store: Store, make_notice: Callable[..., Notice]
+) -> None:
+    now = datetime.now(UTC)
+    notice = make_notice(urgency="urgent", expires_at=(now + timedelta(minutes=5)).isoformat())
+    store.queue.add_notices([(notice, OUTLETS[:2])], source="t", now=now)
+    later = now + timedelta(minutes=20)
+    assert store.queue.cancel_expired(now=later) == {"cq-test-001": 2}
+    assert store.outbox.flag_late_urgent(timedelta(minutes=10), now=later) == 0  # nothing left anyone can do
+
+
+def test_a_failed_delivery_of_an_expired_notice_is_not_requeued(
+    store: Store, make_notice: Callable[..., Notice]
+) -> None:
+    now = datetime.now(UTC)
+    store.queue.add_notices([(make_notice(ref="brief", expires_at=(now + timedelta(minutes=5)).isoformat()),
+                              OUTLETS[:1]), (make_notice(ref="lasting", title="长期"), OUTLETS[:1])], source="t", now=now)
+    claims = store.queue.claim(10, 2, LEASE, now=now)
+    store.queue.record([AttemptRecord(c.delivery_id, c.outlet_id, 1, now, 1.0, "failed", 400, "HTTP 400")
+                        for c in claims], now=now)
+    later = now + timedelta(minutes=10)
+    assert [r["notice"] for r in store.queue.requeue(now=later)] == ["lasting"]
+    assert store.log.deliveries(ref="brief")[0]["status"] == "failed"

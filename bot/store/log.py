@@ -2,9 +2,9 @@
 dashboard read. Pages with a cursor, filters by notice, outlet, tier and state, summaries per tier.
 
 A delivery's state is what an operator needs to act on: ``pending`` (due, in flight or waiting for its
-next try), ``delivered``, ``failed``, or ``held``, with a reason: ``embargo until T``, ``removed from matrix``
+next try), ``delivered``, ``failed``, ``held``, with a reason: ``embargo until T``, ``removed from matrix``
 (a reload took its outlet out; a reload that brings it back sends it), ``outlet paused``, ``breaker open until
-T`` or ``rate limit until T``.
+T`` or ``rate limit until T``, or ``cancelled`` (never to be sent), with its reason: ``expired``.
 
     >>> page = store.log.page(tier="district", status="held", limit=50)     # doctest: +SKIP
     >>> store.log.page(tier="district", status="held", after=page.next)     # doctest: +SKIP
@@ -25,7 +25,7 @@ from bot.store.engine import Db
 from bot.store.tables import UTCDateTime, attempts, deliveries, notices, outlet_health
 
 d, n, a, h = deliveries, notices, attempts, outlet_health
-STATES = ("pending", "held", "delivered", "failed")
+STATES = ("pending", "held", "delivered", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,9 @@ def _state(kind: Any) -> Any:
 
 
 def _reason(row: dict[str, Any]) -> str | None:
-    kind, until, why = row.pop("hold"), row.pop("until"), row.pop("paused_reason")
+    kind, until, why, cancelled = row.pop("hold"), row.pop("until"), row.pop("paused_reason"), row.pop("cancel_reason")
+    if row["status"] == "cancelled":
+        return cancelled
     if kind is None:
         return None
     if kind == "outlet paused":
@@ -82,7 +84,7 @@ class DeliveryLog:
         status: str | None = None, after: int | None = None, limit: int | None = 100,
     ) -> Page:
         """Deliveries in the order they were stored, ``limit`` at a time from the cursor ``after``; each row:
-        notice, outlet, tier, status (the state above), reason (why it is held), attempts, http_status,
+        notice, outlet, tier, status (the state above), reason (why it is held or cancelled), attempts, http_status,
         error, delivered_at, next_attempt_at, message_id."""
         with self.db.read() as conn:
             kind, until = _hold(self.db.now(conn))
@@ -90,6 +92,7 @@ class DeliveryLog:
                 sa.select(
                     d.c.id, n.c.ref.label("notice"), d.c.outlet_id.label("outlet"), d.c.tier,
                     _state(kind).label("status"), kind.label("hold"), until.label("until"), h.c.paused_reason,
+                    d.c.cancel_reason,
                     d.c.attempts, d.c.http_status, d.c.error, d.c.delivered_at, d.c.next_attempt_at, d.c.message_id,
                 )
                 .select_from(d.join(n, n.c.id == d.c.notice_id).outerjoin(h, h.c.outlet_id == d.c.outlet_id))

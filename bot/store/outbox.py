@@ -33,7 +33,8 @@ def late_urgent(now: datetime, after: timedelta) -> sa.Select[Any]:
     d, n = deliveries, notices
     return (sa.select(n.c.ref, sa.func.count().label("missing"))
             .select_from(n.join(d, d.c.notice_id == n.c.id))
-            .where(n.c.urgency == "urgent", n.c.released_at <= now - after, d.c.status != "delivered")
+            .where(n.c.urgency == "urgent", n.c.released_at <= now - after,
+                   d.c.status.not_in(("delivered", "cancelled")))  # cancelled (expired): nothing left to do
             .group_by(n.c.ref))
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from bot.health import HealthPolicy
-from bot.model import Notice
+from bot.model import Notice, Urgency
 from bot.store.engine import Db, clean_text, insert_new
 from bot.store.health import OutletHealth
 from bot.store.metrics import add_latencies
@@ -38,9 +38,17 @@ def leased(now: datetime) -> sa.ColumnElement[bool]:
 
 
 def claimable(now: datetime, t: Any = d) -> sa.ColumnElement[bool]:
-    """A pending delivery (of ``deliveries`` or an alias of it) that is due and under no live lease."""
+    """A pending delivery (of ``deliveries`` or an alias of it) that is due, under no live lease and not expired."""
     return sa.and_(t.c.status == "pending", t.c.next_attempt_at <= now,
-                   sa.or_(t.c.lease_expires_at.is_(None), t.c.lease_expires_at <= now))
+                   sa.or_(t.c.lease_expires_at.is_(None), t.c.lease_expires_at <= now),
+                   sa.or_(t.c.expires_at.is_(None), t.c.expires_at > now))
+
+
+def expired(now: datetime) -> sa.ColumnElement[bool]:
+    """An unsent delivery of a notice past its ``expires_at``, not under a live lease (a claimed one is the
+    claimer's to cancel, just before its send would start)."""
+    return sa.and_(d.c.status.in_(("pending", "held")), d.c.expires_at <= now,
+                   sa.or_(d.c.lease_expires_at.is_(None), d.c.lease_expires_at <= now))
 
 
 def outlet_takes_sends(now: datetime) -> sa.ColumnElement[bool]:
@@ -74,6 +82,8 @@ class Claim:
     attempt: int  # the number this try will have, from 1
     schedule_start: int = 0  # attempts made before the current retry schedule began (a manual retry restarts it)
     channel_state: Mapping[str, Any] | None = None  # what the channel kept from this delivery's earlier tries
+    urgent: bool = False  # in the urgent lane: claimed first, retried on the urgent schedule
+    expires_at: datetime | None = None  # not sent from then on: cancelled with reason "expired"
 
     @property
     def trigger(self) -> str:
@@ -89,7 +99,7 @@ class AttemptRecord:
     attempt: int
     started_at: datetime
     latency_ms: float
-    outcome: str  # delivered | retry | failed
+    outcome: str  # delivered | retry | failed | cancelled (never sent: no attempt is logged; ``error`` says why)
     http_status: int | None = None
     error: str | None = None
     response: str | None = None
@@ -108,7 +118,9 @@ def new_message_id() -> str:
 
 
 CLAIM_LOCK = 0x6465_6272  # pg advisory lock key ("debr"): claimers take turns
-STATUS_AFTER = {"delivered": "delivered", "retry": "pending", "failed": "failed"}
+STATUS_AFTER = {"delivered": "delivered", "retry": "pending", "failed": "failed", "cancelled": "cancelled"}
+URGENT_LANE, NORMAL_LANE = 0, 1  # deliveries.lane: claimed lane by lane, lowest first
+EXPIRED = "expired"  # the cancel_reason of a delivery whose notice expired before it was sent
 
 
 class Queue:
@@ -142,11 +154,13 @@ class Queue:
                     results.append(Added(notice.ref, created=False, deliveries=0))
                     continue
                 held = notice.publish_at is not None and notice.publish_at > now
+                lane = URGENT_LANE if notice.urgency == Urgency.urgent else NORMAL_LANE
                 notice_id = conn.execute(
                     notices.insert().values(
                         ref=notice.ref, content_hash=digest, payload=notice.canonical_json(),
                         title=notice.title, urgency=notice.urgency.value, publish_at=notice.publish_at,
-                        submitted_at=now, released_at=None if held else now, source=source,
+                        expires_at=notice.expires_at, submitted_at=now, released_at=None if held else now,
+                        source=source,
                     )
                 ).inserted_primary_key[0]
                 if outlets:
@@ -156,7 +170,7 @@ class Queue:
                         {"notice_id": notice_id, "outlet_id": o.id, "tier": o.tier.value,
                          "status": "held" if held else "pending", "message_id": new_message_id(),
                          "attempts": 0, "next_attempt_at": notice.publish_at if held else now,
-                         "updated_at": now}
+                         "updated_at": now, "lane": lane, "expires_at": notice.expires_at}
                         for o in outlets
                     ])
                 results.append(Added(notice.ref, created=True, deliveries=len(outlets)))
@@ -192,8 +206,8 @@ class Queue:
         rate_limits: Mapping[str, Sequence[RateLimit]] | None = None, skip_outlets: Collection[str] = (),
         outlets: Collection[str] | None = None,
     ) -> list[Claim]:
-        """Claim up to ``limit`` due deliveries under a lease, oldest first, filling up from every outlet
-        that has room.
+        """Claim up to ``limit`` due deliveries under a lease, urgent ones before any normal one, then
+        oldest first, filling up from every outlet that has room.
 
         An outlet's room is ``per_outlet`` (one probe when its breaker has cooled down) less its sends in
         flight, and no more than its ``rate_limits`` windows allow, counting every recorded attempt and
@@ -235,27 +249,28 @@ class Queue:
                     .cte("room"))
             # each such outlet's oldest claimable deliveries (an index search per outlet: flat under any backlog)
             e = d.alias("e")
-            head = (sa.select(e.c.id, e.c.next_attempt_at).where(e.c.outlet_id == room.c.outlet_id, claimable(now, e))
-                    .order_by(e.c.next_attempt_at, e.c.id).limit(per_outlet))
+            head = (sa.select(e.c.id, e.c.lane, e.c.next_attempt_at)
+                    .where(e.c.outlet_id == room.c.outlet_id, claimable(now, e))
+                    .order_by(e.c.lane, e.c.next_attempt_at, e.c.id).limit(per_outlet))
             if self.db.postgres:
                 per_outlet_head = head.lateral("head")
                 source, chosen_from = room.join(per_outlet_head, sa.true()), per_outlet_head
             else:  # SQLite has no LATERAL; it runs this correlated list once per outlet
                 source, chosen_from = room.join(d, d.c.id.in_(head.with_only_columns(e.c.id))), d
             c = chosen_from.c
-            ranked = (sa.select(c.id, c.next_attempt_at, room.c.room, sa.func.row_number().over(
-                partition_by=room.c.outlet_id, order_by=(c.next_attempt_at, c.id)).label("rank"))
+            ranked = (sa.select(c.id, c.lane, c.next_attempt_at, room.c.room, sa.func.row_number().over(
+                partition_by=room.c.outlet_id, order_by=(c.lane, c.next_attempt_at, c.id)).label("rank"))
                 .select_from(source).cte("ranked"))
-            # the oldest of those, up to the limit, each outlet within its room
+            # the urgent, then the oldest of those, up to the limit, each outlet within its room
             chosen = (sa.select(ranked.c.id).where(ranked.c.rank <= ranked.c.room)
-                      .order_by(ranked.c.next_attempt_at, ranked.c.id).limit(limit))
+                      .order_by(ranked.c.lane, ranked.c.next_attempt_at, ranked.c.id).limit(limit))
             # PostgreSQL: rows another worker is writing right now (recording an attempt) are skipped, not waited for
             free = sa.select(d.c.id).where(d.c.id.in_(chosen)).with_for_update(skip_locked=True)
             rows = conn.execute(
                 d.update().where(d.c.id.in_(free), claimable(now))
                 .values(lease_owner=self.db.owner, lease_expires_at=now + lease, updated_at=now)
                 .returning(d.c.id, d.c.notice_id, d.c.outlet_id, d.c.message_id, d.c.attempts, d.c.schedule_start,
-                           d.c.channel_state)
+                           d.c.channel_state, d.c.lane, d.c.expires_at)
             ).all()
             claimed = {r.outlet_id for r in rows}
             if claimed:  # a probe shuts a cooled-down breaker to everyone else until it is recorded or its lease ends
@@ -263,9 +278,31 @@ class Queue:
                              .values(open_until=now + lease))
             if window is not None:
                 self._wait_for_rate_windows(conn, window, busy, now)
-        rows.sort(key=lambda r: r.id)
+        rows.sort(key=lambda r: (r.lane, r.id))
         return [Claim(r.id, r.notice_id, r.outlet_id, r.message_id, r.attempts + 1, r.schedule_start,
-                      json.loads(r.channel_state) if r.channel_state else None) for r in rows]
+                      json.loads(r.channel_state) if r.channel_state else None, r.lane == URGENT_LANE,
+                      r.expires_at) for r in rows]
+
+    def cancel_expired(self, now: datetime | None = None) -> dict[str, int]:
+        """Cancel, with reason "expired", the unsent deliveries of notices past their ``expires_at``: pending
+        (due, or waiting for a retry) and held, but not those under a live lease (their claimer cancels them
+        before sending, see ``Claim.expires_at``, or the lease runs out). Returns notice ref -> deliveries
+        cancelled."""
+        with self.db.tx() as conn:
+            now = now or self.db.now(conn)
+            ids = list(conn.execute(
+                d.update().where(expired(now))
+                .values(status="cancelled", cancel_reason=EXPIRED, next_attempt_at=None, lease_owner=None,
+                        lease_expires_at=None, updated_at=now)
+                .returning(d.c.notice_id)
+            ).scalars())
+            if not ids:
+                return {}
+            refs = dict(conn.execute(sa.select(notices.c.id, notices.c.ref).where(notices.c.id.in_(set(ids)))).all())
+        cancelled: dict[str, int] = {}
+        for notice_id in ids:
+            cancelled[refs[notice_id]] = cancelled.get(refs[notice_id], 0) + 1
+        return cancelled
 
     def _wait_for_rate_windows(self, conn: sa.Connection, window: Any, busy: Any, now: datetime) -> None:
         """Outlets with due deliveries and no room left in a rate window wait until the window frees."""
@@ -299,34 +336,43 @@ class Queue:
         with self.db.tx() as conn:
             now = now or self.db.now(conn)
             at = self.db.to_store_time
-            conn.execute(attempts.insert(), [
-                {"delivery_id": r.delivery_id, "outlet_id": r.outlet_id, "number": r.attempt, "trigger": r.trigger,
-                 "started_at": at(r.started_at), "latency_ms": r.latency_ms, "outcome": r.outcome,
-                 "http_status": r.http_status, "platform_code": clean_text(r.platform_code),
-                 "error": clean_text(r.error), "response": clean_text(r.response)}
-                for r in records
-            ])
+            tried = [r for r in records if r.outcome != "cancelled"]  # a cancelled delivery was not sent
+            if tried:
+                conn.execute(attempts.insert(), [
+                    {"delivery_id": r.delivery_id, "outlet_id": r.outlet_id, "number": r.attempt,
+                     "trigger": r.trigger, "started_at": at(r.started_at), "latency_ms": r.latency_ms,
+                     "outcome": r.outcome, "http_status": r.http_status, "platform_code": clean_text(r.platform_code),
+                     "error": clean_text(r.error), "response": clean_text(r.response)}
+                    for r in tried
+                ])
             conn.execute(
                 d.update()
                 .where(d.c.id == sa.bindparam("b_id"), d.c.status == "pending", d.c.lease_owner == self.db.owner)
                 .values(
                     status=sa.bindparam("b_status"), attempts=sa.bindparam("b_attempts"),
                     next_attempt_at=sa.bindparam("b_next"), lease_owner=None, lease_expires_at=None,
-                    http_status=sa.bindparam("b_http"), error=sa.bindparam("b_error"),
+                    # a cancellation keeps the last try's answer: why it had not gone out before it expired
+                    http_status=sa.case((sa.bindparam("b_status") == "cancelled", d.c.http_status),
+                                        else_=sa.bindparam("b_http")),
+                    error=sa.case((sa.bindparam("b_status") == "cancelled", d.c.error), else_=sa.bindparam("b_error")),
                     delivered_at=sa.bindparam("b_delivered"), updated_at=now,
+                    cancel_reason=sa.bindparam("b_cancel", type_=sa.String),
                     channel_state=sa.func.coalesce(sa.bindparam("b_state", type_=sa.Text), d.c.channel_state),
                 ),
                 [
-                    {"b_id": r.delivery_id, "b_status": STATUS_AFTER[r.outcome], "b_attempts": r.attempt,
+                    {"b_id": r.delivery_id, "b_status": STATUS_AFTER[r.outcome],
+                     "b_attempts": r.attempt - 1 if r.outcome == "cancelled" else r.attempt,
                      "b_next": at(r.next_attempt_at) if r.outcome == "retry" else None,
                      "b_http": r.http_status, "b_error": clean_text(r.error),
+                     "b_cancel": clean_text(r.error) if r.outcome == "cancelled" else None,
                      "b_delivered": at(r.started_at) if r.outcome == "delivered" else None,
                      "b_state": None if r.channel_state is None else json.dumps(dict(r.channel_state))}
                     for r in records
                 ],
             )
-            self.health.after_attempts(conn, records, now, policy)
-            add_latencies(conn, ((r.channel, r.latency_ms) for r in records))
+            if tried:
+                self.health.after_attempts(conn, tried, now, policy)
+            add_latencies(conn, ((r.channel, r.latency_ms) for r in tried))
 
     def record_fetch(self, outlet_id: str, delivery_ids: Sequence[int], latency_ms: float = 0.0,
                      now: datetime | None = None) -> int:
@@ -382,7 +428,8 @@ class Queue:
         status: str = "failed", dry_run: bool = False, now: datetime | None = None,
     ) -> list[dict[str, Any]]:
         """Put matching deliveries back in the queue, due now, each with a fresh retry schedule; their
-        next try is logged with trigger ``manual``. Returns what was (or, dry run, would be) requeued."""
+        next try is logged with trigger ``manual``; deliveries of an expired notice are left alone. Returns what
+        was (or, dry run, would be) requeued."""
         n = notices
         query = (
             sa.select(d.c.id, n.c.ref.label("notice"), d.c.outlet_id.label("outlet"), d.c.attempts,
@@ -399,6 +446,8 @@ class Queue:
             query = query.where(d.c.updated_at >= since)
         with self.db.tx() as conn:
             now = now or self.db.now(conn)
+            # an expired notice's deliveries stay as they are: it must not be sent late
+            query = query.where(sa.or_(d.c.expires_at.is_(None), d.c.expires_at > now))
             rows = [dict(row._mapping) for row in conn.execute(query)]
             if rows and not dry_run:
                 conn.execute(
@@ -430,10 +479,12 @@ class Queue:
         """When the earliest pending delivery comes due (on this process's clock); None when nothing is
         pending. A delivery waits for the latest of: its next try, another process's lease on it, its
         outlet's open breaker and its outlet's rate window. Paused outlets' deliveries wait for an operator,
-        removed outlets' for a reload that brings them back; ``outlets`` given, only theirs are looked at."""
+        removed outlets' for a reload that brings them back; ``outlets`` given, only theirs are looked at.
+        A delivery whose notice expires before then is due when it expires: to be cancelled."""
         due: Any = d.c.next_attempt_at
         for later in (d.c.lease_expires_at, h.c.open_until, h.c.rate_limited_until):
             due = sa.type_coerce(sa.case((later > due, later), else_=due), UTCDateTime)
+        due = sa.type_coerce(sa.case((d.c.expires_at < due, d.c.expires_at), else_=due), UTCDateTime)
         with self.db.read() as conn:
             when: datetime | None = conn.execute(
                 sa.select(sa.func.min(due)).select_from(d.outerjoin(h, h.c.outlet_id == d.c.outlet_id)).where(

@@ -36,6 +36,7 @@ notices = sa.Table(
     sa.Column("title", sa.String(200), nullable=False),
     sa.Column("urgency", sa.String(16), nullable=False),
     sa.Column("publish_at", UTCDateTime, nullable=True),
+    sa.Column("expires_at", UTCDateTime, nullable=True),  # after it, its unsent deliveries are cancelled
     sa.Column("submitted_at", UTCDateTime, nullable=False),
     sa.Column("released_at", UTCDateTime, nullable=True),
     sa.Column("source", sa.String(500), nullable=False),
@@ -47,8 +48,12 @@ deliveries = sa.Table(
     sa.Column("notice_id", sa.Integer, sa.ForeignKey("notices.id"), nullable=False),
     sa.Column("outlet_id", sa.String(64), nullable=False),
     sa.Column("tier", sa.String(16), nullable=False),
-    # held (embargoed) -> pending -> delivered | failed
+    # held (embargoed) -> pending -> delivered | failed | cancelled (cancel_reason says why: "expired")
     sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("cancel_reason", sa.String(200), nullable=True),
+    # the claim's lane: 0 urgent, 1 normal; urgent deliveries are claimed before any normal one
+    sa.Column("lane", sa.SmallInteger, nullable=False, default=1, server_default="1"),
+    sa.Column("expires_at", UTCDateTime, nullable=True),  # the notice's, copied: the claim never hands it out later
     sa.Column("message_id", sa.String(64), nullable=False, unique=True),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("next_attempt_at", UTCDateTime, nullable=True),
@@ -65,8 +70,10 @@ deliveries = sa.Table(
     sa.Column("channel_state", sa.Text, nullable=True),
     sa.UniqueConstraint("notice_id", "outlet_id"),
     sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
-    # the claim takes each outlet's oldest due deliveries, outlet by outlet
-    sa.Index("ix_deliveries_outlet_due", "outlet_id", "status", "next_attempt_at"),
+    # the claim takes each outlet's oldest due deliveries, outlet by outlet, urgent lane first
+    sa.Index("ix_deliveries_outlet_due", "outlet_id", "status", "lane", "next_attempt_at"),
+    # expiry finds the unsent deliveries of expired notices
+    sa.Index("ix_deliveries_expiry", "status", "expires_at"),
     # the claim counts leases in flight: without this it reads every pending row (slow with a backlog)
     sa.Index("ix_deliveries_leased", "status", "lease_expires_at"),
 )

@@ -15,7 +15,9 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from bot import desk
@@ -23,8 +25,9 @@ from bot.intake import MAX_FILE_BYTES, IntakeError, NoticesRefused, check_notice
 from bot.logs import Redactor
 from bot.model import Notice, Urgency
 from bot.outlets import OutletMatrix, Tier
+from bot.regions import CITYWIDE
 from bot.store import Actor, RefConflict, Role
-from bot.web import Problem, Site, site_of
+from bot.web import PROBLEM, Problem, Site, problem, site_of
 from bot.web.auth import require
 
 MAX_BODY = MAX_FILE_BYTES  # a request holds what a notice file may: 1 MiB
@@ -59,8 +62,9 @@ ProblemDoc.model_rebuild()
 def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     words = {401: "no token, or an unknown or revoked one", 403: "the token's role is too low",
              404: "not found", 409: "conflicts with what is stored", 413: "the body is over 1 MiB",
-             422: "refused input: each field named", 503: "the store is unavailable; nothing was changed"}
-    return {s: {"model": ProblemDoc, "description": words[s]} for s in (401, 403, 503, *statuses)}
+             422: "refused input: each field named", 503: "the store is unavailable; nothing was changed",
+             400: "the body is not JSON"}
+    return {s: {"description": words[s]} for s in (401, 403, 422, 503, *statuses)}
 
 
 class Created(BaseModel):
@@ -183,11 +187,13 @@ class Attempts(BaseModel):
 
 
 class RetryFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     notice: str | None = Field(None, description="only this notice ref")
     outlet: str | None = Field(None, description="only this outlet id")
     since: datetime | None = Field(None, description="only deliveries that failed since then")
     status: NoticeState = Field(NoticeState.failed, description="only failed deliveries are requeued")
-    dry_run: bool = Field(False, description="say what would be requeued, change nothing")
+    dry_run: bool = Field(False, strict=True, description="say what would be requeued, change nothing")
 
 
 class Requeued(BaseModel):
@@ -234,6 +240,8 @@ class Outlets(BaseModel):
 
 
 class PauseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     reason: str = Field(min_length=1, max_length=500, description="why, for the other operators")
 
 
@@ -292,7 +300,8 @@ def _delivery(site: Site, row: dict[str, Any]) -> DeliveryRow:
     return DeliveryRow.model_validate({k: row[k] for k in DeliveryRow.model_fields} | {"error": scrub(site, row["error"])})
 
 
-After = Annotated[int | None, Query(ge=0, description="the cursor: `next` of the page before")]
+MAX_ID = 2**31 - 1  # ids are 32-bit integers on PostgreSQL
+After = Annotated[int | None, Query(ge=0, le=MAX_ID, description="the cursor: `next` of the page before")]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="rows a page")]
 
 
@@ -384,7 +393,8 @@ def notices(
     state: Annotated[NoticeState | None, Query(description="held, pending, delivered or failed")] = None,
     since: Annotated[datetime | None, Query(description="submitted at or after (ISO 8601)")] = None,
     until: Annotated[datetime | None, Query(description="submitted before (ISO 8601)")] = None,
-    region: Annotated[str | None, Query(description="a region the notice names (全市: citywide ones)")] = None,
+    region: Annotated[str | None, Query(min_length=1, description="a region the notice names (全市: citywide ones)")
+                      ] = None,
     category: Annotated[str | None, Query(max_length=40)] = None,
     urgency: Urgency | None = None, after: After = None, limit: Limit = PAGE,
 ) -> NoticePage:
@@ -444,7 +454,8 @@ def deliveries(
 
 @router.get("/deliveries/{delivery_id}/attempts", response_model=Attempts, tags=["deliveries"],
             summary="Every HTTP try of one delivery (viewer)", responses=_problems(404, 422))
-def attempts(request: Request, delivery_id: int, caller: Actor = viewer) -> Attempts:
+def attempts(request: Request, delivery_id: Annotated[int, Path(ge=1, le=MAX_ID)], caller: Actor = viewer
+             ) -> Attempts:
     site = site_of(request)
     found = site.store.log.delivery(delivery_id)
     if found is None:
@@ -458,7 +469,7 @@ def attempts(request: Request, delivery_id: int, caller: Actor = viewer) -> Atte
 
 @router.post("/deliveries:retry", response_model=RetryAnswer, tags=["deliveries"],
              summary="Requeue failed deliveries with a fresh retry schedule, or say which would be (operator)",
-             responses=_problems(422))
+             responses=_problems(400, 422))
 def retry(request: Request, body: RetryFilter, caller: Actor = operator) -> RetryAnswer:
     site = site_of(request)
     if body.status != NoticeState.failed:
@@ -484,7 +495,7 @@ def retry(request: Request, body: RetryFilter, caller: Actor = operator) -> Retr
 
 
 @router.get("/outlets", response_model=Outlets, tags=["outlets"],
-            summary="Every outlet with its health (viewer); never a URL or a secret")
+            summary="Every outlet with its health (viewer); never a URL or a secret", responses=_problems())
 def outlets(request: Request, caller: Actor = viewer) -> Outlets:
     site = site_of(request)
     matrix = site.matrix
@@ -506,7 +517,7 @@ def _known_outlet(site: Site, outlet_id: str) -> None:
 
 @router.post("/outlets/{outlet_id}:pause", response_model=Paused, tags=["outlets"],
              summary="Pause an outlet: its deliveries are held until it is resumed (operator)",
-             responses=_problems(404, 409, 422))
+             responses=_problems(400, 404, 409, 422))
 def pause(request: Request, outlet_id: OutletId, body: PauseRequest, caller: Actor = operator) -> Paused:
     site = site_of(request)
     _known_outlet(site, outlet_id)
@@ -546,6 +557,7 @@ def install(app: FastAPI) -> None:
     submit and preview routes read their body themselves, to bound its size and say what is wrong in intake's
     words."""
     app.include_router(router)
+    app.add_exception_handler(405, _method_not_allowed)
     make = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -557,6 +569,44 @@ def install(app: FastAPI) -> None:
         for name, definition in schema.pop("$defs", {}).items():
             schemas.setdefault(name, definition)
         schemas["NoticeIn"] = schema | {"title": "NoticeIn"}
+        names = _region_names(site_of_app(app))
+        schemas["NoticeIn"]["properties"]["regions"]["items"] = {"type": "string", "enum": names}
+        for parameter in document["paths"][f"{router.prefix}/notices"]["get"]["parameters"]:
+            if parameter["name"] == "region":
+                parameter["schema"] = {"anyOf": [{"type": "string", "enum": names}, {"type": "null"}]}
+        schemas["ProblemDoc"] = ProblemDoc.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schemas["ProblemDoc"].pop("$defs", {}))
+        problem = {PROBLEM: {"schema": {"$ref": "#/components/schemas/ProblemDoc"}}}
+        for operations in document["paths"].values():  # every error is a problem document, FastAPI's 422 too
+            for operation in operations.values():
+                for status, answer in operation.get("responses", {}).items():
+                    if status[0] in "45":
+                        answer["content"] = problem
+        app.openapi_schema = document
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+    """405 with every method the path takes (Starlette names only the first route's: GET and POST /notices are two)."""
+    routes = [*request.app.routes, *router.routes]
+    allowed = sorted({method for route in routes if isinstance(route, APIRoute)
+                      and route.path_regex.match(request.url.path) for method in route.methods or ()})
+    return problem(405, f"{request.method} is not allowed here; allowed: {', '.join(allowed)}",
+                   headers={"Allow": ", ".join(allowed)})
+
+
+def site_of_app(app: FastAPI) -> Site:
+    site: Site = app.state.site
+    return site
+
+
+def _region_names(site: Site) -> list[str]:
+    """Every name and alias of the units that exist today, and the citywide ones: what `regions` may hold."""
+    table = site.regions
+    today = datetime.now(UTC).date()
+    names = [CITYWIDE, *table.citywide_aliases]
+    for unit in table.units_on(today):
+        names += [unit.name, *unit.aliases]
+    return list(dict.fromkeys(names))

@@ -441,3 +441,19 @@ async def test_a_notice_posted_through_the_api_reaches_real_outlets_and_its_audi
             ("outlet.resume", "operator-张三", "outlet-0002")]
         assert all(r["source"] == "203.0.113.7" for r in trail if r["action"] != "token.create")
         assert trail[-3]["detail"]["deliveries"] == 6 and trail[-1]["detail"]["due"] == 1
+
+
+async def test_a_method_a_path_does_not_take_is_405_listing_every_method_it_does(api: Api) -> None:
+    answer = await api.client.request("DELETE", API + "/notices", headers=api.auth(Role.admin))
+    assert answer.status_code == 405 and answer.headers["content-type"] == PROBLEM
+    assert answer.headers["allow"] == "GET, POST"
+
+
+async def test_openapi_describes_every_error_as_a_problem_and_a_submitted_notice_with_its_regions(api: Api) -> None:
+    document = (await api.client.get("/openapi.json")).json()
+    submit = document["paths"][API + "/notices"]["post"]
+    assert set(submit["responses"]) >= {"201", "401", "403", "409", "413", "422"}
+    assert all(list(answer["content"]) == [PROBLEM] for status, answer in submit["responses"].items()
+               if status[0] == "4")
+    regions = document["components"]["schemas"]["NoticeIn"]["properties"]["regions"]["items"]["enum"]
+    assert {"全市", "渝中区", "两江新区"} <= set(regions)

@@ -293,7 +293,8 @@ def scan_inbox(
     is not a regular file are refused and moved to rejected/ without being opened.
     """
     taken, refused = claim_inbox(inbox)
-    return file_away(inbox, taken, refused, submit_files(list(taken), store, matrix, regions, max_notices))
+    return file_away(inbox, taken, refused, submit_files(list(taken), store, matrix, regions, max_notices,
+                                                          actor=Actor.inbox()))
 
 
 async def scan_inbox_off_loop(
@@ -305,7 +306,7 @@ async def scan_inbox_off_loop(
     parsed; only storing runs through ``db``."""
     taken, refused = await asyncio.to_thread(claim_inbox, inbox)
     read = await asyncio.to_thread(read_files, list(taken), regions, max_notices)
-    results = await db(store_files, read, store, matrix)
+    results = await db(store_files, read, store, matrix, Actor.inbox())
     return await asyncio.to_thread(file_away, inbox, taken, refused, results)
 
 

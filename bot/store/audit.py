@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import socket
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,7 +39,16 @@ class Actor:
     @classmethod
     def local(cls) -> Actor:
         """The person at this machine's shell, as the CLI's changes are audited."""
-        return cls(getpass.getuser(), LOCAL, f"cli@{socket.gethostname()}")
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # a container's uid with no name
+            user = f"uid {os.getuid()}"
+        return cls(user, LOCAL, f"cli@{socket.gethostname()}")
+
+    @classmethod
+    def inbox(cls) -> Actor:
+        """The daemon taking files from the drop folder (each row's detail names the file)."""
+        return cls("inbox", LOCAL, f"inbox@{socket.gethostname()}")
 
 
 def record(conn: Connection, actor: Actor | None, action: str, subject: str | None, now: datetime,

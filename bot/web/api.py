@@ -37,6 +37,7 @@ MAX_PAGE = 500
 viewer = Depends(require(Role.viewer))
 editor = Depends(require(Role.editor))
 operator = Depends(require(Role.operator))
+admin = Depends(require(Role.admin))
 
 
 # -- answers ------------------------------------------------------------------------------------------
@@ -255,6 +256,37 @@ class Resumed(BaseModel):
     outlet: str
     status: str
     due: int = Field(description="its held deliveries, due now")
+
+
+class RoleName(StrEnum):
+    viewer = "viewer"
+    editor = "editor"
+    operator = "operator"
+    admin = "admin"
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, description="who holds it: a person or a system")
+    role: RoleName
+
+
+class TokenRow(BaseModel):
+    id: int
+    name: str
+    role: RoleName
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class NewToken(TokenRow):
+    token: str = Field(description="the token, shown this once: only its hash is kept")
+
+
+class Tokens(BaseModel):
+    tokens: list[TokenRow]
 
 
 class AuditRow(BaseModel):
@@ -537,6 +569,31 @@ def resume(request: Request, outlet_id: OutletId, caller: Actor = operator) -> R
     if due is None:
         raise Problem(409, f"outlet {outlet_id!r} is not paused and its breaker is closed; nothing changed")
     return Resumed(outlet=outlet_id, status="ok", due=due)
+
+
+@router.get("/tokens", response_model=Tokens, tags=["tokens"], responses=_problems(),
+            summary="Every token made, revoked ones too, never the token itself (admin)")
+def tokens(request: Request, caller: Actor = admin) -> Tokens:
+    return Tokens(tokens=[TokenRow(**row) for row in site_of(request).store.access.all()])
+
+
+@router.post("/tokens", status_code=201, response_model=NewToken, tags=["tokens"], responses=_problems(400, 422),
+             summary="Make a token; the answer holds it, once (admin)")
+def create_token(request: Request, body: TokenRequest, caller: Actor = admin) -> NewToken:
+    try:
+        token, row = site_of(request).store.access.create(body.name, Role[body.role.value], actor=caller)
+    except ValueError as exc:
+        raise Problem(422, f"name: {exc}", errors=[{"field": "name", "message": str(exc)}]) from None
+    return NewToken(**row, token=token)
+
+
+@router.post("/tokens/{token_id}:revoke", response_model=TokenRow, tags=["tokens"], responses=_problems(404, 422),
+             summary="Revoke a token: every call with it is refused from now on (admin)")
+def revoke_token(request: Request, token_id: Annotated[int, Path(ge=1, le=MAX_ID)], caller: Actor = admin) -> TokenRow:
+    row = site_of(request).store.access.revoke(token_id, actor=caller)
+    if row is None:
+        raise Problem(404, f"no token {token_id} that is not already revoked (GET /api/v1/tokens lists them)")
+    return TokenRow(**row)
 
 
 @router.get("/audit", response_model=AuditPage, tags=["audit"],

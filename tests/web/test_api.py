@@ -108,6 +108,7 @@ EVERY_CALL = [
     ("GET", "/deliveries/1/attempts", Role.viewer), ("POST", "/deliveries:retry", Role.operator),
     ("GET", "/outlets", Role.viewer), ("POST", "/outlets/city-hualong:pause", Role.operator),
     ("POST", "/outlets/city-hualong:resume", Role.operator), ("GET", "/audit", Role.operator),
+    ("GET", "/tokens", Role.admin), ("POST", "/tokens", Role.admin), ("POST", "/tokens/1:revoke", Role.admin),
 ]
 
 
@@ -381,6 +382,22 @@ async def test_outlets_list_the_matrix_with_health_and_the_audit_is_for_operator
     assert [r["detail"]["role"] for r in trail["audit"]] == [r.name for r in Role]
 
 
+async def test_an_admin_makes_a_token_that_works_at_once_lists_it_without_itself_and_revokes_it(api: Api) -> None:
+    made = await api.post("/tokens", Role.admin, json={"name": "王五", "role": "editor"})
+    assert made.status_code == 201
+    token, token_id = made.json()["token"], made.json()["id"]
+    assert (await api.client.get(API + "/notices", headers={"Authorization": f"Bearer {token}"})).status_code == 200
+    listed = (await api.get("/tokens", Role.admin)).text
+    assert "王五" in listed and token not in listed
+    assert (await api.post(f"/tokens/{token_id}:revoke", Role.admin)).json()["revoked_at"] is not None
+    assert (await api.client.get(API + "/notices", headers={"Authorization": f"Bearer {token}"})).status_code == 401
+    assert (await api.post(f"/tokens/{token_id}:revoke", Role.admin)).status_code == 404
+    assert (await api.post("/tokens", Role.admin, json={"name": "x", "role": "root"})).status_code == 422
+    assert [(r["action"], r["actor"]) for r in api.audit(subject=str(token_id))] == [
+        ("token.create", "admin-张三"), ("token.revoke", "admin-张三")]
+    assert token not in json.dumps(api.audit(), default=str)
+
+
 # -- nothing leaks --------------------------------------------------------------------------------------
 
 async def test_no_answer_at_any_role_holds_an_outlet_url_or_secret(api: Api) -> None:
@@ -391,7 +408,7 @@ async def test_no_answer_at_any_role_holds_an_outlet_url_or_secret(api: Api) -> 
     answers: list[httpx.Response] = [await api.client.get("/openapi.json")]
     for role in Role:
         for path in ("/notices", "/notices/cq-test-001", "/deliveries", "/deliveries?state=failed", "/outlets",
-                     "/audit", *(f"/deliveries/{d}/attempts" for d in failed)):
+                     "/audit", "/tokens", *(f"/deliveries/{d}/attempts" for d in failed)):
             answers.append(await api.get(path, role))
         answers.append(await api.post("/notices:preview", role, json=notice(ref="p")))
         answers.append(await api.post("/deliveries:retry", role, json={"dry_run": True}))

@@ -10,6 +10,7 @@ out. What the CLI shows, the API shows from the same code (``bot.desk``, the sto
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -329,7 +330,8 @@ def scrub(site: Site, text: str | None) -> str | None:
 
 
 def _delivery(site: Site, row: dict[str, Any]) -> DeliveryRow:
-    return DeliveryRow.model_validate({k: row[k] for k in DeliveryRow.model_fields} | {"error": scrub(site, row["error"])})
+    return DeliveryRow.model_validate({k: row[k] for k in DeliveryRow.model_fields}
+                                      | {"error": scrub(site, row["error"]), "reason": scrub(site, row["reason"])})
 
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integers on PostgreSQL
@@ -534,8 +536,9 @@ def outlets(request: Request, caller: Actor = viewer) -> Outlets:
     rows = []
     for row in desk.outlet_rows(site.store, matrix):
         entry = matrix.by_id.get(row["outlet"])
-        rows.append(OutletRow(**row, in_matrix=entry is not None, name=entry.name if entry else None,
-                              region=entry.region if entry else None, channel=entry.channel if entry else None))
+        rows.append(OutletRow(**row | {"paused_reason": scrub(site, row["paused_reason"])}, in_matrix=entry is not None,
+                              name=entry.name if entry else None, region=entry.region if entry else None,
+                              channel=entry.channel if entry else None))
     return Outlets(outlets=rows)
 
 
@@ -606,7 +609,20 @@ def audit(
     after: After = None, limit: Limit = PAGE,
 ) -> AuditPage:
     page = site_of(request).store.audit.page(actor=actor, action=action, subject=subject, after=after, limit=limit)
-    return AuditPage(audit=[AuditRow(**row) for row in page.rows], next=page.next)
+    site = site_of(request)
+    return AuditPage(audit=[AuditRow(**row | {"detail": _scrubbed(site, row["detail"])}) for row in page.rows],
+                     next=page.next)
+
+
+def _scrubbed(site: Site, detail: dict[str, Any]) -> dict[str, Any]:
+    """An audit row's detail without an outlet URL or secret (a pause reason may quote one)."""
+    text = json.dumps(detail, ensure_ascii=False, default=str)
+    clean = scrub(site, text) or "{}"
+    try:
+        value = json.loads(clean)
+    except ValueError:
+        return {"scrubbed": clean}
+    return value if isinstance(value, dict) else {"scrubbed": clean}
 
 
 def install(app: FastAPI) -> None:

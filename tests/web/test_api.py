@@ -405,6 +405,8 @@ async def test_no_answer_at_any_role_holds_an_outlet_url_or_secret(api: Api) -> 
     # outlets that echo what they were sent: their URL and credentials reach the store's error and answer
     echo = f"POST {CANARY_URL}?key={SECRETS['S_NANAN']} sign={SECRETS['S_YUZHONG']} {SECRETS['S_HUALONG']}"
     failed = [record_failure(api.store, echo, o) for o in ("city-hualong", "dist-yuzhong", "dist-nanan")]
+    # and an operator who quoted one when pausing an outlet
+    api.store.health.pause("n-group", f"moved to {CANARY_URL}", actor=Actor("root", "local", "cli@test"))
     answers: list[httpx.Response] = [await api.client.get("/openapi.json")]
     for role in Role:
         for path in ("/notices", "/notices/cq-test-001", "/deliveries", "/deliveries?state=failed", "/outlets",

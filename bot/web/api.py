@@ -364,10 +364,14 @@ async def _read_notices(request: Request, site: Site) -> tuple[list[Notice], boo
     except UnicodeDecodeError as exc:
         raise Problem(422, f"body: not UTF-8 text (invalid byte at offset {exc.start})",
                       errors=[{"field": "body", "message": "not UTF-8 text"}]) from None
-    try:
+
+    def read() -> tuple[Any, list[Notice]]:  # a thousand notices take a while to check: off the event loop
         raw = parse_json(text, "body")
-        notices = check_notices(raw, "body", site.regions, datetime.now(UTC), site.settings.max_notices_per_file,
-                                container="request")
+        return raw, check_notices(raw, "body", site.regions, datetime.now(UTC), site.settings.max_notices_per_file,
+                                  container="request")
+
+    try:
+        raw, notices = await run_in_threadpool(read)
     except NoticesRefused as exc:
         raise Problem(422, str(exc), errors=[{"field": r.path(exc.many), "message": r.message}
                                              for r in exc.refusals]) from None
@@ -408,7 +412,7 @@ async def preview(request: Request, caller: Actor = editor,
     targets = [matrix.by_id[outlet]] if outlet else list(matrix.outlets)
     published_at = notice.publish_at or datetime.now(UTC)
 
-    def render_all() -> list[OutletPreview]:
+    def render_all() -> list[OutletPreview]:  # rendering never adds an outlet's URL or secret: build() does
         shown = []
         for target in targets:
             rendered = matrix.channels[target.channel].render(notice, published_at, target.options)

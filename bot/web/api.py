@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
@@ -31,6 +31,16 @@ from bot.store import Actor, RefConflict, Role
 from bot.web import PROBLEM, Problem, Site, problem, site_of
 from bot.web.auth import require
 
+def _iso_time(value: Any) -> Any:
+    """A time as people write it (ISO 8601), not a number of seconds since 1970."""
+    if isinstance(value, datetime) or value is None:
+        return value
+    if not isinstance(value, str) or not value[:4].isdigit() or "-" not in value:
+        raise ValueError("an ISO 8601 time with its offset, e.g. 2026-11-27T08:00:00+08:00")
+    return value
+
+
+IsoTime = Annotated[AwareDatetime, BeforeValidator(_iso_time)]
 MAX_BODY = MAX_FILE_BYTES  # a request holds what a notice file may: 1 MiB
 PAGE = 50
 MAX_PAGE = 500
@@ -193,8 +203,8 @@ class RetryFilter(BaseModel):
 
     notice: str | None = Field(None, description="only this notice ref")
     outlet: str | None = Field(None, description="only this outlet id")
-    since: datetime | None = Field(None, description="only deliveries that failed since then")
-    status: NoticeState = Field(NoticeState.failed, description="only failed deliveries are requeued")
+    since: IsoTime | None = Field(None, description="only deliveries that failed since then")
+    status: Literal["failed"] = Field("failed", description="only failed deliveries are requeued")
     dry_run: bool = Field(False, strict=True, description="say what would be requeued, change nothing")
 
 
@@ -429,18 +439,14 @@ async def preview(request: Request, caller: Actor = editor,
 def notices(
     request: Request, caller: Actor = viewer,
     state: Annotated[NoticeState | None, Query(description="held, pending, delivered or failed")] = None,
-    since: Annotated[datetime | None, Query(description="submitted at or after (ISO 8601)")] = None,
-    until: Annotated[datetime | None, Query(description="submitted before (ISO 8601)")] = None,
+    since: Annotated[IsoTime | None, Query(description="submitted at or after (ISO 8601, with its offset)")] = None,
+    until: Annotated[IsoTime | None, Query(description="submitted before (ISO 8601, with its offset)")] = None,
     region: Annotated[str | None, Query(min_length=1, description="a region the notice names (全市: citywide ones)")
                       ] = None,
     category: Annotated[str | None, Query(max_length=40)] = None,
     urgency: Urgency | None = None, after: After = None, limit: Limit = PAGE,
 ) -> NoticePage:
     site = site_of(request)
-    for name, when in (("since", since), ("until", until)):
-        if when is not None and when.tzinfo is None:
-            raise Problem(422, f"{name}: give the time with its offset, e.g. 2026-11-27T08:00:00+08:00",
-                          errors=[{"field": name, "message": "a time with its offset"}])
     if region is not None:
         try:
             region = site.regions.resolve(region, datetime.now(UTC).date())
@@ -510,13 +516,7 @@ def attempts(request: Request, delivery_id: Annotated[int, Path(ge=1, le=MAX_ID)
              responses=_problems(400, 422))
 def retry(request: Request, body: RetryFilter, caller: Actor = operator) -> RetryAnswer:
     site = site_of(request)
-    if body.status != NoticeState.failed:
-        raise Problem(422, "status: only failed deliveries are requeued",
-                      errors=[{"field": "status", "message": "only failed"}])
-    if body.since is not None and body.since.tzinfo is None:
-        raise Problem(422, "since: give the time with its offset, e.g. 2026-11-27T08:00:00+08:00",
-                      errors=[{"field": "since", "message": "a time with its offset"}])
-    done = desk.retry(site.store, ref=body.notice, outlet_id=body.outlet, since=body.since, status=body.status.value,
+    done = desk.retry(site.store, ref=body.notice, outlet_id=body.outlet, since=body.since, status=body.status,
                       dry_run=body.dry_run, actor=caller)
 
     def why(hold: desk.Hold) -> str:

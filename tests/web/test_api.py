@@ -278,6 +278,9 @@ async def test_notices_are_filtered_by_state_time_region_category_and_urgency_an
             break
     assert seen == [f"n{i}" for i in range(6)] + ["embargoed"]
 
+    for bad in ("0.5", "2026-11-27T08:00:00"):  # seconds since 1970, a time without its offset
+        refused = await api.get("/notices", Role.viewer, params={"since": bad})
+        assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "query.since", refused.text
     unknown = await api.get("/notices", Role.viewer, params={"region": "火星"})
     assert unknown.status_code == 422 and unknown.json()["errors"][0]["field"] == "region"
 

@@ -5,7 +5,8 @@ one of the models below, so ``/openapi.json`` describes it; none of them has a f
 secret or options, and text that came back from an outlet (errors, answers) is scrubbed of both on the way
 out. What the CLI shows, the API shows from the same code (``bot.desk``, the store's parts).
 
-    >>> await client.post("/api/v1/notices", json=notice, headers={"Authorization": f"Bearer {token}"})  # doctest: +SKIP
+    >>> auth = {"Authorization": f"Bearer {token}"}                                  # doctest: +SKIP
+    >>> await client.post("/api/v1/notices", json=notice, headers=auth)               # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from bot import desk
@@ -30,6 +31,7 @@ from bot.regions import CITYWIDE
 from bot.store import Actor, RefConflict, Role
 from bot.web import PROBLEM, Problem, Site, problem, site_of
 from bot.web.auth import require
+
 
 def _iso_time(value: Any) -> Any:
     """A time as people write it (ISO 8601), not a number of seconds since 1970."""

@@ -272,7 +272,8 @@ async def test_notices_are_filtered_by_state_time_region_category_and_urgency_an
 
     seen, after = [], None
     while True:
-        page = (await api.get("/notices", Role.viewer, params={"limit": 3} | ({"after": after} if after else {}))).json()
+        params = {"limit": 3} | ({"after": after} if after else {})
+        page = (await api.get("/notices", Role.viewer, params=params)).json()
         seen += [n["ref"] for n in page["notices"]]
         if (after := page["next"]) is None:
             break

@@ -397,11 +397,14 @@ async def _read_notices(request: Request, site: Site) -> tuple[list[Notice], boo
              openapi_extra=NOTICE_BODY, responses=_problems(409, 413, 422))
 async def submit(request: Request, caller: Actor = editor) -> Submitted:
     site = site_of(request)
-    notices, _ = await _read_notices(request, site)
+    notices, many = await _read_notices(request, site)
     try:
         added = await run_in_threadpool(store_notices, notices, site.store, site.matrix, f"api:{caller.name}", caller)
     except RefConflict as exc:
-        raise Problem(409, f"field 'ref': {exc}") from None
+        index = next(i for i, n in enumerate(notices) if n.ref == exc.ref)
+        field = f"notices[{index}].ref" if many else "notice.ref"
+        raise Problem(409, f"{field}: {exc}; nothing of this request was stored",
+                      errors=[{"field": field, "message": str(exc)}]) from None
     return Submitted(notices=[Created(ref=a.ref, created=a.created, deliveries=a.deliveries) for a in added],
                      deliveries=sum(a.deliveries for a in added))
 

@@ -204,6 +204,7 @@ async def test_a_known_ref_with_other_content_is_409_and_nothing_of_the_request_
     answer = await api.post("/notices", Role.editor, json=[notice(ref="new-one"), notice(truth="改过的内容。")])
     assert answer.status_code == 409
     assert "'cq-test-001' is already stored with different content" in answer.json()["detail"]
+    assert answer.json()["errors"][0]["field"] == "notices[1].ref"
     assert api.store.log.notice("new-one") is None
     assert [r["subject"] for r in api.audit(action="notice.submit")] == ["cq-test-001"]
 

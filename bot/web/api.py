@@ -200,6 +200,16 @@ class Attempts(BaseModel):
     attempts: list[AttemptRow]
 
 
+class LoggedAttempt(AttemptRow):
+    notice: str
+    outlet: str
+
+
+class AttemptPage(BaseModel):
+    attempts: list[LoggedAttempt]
+    next: int | None = Field(description="pass as `after` for the next page; null: this was the last")
+
+
 class RetryFilter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -510,10 +520,28 @@ def attempts(request: Request, delivery_id: Annotated[int, Path(ge=1, le=MAX_ID)
     if found is None:
         raise Problem(404, f"no delivery {delivery_id}")
     rows = site.store.log.attempts(delivery_id=delivery_id)
-    return Attempts(delivery=delivery_id, notice=found["notice"], outlet=found["outlet"], attempts=[
-        AttemptRow.model_validate({k: r[k] for k in AttemptRow.model_fields}
-                                  | {"error": scrub(site, r["error"]), "response": scrub(site, r["response"])})
-        for r in rows])
+    return Attempts(delivery=delivery_id, notice=found["notice"], outlet=found["outlet"],
+                    attempts=[_attempt(site, r, AttemptRow) for r in rows])
+
+
+@router.get("/attempts", response_model=AttemptPage, tags=["deliveries"], responses=_problems(),
+            summary="Every HTTP try, oldest first, paged, as `debunkbot log --attempts` (viewer)")
+def all_attempts(
+    request: Request, caller: Actor = viewer,
+    notice: Annotated[str | None, Query(description="only this notice ref")] = None,
+    outlet: Annotated[str | None, Query(description="only this outlet id")] = None,
+    after: After = None, limit: Limit = PAGE,
+) -> AttemptPage:
+    site = site_of(request)
+    rows = site.store.log.attempts(ref=notice, outlet_id=outlet, after=after, limit=limit + 1)
+    more = len(rows) > limit
+    return AttemptPage(attempts=[_attempt(site, r, LoggedAttempt) for r in rows[:limit]],
+                       next=rows[limit - 1]["id"] if more else None)
+
+
+def _attempt(site: Site, row: dict[str, Any], model: type[AttemptRow]) -> Any:
+    return model.model_validate({k: row[k] for k in model.model_fields}
+                                | {"error": scrub(site, row["error"]), "response": scrub(site, row["response"])})
 
 
 @router.post("/deliveries:retry", response_model=RetryAnswer, tags=["deliveries"],

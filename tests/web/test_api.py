@@ -105,7 +105,8 @@ def notice(**overrides: Any) -> dict[str, Any]:
 EVERY_CALL = [
     ("POST", "/notices", Role.editor), ("POST", "/notices:preview", Role.editor), ("GET", "/notices", Role.viewer),
     ("GET", "/notices/cq-test-001", Role.viewer), ("GET", "/deliveries", Role.viewer),
-    ("GET", "/deliveries/1/attempts", Role.viewer), ("POST", "/deliveries:retry", Role.operator),
+    ("GET", "/deliveries/1/attempts", Role.viewer), ("GET", "/attempts", Role.viewer),
+    ("POST", "/deliveries:retry", Role.operator),
     ("GET", "/outlets", Role.viewer), ("POST", "/outlets/city-hualong:pause", Role.operator),
     ("POST", "/outlets/city-hualong:resume", Role.operator), ("GET", "/audit", Role.operator),
     ("GET", "/tokens", Role.admin), ("POST", "/tokens", Role.admin), ("POST", "/tokens/1:revoke", Role.admin),
@@ -318,6 +319,13 @@ async def test_deliveries_are_filtered_and_paged_and_attempts_listed(api: Api) -
     tries = (await api.get(f"/deliveries/{delivery}/attempts", Role.viewer)).json()
     assert tries["delivery"] == delivery and [t["outcome"] for t in tries["attempts"]] == ["failed"]
     assert (await api.get("/deliveries/999999/attempts", Role.viewer)).status_code == 404
+    record_failure(api.store, "boom again")
+    logged = (await api.get("/attempts", Role.viewer, params={"limit": 1})).json()
+    assert len(logged["attempts"]) == 1 and logged["next"] is not None
+    rest = (await api.get("/attempts", Role.viewer, params={"after": logged["next"]})).json()
+    assert len(rest["attempts"]) == 1 and rest["next"] is None
+    by_outlet = (await api.get("/attempts", Role.viewer, params={"outlet": rest["attempts"][0]["outlet"]})).json()
+    assert {a["outlet"] for a in by_outlet["attempts"]} == {rest["attempts"][0]["outlet"]}
 
 
 def record_failure(store: Store, error: str, outlet_id: str | None = None) -> int:
@@ -415,6 +423,7 @@ async def test_no_answer_at_any_role_holds_an_outlet_url_or_secret(api: Api) -> 
     answers: list[httpx.Response] = [await api.client.get("/openapi.json")]
     for role in Role:
         for path in ("/notices", "/notices/cq-test-001", "/deliveries", "/deliveries?state=failed", "/outlets",
+                     "/attempts",
                      "/audit", "/tokens", *(f"/deliveries/{d}/attempts" for d in failed)):
             answers.append(await api.get(path, role))
         answers.append(await api.post("/notices:preview", role, json=notice(ref="p")))

@@ -88,6 +88,12 @@ def test_changes_without_an_actor_are_the_daemons_own_and_write_no_row(
         assert conn.execute(sa.select(sa.func.count()).select_from(audit)).scalar_one() == 0
 
 
+def test_a_change_outside_the_store_is_audited_on_its_own(store: Store) -> None:
+    store.audit.write(Actor("李四", "operator", "203.0.113.9"), "matrix.reload", None, outlets=51, added=["n-new"])
+    (row,) = store.audit.page().rows
+    assert (row["action"], row["subject"], row["detail"]) == ("matrix.reload", None, {"outlets": 51, "added": ["n-new"]})
+
+
 def test_the_audit_trail_pages_with_a_cursor_and_filters(store: Store, make_notice: Callable[..., Any]) -> None:
     store.queue.add_notices([(make_notice(ref=f"n{i}", title=f"第{i}条"), outlets(1)) for i in range(5)], source="t",
                             actor=EDITOR)

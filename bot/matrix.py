@@ -7,7 +7,7 @@ on any machine) sees the new generation at its next look and reloads its own fil
 out keeps its history; its pending deliveries are held ("removed from matrix") until a reload brings it back.
 
     >>> live = LiveMatrix(matrix, load=file_loader(settings, regions))      # doctest: +SKIP
-    >>> changes = await live.reload(store, by="SIGHUP to web-1-4242")       # doctest: +SKIP
+    >>> changes = await live.reload(store, by=Actor.local())                # doctest: +SKIP
     >>> changes.added, changes.removed, changes.changed                     # doctest: +SKIP
     (('dist-yubei',), (), ())
     >>> await live.look(store)  # elsewhere: follow the generation          # doctest: +SKIP
@@ -29,7 +29,8 @@ from typing import Any
 from bot.outlets import MatrixError, OutletMatrix, load_matrix
 from bot.regions import RegionTable
 from bot.settings import Settings
-from bot.store import STORE_FAULTS, Store, describe_fault
+from bot.store import STORE_FAULTS, Actor, Store, describe_fault
+from bot.store.audit import LOCAL
 
 log = logging.getLogger("debunkbot.matrix")
 # how a store call or a file read runs off the event loop: asyncio.to_thread, or the dispatcher's store thread
@@ -69,6 +70,11 @@ def file_loader(settings: Settings, regions: RegionTable) -> Callable[[], Outlet
     return partial(load_matrix, settings.outlets, regions, public_ip=settings.public_ip)
 
 
+def asked(by: Actor) -> str:
+    """Who asked for a reload, as the log and the reload's record say it."""
+    return f"{by.name} ({by.source})"
+
+
 class LiveMatrix:
     """The matrix this process runs with, at ``matrix``. The daemon, the dispatcher, the alerter and the web
     site all read it here, so a reload, or the regions resolved again at midnight, replace it in one place.
@@ -84,7 +90,7 @@ class LiveMatrix:
         self._load = load
         self._listeners: list[Callable[[OutletMatrix], None]] = []
         self._reloading = asyncio.Lock()  # one reload at a time: SIGHUP and the API may ask at once
-        self.asked_by: str | None = None  # a reload asked for (SIGHUP), done at the next look
+        self.asked_by: Actor | None = None  # a reload asked for (SIGHUP), done at the next look
 
     @classmethod
     def of(cls, matrix: OutletMatrix | LiveMatrix) -> LiveMatrix:
@@ -103,12 +109,13 @@ class LiveMatrix:
             listener(matrix)
         return changes
 
-    def ask_reload(self, by: str) -> None:
+    def ask_reload(self, by: Actor) -> None:
         """Reload at the next ``look`` (a signal handler may call this; it does no work itself)."""
         self.asked_by = by
 
-    async def reload(self, store: Store, by: str, off_loop: OffLoop = asyncio.to_thread) -> MatrixChanges:
-        """Read the file again; if it is good, make it the store's next generation and run with it.
+    async def reload(self, store: Store, by: Actor, off_loop: OffLoop = asyncio.to_thread) -> MatrixChanges:
+        """Read the file again; if it is good, make it the store's next generation and run with it; ``by`` is
+        audited in the same transaction.
 
         A file with any error raises MatrixError (IncompleteMatrix: secrets missing from this environment)
         and changes nothing; the error is logged here, naming outlet and field. A store fault propagates,
@@ -119,13 +126,13 @@ class LiveMatrix:
                 matrix = await off_loop(self._read)
             except MatrixError as exc:
                 log.error("outlet matrix reload (asked by %s) refused; still running with the matrix as it was: %s",
-                          by, exc)
+                          asked(by), exc)
                 raise
             changes = MatrixChanges.between(self.matrix, matrix)
             ids = [o.id for o in matrix.outlets]
             self.generation = await off_loop(store.matrix.reloaded, ids, by, changes.as_dict())
             self.replace(matrix)
-        log.info("outlet matrix reloaded (asked by %s), generation %d, %d outlets: %s", by, self.generation,
+        log.info("outlet matrix reloaded (asked by %s), generation %d, %d outlets: %s", asked(by), self.generation,
                  len(matrix), changes.describe())
         return changes
 
@@ -179,7 +186,7 @@ class LiveMatrix:
 
     def install_signal_handler(self) -> None:
         """SIGHUP asks for a reload, done at the next look."""
-        by = f"SIGHUP to {socket.gethostname()} pid {os.getpid()}"
+        by = Actor("SIGHUP", LOCAL, f"signal@{socket.gethostname()} pid {os.getpid()}")
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.ask_reload, by)
 
     def _read(self) -> OutletMatrix:

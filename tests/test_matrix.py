@@ -24,7 +24,7 @@ from bot.model import Notice
 from bot.outlets import MatrixError, OutletMatrix, load_matrix
 from bot.regions import RegionTable
 from bot.settings import Settings
-from bot.store import Store
+from bot.store import Actor, Store
 from bot.testing import WebhookOutlets
 from tests.conftest import outlet_entries, whsec
 from tests.test_scheduler import DEADLINE, RunningBot, stop, until
@@ -251,7 +251,7 @@ async def test_a_process_whose_file_is_bad_keeps_its_matrix_and_says_so_once(
         assert await live.look(store) is None  # the first look learns the generation
     there_path.write_text("outlets: [", encoding="utf-8")  # that machine's copy got broken
 
-    changes = await here.reload(store, by="test")
+    changes = await here.reload(store, by=Actor.local())
     assert changes.added == () and here.generation == 1
     before = there.matrix
     for _ in range(3):
@@ -274,7 +274,7 @@ async def test_a_process_without_a_daemon_follows_reloads_while_it_keeps_followi
             await asyncio.sleep(0.01)
         for path in (here_path, there_path):  # both machines' copies get the same edit
             path.write_text(yaml.safe_dump({"outlets": entries[:2]}, allow_unicode=True), encoding="utf-8")
-        await here.reload(store, by="test")
+        await here.reload(store, by=Actor.local())
         deadline = asyncio.get_running_loop().time() + 30
         while len(web.matrix) != 2 and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
@@ -294,7 +294,7 @@ async def test_a_reload_is_recorded_with_who_asked_and_what_changed_by_id_only(
     path.write_text(yaml.safe_dump({"outlets": [*entries[1:], added]}, allow_unicode=True), encoding="utf-8")
     environ["TEST_SECRET_0003"] = whsec()
 
-    changes = await live.reload(store, by="SIGHUP to test")
+    changes = await live.reload(store, by=Actor.local())
     assert changes.as_dict() == {"added": ["outlet-0003"], "removed": ["outlet-0000"], "changed": ["outlet-0001"]}
     (record,) = store.matrix.history()
     assert record["generation"] == 1 and record["reloaded_by"] == "SIGHUP to test"
@@ -307,7 +307,7 @@ def test_a_removed_outlet_is_never_claimed_nor_waited_for_until_a_reload_brings_
 ) -> None:
     matrix = loopback_free_matrix
     store.queue.add_notices([(make_notice(), matrix.outlets)], source="test")
-    store.matrix.reloaded([o.id for o in matrix.outlets[1:]], by="test", changes={})
+    store.matrix.reloaded([o.id for o in matrix.outlets[1:]], by=Actor.local(), changes={})
     lease = timedelta(seconds=30)
 
     assert {c.outlet_id for c in store.queue.claim(10, 2, lease)} == {o.id for o in matrix.outlets[1:]}
@@ -318,7 +318,7 @@ def test_a_removed_outlet_is_never_claimed_nor_waited_for_until_a_reload_brings_
     (row,) = store.log.deliveries(outlet_id=removed)
     assert (row["status"], row["reason"]) == ("held", "removed from matrix")
 
-    store.matrix.reloaded([o.id for o in matrix.outlets], by="test", changes={})
+    store.matrix.reloaded([o.id for o in matrix.outlets], by=Actor.local(), changes={})
     assert store.matrix.removed() == {}
     assert [c.outlet_id for c in store.queue.claim(10, 2, lease, outlets=[removed])] == [removed]
 

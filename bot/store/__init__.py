@@ -11,6 +11,8 @@ PostgreSQL for scale-out. Every call is synchronous and short; the dispatcher ma
 - ``store.metrics``: the figures /metrics shows; ``store.errors``: this process's store errors, until saved;
 - ``store.cluster``: the leader lock, the LISTEN dsn, SQLite's ``data_version`` look;
 - ``store.matrix``: the outlet matrix's generation (reloads), and the outlets a reload took out.
+- ``store.access``: the HTTP API's tokens and roles (hashes only);
+- ``store.audit``: who changed what; each change's row is written in its transaction (``Actor``).
 
     >>> store = Store.open("sqlite:///var/debunkbot.sqlite3")              # doctest: +SKIP
     >>> store.queue.add_notices([(notice, outlets)], source="cli")       # doctest: +SKIP
@@ -24,6 +26,8 @@ from datetime import datetime
 
 from sqlalchemy.engine import Engine
 
+from bot.store.access import Access, Caller, Role
+from bot.store.audit import Actor, AuditLog, AuditPage
 from bot.store.cluster import Cluster
 from bot.store.engine import (
     STORE_FAULTS,
@@ -45,7 +49,9 @@ from bot.store.tables import (
     UTCDateTime,
     alert_sends,
     alerts,
+    api_tokens,
     attempts,
+    audit,
     deliveries,
     matrix_reloads,
     metadata,
@@ -54,11 +60,11 @@ from bot.store.tables import (
 )
 
 __all__ = [
-    "STORE_FAULTS", "WORK_CHANNEL", "Added", "AttemptRecord", "Claim", "Cluster", "DeliveryLog", "Figures",
-    "MatrixRecord", "Metrics", "Outbox", "StoreErrors",
-    "OutletHealth", "Page", "Queue", "RefConflict", "Store", "UTCDateTime", "alert_sends", "alerts", "attempts",
-    "clean_text", "deliveries", "describe_fault", "dumps", "is_disk_full", "make_engine", "matrix_reloads", "metadata",
-    "new_message_id", "notices", "outlet_health", "utcnow",
+    api_tokens,
+    attempts,
+    audit,
+    deliveries,
+    matrix_reloads,
 ]
 
 
@@ -77,6 +83,8 @@ class Store:
         self.matrix = MatrixRecord(self.db)
         self.metrics = Metrics(self.db)
         self.errors = StoreErrors(self.db)
+        self.access = Access(self.db)
+        self.audit = AuditLog(self.db)
 
     @property
     def owner(self) -> str:

@@ -1,7 +1,7 @@
 """The outlet matrix as the store knows it: the generation every process follows, and which outlets a reload
 took out (their pending deliveries are held, "removed from matrix", until a reload brings them back).
 
-    >>> generation = store.matrix.reloaded(["city-cqrb", "dist-yuzhong"], by="SIGHUP to web-1-4242",
+    >>> generation = store.matrix.reloaded(["city-cqrb", "dist-yuzhong"], by=Actor("张三", "operator", "10.0.0.5"),
     ...                                    changes={"added": ["dist-yuzhong"], "removed": [], "changed": []})  # doctest: +SKIP
     >>> store.matrix.generation()                                        # doctest: +SKIP
     7
@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from bot.store.engine import Db
+from bot.store.audit import Actor, record
 from bot.store.tables import matrix_reloads, outlet_health
 
 h = outlet_health
@@ -31,14 +32,16 @@ class MatrixRecord:
         with self.db.read() as conn:
             return int(conn.execute(sa.select(sa.func.max(matrix_reloads.c.id))).scalar_one_or_none() or 0)
 
-    def reloaded(self, outlet_ids: Collection[str], by: str, changes: Mapping[str, Sequence[str]]) -> int:
-        """Record a reload to a matrix of ``outlet_ids``, in one transaction: the next generation, and
-        ``adopt``'s marks. Returns the generation every process now follows."""
+    def reloaded(self, outlet_ids: Collection[str], by: Actor, changes: Mapping[str, Sequence[str]]) -> int:
+        """Record a reload to a matrix of ``outlet_ids``, in one transaction: the next generation, ``adopt``'s
+        marks and the audit row of who asked. Returns the generation every process now follows."""
         with self.db.tx() as conn:
             now = self.db.now(conn)
             generation = int(conn.execute(matrix_reloads.insert().values(
-                reloaded_at=now, reloaded_by=by[:200], changes=json.dumps(dict(changes), ensure_ascii=False),
+                reloaded_at=now, reloaded_by=f"{by.name} ({by.source})"[:200],
+                changes=json.dumps(dict(changes), ensure_ascii=False),
             )).inserted_primary_key[0])
+            record(conn, by, "matrix.reload", None, now, generation=generation, **changes)
             if self._mark(conn, set(outlet_ids), now):
                 self.db.notify(conn)  # deliveries of an outlet that came back are due again
         return generation

@@ -123,4 +123,8 @@ def create_app(site: Site) -> FastAPI:
         return {"status": "ready"}
 
     app.include_router(metrics.router)
+
+    from bot.web import api
+
+    api.install(app)
     return app

@@ -12,11 +12,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
 from bot.outlets import IncompleteMatrix, MatrixError
+from bot.store import Actor, Role
 from bot.web import Problem, Site, site_of
+from bot.web.auth import require
 
 router = APIRouter(prefix="/api/v1", tags=["matrix"])
 
@@ -33,20 +35,15 @@ class MatrixReloaded(BaseModel):
     changed: list[str]
 
 
-def caller(request: Request) -> str:
-    """Who asked, for the store's record of the reload. The integrator replaces this with the token's name
-    (``Depends(require(Role.operator))``)."""
-    return f"API from {request.client.host if request.client else 'unknown'}"
-
-
 @router.post(
     "/matrix:reload", summary="Reload the outlet matrix (outlets.yaml) in every process", response_model=MatrixReloaded,
     responses={422: {"description": "the file has an error: nothing changed; each problem by outlet and field"},
                503: {"description": "the store is not reachable: nothing changed"}},
 )
-async def reload_matrix(site: Site = Depends(site_of), by: str = Depends(caller)) -> MatrixReloaded:
+async def reload_matrix(site: Site = Depends(site_of),
+                        caller: Actor = Depends(require(Role.operator))) -> MatrixReloaded:
     try:
-        changes = await site.live.reload(site.store, by)
+        changes = await site.live.reload(site.store, caller)
     except MatrixError as exc:
         said = "; ".join([str(exc).splitlines()[0].rstrip(":"), *exc.problems]) if len(exc.problems) > 1 else str(exc)
         raise Problem(422, _without_urls(f"outlet matrix refused, still running with the matrix as it was: {said}"),

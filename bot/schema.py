@@ -10,6 +10,8 @@ ever runs against tables it does not understand.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -46,31 +48,40 @@ def current(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
+@contextmanager
+def _migrating(conn: Connection) -> Iterator[None]:
+    """One process looks at and migrates the schema at a time (PostgreSQL: an advisory lock; two processes
+    started together on an empty store then neither sees the other's half-made schema)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+        conn.commit()
+    try:
+        yield
+    finally:
+        if conn.dialect.name == "postgresql":
+            conn.rollback()
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+            conn.commit()
+
+
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Bring the store to the newest revision; returns (before, after)."""
-    with engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
-            conn.commit()
-        try:
-            before = current(conn)
-            command.upgrade(_config(conn), "head")
-            conn.commit()
-            return before, head()
-        finally:
-            if conn.dialect.name == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
-                conn.commit()
+    with engine.connect() as conn, _migrating(conn):
+        before = current(conn)
+        command.upgrade(_config(conn), "head")
+        conn.commit()
+        return before, head()
 
 
 def ensure_current(engine: Engine) -> None:
     """Create an empty store; refuse one whose schema is not this version's."""
-    with engine.connect() as conn:
+    with engine.connect() as conn, _migrating(conn):
         revision = current(conn)
         tables = set(sa.inspect(conn).get_table_names())
-    if revision is None and not tables - {"alembic_version"}:
-        upgrade(engine)
-        return
+        if revision is None and not tables - {"alembic_version"}:
+            command.upgrade(_config(conn), "head")
+            conn.commit()
+            return
     wanted = head()
     if revision != wanted:
         url = engine.url.render_as_string(hide_password=True)

@@ -294,10 +294,13 @@ async def test_a_reload_is_recorded_with_who_asked_and_what_changed_by_id_only(
     path.write_text(yaml.safe_dump({"outlets": [*entries[1:], added]}, allow_unicode=True), encoding="utf-8")
     environ["TEST_SECRET_0003"] = whsec()
 
-    changes = await live.reload(store, by=Actor.local())
+    changes = await live.reload(store, by=Actor("SIGHUP", "local", "signal@test pid 7"))
     assert changes.as_dict() == {"added": ["outlet-0003"], "removed": ["outlet-0000"], "changed": ["outlet-0001"]}
     (record,) = store.matrix.history()
-    assert record["generation"] == 1 and record["reloaded_by"] == "SIGHUP to test"
+    assert record["generation"] == 1 and record["reloaded_by"] == "SIGHUP (signal@test pid 7)"
+    (audited,) = store.audit.page(action="matrix.reload").rows
+    assert (audited["actor"], audited["source"], audited["detail"]["removed"]) == ("SIGHUP", "signal@test pid 7",
+                                                                                   ["outlet-0000"])
     assert (record["added"], record["removed"], record["changed"]) == (["outlet-0003"], ["outlet-0000"],
                                                                         ["outlet-0001"])
 

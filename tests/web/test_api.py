@@ -110,6 +110,7 @@ EVERY_CALL = [
     ("GET", "/outlets", Role.viewer), ("POST", "/outlets/city-hualong:pause", Role.operator),
     ("POST", "/outlets/city-hualong:resume", Role.operator), ("GET", "/audit", Role.operator),
     ("GET", "/tokens", Role.admin), ("POST", "/tokens", Role.admin), ("POST", "/tokens/1:revoke", Role.admin),
+    ("POST", "/matrix:reload", Role.operator),
 ]
 
 

@@ -16,7 +16,7 @@ from bot.model import Notice
 from bot.outlets import load_matrix
 from bot.regions import RegionTable
 from bot.settings import Settings
-from bot.store import Store
+from bot.store import Role, Store
 from bot.web import PROBLEM, Site, create_app
 from tests.conftest import notice_data, outlet_entries, whsec
 
@@ -44,7 +44,9 @@ async def served(tmp_path: Path, store: Store, regions: RegionTable) -> AsyncIte
     live = LiveMatrix(load_matrix(path, regions, environ=environ),
                       load=lambda: load_matrix(path, regions, environ=environ))
     site = Site(Settings(database_url=str(store.engine.url), outlets=path), store, regions, live)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(create_app(site)), base_url="http://bot") as client:
+    token, _ = store.access.create("值班员李四", Role.operator)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(create_app(site)), base_url="http://bot",
+                                 headers={"Authorization": f"Bearer {token}"}) as client:
         yield Served(client, site, path, entries, environ)
 
 
@@ -68,6 +70,9 @@ async def test_a_good_file_is_reloaded_and_the_answer_says_what_changed_by_outle
     assert served.site.matrix.by_id["outlet-0001"].name == "新名字融媒体中心"
     assert served.site.store.matrix.generation() == 1
     assert_no_url_or_secret(answer, served)
+    (row,) = served.site.store.audit.page(action="matrix.reload").rows  # written in the reload's transaction
+    assert (row["actor"], row["role"], row["detail"]["generation"]) == ("值班员李四", "operator", 1)
+    assert row["detail"]["added"] == ["outlet-0003"] and row["detail"]["removed"] == ["outlet-0002"]
 
 
 async def test_a_removed_outlets_pending_deliveries_show_held_removed_from_matrix(
@@ -127,7 +132,8 @@ async def test_a_site_given_a_plain_matrix_has_nothing_to_reload_and_says_so(
     store: Store, regions: RegionTable, served: Served,
 ) -> None:
     site = Site(Settings(database_url="sqlite://"), store, regions, served.site.matrix)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(create_app(site)), base_url="http://bot") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(create_app(site)), base_url="http://bot",
+                                 headers=served.client.headers) as client:
         answer = await client.post("/api/v1/matrix:reload")
     assert answer.status_code == 422
     assert "not read from a file" in answer.json()["detail"]

@@ -18,8 +18,8 @@ import traceback
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-# httpx logs every request's URL at INFO; aiohttp, apscheduler and the database libraries chatter
-QUIET_LIBRARIES = ("httpx", "httpcore", "aiohttp", "alembic", "asyncio", "sqlalchemy", "psycopg", "hpack")
+# httpx logs every request's URL at INFO; aiohttp, uvicorn, apscheduler and the database libraries chatter
+QUIET_LIBRARIES = ("httpx", "httpcore", "aiohttp", "alembic", "asyncio", "sqlalchemy", "psycopg", "hpack", "uvicorn")
 # the daemon logs a failed job itself (bot.scheduler), with what happens next
 SILENT_LIBRARIES = ("apscheduler",)
 

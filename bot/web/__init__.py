@@ -91,6 +91,10 @@ def create_app(site: Site) -> FastAPI:
     for fault in STORE_FAULTS:
         app.add_exception_handler(fault, _store_down)
 
+    from bot.web import feeds
+
+    app.include_router(feeds.router)
+
     @app.get("/healthz", tags=["health"], summary="The process answers")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}

@@ -1,4 +1,4 @@
-"""The ``debunkbot`` command: submit, run, web, status, log, render, demo.
+"""The ``debunkbot`` command: submit, run, web, status, log, outlets, retry, render, demo, token, audit.
 
 Exit codes: 0 done; 2 bad input (a notice file, the matrix, a setting, an argument); 3 the store refused a
 write (full, locked, down: submit again later); 4 configuration is incomplete (outlet secrets missing from the
@@ -29,12 +29,14 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from bot import desk
+from bot.desk import notice_status, outlet_rows
 from bot.http import make_sender
 from bot.intake import expand, submit_files
 from bot.outlets import IncompleteMatrix, MatrixError, OutletMatrix, Tier, load_matrix
 from bot.regions import CHONGQING, RegionTable, chongqing_today
 from bot.settings import Settings
-from bot.store import Store, dumps, utcnow
+from bot.store import Actor, Role, Store, dumps, utcnow
 
 EXIT_BAD_INPUT, EXIT_STORE_REFUSED, EXIT_INCOMPLETE = 2, 3, 4
 
@@ -122,7 +124,7 @@ def submit(paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="not
         errors.print("[red]no notice files found[/] (expected .yaml, .yml or .json)")
         raise typer.Exit(EXIT_BAD_INPUT)
     with _say_if_waiting(f"waiting for the store ({_where(settings)}): another process is writing to it"):
-        results = submit_files(files, store, matrix, regions, settings.max_notices_per_file)
+        results = submit_files(files, store, matrix, regions, settings.max_notices_per_file, actor=Actor.local())
     for result in results:
         if result.ok:
             for added in result.added:
@@ -331,26 +333,20 @@ def _when(value: datetime | None, wide: bool = False) -> str:
 @app.command()
 def status(ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's ref")]) -> None:
     """Who has notice REF: a summary per tier and the outlets not yet delivered."""
-    settings = _settings()
-    store = _store(settings)
-    if store.log.notice(ref) is None:
+    found = notice_status(_store(_settings()), ref)
+    if found is None:
         errors.print(Text(f"no notice with ref {ref!r}", style="red"))
         raise typer.Exit(EXIT_BAD_INPUT)
-    rows = store.log.deliveries(ref=ref)
-    summary = []
-    for tier in Tier:
-        tier_rows = [r for r in rows if r["tier"] == tier.value]
-        if tier_rows:
-            summary.append([tier.value, str(len(tier_rows)), *(str(sum(r["status"] == s for r in tier_rows))
-                                                               for s in ("delivered", "pending", "held", "failed"))])
+    summary = [[t.tier, str(t.outlets), str(t.delivered), str(t.pending), str(t.held), str(t.failed)]
+               for t in found.tiers]
     _show([("tier", ID), ("outlets", VALUE), ("delivered", VALUE), ("pending", VALUE), ("held", VALUE),
            ("failed", VALUE)], summary, title=f"{ref}: deliveries by tier")
-    missing = [r for r in rows if r["status"] != "delivered"]
-    if not rows:
+    missing = found.missing
+    if not found.deliveries:
         console.print(Text(f"{ref} has no deliveries: no outlet of the matrix was concerned", style="yellow"))
         return
     if not missing:
-        console.print(Text(f"every outlet ({len(rows)}) has {ref}", style="green"))
+        console.print(Text(f"every outlet ({found.deliveries}) has {ref}", style="green"))
         return
     _show([("outlet", ID), ("status", VALUE), ("tries", VALUE), ("next try", VALUE), ("last error", FREE)],
           [[r["outlet"], STATUS_WORDS[r["status"]] + (f": {r['reason']}" if r["reason"] else ""), str(r["attempts"]),
@@ -421,21 +417,7 @@ def outlets(
         return
     settings = _settings()
     matrix = _matrix(settings, _regions(settings), require_secrets=False)  # listing needs no secret
-    store = _store(settings)
-    health = store.health.all()
-    by_outlet = store.log.by_outlet()
-    tiers = {o.id: o.tier.value for o in matrix.outlets}
-    rows = []
-    for outlet_id in [*tiers, *sorted((by_outlet.keys() | health.keys()) - tiers.keys())]:
-        h = health.get(outlet_id)
-        counts = by_outlet.get(outlet_id, {})
-        rows.append({
-            "outlet": outlet_id, "tier": tiers.get(outlet_id) or counts.get("tier"), "status": h.status if h else "ok",
-            "consecutive_failures": h.consecutive_failures if h else 0,
-            "last_success_at": h.last_success_at if h else None, "last_failure_at": h.last_failure_at if h else None,
-            "breaker_open_until": h.open_until if h else None, "pending": counts.get("pending", 0),
-            "failed": counts.get("failed", 0), "paused_reason": h.paused_reason if h else None,
-        })
+    rows = outlet_rows(_store(settings), matrix)
     if as_json:
         for row in rows:
             sys.stdout.write(dumps(row) + "\n")
@@ -457,11 +439,31 @@ def outlets(
 def resume(outlet_id: Annotated[str, typer.Argument(metavar="ID", help="outlet id")]) -> None:
     """Resume a paused outlet (or close its open breaker): its held deliveries go out at once."""
     store = _store(_settings())
-    held = store.health.resume(outlet_id)
+    held = store.health.resume(outlet_id, actor=Actor.local())
     if held is None:
         errors.print(Text.assemble((f"outlet {outlet_id!r} is not paused", "red"), " (see `debunkbot outlets`)"))
         raise typer.Exit(EXIT_BAD_INPUT)
     console.print(Text.assemble((f"resumed {outlet_id}", "green"), f": {_count(held, 'held delivery')} due now"))
+
+
+@outlets_app.command()
+def pause(
+    outlet_id: Annotated[str, typer.Argument(metavar="ID", help="outlet id")],
+    reason: Annotated[str, typer.Option("--reason", metavar="TEXT", help="why, for the other operators")],
+) -> None:
+    """Pause an outlet: its deliveries are held, never dropped, until `debunkbot outlets resume ID`."""
+    settings = _settings()
+    matrix = _matrix(settings, _regions(settings), require_secrets=False)
+    store = _store(settings)
+    if outlet_id not in matrix.by_id and outlet_id not in store.health.all():
+        errors.print(Text.assemble((f"no outlet {outlet_id!r}", "red"), f" in {settings.outlets} (see `debunkbot outlets`)"))
+        raise typer.Exit(EXIT_BAD_INPUT)
+    held = store.health.pause(outlet_id, reason, actor=Actor.local())
+    if held is None:
+        errors.print(Text.assemble((f"outlet {outlet_id!r} is already paused", "red"), " (see `debunkbot outlets`)"))
+        raise typer.Exit(EXIT_BAD_INPUT)
+    console.print(Text.assemble((f"paused {outlet_id}", "yellow"), f": {_count(held, 'delivery')} held until "
+                                f"`debunkbot outlets resume {outlet_id}`"))
 
 
 class RetryStatus(StrEnum):
@@ -484,34 +486,28 @@ def retry(
     except ValueError as exc:
         errors.print(Text(f"--since: {exc}", style="red"))
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    store = _store(_settings())
-    rows = store.queue.requeue(ref=notice, outlet_id=outlet, since=cutoff, status=status.value, dry_run=dry_run)
-    paused = store.health.paused()
-    now = datetime.now(UTC)
-    open_until = {oid: h.open_until for oid, h in store.health.all().items()
-                  if h.open_until is not None and h.open_until > now and oid not in paused}
+    retried = desk.retry(_store(_settings()), ref=notice, outlet_id=outlet, since=cutoff, status=status.value,
+                         dry_run=dry_run, actor=Actor.local())
+    rows, held = retried.rows, retried.held
 
     def note(outlet_id: str) -> str:
-        if outlet_id in paused:
-            return "held: outlet paused"
-        if outlet_id in open_until:
-            return f"held: breaker open until {_when(open_until[outlet_id])}"
-        return ""
+        hold = held.get(outlet_id)
+        if hold is None:
+            return ""
+        return "held: outlet paused" if hold.paused else f"held: breaker open until {_when(hold.until)}"
 
     _show([("notice", ID), ("outlet", ID), ("tries", VALUE), ("note", VALUE), ("last error", FREE)],
           [[r["notice"], r["outlet"], str(r["attempts"]), note(r["outlet"]), r["error"] or ""] for r in rows],
           title=("would requeue " if dry_run else "requeued ") + _count(len(rows), "delivery"),
           hint="debunkbot log --wide")
-    held = sorted({r["outlet"] for r in rows if note(r["outlet"])})
     if dry_run:
         console.print(f"dry run: {_count(len(rows), 'delivery')} would be requeued; nothing changed")
     else:
         console.print(f"requeued {_count(len(rows), 'delivery')}; a running bot sends them at its next poll")
-    for outlet_id in held:
-        waiting = sum(r["outlet"] == outlet_id for r in rows)
-        why = "is paused" if outlet_id in paused else f"has its breaker open until {_when(open_until[outlet_id])}"
-        console.print(Text(f"{outlet_id} {why}: its {_count(waiting, 'delivery')} wait until then; "
-                           f"send them now with `debunkbot outlets resume {outlet_id}`", style="yellow"))
+    for hold in sorted(held.values(), key=lambda h: h.outlet):
+        why = "is paused" if hold.paused else f"has its breaker open until {_when(hold.until)}"
+        console.print(Text(f"{hold.outlet} {why}: its {_count(hold.deliveries, 'delivery')} wait until then; "
+                           f"send them now with `debunkbot outlets resume {hold.outlet}`", style="yellow"))
 
 
 def _since(text: str, now: datetime | None = None) -> datetime:
@@ -584,3 +580,81 @@ def regions(on: Annotated[str | None, typer.Option(metavar="DATE", help="a date,
     units = table.units_on(day)
     _show([("unit", ID), ("kind", VALUE), ("also written", FREE)],
           [[u.name, u.kind, "、".join(u.aliases)] for u in units], title=f"{len(units)} district-level units on {day}")
+
+
+token_app = typer.Typer(help="Tokens for the HTTP API: each has a holder's name and a role "
+                        "(viewer < editor < operator < admin).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+class RoleName(StrEnum):
+    viewer = "viewer"
+    editor = "editor"
+    operator = "operator"
+    admin = "admin"
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[RoleName, typer.Option("--role", metavar="ROLE", help="viewer, editor, operator or admin")],
+    name: Annotated[str, typer.Option("--name", metavar="NAME", help="who holds it (a person or a system)")],
+) -> None:
+    """Make a token and print it, once: only its hash is kept."""
+    store = _store(_settings())
+    try:
+        token, row = store.access.create(name, Role[role.value], actor=Actor.local())
+    except ValueError as exc:
+        errors.print(Text(f"--name: {exc}", style="red"))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    errors.print(Text(f"token {row['id']} for {row['name']} ({row['role']}); it is shown this once, keep it now:",
+                      style="green"))
+    sys.stdout.write(token + "\n")
+
+
+@token_app.command("list")
+def token_list(as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False) -> None:
+    """Every token made, revoked ones too (never the token itself)."""
+    rows = _store(_settings()).access.all()
+    if as_json:
+        for row in rows:
+            sys.stdout.write(dumps(row) + "\n")
+        return
+    _show([("id", ID), ("name", ID), ("role", VALUE), ("created", VALUE), ("last used", VALUE), ("revoked", VALUE)],
+          [[str(r["id"]), r["name"], r["role"], _when(r["created_at"]), _when(r["last_used_at"]),
+            _when(r["revoked_at"])] for r in rows], title=f"{_count(len(rows), 'token')} (times in Chongqing)")
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: Annotated[int, typer.Argument(metavar="ID", help="the token's id (`token list`)")]) -> None:
+    """Revoke a token: every call with it is refused from now on."""
+    row = _store(_settings()).access.revoke(token_id, actor=Actor.local())
+    if row is None:
+        errors.print(Text.assemble((f"no token {token_id} that is not already revoked", "red"),
+                                   " (see `debunkbot token list`)"))
+        raise typer.Exit(EXIT_BAD_INPUT)
+    console.print(Text.assemble((f"revoked token {token_id}", "green"), f" of {row['name']} ({row['role']})"))
+
+
+@app.command("audit")
+def audit_(
+    actor: Annotated[str | None, typer.Option("--actor", metavar="NAME", help="only this token name or user")] = None,
+    subject: Annotated[str | None, typer.Option("--subject", metavar="REF|ID",
+                                                help="only this notice ref, outlet id or token id")] = None,
+    since: Annotated[str | None, typer.Option("--since", metavar="T", help="an ISO 8601 time or an age (2h, 1d)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
+) -> None:
+    """Who changed what, when and from where: submits, retries, pauses, resumes, tokens (times in Chongqing)."""
+    try:
+        cutoff = _since(since) if since else None
+    except ValueError as exc:
+        errors.print(Text(f"--since: {exc}", style="red"))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    rows = _store(_settings()).audit.page(actor=actor, subject=subject, since=cutoff, limit=None).rows
+    if as_json:
+        for row in rows:
+            sys.stdout.write(dumps(row) + "\n")
+        return
+    _show([("at", VALUE), ("who", ID), ("role", VALUE), ("action", VALUE), ("subject", ID), ("from", EXTRA),
+           ("detail", FREE)],
+          [[_when(r["at"]), r["actor"], r["role"], r["action"], r["subject"] or "", r["source"],
+            json.dumps(r["detail"], ensure_ascii=False)] for r in rows], title=f"{_count(len(rows), 'change')}")

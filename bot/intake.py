@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from bot.model import Notice
 from bot.outlets import OutletMatrix
 from bot.regions import RegionTable
-from bot.store import STORE_FAULTS, Added, RefConflict, Store, describe_fault
+from bot.store import STORE_FAULTS, Actor, Added, RefConflict, Store, describe_fault
 
 MAX_FILE_BYTES = 1024 * 1024
 MAX_NOTICES = 1000  # per file; the setting DEBUNKBOT_MAX_NOTICES_PER_FILE
@@ -135,48 +135,95 @@ def read_notices(
 
     ``now`` decides what region names mean (Chongqing's date) and how far an embargo may reach.
     """
-    raw = _load(path, max_notices)
+    return check_notices(_load(path, max_notices), str(path), regions, now, max_notices, "file")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One thing wrong with a submitted notice: its place (0-based) in a list of them, its ref when it names one,
+    the field (a pydantic location: ``("sources", 0, "url")``; None: the notice as a whole) and what is wrong."""
+
+    index: int
+    ref: str | None
+    field: tuple[str | int, ...] | None
+    message: str
+
+    def words(self, many: bool) -> str:
+        """As the CLI says it: ``notice 3 (ref 'cq-1') field 'verdict': …``."""
+        where = f"notice {self.index + 1}" if many else "notice"
+        if self.ref is not None:
+            where += f" (ref {self.ref[:64]!r})"
+        return f"{where}: {self.message}" if self.field is None else f"{where} field {_loc(self.field)!r}: {self.message}"
+
+    def path(self, many: bool) -> str:
+        """As the API names it: ``notices[2].sources[0].url`` (``notice.verdict`` for a single notice)."""
+        path = f"notices[{self.index}]" if many else "notice"
+        return path + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in self.field or ())
+
+
+class NoticesRefused(IntakeError):
+    """Notices that fail validation: every refusal, and the message the CLI prints (naming ``where``)."""
+
+    def __init__(self, where: str, refusals: Sequence[Refusal], many: bool) -> None:
+        self.refusals, self.many = list(refusals), many
+        shown = [r.words(many) for r in refusals[:MAX_ERRORS]]
+        if len(refusals) > MAX_ERRORS:
+            shown.append(f"and {len(refusals) - MAX_ERRORS:,} more")
+        super().__init__(f"{where}: " + (shown[0] if len(shown) == 1 else "\n  " + "\n  ".join(shown)))
+
+
+def check_notices(
+    raw: Any, where: str, regions: RegionTable, now: datetime | None = None, max_notices: int = MAX_NOTICES,
+    container: str = "file",
+) -> list[Notice]:
+    """Validate parsed data (one notice, or a list of them) from a file or an API request, all or nothing.
+
+    Raises IntakeError naming ``where``; NoticesRefused (an IntakeError) lists each refused notice and field.
+    """
     items = raw if isinstance(raw, list) else [raw]
     if raw is None or not items:
-        raise IntakeError(f"{path}: no notices in file")
+        raise IntakeError(f"{where}: no notices in {container}")
     if len(items) > max_notices:
-        raise IntakeError(f"{path}: {len(items):,} notices in one file, over the limit of {max_notices:,} "
-                          "(DEBUNKBOT_MAX_NOTICES_PER_FILE); split the file")
-    problems: list[str] = []
+        raise IntakeError(f"{where}: {len(items):,} notices in one {container}, over the limit of {max_notices:,} "
+                          f"(DEBUNKBOT_MAX_NOTICES_PER_FILE); split the {container}")
+    refusals: list[Refusal] = []
     notices: list[Notice] = []
     seen: dict[str, int] = {}
     context = {"regions": regions, "now": now or datetime.now(UTC)}
-    for index, item in enumerate(items, start=1):
-        where = f"notice {index}" if len(items) > 1 else "notice"
-        if isinstance(item, dict) and isinstance(item.get("ref"), str):
-            where += f" (ref {item['ref'][:64]!r})"
+    for index, item in enumerate(items):
+        ref = item["ref"] if isinstance(item, dict) and isinstance(item.get("ref"), str) else None
         if not isinstance(item, dict):
-            problems.append(f"{where}: expected a mapping of fields, got {type(item).__name__}")
+            refusals.append(Refusal(index, ref, None, f"expected a mapping of fields, got {type(item).__name__}"))
             continue
         try:
             notice = Notice.model_validate(item, context=context)
         except ValidationError as exc:
-            problems += [f"{where} field {_loc(err['loc'])!r}: {_msg(err)}" for err in exc.errors()]
+            refusals += [Refusal(index, ref, tuple(err["loc"]), _msg(err)) for err in exc.errors()]
             continue
         if notice.ref in seen:
-            problems.append(f"{where} field 'ref': duplicate ref {notice.ref!r} (also notice {seen[notice.ref]})")
+            refusals.append(Refusal(index, ref, ("ref",),
+                                    f"duplicate ref {notice.ref!r} (also notice {seen[notice.ref] + 1})"))
             continue
         seen[notice.ref] = index
         notices.append(notice)
-    if problems:
-        shown = problems[:MAX_ERRORS]
-        if len(problems) > MAX_ERRORS:
-            shown.append(f"and {len(problems) - MAX_ERRORS:,} more")
-        raise IntakeError(f"{path}: " + (shown[0] if len(shown) == 1 else "\n  " + "\n  ".join(shown)))
+    if refusals:
+        raise NoticesRefused(where, refusals, many=len(items) > 1)
     return notices
+
+
+def store_notices(
+    notices: Sequence[Notice], store: Store, matrix: OutletMatrix, source: str, actor: Actor | None = None,
+) -> list[Added]:
+    """Store notices, each with a delivery for every outlet it concerns, all or nothing (RefConflict: none)."""
+    return store.queue.add_notices([(n, matrix.concerned_by(n)) for n in notices], source=source, actor=actor)
 
 
 def submit_files(
     paths: Sequence[Path], store: Store, matrix: OutletMatrix, regions: RegionTable,
-    max_notices: int = MAX_NOTICES, now: datetime | None = None,
+    max_notices: int = MAX_NOTICES, now: datetime | None = None, actor: Actor | None = None,
 ) -> list[FileResult]:
-    """Validate and store each file on its own: all of a file, or none of it."""
-    return store_files(read_files(paths, regions, max_notices, now), store, matrix)
+    """Validate and store each file on its own: all of a file, or none of it (audited as ``actor``'s)."""
+    return store_files(read_files(paths, regions, max_notices, now), store, matrix, actor)
 
 
 def read_files(
@@ -193,7 +240,7 @@ def read_files(
 
 
 def store_files(
-    read: Sequence[tuple[FileResult, list[Notice]]], store: Store, matrix: OutletMatrix
+    read: Sequence[tuple[FileResult, list[Notice]]], store: Store, matrix: OutletMatrix, actor: Actor | None = None,
 ) -> list[FileResult]:
     """Store what ``read_files`` accepted, file by file; a ref may be in one file of a submission only."""
     refs_in_run: dict[str, Path] = {}
@@ -206,7 +253,7 @@ def store_files(
                 if notice.ref in refs_in_run and refs_in_run[notice.ref] != path:
                     raise IntakeError(f"{path}: notice (ref {notice.ref!r}) field 'ref': duplicate ref, "
                                       f"also in {refs_in_run[notice.ref]}")
-            result.added = store.queue.add_notices([(n, matrix.concerned_by(n)) for n in notices], source=str(path))
+            result.added = store_notices(notices, store, matrix, str(path), actor)
             refs_in_run.update({n.ref: path for n in notices})
         except IntakeError as exc:
             result.error = str(exc)
@@ -246,7 +293,8 @@ def scan_inbox(
     is not a regular file are refused and moved to rejected/ without being opened.
     """
     taken, refused = claim_inbox(inbox)
-    return file_away(inbox, taken, refused, submit_files(list(taken), store, matrix, regions, max_notices))
+    return file_away(inbox, taken, refused, submit_files(list(taken), store, matrix, regions, max_notices,
+                                                          actor=Actor.inbox()))
 
 
 async def scan_inbox_off_loop(
@@ -258,7 +306,7 @@ async def scan_inbox_off_loop(
     parsed; only storing runs through ``db``."""
     taken, refused = await asyncio.to_thread(claim_inbox, inbox)
     read = await asyncio.to_thread(read_files, list(taken), regions, max_notices)
-    results = await db(store_files, read, store, matrix)
+    results = await db(store_files, read, store, matrix, Actor.inbox())
     return await asyncio.to_thread(file_away, inbox, taken, refused, results)
 
 
@@ -344,14 +392,7 @@ def _load(path: Path, max_notices: int = MAX_NOTICES) -> Any:
         raise IntakeError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); "
                           "save the file as UTF-8") from None
     if path.suffix.lower() == ".json":
-        if (depth := _json_depth(text)) > MAX_DEPTH:
-            raise IntakeError(f"{path}: invalid JSON: nested deeper than {MAX_DEPTH} levels ({depth:,})")
-        try:
-            return json.loads(text, object_pairs_hook=_unique_keys)
-        except json.JSONDecodeError as exc:
-            raise IntakeError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-        except _DuplicateKey as exc:
-            raise IntakeError(f"{path}: invalid JSON: key {exc.args[0]!r} written twice in one object") from None
+        return parse_json(text, str(path))
     loader = _TextLoader(text, max_notices)
     try:
         return loader.get_single_data()
@@ -364,6 +405,19 @@ def _load(path: Path, max_notices: int = MAX_NOTICES) -> Any:
         raise IntakeError(f"{path}: invalid YAML: {exc}") from None
     finally:
         loader.dispose()
+
+
+def parse_json(text: str, where: str) -> Any:
+    """JSON at bounded cost, as a notice file or an API request holds it: nesting capped, a key written twice
+    refused (JSON parsers keep the last). Every failure is an IntakeError naming ``where``."""
+    if (depth := _json_depth(text)) > MAX_DEPTH:
+        raise IntakeError(f"{where}: invalid JSON: nested deeper than {MAX_DEPTH} levels ({depth:,})")
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as exc:
+        raise IntakeError(f"{where}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except _DuplicateKey as exc:
+        raise IntakeError(f"{where}: invalid JSON: key {exc.args[0]!r} written twice in one object") from None
 
 
 def _read_regular(path: Path) -> bytes:

@@ -68,6 +68,7 @@ class Rendered:
     text: str
     body: bytes
     extra: Any = None
+    cut: bool = False  # the editor's text was shortened to fit the platform's limit (channels.fit)
 
 
 NO_OPTIONS: Mapping[str, Any] = {}

@@ -92,7 +92,7 @@ class DingTalk:
             return json.dumps({"msgtype": msgtype, msgtype: message}, ensure_ascii=False, separators=(",", ":"))
 
         text, form = fit(body, notice, self.limits, link)
-        return Rendered(text=markdown(form), body=text.encode())
+        return Rendered(text=markdown(form), body=text.encode(), cut=form.cut)
 
     def render_alert(self, title: str, text: str, now: datetime) -> Rendered:
         """An operator alert as markdown, cut to fit the 20,000 bytes."""

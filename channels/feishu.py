@@ -97,7 +97,7 @@ class Feishu:
             return {"msg_type": "interactive", "card": {"header": header, "elements": elements}}
 
         _, form = fit(lambda f: _dumps(SIGNATURE_PLACEHOLDER | message(f)), notice, self.limits, link)
-        return Rendered(text=text(form), body=_dumps(message(form)).encode())
+        return Rendered(text=text(form), body=_dumps(message(form)).encode(), cut=form.cut)
 
     def render_alert(self, title: str, text: str, now: datetime) -> Rendered:
         """An operator alert as a post, cut to fit the body limit (signature included)."""

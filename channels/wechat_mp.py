@@ -99,7 +99,7 @@ class WeChatMP:
             "content_source_url": link or "",
             "need_open_comment": 0,
         }
-        return Rendered(text=content, body=json.dumps(draft, ensure_ascii=False).encode(), extra=draft)
+        return Rendered(text=content, body=json.dumps(draft, ensure_ascii=False).encode(), extra=draft, cut=form.cut)
 
     def build(
         self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime

@@ -66,9 +66,9 @@ class Weibo:
         return problems
 
     def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
-        status, _ = fit(lambda form: render("weibo/status.j2", form_context(notice, published_at, form)),
-                        notice, self.limits, read_more(notice, options))
-        return Rendered(text=status, body=status.encode())
+        status, form = fit(lambda form: render("weibo/status.j2", form_context(notice, published_at, form)),
+                           notice, self.limits, read_more(notice, options))
+        return Rendered(text=status, body=status.encode(), cut=form.cut)
 
     def build(
         self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime

@@ -361,3 +361,72 @@ async def test_submit_says_it_waits_for_a_locked_store_and_exits_3_when_the_stor
     assert "not stored, the store is unavailable (database is locked)" in err and "Submit it again" in err
     code, out, _ = await debunkbot(env, "submit", str(tmp_path / "n.yaml"))
     assert code == 0 and "cq-test-001 stored, 2 deliveries" in out
+
+
+async def test_a_token_is_printed_once_listed_without_itself_revoked_and_every_step_is_audited_as_the_local_user(
+    tmp_path: Path, loopback: Callable[..., Any], database_url: str
+) -> None:
+    import getpass
+    import socket
+
+    from bot.store import Store
+
+    _, env = await bot_env(tmp_path, loopback, 1, database_url)
+    code, token, err = await debunkbot(env, "token", "create", "--role", "editor", "--name", "张三")
+    assert code == 0 and "token 1 for 张三 (editor)" in err and "shown this once" in err
+    token = token.strip()
+    assert token.startswith("dbk_") and len(token) > 40
+
+    code, out, _ = await debunkbot(env, "token", "list", "--json")
+    (listed,) = [json.loads(line) for line in out.splitlines()]
+    assert (listed["id"], listed["name"], listed["role"], listed["revoked_at"]) == (1, "张三", "editor", None)
+    assert token not in out
+    store = Store.open(database_url)
+    try:
+        assert store.access.authenticate(token).name == "张三"  # type: ignore[union-attr]
+        assert code == 0 and (await debunkbot(env, "token", "revoke", "1"))[0] == 0
+        assert store.access.authenticate(token) is None
+    finally:
+        store.close()
+    code, _, err = await debunkbot(env, "token", "revoke", "1")
+    assert code == 2 and "no token 1 that is not already revoked" in err
+    code, _, err = await debunkbot(env, "token", "create", "--role", "boss", "--name", "x")
+    assert code == 2
+
+    code, out, _ = await debunkbot(env, "audit", "--json")
+    trail = [json.loads(line) for line in out.splitlines()]
+    assert [(r["action"], r["subject"]) for r in trail] == [("token.create", "1"), ("token.revoke", "1")]
+    assert {(r["actor"], r["role"], r["source"]) for r in trail} == {
+        (getpass.getuser(), "local", f"cli@{socket.gethostname()}")}
+    assert token not in out
+    code, out, _ = await debunkbot(env, "audit")
+    assert code == 0 and "token.revoke" in out and "2 changes" in out
+
+
+async def test_outlets_pause_holds_an_outlets_deliveries_and_submit_pause_resume_retry_are_audited(
+    tmp_path: Path, loopback: Callable[..., Any], database_url: str
+) -> None:
+    outlets, env = await bot_env(tmp_path, loopback, 2, database_url, **{"outlet-0000": [400]})
+    code, out, _ = await debunkbot(env, "outlets", "pause", "outlet-0001", "--reason", "对方系统升级")
+    assert code == 0 and "paused outlet-0001" in out
+    code, _, err = await debunkbot(env, "outlets", "pause", "outlet-0001", "--reason", "again")
+    assert code == 2 and "already paused" in err
+    code, _, err = await debunkbot(env, "outlets", "pause", "nowhere", "--reason", "x")
+    assert code == 2 and "no outlet 'nowhere'" in err
+
+    assert (await debunkbot(env, "submit", str(write_notice(tmp_path / "n.yaml"))))[0] == 0
+    assert (await debunkbot(env, "run", "--until-idle"))[0] == 0
+    assert "outlet-0001" not in outlets.delivered()
+    code, out, _ = await debunkbot(env, "status", "cq-test-001")
+    assert "outlet paused: 对方系统升级" in out
+
+    assert (await debunkbot(env, "retry", "--dry-run"))[0] == 0
+    assert (await debunkbot(env, "retry"))[0] == 0
+    assert (await debunkbot(env, "outlets", "resume", "outlet-0001"))[0] == 0
+    code, out, _ = await debunkbot(env, "audit", "--json")
+    trail = [json.loads(line) for line in out.splitlines()]
+    assert [(r["action"], r["subject"]) for r in trail] == [
+        ("outlet.pause", "outlet-0001"), ("notice.submit", "cq-test-001"), ("deliveries.retry", "cq-test-001"),
+        ("outlet.resume", "outlet-0001")]
+    assert trail[0]["detail"]["reason"] == "对方系统升级" and trail[1]["detail"]["deliveries"] == 2
+    assert trail[2]["detail"]["outlets"] == ["outlet-0000"]

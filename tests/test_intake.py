@@ -198,6 +198,10 @@ def test_the_inbox_moves_files_to_accepted_and_rejected_with_the_reason(
     assert "field 'verdict'" in reason and "bad.yaml" in reason
     assert (inbox / "half-written.yaml.tmp").exists()  # not a notice file yet
     assert store.log.notice("bad") is None and store.log.notice("cq-test-001") is not None
+    # the stored notice is audited as the inbox's, naming the file it came from; the rejected one is not
+    (row,) = store.audit.page().rows
+    assert (row["actor"], row["action"], row["subject"]) == ("inbox", "notice.submit", "cq-test-001")
+    assert row["source"].startswith("inbox@") and row["detail"]["source"].endswith("good.yaml")
 
 
 def test_a_full_disk_refuses_the_submission_clearly_stores_nothing_and_keeps_the_inbox_file(

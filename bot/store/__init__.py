@@ -8,7 +8,9 @@ PostgreSQL for scale-out. Every call is synchronous and short; the dispatcher ma
 - ``store.health``: each outlet's breaker and pause, shared by every worker;
 - ``store.outbox``: operator alerts, taken by each operator channel on its own;
 - ``store.log``: the read-only delivery log (pages, filters, per-tier summaries, feeds);
-- ``store.cluster``: the leader lock, the LISTEN dsn, SQLite's ``data_version`` look.
+- ``store.cluster``: the leader lock, the LISTEN dsn, SQLite's ``data_version`` look;
+- ``store.access``: the HTTP API's tokens and roles (hashes only);
+- ``store.audit``: who changed what; each change's row is written in its transaction (``Actor``).
 
     >>> store = Store.open("sqlite:///var/debunkbot.sqlite3")              # doctest: +SKIP
     >>> store.queue.add_notices([(notice, outlets)], source="cli")       # doctest: +SKIP
@@ -22,6 +24,8 @@ from datetime import datetime
 
 from sqlalchemy.engine import Engine
 
+from bot.store.access import Access, Caller, Role
+from bot.store.audit import Actor, AuditLog, AuditPage
 from bot.store.cluster import Cluster
 from bot.store.engine import (
     STORE_FAULTS,
@@ -37,10 +41,22 @@ from bot.store.health import OutletHealth
 from bot.store.log import DeliveryLog, Page, dumps
 from bot.store.outbox import Outbox
 from bot.store.queue import Added, AttemptRecord, Claim, Queue, RefConflict, new_message_id
-from bot.store.tables import UTCDateTime, alert_sends, alerts, attempts, deliveries, metadata, notices, outlet_health
+from bot.store.tables import (
+    UTCDateTime,
+    alert_sends,
+    alerts,
+    api_tokens,
+    attempts,
+    audit,
+    deliveries,
+    metadata,
+    notices,
+    outlet_health,
+)
 
 __all__ = [
-    "STORE_FAULTS", "WORK_CHANNEL", "Added", "AttemptRecord", "Claim", "Cluster", "DeliveryLog", "Outbox",
+    "STORE_FAULTS", "WORK_CHANNEL", "Access", "Actor", "Added", "AuditLog", "AuditPage", "Caller", "Role",
+    "api_tokens", "audit", "AttemptRecord", "Claim", "Cluster", "DeliveryLog", "Outbox",
     "OutletHealth", "Page", "Queue", "RefConflict", "Store", "UTCDateTime", "alert_sends", "alerts", "attempts",
     "clean_text", "deliveries", "describe_fault", "dumps", "is_disk_full", "make_engine", "metadata",
     "new_message_id", "notices", "outlet_health", "utcnow",
@@ -59,6 +75,8 @@ class Store:
         self.outbox = Outbox(self.db)
         self.log = DeliveryLog(self.db)
         self.cluster = Cluster(self.db)
+        self.access = Access(self.db)
+        self.audit = AuditLog(self.db)
 
     @property
     def owner(self) -> str:

@@ -10,7 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from bot.health import Health, HealthEvent, HealthPolicy, after_attempt, resumed
-from bot.store.engine import Db, insert_new
+from bot.store.audit import Actor, record
+from bot.store.engine import Db, clean_text, insert_new
 from bot.store.outbox import alert, raise_alerts
 from bot.store.tables import deliveries, outlet_health
 
@@ -36,9 +37,9 @@ class OutletHealth:
             rows = conn.execute(sa.select(h.c.outlet_id, h.c.paused_reason).where(h.c.paused_at.is_not(None)))
             return {row.outlet_id: row.paused_reason or "" for row in rows}
 
-    def resume(self, outlet_id: str, now: datetime | None = None) -> int | None:
-        """Resume a paused outlet (and close its breaker). Returns its held deliveries, now due;
-        None when the outlet was not paused."""
+    def resume(self, outlet_id: str, now: datetime | None = None, actor: Actor | None = None) -> int | None:
+        """Resume a paused outlet (and close its breaker), audited as ``actor``'s. Returns its held
+        deliveries, now due; None when the outlet was not paused (nothing changed)."""
         with self.db.tx() as conn:
             now = now or self.db.now(conn)
             row = conn.execute(sa.select(*COLUMNS).where(h.c.outlet_id == outlet_id)).first()
@@ -50,9 +51,31 @@ class OutletHealth:
                 .values(next_attempt_at=now, updated_at=now)
             )
             self.db.notify(conn)
-            return conn.execute(
+            due: int = conn.execute(
                 sa.select(sa.func.count()).where(d.c.outlet_id == outlet_id, d.c.status == "pending")
             ).scalar_one()
+            record(conn, actor, "outlet.resume", outlet_id, now, due=due, was_paused_because=row.paused_reason,
+                   breaker_was_open_until=row.open_until)
+            return due
+
+    def pause(self, outlet_id: str, reason: str, now: datetime | None = None, actor: Actor | None = None) -> int | None:
+        """Pause an outlet by hand, audited as ``actor``'s: its deliveries are held (never dropped) until it is
+        resumed. Returns its deliveries now held; None when it was already paused (nothing changed)."""
+        reason = (clean_text(reason.strip()) or "")[:500] or "paused by an operator"
+        with self.db.tx() as conn:
+            now = now or self.db.now(conn)
+            insert_new(conn, h, [{"outlet_id": outlet_id}], "outlet_id")
+            paused = conn.execute(
+                h.update().where(h.c.outlet_id == outlet_id, h.c.paused_at.is_(None))
+                .values(paused_at=now, paused_reason=reason, status="paused", open_until=None)
+            ).rowcount
+            if not paused:
+                return None
+            held: int = conn.execute(
+                sa.select(sa.func.count()).where(d.c.outlet_id == outlet_id, d.c.status == "pending")
+            ).scalar_one()
+            record(conn, actor, "outlet.pause", outlet_id, now, reason=reason, held=held)
+            return held
 
     def after_attempts(
         self, conn: Connection, records: Sequence[AttemptRecord], now: datetime, policy: HealthPolicy

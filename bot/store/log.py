@@ -108,6 +108,76 @@ class DeliveryLog:
             row["reason"] = _reason(row)
         return Page(rows, rows[-1]["id"] if more else None)
 
+    def notices(
+        self, state: str | None = None, since: datetime | None = None, until: datetime | None = None,
+        urgency: str | None = None, region: str | None = None, category: str | None = None,
+        after: int | None = None, limit: int = 50,
+    ) -> Page:
+        """Notices in the order they were submitted, ``limit`` at a time from the cursor ``after``, filtered by
+        state, submission time (``since`` inclusive, ``until`` exclusive), urgency, a region the notice names
+        (a citywide notice names 全市) and category. Each row: id, ref, notice (the Notice), state, submitted_at,
+        released_at, and its deliveries by stored status (delivered, pending, held, failed).
+
+        A notice's state: ``held`` (embargoed, not released), ``failed`` (some outlet's delivery failed),
+        ``pending`` (some outlet does not have it yet) or ``delivered`` (every outlet has it).
+        """
+        counts = (sa.select(d.c.notice_id, *(sa.func.sum(sa.case((d.c.status == s, 1), else_=0)).label(s)
+                                             for s in STATES))
+                  .group_by(d.c.notice_id).subquery("counts"))
+        waiting = sa.func.coalesce(counts.c.pending, 0) + sa.func.coalesce(counts.c.held, 0)
+        notice_state = sa.case((n.c.released_at.is_(None), "held"), (counts.c.failed > 0, "failed"),
+                               (waiting > 0, "pending"), else_="delivered")
+        query = (sa.select(n.c.id, n.c.ref, n.c.payload, n.c.submitted_at, n.c.released_at,
+                           notice_state.label("state"), *(counts.c[s] for s in STATES))
+                 .select_from(n.outerjoin(counts, counts.c.notice_id == n.c.id)).order_by(n.c.id))
+        if state is not None:
+            query = query.where(notice_state == state)
+        if since is not None:
+            query = query.where(n.c.submitted_at >= since)
+        if until is not None:
+            query = query.where(n.c.submitted_at < until)
+        if urgency is not None:
+            query = query.where(n.c.urgency == urgency)
+        # The payload is canonical JSON (sorted keys, no spaces, quotes inside strings escaped), so these
+        # substrings can only be the field itself; a region is then checked exactly on the notice.
+        if category is not None:
+            query = query.where(n.c.payload.contains(f'"category":{json.dumps(category, ensure_ascii=False)}',
+                                                     autoescape=True))
+        if region is not None:
+            query = query.where(n.c.payload.contains(json.dumps(region, ensure_ascii=False), autoescape=True))
+        rows: list[dict[str, Any]] = []
+        cursor = after
+        with self.db.read() as conn:
+            while len(rows) <= limit:
+                page = query.where(n.c.id > cursor) if cursor is not None else query
+                batch = list(conn.execute(page.limit(limit + 1)))
+                for row in batch:
+                    notice = Notice.from_stored(row.payload)
+                    if region is None or region in notice.regions:
+                        rows.append({"id": row.id, "ref": row.ref, "notice": notice, "state": row.state,
+                                     "submitted_at": row.submitted_at, "released_at": row.released_at,
+                                     **{s: row._mapping[s] or 0 for s in STATES}})
+                if len(batch) <= limit:
+                    break
+                cursor = batch[-1].id
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(rows, rows[-1]["id"] if more else None)
+
+    def notice_row(self, ref: str) -> dict[str, Any] | None:
+        """One notice as ``notices`` lists it, by ref."""
+        with self.db.read() as conn:
+            notice_id = conn.execute(sa.select(n.c.id).where(n.c.ref == ref)).scalar_one_or_none()
+        if notice_id is None:
+            return None
+        rows = self.notices(after=notice_id - 1, limit=1).rows
+        return rows[0] if rows and rows[0]["ref"] == ref else None
+
+    def delivery(self, delivery_id: int) -> dict[str, Any] | None:
+        """One delivery as ``page`` lists it."""
+        rows = self.page(after=delivery_id - 1, limit=1).rows
+        return rows[0] if rows and rows[0]["id"] == delivery_id else None
+
     def deliveries(
         self, ref: str | None = None, outlet_id: str | None = None, status: str | None = None, tier: str | None = None,
     ) -> list[dict[str, Any]]:
@@ -116,6 +186,7 @@ class DeliveryLog:
 
     def attempts(
         self, ref: str | None = None, outlet_id: str | None = None, after: int | None = None, limit: int | None = None,
+        delivery_id: int | None = None,
     ) -> list[dict[str, Any]]:
         """Every HTTP try, in order (``id`` is the cursor for ``after``)."""
         query = (
@@ -131,6 +202,8 @@ class DeliveryLog:
             query = query.where(n.c.ref == ref)
         if outlet_id:
             query = query.where(d.c.outlet_id == outlet_id)
+        if delivery_id is not None:
+            query = query.where(a.c.delivery_id == delivery_id)
         if after is not None:
             query = query.where(a.c.id > after)
         if limit is not None:

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from bot.health import HealthPolicy
 from bot.model import Notice
+from bot.store.audit import Actor, record
 from bot.store.engine import Db, clean_text, insert_new
 from bot.store.health import OutletHealth
 from bot.store.tables import UTCDateTime, attempts, deliveries, notices, outlet_health
@@ -115,9 +116,11 @@ class Queue:
     # -- in ---------------------------------------------------------------------------------------
 
     def add_notices(
-        self, batch: Sequence[tuple[Notice, Sequence[Outlet]]], source: str, now: datetime | None = None
+        self, batch: Sequence[tuple[Notice, Sequence[Outlet]]], source: str, now: datetime | None = None,
+        actor: Actor | None = None,
     ) -> list[Added]:
-        """Store notices with all their deliveries in one transaction: all of them, or none.
+        """Store notices with all their deliveries in one transaction: all of them, or none. Each notice
+        stored is audited as ``actor``'s (an identical one already stored changes nothing, and is not).
 
         Raises RefConflict, storing nothing, when a ref is already stored with other content.
         """
@@ -156,6 +159,8 @@ class Queue:
                         for o in outlets
                     ])
                 results.append(Added(notice.ref, created=True, deliveries=len(outlets)))
+                record(conn, actor, "notice.submit", notice.ref, now, deliveries=len(outlets), source=source,
+                       title=notice.title, urgency=notice.urgency.value)
             self.db.notify(conn)
         return results
 
@@ -364,10 +369,11 @@ class Queue:
 
     def requeue(
         self, ref: str | None = None, outlet_id: str | None = None, since: datetime | None = None,
-        status: str = "failed", dry_run: bool = False, now: datetime | None = None,
+        status: str = "failed", dry_run: bool = False, now: datetime | None = None, actor: Actor | None = None,
     ) -> list[dict[str, Any]]:
         """Put matching deliveries back in the queue, due now, each with a fresh retry schedule; their
-        next try is logged with trigger ``manual``. Returns what was (or, dry run, would be) requeued."""
+        next try is logged with trigger ``manual``. Returns what was (or, dry run, would be) requeued.
+        A retry that requeued something is audited as ``actor``'s, once per notice."""
         n = notices
         query = (
             sa.select(d.c.id, n.c.ref.label("notice"), d.c.outlet_id.label("outlet"), d.c.attempts,
@@ -391,6 +397,12 @@ class Queue:
                     .values(status="pending", next_attempt_at=now, schedule_start=d.c.attempts,
                             lease_owner=None, lease_expires_at=None, updated_at=now)
                 )
+                self.db.notify(conn)
+                for notice_ref in dict.fromkeys(r["notice"] for r in rows):
+                    mine = [r for r in rows if r["notice"] == notice_ref]
+                    record(conn, actor, "deliveries.retry", notice_ref, now, status=status, requeued=len(mine),
+                           outlets=[r["outlet"] for r in mine], filters={"notice": ref, "outlet": outlet_id,
+                                                                          "since": since})
         return rows
 
     def prune_attempts(self, older_than: datetime) -> int:

@@ -128,3 +128,31 @@ alert_sends = sa.Table(
     sa.Column("sent_at", UTCDateTime, nullable=False),
     sa.Index("ix_alert_sends_operator", "operator_id", "sent_at"),
 )
+
+# Bearer tokens for the HTTP API: the SHA-256 of the token only (tokens are 32 random bytes, so a fast hash is
+# right), never the token. A revoked token stays listed, with when.
+api_tokens = sa.Table(
+    "api_tokens", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False),  # who holds it: a person or a system
+    sa.Column("role", sa.String(16), nullable=False),  # viewer | editor | operator | admin
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+    sa.Column("last_used_at", UTCDateTime, nullable=True),
+)
+
+# Who changed what, when and from where: written in the transaction of the change, by the API and the CLI.
+audit = sa.Table(
+    "audit", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("actor", sa.String(100), nullable=False),  # a token's name, or the local user for the CLI
+    sa.Column("role", sa.String(16), nullable=False),  # the token's role; "local" for the CLI
+    sa.Column("action", sa.String(40), nullable=False),  # notice.submit, deliveries.retry, outlet.pause, …
+    sa.Column("subject", sa.String(100), nullable=True),  # a notice ref, an outlet id, a token id
+    sa.Column("source", sa.String(200), nullable=False),  # the client's address, or cli@host
+    sa.Column("detail", sa.Text, nullable=False, default="{}", server_default="{}"),  # JSON
+    sa.Index("ix_audit_at", "at"),
+    sa.Index("ix_audit_subject", "subject"),
+)

@@ -112,4 +112,7 @@ def create_app(site: Site) -> FastAPI:
             return problem(503, describe_fault(exc))
         return {"status": "ready"}
 
+    from bot.web import api
+
+    api.install(app)
     return app

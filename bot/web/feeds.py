@@ -44,24 +44,36 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
     status: {"description": what, "content": {PROBLEM: {"schema": {"type": "object"}}}}
     for status, what in [(401, "the feed wants its token, and none or a wrong one was given"),
                          (404, "no feed outlet of the matrix has this id"),
-                         (422, "page is not a number from 1 to 1000")]
+                         (422, "page is not a number from 1 to 1000"),
+                         (503, "the store is unavailable; nothing was delivered")]
 }
 Page = Query(1, ge=1, le=MAX_PAGE, description="1 is the newest 50 notices; each page links the next")
 Token = Query(None, description="the outlet's reader token, if it has one (or send Authorization: Bearer …)")
 
 
-@router.api_route("/feeds/{outlet}.atom", methods=["GET", "HEAD"], response_class=Response,
-                  summary="A feed outlet's notices as Atom (a GET delivers what it lists)",
-                  responses={200: {"content": {"application/atom+xml": {"schema": {"type": "string"}}},
-                                   "description": "the page's notices, newest first"}, **_PROBLEMS})
+def _route(kind: str, content_type: str, summary: str) -> Any:
+    """GET, and HEAD (the headers only, delivering nothing), each with its own operation id."""
+    answers: dict[int | str, dict[str, Any]] = {
+        200: {"content": {content_type: {"schema": {"type": "object" if kind == "json" else "string"}}},
+              "description": "the page's notices, newest first"}, **_PROBLEMS}
+
+    def register(handler: Any) -> Any:
+        path = f"/feeds/{{outlet}}.{kind}"
+        router.get(path, response_class=Response, summary=f"{summary} (a GET delivers what it lists)",
+                   operation_id=f"{kind}_feed", responses=answers)(handler)
+        router.head(path, response_class=Response, summary=f"{summary}: the headers only, delivering nothing",
+                    operation_id=f"{kind}_feed_head", responses=answers)(handler)
+        return handler
+
+    return register
+
+
+@_route("atom", "application/atom+xml", "A feed outlet's notices as Atom")
 async def atom_feed(request: Request, outlet: str, page: int = Page, token: str | None = Token) -> Response:
     return await _feed(request, outlet, "atom", page, token)
 
 
-@router.api_route("/feeds/{outlet}.json", methods=["GET", "HEAD"], response_class=Response,
-                  summary="A feed outlet's notices as JSON Feed 1.1 (a GET delivers what it lists)",
-                  responses={200: {"content": {"application/feed+json": {"schema": {"type": "object"}}},
-                                   "description": "the page's notices, newest first"}, **_PROBLEMS})
+@_route("json", "application/feed+json", "A feed outlet's notices as JSON Feed 1.1")
 async def json_feed(request: Request, outlet: str, page: int = Page, token: str | None = Token) -> Response:
     return await _feed(request, outlet, "json", page, token)
 

@@ -1,0 +1,114 @@
+"""What an editor or an operator asks of the bot, and what it does for them, below any surface: the CLI
+prints these, the HTTP API answers with them. Neither computes any of it on its own.
+
+    >>> status = notice_status(store, "cq-2026-1127-001")                  # doctest: +SKIP
+    >>> [(t.tier, t.delivered, t.held) for t in status.tiers]               # doctest: +SKIP
+    >>> retry(store, outlet_id="dist-yuzhong", dry_run=True).held           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from bot.model import Notice
+from bot.outlets import OutletMatrix, Tier
+from bot.store import Actor, Store
+
+STATES = ("delivered", "pending", "held", "failed")
+
+
+@dataclass(frozen=True)
+class TierSummary:
+    tier: str
+    outlets: int
+    delivered: int
+    pending: int
+    held: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class NoticeStatus:
+    """Who has a notice: per tier, and each delivery not yet delivered (held ones with why)."""
+
+    ref: str
+    notice: Notice
+    deliveries: int
+    tiers: list[TierSummary]
+    missing: list[dict[str, Any]]  # delivery-log rows (store.log.page) whose status is not delivered
+
+
+def notice_status(store: Store, ref: str) -> NoticeStatus | None:
+    """None when no notice has ``ref``."""
+    found = store.log.notice(ref)
+    if found is None:
+        return None
+    rows = store.log.deliveries(ref=ref)
+    tiers = []
+    for tier in Tier:
+        mine = [r for r in rows if r["tier"] == tier.value]
+        if mine:
+            counts = {s: sum(r["status"] == s for r in mine) for s in STATES}
+            tiers.append(TierSummary(tier.value, len(mine), **counts))
+    return NoticeStatus(ref, found[1], len(rows), tiers, [r for r in rows if r["status"] != "delivered"])
+
+
+def outlet_rows(store: Store, matrix: OutletMatrix) -> list[dict[str, Any]]:
+    """Every outlet of the matrix, then any other the store still knows, with its health: outlet, tier, status
+    (ok, degraded, paused), consecutive_failures, last_success_at, last_failure_at, breaker_open_until,
+    pending, failed, paused_reason. Never a URL or a secret."""
+    health = store.health.all()
+    by_outlet = store.log.by_outlet()
+    tiers = {o.id: o.tier.value for o in matrix.outlets}
+    rows = []
+    for outlet_id in [*tiers, *sorted((by_outlet.keys() | health.keys()) - tiers.keys())]:
+        h = health.get(outlet_id)
+        counts = by_outlet.get(outlet_id, {})
+        rows.append({
+            "outlet": outlet_id, "tier": tiers.get(outlet_id) or counts.get("tier"), "status": h.status if h else "ok",
+            "consecutive_failures": h.consecutive_failures if h else 0,
+            "last_success_at": h.last_success_at if h else None, "last_failure_at": h.last_failure_at if h else None,
+            "breaker_open_until": h.open_until if h else None, "pending": counts.get("pending", 0),
+            "failed": counts.get("failed", 0), "paused_reason": h.paused_reason if h else None,
+        })
+    return rows
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Why requeued deliveries of an outlet still wait: its pause, or its open breaker (until when)."""
+
+    outlet: str
+    paused: bool
+    until: datetime | None
+    deliveries: int
+
+
+@dataclass(frozen=True)
+class Retried:
+    rows: list[dict[str, Any]]  # notice, outlet, attempts, http_status, error, updated_at, id
+    dry_run: bool
+    held: dict[str, Hold] = field(default_factory=dict)  # outlet id -> why its requeued deliveries wait
+
+
+def retry(
+    store: Store, ref: str | None = None, outlet_id: str | None = None, since: datetime | None = None,
+    status: str = "failed", dry_run: bool = False, actor: Actor | None = None, now: datetime | None = None,
+) -> Retried:
+    """Requeue matching deliveries (``store.queue.requeue``), audited as ``actor``'s, and say which of them
+    still wait for a paused outlet or an open breaker."""
+    rows = store.queue.requeue(ref=ref, outlet_id=outlet_id, since=since, status=status, dry_run=dry_run,
+                               actor=actor, now=now)
+    health = store.health.all()
+    now = now or store.db.clock()
+    held: dict[str, Hold] = {}
+    for outlet in dict.fromkeys(r["outlet"] for r in rows):
+        h = health.get(outlet)
+        waiting = sum(r["outlet"] == outlet for r in rows)
+        if h is not None and h.paused_at is not None:
+            held[outlet] = Hold(outlet, True, None, waiting)
+        elif h is not None and h.open_until is not None and h.open_until > now:
+            held[outlet] = Hold(outlet, False, h.open_until, waiting)
+    return Retried(rows, dry_run, held)

@@ -1,0 +1,689 @@
+"""The JSON API under ``/api/v1``: notices in, who has them, deliveries, retries, outlets, the audit trail.
+
+Every call needs a bearer token (``bot.web.auth``); what each role may do is on each route. Every answer is
+one of the models below, so ``/openapi.json`` describes it; none of them has a field for an outlet's URL,
+secret or options, and text that came back from an outlet (errors, answers) is scrubbed of both on the way
+out. What the CLI shows, the API shows from the same code (``bot.desk``, the store's parts).
+
+    >>> await client.post("/api/v1/notices", json=notice, headers={"Authorization": f"Bearer {token}"})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+
+from bot import desk
+from bot.intake import MAX_FILE_BYTES, IntakeError, NoticesRefused, check_notices, parse_json, store_notices
+from bot.logs import Redactor
+from bot.model import Notice, Urgency
+from bot.outlets import OutletMatrix, Tier
+from bot.regions import CITYWIDE
+from bot.store import Actor, RefConflict, Role
+from bot.web import PROBLEM, Problem, Site, problem, site_of
+from bot.web.auth import require
+
+MAX_BODY = MAX_FILE_BYTES  # a request holds what a notice file may: 1 MiB
+PAGE = 50
+MAX_PAGE = 500
+
+viewer = Depends(require(Role.viewer))
+editor = Depends(require(Role.editor))
+operator = Depends(require(Role.operator))
+admin = Depends(require(Role.admin))
+
+
+# -- answers ------------------------------------------------------------------------------------------
+
+class ProblemDoc(BaseModel):
+    """RFC 9457 problem details (``application/problem+json``)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = Field(None, description="each refused field, by its path")
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="where, e.g. notices[2].verdict")
+    message: str = Field(description="what is wrong, in the words `debunkbot submit` uses")
+
+
+ProblemDoc.model_rebuild()
+
+
+def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    words = {401: "no token, or an unknown or revoked one", 403: "the token's role is too low",
+             404: "not found", 409: "conflicts with what is stored", 413: "the body is over 1 MiB",
+             422: "refused input: each field named", 503: "the store is unavailable; nothing was changed",
+             400: "the body is not JSON"}
+    return {s: {"description": words[s]} for s in (401, 403, 422, 503, *statuses)}
+
+
+class Created(BaseModel):
+    ref: str
+    created: bool = Field(description="false: the identical notice was already stored, nothing changed")
+    deliveries: int = Field(description="deliveries created for it: one per outlet it concerns")
+
+
+class Submitted(BaseModel):
+    notices: list[Created]
+    deliveries: int = Field(description="deliveries created in all")
+
+
+class OutletPreview(BaseModel):
+    outlet: str
+    name: str
+    channel: str
+    tier: Tier
+    text: str = Field(description="what readers see")
+    body: str = Field(description="what would be sent (JSON for most channels), before signing")
+    shortened: bool = Field(description="the editor's text was cut to fit the platform's limit")
+
+
+class Preview(BaseModel):
+    ref: str
+    outlets: list[OutletPreview]
+
+
+class NoticeState(StrEnum):
+    held = "held"
+    pending = "pending"
+    delivered = "delivered"
+    failed = "failed"
+
+
+class Counts(BaseModel):
+    delivered: int
+    pending: int
+    held: int
+    failed: int
+
+
+class NoticeRow(BaseModel):
+    ref: str
+    title: str
+    verdict: str
+    urgency: Urgency
+    category: str | None
+    regions: list[str]
+    state: NoticeState = Field(description="held (embargoed), failed (an outlet's delivery failed), pending "
+                                           "(an outlet does not have it yet) or delivered (everywhere)")
+    submitted_at: datetime
+    publish_at: datetime | None
+    released_at: datetime | None
+    deliveries: Counts
+
+
+class NoticePage(BaseModel):
+    notices: list[NoticeRow]
+    next: int | None = Field(description="pass as `after` for the next page; null: this was the last")
+
+
+class DeliveryRow(BaseModel):
+    id: int
+    notice: str
+    outlet: str
+    tier: Tier
+    status: NoticeState
+    reason: str | None = Field(description="why it is held: embargo, outlet paused, breaker open, rate limit")
+    attempts: int
+    http_status: int | None
+    error: str | None
+    delivered_at: datetime | None
+    next_attempt_at: datetime | None
+    message_id: str = Field(description="the webhook-id every try of this delivery carried")
+
+
+class TierSummary(BaseModel):
+    tier: Tier
+    outlets: int
+    delivered: int
+    pending: int
+    held: int
+    failed: int
+    waiting: list[DeliveryRow] = Field(description="this tier's deliveries not yet delivered, held ones with why")
+
+
+class NoticeDetail(BaseModel):
+    notice: Notice
+    state: NoticeState
+    submitted_at: datetime
+    released_at: datetime | None
+    deliveries: int
+    tiers: list[TierSummary]
+
+
+class DeliveryPage(BaseModel):
+    deliveries: list[DeliveryRow]
+    next: int | None = Field(description="pass as `after` for the next page; null: this was the last")
+
+
+class AttemptRow(BaseModel):
+    id: int
+    attempt: int
+    trigger: str = Field(description="scheduled, manual (a retry) or fetch (a feed)")
+    started_at: datetime
+    latency_ms: float
+    outcome: str = Field(description="delivered, retry or failed")
+    http_status: int | None
+    platform_code: str | None
+    error: str | None
+    response: str | None = Field(description="the start of the outlet's answer, credentials redacted")
+
+
+class Attempts(BaseModel):
+    delivery: int
+    notice: str
+    outlet: str
+    attempts: list[AttemptRow]
+
+
+class RetryFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    notice: str | None = Field(None, description="only this notice ref")
+    outlet: str | None = Field(None, description="only this outlet id")
+    since: datetime | None = Field(None, description="only deliveries that failed since then")
+    status: NoticeState = Field(NoticeState.failed, description="only failed deliveries are requeued")
+    dry_run: bool = Field(False, strict=True, description="say what would be requeued, change nothing")
+
+
+class Requeued(BaseModel):
+    id: int
+    notice: str
+    outlet: str
+    attempts: int
+    error: str | None
+    note: str | None = Field(description="why it still waits: its outlet is paused or its breaker open")
+
+
+class HeldOutlet(BaseModel):
+    outlet: str
+    why: str
+    deliveries: int
+
+
+class RetryAnswer(BaseModel):
+    dry_run: bool
+    requeued: int = Field(description="deliveries requeued (dry run: that would be)")
+    deliveries: list[Requeued]
+    held: list[HeldOutlet] = Field(description="outlets whose requeued deliveries wait: resume them to send now")
+
+
+class OutletRow(BaseModel):
+    outlet: str
+    name: str | None = Field(description="null: no longer in the matrix, still in the store")
+    tier: Tier | None
+    region: str | None
+    channel: str | None
+    in_matrix: bool
+    status: str = Field(description="ok, degraded (failing, breaker maybe open) or paused")
+    consecutive_failures: int
+    last_success_at: datetime | None
+    last_failure_at: datetime | None
+    breaker_open_until: datetime | None
+    pending: int
+    failed: int
+    paused_reason: str | None
+
+
+class Outlets(BaseModel):
+    outlets: list[OutletRow]
+
+
+class PauseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=500, description="why, for the other operators")
+
+
+class Paused(BaseModel):
+    outlet: str
+    status: str
+    held: int = Field(description="its deliveries now held until it is resumed")
+
+
+class Resumed(BaseModel):
+    outlet: str
+    status: str
+    due: int = Field(description="its held deliveries, due now")
+
+
+class RoleName(StrEnum):
+    viewer = "viewer"
+    editor = "editor"
+    operator = "operator"
+    admin = "admin"
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, description="who holds it: a person or a system")
+    role: RoleName
+
+
+class TokenRow(BaseModel):
+    id: int
+    name: str
+    role: RoleName
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class NewToken(TokenRow):
+    token: str = Field(description="the token, shown this once: only its hash is kept")
+
+
+class Tokens(BaseModel):
+    tokens: list[TokenRow]
+
+
+class AuditRow(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    role: str
+    action: str
+    subject: str | None
+    source: str
+    detail: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    audit: list[AuditRow]
+    next: int | None = Field(description="pass as `after` for the next page; null: this was the last")
+
+
+# -- what no answer may carry -------------------------------------------------------------------------
+
+_scrubbers: dict[int, tuple[OutletMatrix, Redactor, list[str]]] = {}
+
+
+def scrub(site: Site, text: str | None) -> str | None:
+    """Text an outlet sent back (an error, an answer), without any outlet's URL or secret."""
+    if not text:
+        return text
+    matrix = site.matrix
+    cached = _scrubbers.get(id(matrix))
+    if cached is None or cached[0] is not matrix:
+        outlets = (*matrix.outlets, *matrix.operators)
+        urls = sorted({u for o in outlets if o.url for u in (o.url, o.url.split("?", 1)[0])}, key=len, reverse=True)
+        cached = (matrix, Redactor(matrix.secret_for(o.id) for o in outlets), urls)
+        _scrubbers.clear()
+        _scrubbers[id(matrix)] = cached
+    _, redactor, urls = cached
+    for url in urls:
+        text = text.replace(url, "[outlet url]")
+    return redactor.redact(text)
+
+
+def _delivery(site: Site, row: dict[str, Any]) -> DeliveryRow:
+    return DeliveryRow.model_validate({k: row[k] for k in DeliveryRow.model_fields}
+                                      | {"error": scrub(site, row["error"]), "reason": scrub(site, row["reason"])})
+
+
+MAX_ID = 2**31 - 1  # ids are 32-bit integers on PostgreSQL
+After = Annotated[int | None, Query(ge=0, le=MAX_ID, description="the cursor: `next` of the page before")]
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="rows a page")]
+
+
+# -- routes -------------------------------------------------------------------------------------------
+
+router = APIRouter(prefix="/api/v1")
+
+NOTICE_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "oneOf": [{"$ref": "#/components/schemas/NoticeIn"},
+              {"type": "array", "items": {"$ref": "#/components/schemas/NoticeIn"}, "minItems": 1}]}}}}}
+
+
+async def _read_notices(request: Request, site: Site) -> tuple[list[Notice], bool]:
+    """The request's notices, validated as `debunkbot submit` validates a file; the body is read up to 1 MiB."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY:
+        raise Problem(413, f"the body is {int(length):,} bytes, over the {MAX_BODY:,}-byte limit; "
+                           "send fewer notices at a time")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise Problem(413, f"the body is over the {MAX_BODY:,}-byte limit; send fewer notices at a time")
+    try:
+        text = bytes(body).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise Problem(422, f"body: not UTF-8 text (invalid byte at offset {exc.start})",
+                      errors=[{"field": "body", "message": "not UTF-8 text"}]) from None
+
+    def read() -> tuple[Any, list[Notice]]:  # a thousand notices take a while to check: off the event loop
+        raw = parse_json(text, "body")
+        return raw, check_notices(raw, "body", site.regions, datetime.now(UTC), site.settings.max_notices_per_file,
+                                  container="request")
+
+    try:
+        raw, notices = await run_in_threadpool(read)
+    except NoticesRefused as exc:
+        raise Problem(422, str(exc), errors=[{"field": r.path(exc.many), "message": r.message}
+                                             for r in exc.refusals]) from None
+    except IntakeError as exc:
+        raise Problem(422, str(exc), errors=[{"field": "body", "message": str(exc).removeprefix("body: ")}]) from None
+    return notices, isinstance(raw, list)
+
+
+@router.post("/notices", status_code=201, response_model=Submitted, tags=["notices"],
+             summary="Submit one notice or a list (editor): all are stored, or none",
+             openapi_extra=NOTICE_BODY, responses=_problems(409, 413, 422))
+async def submit(request: Request, caller: Actor = editor) -> Submitted:
+    site = site_of(request)
+    notices, _ = await _read_notices(request, site)
+    try:
+        added = await run_in_threadpool(store_notices, notices, site.store, site.matrix, f"api:{caller.name}", caller)
+    except RefConflict as exc:
+        raise Problem(409, f"field 'ref': {exc}") from None
+    return Submitted(notices=[Created(ref=a.ref, created=a.created, deliveries=a.deliveries) for a in added],
+                     deliveries=sum(a.deliveries for a in added))
+
+
+@router.post("/notices:preview", response_model=Preview, tags=["notices"],
+             summary="Render a notice for every outlet of the matrix, or one, without storing it (editor)",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                 "$ref": "#/components/schemas/NoticeIn"}}}}}, responses=_problems(404, 413, 422))
+async def preview(request: Request, caller: Actor = editor,
+                  outlet: Annotated[str | None, Query(description="only this outlet id")] = None) -> Preview:
+    site = site_of(request)
+    notices, many = await _read_notices(request, site)
+    if many:
+        raise Problem(422, "body: a preview renders one notice; send one object, not a list",
+                      errors=[{"field": "body", "message": "one notice, not a list"}])
+    (notice,) = notices
+    matrix = site.matrix
+    if outlet is not None and outlet not in matrix.by_id:
+        raise Problem(404, f"no outlet {outlet!r} in the matrix (GET /api/v1/outlets lists them)")
+    targets = [matrix.by_id[outlet]] if outlet else list(matrix.outlets)
+    published_at = notice.publish_at or datetime.now(UTC)
+
+    def render_all() -> list[OutletPreview]:  # rendering never adds an outlet's URL or secret: build() does
+        shown = []
+        for target in targets:
+            rendered = matrix.channels[target.channel].render(notice, published_at, target.options)
+            shown.append(OutletPreview(outlet=target.id, name=target.name, channel=target.channel, tier=target.tier,
+                                       text=rendered.text, body=rendered.body.decode("utf-8", "replace"),
+                                       shortened=rendered.cut))
+        return shown
+
+    return Preview(ref=notice.ref, outlets=await run_in_threadpool(render_all))
+
+
+@router.get("/notices", response_model=NoticePage, tags=["notices"], summary="Notices, newest last, paged (viewer)",
+            responses=_problems(422))
+def notices(
+    request: Request, caller: Actor = viewer,
+    state: Annotated[NoticeState | None, Query(description="held, pending, delivered or failed")] = None,
+    since: Annotated[datetime | None, Query(description="submitted at or after (ISO 8601)")] = None,
+    until: Annotated[datetime | None, Query(description="submitted before (ISO 8601)")] = None,
+    region: Annotated[str | None, Query(min_length=1, description="a region the notice names (全市: citywide ones)")
+                      ] = None,
+    category: Annotated[str | None, Query(max_length=40)] = None,
+    urgency: Urgency | None = None, after: After = None, limit: Limit = PAGE,
+) -> NoticePage:
+    site = site_of(request)
+    for name, when in (("since", since), ("until", until)):
+        if when is not None and when.tzinfo is None:
+            raise Problem(422, f"{name}: give the time with its offset, e.g. 2026-11-27T08:00:00+08:00",
+                          errors=[{"field": name, "message": "a time with its offset"}])
+    if region is not None:
+        try:
+            region = site.regions.resolve(region, datetime.now(UTC).date())
+        except ValueError as exc:
+            raise Problem(422, f"region: {exc}", errors=[{"field": "region", "message": str(exc)}]) from None
+    page = site.store.log.notices(state=state.value if state else None, since=since, until=until,
+                                  urgency=urgency.value if urgency else None, region=region, category=category,
+                                  after=after, limit=limit)
+    return NoticePage(notices=[_notice_row(row) for row in page.rows], next=page.next)
+
+
+def _notice_row(row: dict[str, Any]) -> NoticeRow:
+    notice: Notice = row["notice"]
+    return NoticeRow(ref=notice.ref, title=notice.title, verdict=notice.verdict.value, urgency=notice.urgency,
+                     category=notice.category, regions=list(notice.regions), state=row["state"],
+                     submitted_at=row["submitted_at"], publish_at=notice.publish_at, released_at=row["released_at"],
+                     deliveries=Counts(**{s: row[s] for s in desk.STATES}))
+
+
+@router.get("/notices/{ref}", response_model=NoticeDetail, tags=["notices"],
+            summary="A notice and who has it, tier by tier (viewer)", responses=_problems(404))
+def notice(request: Request, ref: Annotated[str, Path(max_length=64)], caller: Actor = viewer) -> NoticeDetail:
+    site = site_of(request)
+    status = desk.notice_status(site.store, ref)
+    if status is None:
+        raise Problem(404, f"no notice with ref {ref!r}")
+    row = site.store.log.notice_row(ref)
+    return NoticeDetail(
+        notice=status.notice, state=row["state"], submitted_at=row["submitted_at"], released_at=row["released_at"],
+        deliveries=status.deliveries,
+        tiers=[TierSummary(tier=t.tier, outlets=t.outlets, delivered=t.delivered, pending=t.pending, held=t.held,
+                           failed=t.failed, waiting=[_delivery(site, r) for r in status.missing if r["tier"] == t.tier])
+               for t in status.tiers])
+
+
+@router.get("/deliveries", response_model=DeliveryPage, tags=["deliveries"],
+            summary="The delivery log, one row per notice x outlet, paged (viewer)", responses=_problems(422))
+def deliveries(
+    request: Request, caller: Actor = viewer,
+    notice: Annotated[str | None, Query(description="only this notice ref")] = None,
+    outlet: Annotated[str | None, Query(description="only this outlet id")] = None,
+    tier: Tier | None = None, state: NoticeState | None = None, after: After = None, limit: Limit = PAGE,
+) -> DeliveryPage:
+    site = site_of(request)
+    page = site.store.log.page(ref=notice, outlet_id=outlet, tier=tier.value if tier else None,
+                               status=state.value if state else None, after=after, limit=limit)
+    return DeliveryPage(deliveries=[_delivery(site, r) for r in page.rows], next=page.next)
+
+
+@router.get("/deliveries/{delivery_id}/attempts", response_model=Attempts, tags=["deliveries"],
+            summary="Every HTTP try of one delivery (viewer)", responses=_problems(404, 422))
+def attempts(request: Request, delivery_id: Annotated[int, Path(ge=1, le=MAX_ID)], caller: Actor = viewer
+             ) -> Attempts:
+    site = site_of(request)
+    found = site.store.log.delivery(delivery_id)
+    if found is None:
+        raise Problem(404, f"no delivery {delivery_id}")
+    rows = site.store.log.attempts(delivery_id=delivery_id)
+    return Attempts(delivery=delivery_id, notice=found["notice"], outlet=found["outlet"], attempts=[
+        AttemptRow.model_validate({k: r[k] for k in AttemptRow.model_fields}
+                                  | {"error": scrub(site, r["error"]), "response": scrub(site, r["response"])})
+        for r in rows])
+
+
+@router.post("/deliveries:retry", response_model=RetryAnswer, tags=["deliveries"],
+             summary="Requeue failed deliveries with a fresh retry schedule, or say which would be (operator)",
+             responses=_problems(400, 422))
+def retry(request: Request, body: RetryFilter, caller: Actor = operator) -> RetryAnswer:
+    site = site_of(request)
+    if body.status != NoticeState.failed:
+        raise Problem(422, "status: only failed deliveries are requeued",
+                      errors=[{"field": "status", "message": "only failed"}])
+    if body.since is not None and body.since.tzinfo is None:
+        raise Problem(422, "since: give the time with its offset, e.g. 2026-11-27T08:00:00+08:00",
+                      errors=[{"field": "since", "message": "a time with its offset"}])
+    done = desk.retry(site.store, ref=body.notice, outlet_id=body.outlet, since=body.since, status=body.status.value,
+                      dry_run=body.dry_run, actor=caller)
+
+    def why(hold: desk.Hold) -> str:
+        return "outlet paused" if hold.paused else f"breaker open until {hold.until.isoformat(timespec='seconds')}" \
+            if hold.until else "breaker open"
+
+    return RetryAnswer(
+        dry_run=body.dry_run, requeued=len(done.rows),
+        deliveries=[Requeued(id=r["id"], notice=r["notice"], outlet=r["outlet"], attempts=r["attempts"],
+                             error=scrub(site, r["error"]),
+                             note=f"held: {why(done.held[r['outlet']])}" if r["outlet"] in done.held else None)
+                    for r in done.rows],
+        held=[HeldOutlet(outlet=h.outlet, why=why(h), deliveries=h.deliveries) for h in done.held.values()])
+
+
+@router.get("/outlets", response_model=Outlets, tags=["outlets"],
+            summary="Every outlet with its health (viewer); never a URL or a secret", responses=_problems())
+def outlets(request: Request, caller: Actor = viewer) -> Outlets:
+    site = site_of(request)
+    matrix = site.matrix
+    rows = []
+    for row in desk.outlet_rows(site.store, matrix):
+        entry = matrix.by_id.get(row["outlet"])
+        rows.append(OutletRow(**row | {"paused_reason": scrub(site, row["paused_reason"])}, in_matrix=entry is not None,
+                              name=entry.name if entry else None, region=entry.region if entry else None,
+                              channel=entry.channel if entry else None))
+    return Outlets(outlets=rows)
+
+
+OutletId = Annotated[str, Path(max_length=64, description="the outlet's id")]
+
+
+def _known_outlet(site: Site, outlet_id: str) -> None:
+    if outlet_id not in site.matrix.by_id and outlet_id not in site.store.health.all():
+        raise Problem(404, f"no outlet {outlet_id!r} in the matrix (GET /api/v1/outlets lists them)")
+
+
+@router.post("/outlets/{outlet_id}:pause", response_model=Paused, tags=["outlets"],
+             summary="Pause an outlet: its deliveries are held until it is resumed (operator)",
+             responses=_problems(400, 404, 409, 422))
+def pause(request: Request, outlet_id: OutletId, body: PauseRequest, caller: Actor = operator) -> Paused:
+    site = site_of(request)
+    _known_outlet(site, outlet_id)
+    held = site.store.health.pause(outlet_id, body.reason, actor=caller)
+    if held is None:
+        raise Problem(409, f"outlet {outlet_id!r} is already paused; nothing changed")
+    return Paused(outlet=outlet_id, status="paused", held=held)
+
+
+@router.post("/outlets/{outlet_id}:resume", response_model=Resumed, tags=["outlets"],
+             summary="Resume a paused outlet (or close its open breaker): what it held goes out now (operator)",
+             responses=_problems(404, 409, 422))
+def resume(request: Request, outlet_id: OutletId, caller: Actor = operator) -> Resumed:
+    site = site_of(request)
+    _known_outlet(site, outlet_id)
+    due = site.store.health.resume(outlet_id, actor=caller)
+    if due is None:
+        raise Problem(409, f"outlet {outlet_id!r} is not paused and its breaker is closed; nothing changed")
+    return Resumed(outlet=outlet_id, status="ok", due=due)
+
+
+@router.get("/tokens", response_model=Tokens, tags=["tokens"], responses=_problems(),
+            summary="Every token made, revoked ones too, never the token itself (admin)")
+def tokens(request: Request, caller: Actor = admin) -> Tokens:
+    return Tokens(tokens=[TokenRow(**row) for row in site_of(request).store.access.all()])
+
+
+@router.post("/tokens", status_code=201, response_model=NewToken, tags=["tokens"], responses=_problems(400, 422),
+             summary="Make a token; the answer holds it, once (admin)")
+def create_token(request: Request, body: TokenRequest, caller: Actor = admin) -> NewToken:
+    try:
+        token, row = site_of(request).store.access.create(body.name, Role[body.role.value], actor=caller)
+    except ValueError as exc:
+        raise Problem(422, f"name: {exc}", errors=[{"field": "name", "message": str(exc)}]) from None
+    return NewToken(**row, token=token)
+
+
+@router.post("/tokens/{token_id}:revoke", response_model=TokenRow, tags=["tokens"], responses=_problems(404, 422),
+             summary="Revoke a token: every call with it is refused from now on (admin)")
+def revoke_token(request: Request, token_id: Annotated[int, Path(ge=1, le=MAX_ID)], caller: Actor = admin) -> TokenRow:
+    row = site_of(request).store.access.revoke(token_id, actor=caller)
+    if row is None:
+        raise Problem(404, f"no token {token_id} that is not already revoked (GET /api/v1/tokens lists them)")
+    return TokenRow(**row)
+
+
+@router.get("/audit", response_model=AuditPage, tags=["audit"],
+            summary="Who changed what, when and from where, oldest first, paged (operator)", responses=_problems(422))
+def audit(
+    request: Request, caller: Actor = operator,
+    actor: Annotated[str | None, Query(description="only this token name or local user")] = None,
+    action: Annotated[str | None, Query(description="notice.submit, deliveries.retry, outlet.pause, …")] = None,
+    subject: Annotated[str | None, Query(description="only this notice ref, outlet id or token id")] = None,
+    after: After = None, limit: Limit = PAGE,
+) -> AuditPage:
+    page = site_of(request).store.audit.page(actor=actor, action=action, subject=subject, after=after, limit=limit)
+    site = site_of(request)
+    return AuditPage(audit=[AuditRow(**row | {"detail": _scrubbed(site, row["detail"])}) for row in page.rows],
+                     next=page.next)
+
+
+def _scrubbed(site: Site, detail: dict[str, Any]) -> dict[str, Any]:
+    """An audit row's detail without an outlet URL or secret (a pause reason may quote one)."""
+    text = json.dumps(detail, ensure_ascii=False, default=str)
+    clean = scrub(site, text) or "{}"
+    try:
+        value = json.loads(clean)
+    except ValueError:
+        return {"scrubbed": clean}
+    return value if isinstance(value, dict) else {"scrubbed": clean}
+
+
+def install(app: FastAPI) -> None:
+    """Add the API to the app, and describe a notice as it is submitted (``NoticeIn``) in /openapi.json: the
+    submit and preview routes read their body themselves, to bound its size and say what is wrong in intake's
+    words."""
+    app.include_router(router)
+    app.add_exception_handler(405, _method_not_allowed)
+    make = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        document = make()
+        schema = Notice.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for name, definition in schema.pop("$defs", {}).items():
+            schemas.setdefault(name, definition)
+        schemas["NoticeIn"] = schema | {"title": "NoticeIn"}
+        names = _region_names(site_of_app(app))
+        schemas["NoticeIn"]["properties"]["regions"]["items"] = {"type": "string", "enum": names}
+        for parameter in document["paths"][f"{router.prefix}/notices"]["get"]["parameters"]:
+            if parameter["name"] == "region":
+                parameter["schema"] = {"anyOf": [{"type": "string", "enum": names}, {"type": "null"}]}
+        schemas["ProblemDoc"] = ProblemDoc.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schemas["ProblemDoc"].pop("$defs", {}))
+        problem = {PROBLEM: {"schema": {"$ref": "#/components/schemas/ProblemDoc"}}}
+        for operations in document["paths"].values():  # every error is a problem document, FastAPI's 422 too
+            for operation in operations.values():
+                for status, answer in operation.get("responses", {}).items():
+                    if status[0] in "45":
+                        answer["content"] = problem
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+    """405 with every method the path takes (Starlette names only the first route's: GET and POST /notices are two)."""
+    routes = [*request.app.routes, *router.routes]
+    allowed = sorted({method for route in routes if isinstance(route, APIRoute)
+                      and route.path_regex.match(request.url.path) for method in route.methods or ()})
+    return problem(405, f"{request.method} is not allowed here; allowed: {', '.join(allowed)}",
+                   headers={"Allow": ", ".join(allowed)})
+
+
+def site_of_app(app: FastAPI) -> Site:
+    site: Site = app.state.site
+    return site
+
+
+def _region_names(site: Site) -> list[str]:
+    """Every name and alias of the units that exist today, and the citywide ones: what `regions` may hold."""
+    table = site.regions
+    today = datetime.now(UTC).date()
+    names = [CITYWIDE, *table.citywide_aliases]
+    for unit in table.units_on(today):
+        names += [unit.name, *unit.aliases]
+    return list(dict.fromkeys(names))

@@ -1,4 +1,4 @@
-"""The ``debunkbot`` command: submit, run, status, log, outlets, retry, render, demo, token, audit.
+"""The ``debunkbot`` command: submit, run, web, status, log, outlets, retry, render, demo, token, audit.
 
 Exit codes: 0 done; 2 bad input (a notice file, the matrix, a setting, an argument); 3 the store refused a
 write (full, locked, down: submit again later); 4 configuration is incomplete (outlet secrets missing from the
@@ -227,20 +227,37 @@ MaxWait = Annotated[float | None, typer.Option(
          "(an open breaker's cooldown, the retry schedule); the last line says what is left")]
 
 
+NoWeb = Annotated[bool, typer.Option("--no-web", help="leave the web server out (the API, the feeds, /healthz, "
+                                     "/metrics): send only, for example when `debunkbot web` serves elsewhere")]
+
+
 @app.command()
-def run(until_idle: UntilIdle = False, max_wait: MaxWait = None, verbose: Verbose = False) -> None:
-    """Run the bot: watch the inbox, release embargoes, send and retry. Stops on SIGINT/SIGTERM."""
-    _daemon(until_idle, verbose, cluster_jobs=True, max_wait=max_wait)
+def run(until_idle: UntilIdle = False, max_wait: MaxWait = None, no_web: NoWeb = False,
+        verbose: Verbose = False) -> None:
+    """Run the bot: watch the inbox, release embargoes, send and retry, and serve the web server (the API, the
+    feeds, health and metrics) on DEBUNKBOT_HTTP_BIND. Stops on SIGINT/SIGTERM."""
+    _daemon(until_idle, verbose, cluster_jobs=True, max_wait=max_wait, serve=not no_web)
 
 
 @app.command()
 def worker(until_idle: UntilIdle = False, max_wait: MaxWait = None, verbose: Verbose = False) -> None:
     """Send only: claim and deliver from the shared store. Run any number, on any machine."""
-    _daemon(until_idle, verbose, cluster_jobs=False, max_wait=max_wait)
+    _daemon(until_idle, verbose, cluster_jobs=False, max_wait=max_wait, serve=False)
 
 
-def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float | None = None) -> None:
+@app.command()
+def web(verbose: Verbose = False) -> None:
+    """Serve the web server alone (the API, the feeds, health and metrics) on DEBUNKBOT_HTTP_BIND, sending
+    nothing: for web nodes in front of the same PostgreSQL as the workers. Stops on SIGINT/SIGTERM."""
+    _daemon(False, verbose, cluster_jobs=False, serve=True, send=False)
+
+
+def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float | None = None, serve: bool = True,
+            send: bool = True) -> None:
+    """The long-running commands: the dispatcher (``send``) and the web server (``serve``) in one event loop; the
+    failure of either stops both, with a non-zero exit."""
     from bot.scheduler import Daemon, install_signal_handlers, open_store
+    from bot.web.server import BindError, WebServerFailed
 
     settings = _settings()
     regions = _regions(settings)
@@ -264,21 +281,26 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
             log.info("stopped before the store was reachable")
             return 0
         try:
-            async with make_sender(settings) as client, contextlib.AsyncExitStack() as feeds:
-                if cluster_jobs and any(o.channel == "feed" for o in matrix.outlets):  # feed outlets fetch from the bot
-                    from bot.feed import FeedServer
+            async with make_sender(settings) as client, contextlib.AsyncExitStack() as serving:
+                if serve:
+                    from bot.web import Site, create_app
+                    from bot.web.server import WebServer
 
-                    try:
-                        server = await feeds.enter_async_context(
-                            FeedServer(store, matrix, settings.feed_host, settings.feed_port))
-                    except OSError as exc:
-                        log.error("cannot serve the feeds on %s port %d: %s; is another debunkbot running? "
-                                  "Set DEBUNKBOT_FEED_PORT (or DEBUNKBOT_FEED_HOST) to change it",
-                                  settings.feed_host, settings.feed_port, exc.strerror or exc)
-                        return 1
-                    log.info("feeds at http://%s:%d/feeds/OUTLET.atom (or .json)", server.host, server.port)
-                daemon = Daemon(settings, store, live, regions, client, cluster_jobs=cluster_jobs, stop=stop)
-                await daemon.run(until_idle=until_idle, max_wait=max_wait)
+                    app = create_app(Site(settings, store, regions, live))
+                    await serving.enter_async_context(
+                        WebServer(app, settings.http_bind, stop=stop, grace=settings.shutdown_grace))
+                elif send and any(o.channel == "feed" for o in matrix.outlets):
+                    log.info("--no-web: the feed outlets' feeds are not served here (`debunkbot web` serves them)")
+                if send:
+                    daemon = Daemon(settings, store, live, regions, client, cluster_jobs=cluster_jobs, stop=stop)
+                    await daemon.run(until_idle=until_idle, max_wait=max_wait)
+                else:  # a web node follows the matrix's reloads itself; a daemon does it in its jobs
+                    await live.keep_following(store, settings.scan_interval, stop)
+        except BindError as exc:
+            log.error("%s", exc)
+            return 1
+        except WebServerFailed:  # logged when it stopped
+            return 1
         finally:
             store.close()
         log.info("stopped (%s)", store.owner)

@@ -3,12 +3,13 @@
 A temporary SQLite store, the example 5+41+N matrix from config/outlets.yaml with every
 outlet replaced by a real HTTP server on loopback (some flaky, all verifying signatures):
 the platform fakes of bot/testing (webhook receivers, DingTalk and WeCom robots, Feishu and
-Lark bots, Weibo, WeChat drafts), and the bot's own feed server, which the demo then reads as
+Lark bots, Weibo, WeChat drafts), and the bot's own web server, whose feeds the demo then reads as
 the feed outlets would. Exits 0 once every outlet has every notice.
 
 With ``keep`` (``debunkbot demo --keep``, ``make try``) it then stays up: the same simulated outlets, the
-store and an inbox in a folder of your choosing, and the daemon running, for a newcomer to submit to and
-watch; it writes the settings to ``FOLDER/env`` and prints what to try. Ctrl-C stops it.
+store and an inbox in a folder of your choosing, and the daemon running with its web server on
+``DEBUNKBOT_HTTP_BIND`` (default 127.0.0.1:8700), for a newcomer to submit to and watch; it writes the settings
+to ``FOLDER/env`` and prints the server's URL and what to try. Ctrl-C stops it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from bot.feed import FeedServer
 from bot.http import make_sender
 from bot.intake import expand, submit_files
 from bot.outlets import OutletMatrix, Tier, load_matrix
@@ -40,6 +40,8 @@ from bot.scheduler import Daemon
 from bot.settings import CONFIG, Settings
 from bot.store import Store
 from bot.testing import DingTalkRobots, FeishuBots, WebhookOutlets, WeChatMPAPI, WeComRobots, WeiboAPI, read_feed
+from bot.web import Site, create_app
+from bot.web.server import BindError, WebServer, WebServerFailed
 
 FLAKY = [503, 502]  # a few outlets fail twice before they take a post
 
@@ -163,10 +165,11 @@ async def run_demo(console: Console, keep: Path | None = None) -> int:
 
                 async with make_sender(settings) as client:
                     await Daemon(settings, store, matrix, regions, client, on_recorded=progress).run(until_idle=True)
-                async with FeedServer(store, matrix) as feeds:  # the feed outlets pull: each fetch is a delivery
+                # the feed outlets pull from the bot's web server: each fetch is a delivery
+                async with WebServer(create_app(Site(settings, store, regions, matrix)), "127.0.0.1:0") as web:
                     for outlet in matrix.outlets:
                         if outlet.channel == "feed":
-                            entries = await read_feed(feeds.url(outlet.id), matrix.secret_for(outlet.id))
+                            entries = await read_feed(f"{web.url}/feeds/{outlet.id}.atom", matrix.secret_for(outlet.id))
                             bar.update(task, advance=len(entries))
 
             console.print(_matrix_table(store))
@@ -181,7 +184,7 @@ async def run_demo(console: Console, keep: Path | None = None) -> int:
             console.print("[green bold]every outlet has every notice[/]" if ok
                           else "[red bold]not every outlet has every notice[/]")
             if keep is not None and ok:
-                await _stay_up(console, work, settings, store, matrix, regions, environ)
+                ok = await _stay_up(console, work, settings, store, matrix, regions, environ)
             elif keep is None:
                 console.print("Next: `make try` leaves this running with an inbox, for you to submit notices to "
                               "and watch (`.venv/bin/debunkbot --help` lists every command).")
@@ -206,8 +209,9 @@ def _why_these_numbers(outlets: object, regions: RegionTable) -> str:
 
 
 async def _stay_up(console: Console, work: Path, settings: Settings, store: Store, matrix: OutletMatrix,
-                   regions: RegionTable, environ: dict[str, str]) -> None:
-    """Keep the simulated outlets up and run the daemon on an inbox until Ctrl-C or SIGTERM."""
+                   regions: RegionTable, environ: dict[str, str]) -> bool:
+    """Keep the simulated outlets up and run the daemon, with its web server, on an inbox until Ctrl-C or
+    SIGTERM. False when the web server cannot listen."""
     inbox = work / "inbox"
     inbox.mkdir(exist_ok=True)
     settings = settings.model_copy(update={"inbox": inbox})
@@ -215,8 +219,17 @@ async def _stay_up(console: Console, work: Path, settings: Settings, store: Stor
            **environ}
     (work / "env").write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()), encoding="utf-8")
     sample = sorted((CONFIG / "samples").iterdir())[0]
-    console.print(f"""
+    feed = next((o.id for o in matrix.outlets if o.channel == "feed" and not matrix.secret_for(o.id)), "OUTLET")
+    async with make_sender(settings) as client:
+        daemon = Daemon(settings, store, matrix, regions, client)
+        daemon.install_signal_handlers()
+        try:
+            async with WebServer(create_app(Site(settings, store, regions, matrix)), settings.http_bind,
+                                 stop=daemon.stop) as web:
+                console.print(f"""
 [bold]A local debunkbot is running[/] on the simulated outlets above; Ctrl-C stops it.
+  web     {escape(web.url)}   (/healthz, /readyz, the API under /api/v1, /openapi.json)
+  feed    {escape(web.url)}/feeds/{escape(feed)}.atom   (what a feed outlet reads)
   inbox   {escape(str(inbox))}   (drop a notice file here and watch it go out)
   store   {escape(settings.database_url)}
   matrix  {escape(str(settings.outlets))}
@@ -226,12 +239,16 @@ In another terminal, load its settings and try:
   .venv/bin/debunkbot status my-first
   .venv/bin/debunkbot log --notice my-first
   .venv/bin/debunkbot outlets
+  curl {escape(web.url)}/feeds/{escape(feed)}.json
 """)
-    async with make_sender(settings) as client, FeedServer(store, matrix):
-        daemon = Daemon(settings, store, matrix, regions, client)
-        daemon.install_signal_handlers()
-        await daemon.run()
+                await daemon.run()
+        except BindError as exc:
+            console.print(Text(str(exc), style="red"))
+            return False
+        except WebServerFailed:  # logged when it stopped
+            return False
     logging.getLogger("debunkbot").info("stopped")
+    return True
 
 
 def _tiers(outlets: object) -> str:

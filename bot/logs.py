@@ -27,8 +27,8 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-# httpx logs every request's URL at INFO; aiohttp, apscheduler and the database libraries chatter
-QUIET_LIBRARIES = ("httpx", "httpcore", "aiohttp", "alembic", "asyncio", "sqlalchemy", "psycopg", "hpack")
+# httpx logs every request's URL at INFO; aiohttp, uvicorn, apscheduler and the database libraries chatter
+QUIET_LIBRARIES = ("httpx", "httpcore", "aiohttp", "alembic", "asyncio", "sqlalchemy", "psycopg", "hpack", "uvicorn")
 # the daemon logs a failed job itself (bot.scheduler), with what happens next
 SILENT_LIBRARIES = ("apscheduler",)
 

@@ -18,6 +18,23 @@ CONFIG = ROOT / "config"
 TEMPLATES = ROOT / "templates"
 
 
+def parse_bind(text: str) -> tuple[str, int]:
+    """``host:port`` as (host, port); an IPv6 host is written in brackets, ``[::1]:8700``.
+
+    >>> parse_bind("[::1]:8700")
+    ('::1', 8700)
+    """
+    host, colon, port = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # an IPv6 address without brackets: its port cannot be told apart
+    if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"DEBUNKBOT_HTTP_BIND must be host:port, such as 127.0.0.1:8700 or [::1]:8700 "
+                         f"(port 0: any free port), got {text!r}")
+    return host, int(port)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DEBUNKBOT_", extra="ignore")
 
@@ -41,8 +58,8 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=60.0, gt=0, description="how long a claimed delivery stays claimed")
     public_ip: str | None = Field(default=None, description="this machine's public IP address, sent as Weibo's "
                                   "required rip for weibo outlets without options.rip")
-    feed_host: str = Field(default="127.0.0.1", description="where the feed server listens (feed outlets)")
-    feed_port: int = Field(default=8780, ge=0, le=65535, description="the feed server's port")
+    http_bind: str = Field(default="127.0.0.1:8700", description="host:port (or [::1]:port) where the web server "
+                           "listens: the API, the feeds, /healthz, /readyz, /metrics; port 0 picks a free one")
     slow_send_after: float = Field(default=1.0, gt=0, description="seconds after which a send stops counting "
                                    "against concurrency (a slow lane as large again)")
     wake_poll_interval: float = Field(default=0.015, gt=0, description="seconds between looks for other "
@@ -67,6 +84,20 @@ class Settings(BaseSettings):
         if any(delay < 0 for delay in delays):
             raise ValueError(f"{name} has a negative delay: {value!r}")
         return value
+
+    @field_validator("http_bind")
+    @classmethod
+    def _bind_is_host_and_port(cls, value: str) -> str:
+        parse_bind(value)
+        return value
+
+    @property
+    def http_host(self) -> str:
+        return parse_bind(self.http_bind)[0]
+
+    @property
+    def http_port(self) -> int:
+        return parse_bind(self.http_bind)[1]
 
     @property
     def retry_delays(self) -> tuple[float, ...]:

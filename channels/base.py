@@ -3,7 +3,7 @@
 - ``Pushing``: builds one signed request per delivery and reads the answer (webhook, DingTalk, WeCom, ...);
 - ``Exchanging``: makes several requests per delivery itself, through the one ``Sender`` (wechat_mp: token,
   draft, publish), and reads the last answer;
-- ``Pulling``: outlets fetch (feeds); the dispatcher never sends to them, bot/feed.py serves them.
+- ``Pulling``: outlets fetch (feeds); the dispatcher never sends to them, the web server serves them (bot/web/feeds.py).
 
 A channel that can also carry operator alerts is an ``AlertChannel`` (a Pushing one with ``render_alert``).
 A channel is one module in channels/ with its templates in templates/<name>/, registered in
@@ -119,7 +119,7 @@ class Exchanging(Channel, Protocol):
 
 @runtime_checkable
 class Pulling(Channel, Protocol):
-    """Outlets that fetch (feeds): never sent to; bot/feed.py lists ``feed_item`` for each of their notices."""
+    """Outlets that fetch (feeds): never sent to; bot/web/feeds.py lists ``feed_item`` for each of their notices."""
 
     def feed_item(self, notice: Notice, published_at: datetime, options: Mapping[str, Any]) -> dict[str, Any]: ...
 

@@ -1,7 +1,7 @@
 """Feeds: outlets that prefer to pull. The bot serves each feed outlet an Atom feed and a JSON Feed.
 
-Nothing is pushed: a feed is ``channels.base.Pulling``, and the dispatcher never claims its deliveries. The feed server
-(bot/feed.py) lists the outlet's released notices, and once a fetch has been answered it marks the
+Nothing is pushed: a feed is ``channels.base.Pulling``, and the dispatcher never claims its deliveries. The web server
+(bot/web/feeds.py) lists the outlet's released notices, and once a fetch has been answered it marks the
 listed deliveries delivered, recording the fetch as the attempt (trigger ``fetch``). JSON Feed 1.1
 (https://jsonfeed.org/version/1.1) and Atom (RFC 4287, https://www.rfc-editor.org/rfc/rfc4287) carry the
 same entries.

@@ -47,6 +47,14 @@ def hermetic_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name)
 
 
+@pytest.fixture(autouse=True)
+def any_free_http_port(hermetic_environment: None, _no_settings_from_the_real_environment: None,
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The web servers tests start (`debunkbot run`, `web`, `demo --keep`, in process or not) listen on a free
+    loopback port: never all on 8700 when tests run side by side."""
+    monkeypatch.setenv("DEBUNKBOT_HTTP_BIND", "127.0.0.1:0")
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Every store test runs on both backends: a fresh SQLite file, or a fresh PostgreSQL schema."""

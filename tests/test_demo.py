@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shlex
 import signal
 import sys
 from pathlib import Path
+
+import httpx
 
 from bot.settings import CONFIG
 from tests.test_cli import debunkbot
@@ -32,6 +35,10 @@ async def test_try_leaves_a_running_setup_that_takes_a_notice_from_its_inbox_and
             said += (await asyncio.wait_for(proc.stdout.readline(), timeout=10)).decode()
         assert "here it is 5+39+6" in said and "江北区 and 渝北区 merged into 两江新区 on 2026-01-25" in said
         assert f"inbox   {work / 'inbox'}" in said and f". {shlex.quote(str(work / 'env'))}" in said
+        web = re.search(r"web     (http://127\.0\.0\.1:\d+) ", said)  # the conftest asks for a free port
+        assert web, said
+        async with httpx.AsyncClient(base_url=web[1], trust_env=False) as client:
+            assert (await client.get("/healthz")).json() == {"status": "ok"}
 
         env = {}
         for line in (work / "env").read_text(encoding="utf-8").splitlines():

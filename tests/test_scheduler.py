@@ -269,27 +269,10 @@ def with_feed_outlet(bot: RunningBot) -> None:
     path.write_text(yaml.safe_dump(matrix, allow_unicode=True), encoding="utf-8")
 
 
-async def test_a_second_run_on_a_busy_feed_port_says_which_port_and_setting_in_one_line(bot: RunningBot) -> None:
-    import socket
-
-    with_feed_outlet(bot)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        proc = await bot.start(env={"DEBUNKBOT_FEED_PORT": str(port)})
-        code = await asyncio.wait_for(proc.wait(), timeout=60)
-    assert code != 0
-    text = bot.log()
-    assert "Traceback" not in text, text
-    (line,) = [line for line in text.splitlines() if f"port {port}" in line]
-    assert "DEBUNKBOT_FEED_PORT" in line
-
-
 async def test_until_idle_is_not_held_up_by_feed_deliveries_and_says_what_waits_for_a_fetch(bot: RunningBot) -> None:
     with_feed_outlet(bot)
     bot.write_notice(bot.inbox, "cq-with-feed")
-    proc = await bot.start("--until-idle", env={"DEBUNKBOT_FEED_PORT": "0"})
+    proc = await bot.start("--until-idle")
     assert await asyncio.wait_for(proc.wait(), timeout=DEADLINE) == 0, bot.log()
     assert bot.refs_delivered().get("cq-with-feed") == 3
     last = [line for line in bot.log().splitlines() if "idle" in line][-1]

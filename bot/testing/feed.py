@@ -1,6 +1,6 @@
 """A loopback feed reader: what an outlet that pulls does. Fetches and parses Atom or JSON Feed.
 
-    >>> titles = await read_feed(feeds.url("n-feed"), token)              # doctest: +SKIP
+    >>> titles = await read_feed(f"{web.url}/feeds/n-feed.atom", token)   # doctest: +SKIP
 """
 
 from __future__ import annotations

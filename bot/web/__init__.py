@@ -21,7 +21,7 @@ from http import HTTPStatus
 from typing import Any
 
 import sqlalchemy as sa
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -75,10 +75,20 @@ def site_of(request: Request) -> Site:
     return site
 
 
+def no_nul_in_parameters(request: Request) -> None:
+    """A NUL character in a path or query parameter is refused (422): no ref, id or filter holds one, and
+    PostgreSQL cannot even compare text with one."""
+    for where, parameters in (("path", request.path_params.items()), ("query", request.query_params.multi_items())):
+        for name, value in parameters:
+            if "\x00" in str(value):
+                raise Problem(422, f"{where} parameter {name!r} holds a NUL character (U+0000); remove it",
+                              errors=[{"field": f"{where}.{name}", "message": "holds a NUL character (U+0000)"}])
+
+
 def create_app(site: Site) -> FastAPI:
     """The ASGI app over one store and one live matrix."""
     app = FastAPI(title="debunkbot", version="1", summary="Push verified debunk notices (辟谣通报) to every outlet "
-                  "of the 5+41+N matrix, and read who has them.")
+                  "of the 5+41+N matrix, and read who has them.", dependencies=[Depends(no_nul_in_parameters)])
     app.state.site = site
 
     @app.exception_handler(Problem)
@@ -101,8 +111,16 @@ def create_app(site: Site) -> FastAPI:
     for fault in STORE_FAULTS:
         app.add_exception_handler(fault, _store_down)
 
-    from bot.web import matrix
+    @app.exception_handler(sa.exc.DataError)
+    async def _unstorable(request: Request, exc: sa.exc.DataError) -> JSONResponse:
+        # a value the database cannot hold (a NUL character in a body's text, on PostgreSQL): the request's
+        # transaction was rolled back whole; the driver's first line says what, never the values
+        what = str(exc.orig).splitlines()[0] if exc.orig else "a value the store cannot hold"
+        return problem(422, f"the request holds a value the store cannot hold ({what}); nothing was changed")
 
+    from bot.web import feeds, matrix
+
+    app.include_router(feeds.router)
     app.include_router(matrix.router)
 
     @app.get("/healthz", tags=["health"], summary="The process answers")

@@ -1,11 +1,13 @@
-"""Feeds: the bot serves Atom and JSON Feed per outlet; a fetch is the delivery, recorded as an attempt."""
+"""Feeds: the bot's web server serves Atom and JSON Feed per outlet; a fetch is the delivery, recorded as an
+attempt. Served for real on loopback (uvicorn), as outlets fetch them."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,14 +17,31 @@ import pytest
 import yaml
 
 from bot.dispatch import Dispatcher
-from bot.feed import FeedServer
 from bot.http import make_sender
 from bot.model import Notice
-from bot.outlets import load_matrix
+from bot.outlets import OutletMatrix, load_matrix
 from bot.regions import RegionTable
 from bot.settings import Settings
 from bot.store import Store
 from bot.testing import read_feed
+from bot.web import PROBLEM, Site, create_app
+from bot.web.server import WebServer
+
+
+class Feeds:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+
+    def url(self, outlet_id: str, kind: str = "atom") -> str:
+        return f"{self.base_url}/feeds/{outlet_id}.{kind}"
+
+
+@contextlib.asynccontextmanager
+async def serving(store: Store, matrix: OutletMatrix, regions: RegionTable) -> AsyncIterator[Feeds]:
+    """The bot's web server on a free loopback port."""
+    site = Site(Settings(database_url=str(store.engine.url)), store, regions, matrix)
+    async with WebServer(create_app(site), "127.0.0.1:0") as web:
+        yield Feeds(web.url)
 
 
 async def test_a_fetch_delivers_what_it_lists_and_the_dispatcher_never_sends_to_a_feed(
@@ -42,7 +61,7 @@ async def test_a_fetch_delivers_what_it_lists_and_the_dispatcher_never_sends_to_
         await dispatcher.close()
     assert store.log.attempts() == [] and {r["status"] for r in store.log.deliveries()} == {"pending"}
 
-    async with FeedServer(store, matrix) as feeds:
+    async with serving(store, matrix, regions) as feeds:
         with pytest.raises(httpx.HTTPStatusError):
             await read_feed(feeds.url("n-feed"), token="wrong")
         atom = await read_feed(feeds.url("n-feed"), token="feed-token-123456")
@@ -121,7 +140,7 @@ async def test_a_feed_is_valid_never_carries_the_readers_token_and_has_no_null_u
     linked = [{"title": "通报", "url": "https://slj.cq.example/1"}]
     store.queue.add_notices([(make_notice(ref="a", sources=[]), matrix.outlets),
                        (make_notice(ref="b", sources=linked), matrix.outlets)], source="t")
-    async with FeedServer(store, matrix) as feeds, httpx.AsyncClient(trust_env=False) as client:
+    async with serving(store, matrix, regions) as feeds, httpx.AsyncClient(trust_env=False) as client:
         answer = await client.get(feeds.url("n-feed", kind), params={"token": TOKEN})
     assert answer.status_code == 200 and TOKEN.encode() not in answer.content
     if kind == "json":
@@ -145,7 +164,7 @@ async def test_sixty_notices_are_paged_and_each_fetch_delivers_exactly_what_it_l
         rows = store.log.deliveries()
         return {s: sum(1 for r in rows if r["status"] == s) for s in ("pending", "delivered")}
 
-    async with FeedServer(store, matrix) as feeds, httpx.AsyncClient(trust_env=False, headers=headers) as client:
+    async with serving(store, matrix, regions) as feeds, httpx.AsyncClient(trust_env=False, headers=headers) as client:
         first = await client.get(feeds.url("n-feed", kind))
         if kind == "json":
             listed, next_url = _valid_json_feed(first.content)["items"], _valid_json_feed(first.content)["next_url"]
@@ -170,7 +189,7 @@ async def test_a_head_request_delivers_nothing(
 ) -> None:
     matrix = _feed_matrix(tmp_path, regions)
     store.queue.add_notices([(make_notice(), matrix.outlets)], source="t")
-    async with FeedServer(store, matrix) as feeds, httpx.AsyncClient(trust_env=False) as client:
+    async with serving(store, matrix, regions) as feeds, httpx.AsyncClient(trust_env=False) as client:
         head = await client.head(feeds.url("n-feed"), headers={"authorization": f"Bearer {TOKEN}"})
         assert head.status_code == 200
         # the same connection's next request is handled after the HEAD's handler has finished, recording included
@@ -178,3 +197,20 @@ async def test_a_head_request_delivers_nothing(
         assert {r["status"] for r in store.log.deliveries()} == {"pending"} and store.log.attempts() == []
         await read_feed(feeds.url("n-feed"), token=TOKEN)
         await _recorded(lambda: {r["status"] for r in store.log.deliveries()} == {"delivered"})
+
+
+async def test_a_wrong_token_an_outlet_that_is_no_feed_and_a_page_out_of_range_are_problems_that_deliver_nothing(
+    store: Store, tmp_path: Path, regions: RegionTable, make_notice: Callable[..., Notice]
+) -> None:
+    matrix = _feed_matrix(tmp_path, regions)
+    store.queue.add_notices([(make_notice(), matrix.outlets)], source="t")
+    async with serving(store, matrix, regions) as feeds, httpx.AsyncClient(trust_env=False) as client:
+        wrong = await client.get(feeds.url("n-feed"), params={"token": "not-the-token"})
+        unknown = await client.get(feeds.url("no-such-outlet", "json"))
+        too_deep = await client.get(feeds.url("n-feed"), params={"token": TOKEN, "page": "1001"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"].startswith("Bearer")
+    assert unknown.status_code == 404 and too_deep.status_code == 422
+    for answer in (wrong, unknown, too_deep):
+        assert answer.headers["content-type"] == PROBLEM and answer.json()["status"] == answer.status_code
+    assert "page" in too_deep.json()["detail"]
+    assert {r["status"] for r in store.log.deliveries()} == {"pending"} and store.log.attempts() == []

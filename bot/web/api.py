@@ -66,7 +66,8 @@ class ProblemDoc(BaseModel):
 
 
 class FieldError(BaseModel):
-    field: str = Field(description="where, e.g. notices[2].verdict")
+    field: str | None = Field(None, description="where, e.g. notices[2].verdict (absent: the whole document)")
+    outlet: str | None = Field(None, description="the outlet whose entry is wrong (a refused matrix reload)")
     message: str = Field(description="what is wrong, in the words `debunkbot submit` uses")
 
 

@@ -32,6 +32,7 @@ bench: $(STAMP)
 	  || echo "nginx not installed: the benches use the aiohttp receiver"
 	$(PY) bench/suite.py
 	$(PY) bench/workers.py
+	$(PY) bench/api_load.py
 
 lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(apprise|requests-oauthlib|oauthlib|markdown)==' > requirements.lock

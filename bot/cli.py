@@ -30,10 +30,9 @@ from rich.table import Table
 from rich.text import Text
 
 from bot import desk
-from bot.desk import notice_status, outlet_rows
 from bot.http import make_sender
 from bot.intake import expand, submit_files
-from bot.outlets import IncompleteMatrix, MatrixError, OutletMatrix, Tier, load_matrix
+from bot.outlets import IncompleteMatrix, MatrixError, OutletMatrix, load_matrix
 from bot.regions import CHONGQING, RegionTable, chongqing_today
 from bot.settings import Settings
 from bot.store import Actor, Role, Store, dumps, utcnow
@@ -334,7 +333,7 @@ def _when(value: datetime | None, wide: bool = False) -> str:
 @app.command()
 def status(ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's ref")]) -> None:
     """Who has notice REF: a summary per tier and the outlets not yet delivered."""
-    found = notice_status(_store(_settings()), ref)
+    found = desk.notice_status(_store(_settings()), ref)
     if found is None:
         errors.print(Text(f"no notice with ref {ref!r}", style="red"))
         raise typer.Exit(EXIT_BAD_INPUT)
@@ -418,7 +417,7 @@ def outlets(
         return
     settings = _settings()
     matrix = _matrix(settings, _regions(settings), require_secrets=False)  # listing needs no secret
-    rows = outlet_rows(_store(settings), matrix)
+    rows = desk.outlet_rows(_store(settings), matrix)
     if as_json:
         for row in rows:
             sys.stdout.write(dumps(row) + "\n")
@@ -457,7 +456,8 @@ def pause(
     matrix = _matrix(settings, _regions(settings), require_secrets=False)
     store = _store(settings)
     if outlet_id not in matrix.by_id and outlet_id not in store.health.all():
-        errors.print(Text.assemble((f"no outlet {outlet_id!r}", "red"), f" in {settings.outlets} (see `debunkbot outlets`)"))
+        errors.print(Text.assemble((f"no outlet {outlet_id!r}", "red"),
+                                   f" in {settings.outlets} (see `debunkbot outlets`)"))
         raise typer.Exit(EXIT_BAD_INPUT)
     held = store.health.pause(outlet_id, reason, actor=Actor.local())
     if held is None:
@@ -641,7 +641,8 @@ def audit_(
     actor: Annotated[str | None, typer.Option("--actor", metavar="NAME", help="only this token name or user")] = None,
     subject: Annotated[str | None, typer.Option("--subject", metavar="REF|ID",
                                                 help="only this notice ref, outlet id or token id")] = None,
-    since: Annotated[str | None, typer.Option("--since", metavar="T", help="an ISO 8601 time or an age (2h, 1d)")] = None,
+    since: Annotated[str | None, typer.Option("--since", metavar="T",
+                                              help="an ISO 8601 time or an age (2h, 1d)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
 ) -> None:
     """Who changed what, when and from where: submits, retries, pauses, resumes, tokens (times in Chongqing)."""

@@ -153,7 +153,9 @@ class Refusal:
         where = f"notice {self.index + 1}" if many else "notice"
         if self.ref is not None:
             where += f" (ref {self.ref[:64]!r})"
-        return f"{where}: {self.message}" if self.field is None else f"{where} field {_loc(self.field)!r}: {self.message}"
+        if self.field is None:
+            return f"{where}: {self.message}"
+        return f"{where} field {_loc(self.field)!r}: {self.message}"
 
     def path(self, many: bool) -> str:
         """As the API names it: ``notices[2].sources[0].url`` (``notice.verdict`` for a single notice)."""

@@ -80,7 +80,8 @@ class WeCom:
         else:
             title = cut_to(f"【辟谣】{notice.title}", (NEWS_TITLE,))
             body = {"msgtype": "news", "news": {"articles": [{"title": title, "description": text, "url": link}]}}
-        return Rendered(text=text, body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(), cut=form.cut)
+        return Rendered(text=text, body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
+                        cut=form.cut)
 
     def render_alert(self, title: str, text: str, now: datetime) -> Rendered:
         """An operator alert as markdown, cut to fit the 4,096 bytes."""

@@ -55,11 +55,11 @@ from bot.store.tables import (
 )
 
 __all__ = [
-    "STORE_FAULTS", "WORK_CHANNEL", "Access", "Actor", "Added", "AuditLog", "AuditPage", "Caller", "Role",
-    "api_tokens", "audit", "AttemptRecord", "Claim", "Cluster", "DeliveryLog", "Outbox",
-    "OutletHealth", "Page", "Queue", "RefConflict", "Store", "UTCDateTime", "alert_sends", "alerts", "attempts",
-    "clean_text", "deliveries", "describe_fault", "dumps", "is_disk_full", "make_engine", "metadata",
-    "new_message_id", "notices", "outlet_health", "utcnow",
+    "STORE_FAULTS", "WORK_CHANNEL", "Access", "Actor", "Added", "AttemptRecord", "AuditLog", "AuditPage", "Caller",
+    "Claim", "Cluster", "DeliveryLog", "Outbox", "OutletHealth", "Page", "Queue", "RefConflict", "Role", "Store",
+    "UTCDateTime", "alert_sends", "alerts", "api_tokens", "attempts", "audit", "clean_text", "deliveries",
+    "describe_fault", "dumps", "is_disk_full", "make_engine", "metadata", "new_message_id", "notices",
+    "outlet_health", "utcnow",
 ]
 
 

@@ -72,6 +72,12 @@ class AuditLog:
     def __init__(self, db: Db) -> None:
         self.db = db
 
+    def write(self, actor: Actor, action: str, subject: str | None = None, **detail: Any) -> None:
+        """Audit a change made outside the store (a matrix reload), in a transaction of its own; a change to the
+        store writes its row with ``record`` in its own transaction instead."""
+        with self.db.tx() as conn:
+            record(conn, actor, action, subject, self.db.now(conn), **detail)
+
     def page(self, actor: str | None = None, action: str | None = None, subject: str | None = None,
              since: datetime | None = None, after: int | None = None, limit: int | None = 100) -> AuditPage:
         """Audit rows, oldest first, ``limit`` at a time from the cursor ``after``; ``detail`` decoded."""

@@ -53,6 +53,11 @@ def outlet_takes_sends(now: datetime) -> sa.ColumnElement[bool]:
 class RefConflict(ValueError):
     """A ref already stored with different content. Corrections are a later feature."""
 
+    def __init__(self, ref: str) -> None:
+        super().__init__(f"ref {ref!r} is already stored with different content; "
+                         "use a new ref (corrections are not supported yet)")
+        self.ref = ref
+
 
 @dataclass(frozen=True)
 class Added:
@@ -134,10 +139,7 @@ class Queue:
                 ).first()
                 if existing is not None:
                     if existing.content_hash != digest:
-                        raise RefConflict(
-                            f"ref {notice.ref!r} is already stored with different content; "
-                            "use a new ref (corrections are not supported yet)"
-                        )
+                        raise RefConflict(notice.ref)
                     results.append(Added(notice.ref, created=False, deliveries=0))
                     continue
                 held = notice.publish_at is not None and notice.publish_at > now

@@ -5,7 +5,8 @@ one of the models below, so ``/openapi.json`` describes it; none of them has a f
 secret or options, and text that came back from an outlet (errors, answers) is scrubbed of both on the way
 out. What the CLI shows, the API shows from the same code (``bot.desk``, the store's parts).
 
-    >>> await client.post("/api/v1/notices", json=notice, headers={"Authorization": f"Bearer {token}"})  # doctest: +SKIP
+    >>> auth = {"Authorization": f"Bearer {token}"}                                  # doctest: +SKIP
+    >>> await client.post("/api/v1/notices", json=notice, headers=auth)               # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from bot import desk
@@ -31,6 +32,17 @@ from bot.store import Actor, RefConflict, Role
 from bot.web import PROBLEM, Problem, Site, problem, site_of
 from bot.web.auth import require
 
+
+def _iso_time(value: Any) -> Any:
+    """A time as people write it (ISO 8601), not a number of seconds since 1970."""
+    if isinstance(value, datetime) or value is None:
+        return value
+    if not isinstance(value, str) or not value[:4].isdigit() or "-" not in value:
+        raise ValueError("an ISO 8601 time with its offset, e.g. 2026-11-27T08:00:00+08:00")
+    return value
+
+
+IsoTime = Annotated[AwareDatetime, BeforeValidator(_iso_time)]
 MAX_BODY = MAX_FILE_BYTES  # a request holds what a notice file may: 1 MiB
 PAGE = 50
 MAX_PAGE = 500
@@ -188,13 +200,23 @@ class Attempts(BaseModel):
     attempts: list[AttemptRow]
 
 
+class LoggedAttempt(AttemptRow):
+    notice: str
+    outlet: str
+
+
+class AttemptPage(BaseModel):
+    attempts: list[LoggedAttempt]
+    next: int | None = Field(description="pass as `after` for the next page; null: this was the last")
+
+
 class RetryFilter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     notice: str | None = Field(None, description="only this notice ref")
     outlet: str | None = Field(None, description="only this outlet id")
-    since: datetime | None = Field(None, description="only deliveries that failed since then")
-    status: NoticeState = Field(NoticeState.failed, description="only failed deliveries are requeued")
+    since: IsoTime | None = Field(None, description="only deliveries that failed since then")
+    status: Literal["failed"] = Field("failed", description="only failed deliveries are requeued")
     dry_run: bool = Field(False, strict=True, description="say what would be requeued, change nothing")
 
 
@@ -385,11 +407,14 @@ async def _read_notices(request: Request, site: Site) -> tuple[list[Notice], boo
              openapi_extra=NOTICE_BODY, responses=_problems(409, 413, 422))
 async def submit(request: Request, caller: Actor = editor) -> Submitted:
     site = site_of(request)
-    notices, _ = await _read_notices(request, site)
+    notices, many = await _read_notices(request, site)
     try:
         added = await run_in_threadpool(store_notices, notices, site.store, site.matrix, f"api:{caller.name}", caller)
     except RefConflict as exc:
-        raise Problem(409, f"field 'ref': {exc}") from None
+        index = next(i for i, n in enumerate(notices) if n.ref == exc.ref)
+        field = f"notices[{index}].ref" if many else "notice.ref"
+        raise Problem(409, f"{field}: {exc}; nothing of this request was stored",
+                      errors=[{"field": field, "message": str(exc)}]) from None
     return Submitted(notices=[Created(ref=a.ref, created=a.created, deliveries=a.deliveries) for a in added],
                      deliveries=sum(a.deliveries for a in added))
 
@@ -429,18 +454,14 @@ async def preview(request: Request, caller: Actor = editor,
 def notices(
     request: Request, caller: Actor = viewer,
     state: Annotated[NoticeState | None, Query(description="held, pending, delivered or failed")] = None,
-    since: Annotated[datetime | None, Query(description="submitted at or after (ISO 8601)")] = None,
-    until: Annotated[datetime | None, Query(description="submitted before (ISO 8601)")] = None,
+    since: Annotated[IsoTime | None, Query(description="submitted at or after (ISO 8601, with its offset)")] = None,
+    until: Annotated[IsoTime | None, Query(description="submitted before (ISO 8601, with its offset)")] = None,
     region: Annotated[str | None, Query(min_length=1, description="a region the notice names (全市: citywide ones)")
                       ] = None,
     category: Annotated[str | None, Query(max_length=40)] = None,
     urgency: Urgency | None = None, after: After = None, limit: Limit = PAGE,
 ) -> NoticePage:
     site = site_of(request)
-    for name, when in (("since", since), ("until", until)):
-        if when is not None and when.tzinfo is None:
-            raise Problem(422, f"{name}: give the time with its offset, e.g. 2026-11-27T08:00:00+08:00",
-                          errors=[{"field": name, "message": "a time with its offset"}])
     if region is not None:
         try:
             region = site.regions.resolve(region, datetime.now(UTC).date())
@@ -499,10 +520,28 @@ def attempts(request: Request, delivery_id: Annotated[int, Path(ge=1, le=MAX_ID)
     if found is None:
         raise Problem(404, f"no delivery {delivery_id}")
     rows = site.store.log.attempts(delivery_id=delivery_id)
-    return Attempts(delivery=delivery_id, notice=found["notice"], outlet=found["outlet"], attempts=[
-        AttemptRow.model_validate({k: r[k] for k in AttemptRow.model_fields}
-                                  | {"error": scrub(site, r["error"]), "response": scrub(site, r["response"])})
-        for r in rows])
+    return Attempts(delivery=delivery_id, notice=found["notice"], outlet=found["outlet"],
+                    attempts=[_attempt(site, r, AttemptRow) for r in rows])
+
+
+@router.get("/attempts", response_model=AttemptPage, tags=["deliveries"], responses=_problems(),
+            summary="Every HTTP try, oldest first, paged, as `debunkbot log --attempts` (viewer)")
+def all_attempts(
+    request: Request, caller: Actor = viewer,
+    notice: Annotated[str | None, Query(description="only this notice ref")] = None,
+    outlet: Annotated[str | None, Query(description="only this outlet id")] = None,
+    after: After = None, limit: Limit = PAGE,
+) -> AttemptPage:
+    site = site_of(request)
+    rows = site.store.log.attempts(ref=notice, outlet_id=outlet, after=after, limit=limit + 1)
+    more = len(rows) > limit
+    return AttemptPage(attempts=[_attempt(site, r, LoggedAttempt) for r in rows[:limit]],
+                       next=rows[limit - 1]["id"] if more else None)
+
+
+def _attempt(site: Site, row: dict[str, Any], model: type[AttemptRow]) -> Any:
+    return model.model_validate({k: row[k] for k in model.model_fields}
+                                | {"error": scrub(site, row["error"]), "response": scrub(site, row["response"])})
 
 
 @router.post("/deliveries:retry", response_model=RetryAnswer, tags=["deliveries"],
@@ -510,13 +549,7 @@ def attempts(request: Request, delivery_id: Annotated[int, Path(ge=1, le=MAX_ID)
              responses=_problems(400, 422))
 def retry(request: Request, body: RetryFilter, caller: Actor = operator) -> RetryAnswer:
     site = site_of(request)
-    if body.status != NoticeState.failed:
-        raise Problem(422, "status: only failed deliveries are requeued",
-                      errors=[{"field": "status", "message": "only failed"}])
-    if body.since is not None and body.since.tzinfo is None:
-        raise Problem(422, "since: give the time with its offset, e.g. 2026-11-27T08:00:00+08:00",
-                      errors=[{"field": "since", "message": "a time with its offset"}])
-    done = desk.retry(site.store, ref=body.notice, outlet_id=body.outlet, since=body.since, status=body.status.value,
+    done = desk.retry(site.store, ref=body.notice, outlet_id=body.outlet, since=body.since, status=body.status,
                       dry_run=body.dry_run, actor=caller)
 
     def why(hold: desk.Hold) -> str:

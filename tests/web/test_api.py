@@ -105,7 +105,8 @@ def notice(**overrides: Any) -> dict[str, Any]:
 EVERY_CALL = [
     ("POST", "/notices", Role.editor), ("POST", "/notices:preview", Role.editor), ("GET", "/notices", Role.viewer),
     ("GET", "/notices/cq-test-001", Role.viewer), ("GET", "/deliveries", Role.viewer),
-    ("GET", "/deliveries/1/attempts", Role.viewer), ("POST", "/deliveries:retry", Role.operator),
+    ("GET", "/deliveries/1/attempts", Role.viewer), ("GET", "/attempts", Role.viewer),
+    ("POST", "/deliveries:retry", Role.operator),
     ("GET", "/outlets", Role.viewer), ("POST", "/outlets/city-hualong:pause", Role.operator),
     ("POST", "/outlets/city-hualong:resume", Role.operator), ("GET", "/audit", Role.operator),
     ("GET", "/tokens", Role.admin), ("POST", "/tokens", Role.admin), ("POST", "/tokens/1:revoke", Role.admin),
@@ -204,6 +205,7 @@ async def test_a_known_ref_with_other_content_is_409_and_nothing_of_the_request_
     answer = await api.post("/notices", Role.editor, json=[notice(ref="new-one"), notice(truth="改过的内容。")])
     assert answer.status_code == 409
     assert "'cq-test-001' is already stored with different content" in answer.json()["detail"]
+    assert answer.json()["errors"][0]["field"] == "notices[1].ref"
     assert api.store.log.notice("new-one") is None
     assert [r["subject"] for r in api.audit(action="notice.submit")] == ["cq-test-001"]
 
@@ -272,12 +274,16 @@ async def test_notices_are_filtered_by_state_time_region_category_and_urgency_an
 
     seen, after = [], None
     while True:
-        page = (await api.get("/notices", Role.viewer, params={"limit": 3} | ({"after": after} if after else {}))).json()
+        params = {"limit": 3} | ({"after": after} if after else {})
+        page = (await api.get("/notices", Role.viewer, params=params)).json()
         seen += [n["ref"] for n in page["notices"]]
         if (after := page["next"]) is None:
             break
     assert seen == [f"n{i}" for i in range(6)] + ["embargoed"]
 
+    for bad in ("0.5", "2026-11-27T08:00:00"):  # seconds since 1970, a time without its offset
+        refused = await api.get("/notices", Role.viewer, params={"since": bad})
+        assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "query.since", refused.text
     unknown = await api.get("/notices", Role.viewer, params={"region": "火星"})
     assert unknown.status_code == 422 and unknown.json()["errors"][0]["field"] == "region"
 
@@ -313,6 +319,13 @@ async def test_deliveries_are_filtered_and_paged_and_attempts_listed(api: Api) -
     tries = (await api.get(f"/deliveries/{delivery}/attempts", Role.viewer)).json()
     assert tries["delivery"] == delivery and [t["outcome"] for t in tries["attempts"]] == ["failed"]
     assert (await api.get("/deliveries/999999/attempts", Role.viewer)).status_code == 404
+    record_failure(api.store, "boom again")
+    logged = (await api.get("/attempts", Role.viewer, params={"limit": 1})).json()
+    assert len(logged["attempts"]) == 1 and logged["next"] is not None
+    rest = (await api.get("/attempts", Role.viewer, params={"after": logged["next"]})).json()
+    assert len(rest["attempts"]) == 1 and rest["next"] is None
+    by_outlet = (await api.get("/attempts", Role.viewer, params={"outlet": rest["attempts"][0]["outlet"]})).json()
+    assert {a["outlet"] for a in by_outlet["attempts"]} == {rest["attempts"][0]["outlet"]}
 
 
 def record_failure(store: Store, error: str, outlet_id: str | None = None) -> int:
@@ -410,6 +423,7 @@ async def test_no_answer_at_any_role_holds_an_outlet_url_or_secret(api: Api) -> 
     answers: list[httpx.Response] = [await api.client.get("/openapi.json")]
     for role in Role:
         for path in ("/notices", "/notices/cq-test-001", "/deliveries", "/deliveries?state=failed", "/outlets",
+                     "/attempts",
                      "/audit", "/tokens", *(f"/deliveries/{d}/attempts" for d in failed)):
             answers.append(await api.get(path, role))
         answers.append(await api.post("/notices:preview", role, json=notice(ref="p")))

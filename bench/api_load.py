@@ -178,7 +178,8 @@ async def round_(bench: Bench, r: int, args: argparse.Namespace, districts: list
     assert rows == distinct == args.notices and done == total, api
     drop = 1 - loaded["per_second"] / baseline["per_second"]
     print(f"round {r}: baseline {baseline['per_second']:,.0f}/s, under API load {loaded['per_second']:,.0f}/s "
-          f"({drop:+.0%} drop; the fan-out's own {loaded['fanout_per_second']:,.0f}/s); API {api['per_second']:,.0f} notices/s, p50 {api['p50_ms']} ms, "
+          f"({drop:+.0%} drop; the fan-out's own {loaded['fanout_per_second']:,.0f}/s); "
+          f"API {api['per_second']:,.0f} notices/s, p50 {api['p50_ms']} ms, "
           f"p99 {api['p99_ms']} ms", flush=True)
     return {"baseline": baseline, "under_load": loaded, "api": api, "drop": round(drop, 3)}
 

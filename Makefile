@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/suite.py
 	$(PY) bench/workers.py
 	$(PY) bench/metrics.py
+	$(PY) bench/api_load.py
 
 lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(apprise|requests-oauthlib|oauthlib|markdown)==' > requirements.lock

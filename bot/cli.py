@@ -284,11 +284,12 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
             async with make_sender(settings) as client, contextlib.AsyncExitStack() as serving:
                 if serve:
                     from bot.web import Site, create_app
-                    from bot.web.server import WebServer
+                    from bot.web.server import THREADS_BESIDE_DISPATCHER, WebServer
 
                     app = create_app(Site(settings, store, regions, live))
-                    await serving.enter_async_context(
-                        WebServer(app, settings.http_bind, stop=stop, grace=settings.shutdown_grace))
+                    await serving.enter_async_context(WebServer(
+                        app, settings.http_bind, stop=stop, grace=settings.shutdown_grace,
+                        threads=THREADS_BESIDE_DISPATCHER if send else None))
                 elif send and any(o.channel == "feed" for o in matrix.outlets):
                     log.info("--no-web: the feed outlets' feeds are not served here (`debunkbot web` serves them)")
                 if send:

@@ -41,7 +41,7 @@ from bot.settings import CONFIG, Settings
 from bot.store import Store
 from bot.testing import DingTalkRobots, FeishuBots, WebhookOutlets, WeChatMPAPI, WeComRobots, WeiboAPI, read_feed
 from bot.web import Site, create_app
-from bot.web.server import BindError, WebServer, WebServerFailed
+from bot.web.server import THREADS_BESIDE_DISPATCHER, BindError, WebServer, WebServerFailed
 
 FLAKY = [503, 502]  # a few outlets fail twice before they take a post
 
@@ -224,8 +224,8 @@ async def _stay_up(console: Console, work: Path, settings: Settings, store: Stor
         daemon = Daemon(settings, store, matrix, regions, client)
         daemon.install_signal_handlers()
         try:
-            async with WebServer(create_app(Site(settings, store, regions, matrix)), settings.http_bind,
-                                 stop=daemon.stop) as web:
+            async with WebServer(create_app(Site(settings, store, regions, daemon.live)), settings.http_bind,
+                                 stop=daemon.stop, threads=THREADS_BESIDE_DISPATCHER) as web:
                 console.print(f"""
 [bold]A local debunkbot is running[/] on the simulated outlets above; Ctrl-C stops it.
   web     {escape(web.url)}   (/healthz, /readyz, the API under /api/v1, /openapi.json)

@@ -22,6 +22,7 @@ import socket
 from collections.abc import Iterator
 from types import TracebackType
 
+import anyio.to_thread
 import uvicorn
 from starlette.types import ASGIApp
 
@@ -82,11 +83,20 @@ def is_loopback(sock: socket.socket) -> bool:
     return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
 
 
-class WebServer:
-    """The app served on ``bind`` until the block ends. ``grace``: seconds open requests get to finish."""
+# Beside the dispatcher, the app's checks and store calls (FastAPI's threadpool) run on this many threads at
+# most: every busy thread takes a share of the GIL from the event loop that sends. With 40 (anyio's default),
+# 50 editors posting at once cut the dispatcher's deliveries/s by half; with 2, by none (bench/api_load.py).
+THREADS_BESIDE_DISPATCHER = 2
 
-    def __init__(self, app: ASGIApp, bind: str, stop: asyncio.Event | None = None, grace: float = 10.0) -> None:
+
+class WebServer:
+    """The app served on ``bind`` until the block ends. ``grace``: seconds open requests get to finish;
+    ``threads``: the most threads its handlers' blocking work runs on at once (None: anyio's default, 40)."""
+
+    def __init__(self, app: ASGIApp, bind: str, stop: asyncio.Event | None = None, grace: float = 10.0,
+                 threads: int | None = None) -> None:
         self.app = app
+        self.threads = threads
         self.bind = bind
         self.stop = stop
         self.grace = grace
@@ -97,6 +107,8 @@ class WebServer:
         self.server: _Uvicorn | None = None  # uvicorn's own: should_exit = True stops it
 
     async def __aenter__(self) -> WebServer:
+        if self.threads is not None:  # the loop's own limiter: the dispatcher's store thread is not counted
+            anyio.to_thread.current_default_thread_limiter().total_tokens = self.threads
         sock = listen(self.bind)
         self.url = url_of(sock)
         config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="on", ws="none",

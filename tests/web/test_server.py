@@ -149,3 +149,12 @@ async def test_a_server_that_ends_on_its_own_stops_its_owner_and_fails_its_block
             web.server.should_exit = True  # as uvicorn does on its own, e.g. at its limit of requests
             await asyncio.wait_for(stopping.wait(), timeout=DEADLINE)
     assert stopping.is_set()
+
+
+@pytest.mark.parametrize("bind", ["8700", "::1:8700", "127.0.0.1:99999"])
+async def test_a_bind_that_is_not_host_and_port_is_refused_at_start_naming_the_setting(
+    bot: RunningBot, bind: str
+) -> None:
+    proc = await bot.start(env={"DEBUNKBOT_HTTP_BIND": bind})
+    assert await asyncio.wait_for(proc.wait(), timeout=DEADLINE) == 2
+    assert "DEBUNKBOT_HTTP_BIND must be host:port" in bot.log() and "[::1]:8700" in bot.log()

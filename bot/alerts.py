@@ -24,8 +24,8 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from bot.http import Sender, SendFailed
-from bot.matrix import LiveMatrix
 from bot.logs import log_fields
+from bot.matrix import LiveMatrix
 from bot.outlets import Outlet, OutletMatrix
 from bot.settings import Settings
 from bot.store import Store, utcnow

@@ -22,6 +22,7 @@ import shlex
 import shutil
 import tempfile
 from collections import Counter, defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from rich.text import Text
 
 from bot.http import make_sender
 from bot.intake import expand, submit_files
+from bot.matrix import LiveMatrix
 from bot.outlets import OutletMatrix, Tier, load_matrix
 from bot.regions import RegionTable, chongqing_today
 from bot.scheduler import Daemon
@@ -221,8 +223,11 @@ async def _stay_up(console: Console, work: Path, settings: Settings, store: Stor
     sample = sorted((CONFIG / "samples").iterdir())[0]
     feed = next((o.id for o in matrix.outlets if o.channel == "feed" and not matrix.secret_for(o.id)), "OUTLET")
     async with make_sender(settings) as client:
-        daemon = Daemon(settings, store, matrix, regions, client)
+        # the matrix file in FOLDER can be edited and reloaded (SIGHUP, POST /api/v1/matrix:reload) as in production
+        live = LiveMatrix(matrix, load=partial(load_matrix, settings.outlets, regions, environ=environ))
+        daemon = Daemon(settings, store, live, regions, client)
         daemon.install_signal_handlers()
+        live.install_signal_handler()
         try:
             async with WebServer(create_app(Site(settings, store, regions, daemon.live)), settings.http_bind,
                                  stop=daemon.stop, threads=THREADS_BESIDE_DISPATCHER) as web:

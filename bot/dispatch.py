@@ -31,8 +31,8 @@ import httpx
 from bot.health import HealthPolicy
 from bot.http import Sender, SendFailed
 from bot.logs import log_fields
-from bot.model import Notice
 from bot.matrix import LiveMatrix
+from bot.model import Notice
 from bot.outlets import Outlet, OutletMatrix
 from bot.settings import Settings
 from bot.store import STORE_FAULTS, AttemptRecord, Claim, Store, describe_fault, utcnow

@@ -60,11 +60,11 @@ from bot.store.tables import (
 )
 
 __all__ = [
-    api_tokens,
-    attempts,
-    audit,
-    deliveries,
-    matrix_reloads,
+    "STORE_FAULTS", "WORK_CHANNEL", "Access", "Actor", "Added", "AttemptRecord", "AuditLog", "AuditPage", "Caller",
+    "Claim", "Cluster", "DeliveryLog", "Figures", "MatrixRecord", "Metrics", "Outbox", "OutletHealth", "Page", "Queue",
+    "RefConflict", "Role", "Store", "StoreErrors", "UTCDateTime", "alert_sends", "alerts", "api_tokens", "attempts",
+    "audit", "clean_text", "deliveries", "describe_fault", "dumps", "is_disk_full", "make_engine", "matrix_reloads",
+    "metadata", "new_message_id", "notices", "outlet_health", "utcnow",
 ]
 
 

@@ -16,8 +16,8 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from bot.store.engine import Db
 from bot.store.audit import Actor, record
+from bot.store.engine import Db
 from bot.store.tables import matrix_reloads, outlet_health
 
 h = outlet_health

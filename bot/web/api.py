@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
@@ -30,7 +30,7 @@ from bot.outlets import OutletMatrix, Tier
 from bot.regions import CITYWIDE
 from bot.store import Actor, RefConflict, Role
 from bot.web import PROBLEM, Problem, Site, problem, site_of
-from bot.web.auth import require
+from bot.web.auth import admin, editor, operator, viewer
 
 
 def _iso_time(value: Any) -> Any:
@@ -47,10 +47,6 @@ MAX_BODY = MAX_FILE_BYTES  # a request holds what a notice file may: 1 MiB
 PAGE = 50
 MAX_PAGE = 500
 
-viewer = Depends(require(Role.viewer))
-editor = Depends(require(Role.editor))
-operator = Depends(require(Role.operator))
-admin = Depends(require(Role.admin))
 
 
 # -- answers ------------------------------------------------------------------------------------------

@@ -43,3 +43,10 @@ def require(role: Role) -> Callable[..., Actor]:
         return Actor(found.name, found.role.name, request.client.host if request.client else "unknown")
 
     return caller
+
+
+# what routes take as their caller: ``def retry(..., caller: Actor = operator)``
+viewer = Depends(require(Role.viewer))
+editor = Depends(require(Role.editor))
+operator = Depends(require(Role.operator))
+admin = Depends(require(Role.admin))

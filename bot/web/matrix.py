@@ -12,13 +12,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from bot.outlets import IncompleteMatrix, MatrixError
-from bot.store import Actor, Role
-from bot.web import Problem, Site, site_of
-from bot.web.auth import require
+from bot.store import Actor
+from bot.web import Problem, site_of
+from bot.web.auth import operator
 
 router = APIRouter(prefix="/api/v1", tags=["matrix"])
 
@@ -40,8 +40,8 @@ class MatrixReloaded(BaseModel):
     responses={422: {"description": "the file has an error: nothing changed; each problem by outlet and field"},
                503: {"description": "the store is not reachable: nothing changed"}},
 )
-async def reload_matrix(site: Site = Depends(site_of),
-                        caller: Actor = Depends(require(Role.operator))) -> MatrixReloaded:
+async def reload_matrix(request: Request, caller: Actor = operator) -> MatrixReloaded:
+    site = site_of(request)
     try:
         changes = await site.live.reload(site.store, caller)
     except MatrixError as exc:

@@ -545,11 +545,7 @@ def retry(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be requeued, change nothing")] = False,
 ) -> None:
     """Requeue failed deliveries: due at once, with a fresh retry schedule, next try logged as "manual"."""
-    try:
-        cutoff = _since(since) if since else None
-    except ValueError as exc:
-        errors.print(Text(f"--since: {exc}", style="red"))
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+    cutoff = _since_option(since)
     retried = desk.retry(_store(_settings()), ref=notice, outlet_id=outlet, since=cutoff, status=status.value,
                          dry_run=dry_run, actor=Actor.local())
     rows, held = retried.rows, retried.held
@@ -572,6 +568,15 @@ def retry(
         why = "is paused" if hold.paused else f"has its breaker open until {_when(hold.until)}"
         console.print(Text(f"{hold.outlet} {why}: its {_count(hold.deliveries, 'delivery')} wait until then; "
                            f"send them now with `debunkbot outlets resume {hold.outlet}`", style="yellow"))
+
+
+def _since_option(text: str | None) -> datetime | None:
+    """``--since T`` as a time, or a one-line error and exit 2."""
+    try:
+        return _since(text) if text else None
+    except ValueError as exc:
+        errors.print(Text(f"--since: {exc}", style="red"))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
 def _since(text: str, now: datetime | None = None) -> datetime:
@@ -709,11 +714,7 @@ def audit_(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
 ) -> None:
     """Who changed what, when and from where: submits, retries, pauses, resumes, tokens (times in Chongqing)."""
-    try:
-        cutoff = _since(since) if since else None
-    except ValueError as exc:
-        errors.print(Text(f"--since: {exc}", style="red"))
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+    cutoff = _since_option(since)
     rows = _store(_settings()).audit.page(actor=actor, subject=subject, since=cutoff, limit=None).rows
     if as_json:
         for row in rows:

@@ -98,15 +98,20 @@ def _printable(value: str, info: ValidationInfo) -> str:
     return value
 
 
+def _now_and_utc(value: datetime, info: ValidationInfo) -> tuple[datetime, datetime]:
+    """The validation's clock (``now`` in the context, for tests) and ``value`` in UTC, or a ValueError."""
+    now: datetime = (info.context or {}).get("now") or datetime.now(UTC)
+    try:
+        return now, value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value.isoformat()} is out of range") from None
+
+
 def _plausible_time(value: datetime, info: ValidationInfo) -> datetime:
     """An embargo at most a year ahead, and a time every store can hold."""
     if (info.context or {}).get("stored"):
         return value
-    now: datetime = (info.context or {}).get("now") or datetime.now(UTC)
-    try:
-        utc = value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError(f"{value.isoformat()} is out of range") from None
+    now, utc = _now_and_utc(value, info)
     if utc.year < 2000:
         raise ValueError(f"{value.isoformat()} is before 2000; write the time the notice may be published")
     if utc > now + timedelta(days=366):
@@ -164,11 +169,7 @@ class Notice(BaseModel):
         """After the notice is published, and not already past when it is submitted."""
         if value is None or (info.context or {}).get("stored"):
             return value
-        now: datetime = (info.context or {}).get("now") or datetime.now(UTC)
-        try:
-            utc = value.astimezone(UTC)
-        except OverflowError:
-            raise ValueError(f"{value.isoformat()} is out of range") from None
+        now, utc = _now_and_utc(value, info)
         publish_at = info.data.get("publish_at")
         if publish_at is not None and utc <= publish_at:
             raise ValueError(f"{value.isoformat()} is not after publish_at ({publish_at.isoformat()}); "

@@ -27,6 +27,7 @@ from bot.intake import MAX_FILE_BYTES, IntakeError, NoticesRefused, check_notice
 from bot.logs import Redactor
 from bot.model import Notice, Urgency
 from bot.outlets import OutletMatrix, Tier
+from bot.outlets import reach as matrix_reach
 from bot.regions import CITYWIDE
 from bot.store import Actor, RefConflict, Role
 from bot.web import PROBLEM, Problem, Site, problem, site_of
@@ -97,6 +98,8 @@ class OutletPreview(BaseModel):
     text: str = Field(description="what readers see")
     body: str = Field(description="what would be sent (JSON for most channels), before signing")
     shortened: bool = Field(description="the editor's text was cut to fit the platform's limit")
+    reached: bool = Field(description="the notice would go to this outlet (its targeting), as `submit --dry-run` says")
+    why: str = Field(description="why it would or would not, e.g. 'for 万州区 only, not its region 渝中区'")
 
 
 class Preview(BaseModel):
@@ -443,9 +446,10 @@ async def preview(request: Request, caller: Actor = editor,
         shown = []
         for target in targets:
             rendered = matrix.channels[target.channel].render(notice, published_at, target.options)
+            reach = matrix_reach(target, notice)
             shown.append(OutletPreview(outlet=target.id, name=target.name, channel=target.channel, tier=target.tier,
                                        text=rendered.text, body=rendered.body.decode("utf-8", "replace"),
-                                       shortened=rendered.cut))
+                                       shortened=rendered.cut, reached=reach.reached, why=reach.why))
         return shown
 
     return Preview(ref=notice.ref, outlets=await run_in_threadpool(render_all))

@@ -251,6 +251,16 @@ async def test_preview_renders_for_every_outlet_says_what_was_shortened_and_stor
     assert missing.status_code == 404 and "'nowhere'" in missing.json()["detail"]
 
 
+async def test_preview_says_which_outlets_a_notice_reaches_and_why_not_the_others(api: Api) -> None:
+    answer = await api.post("/notices:preview", Role.editor, json=notice(regions=["南岸区"]))
+    reach = {o["outlet"]: (o["reached"], o["why"]) for o in answer.json()["outlets"]}
+    assert reach["dist-nanan"] == (True, "names its region 南岸区")
+    assert reach["dist-yuzhong"] == (False, "for 南岸区 only, not its region 渝中区")
+    assert reach["city-hualong"] == (True, "citywide outlet: takes every notice")
+    citywide = await api.post("/notices:preview", Role.editor, json=notice())
+    assert all(o["reached"] for o in citywide.json()["outlets"])
+
+
 # -- reading ------------------------------------------------------------------------------------------
 
 async def test_notices_are_filtered_by_state_time_region_category_and_urgency_and_paged(api: Api) -> None:

@@ -151,7 +151,7 @@ class Metrics:
             # (No WHERE on the status: with one, SQLite reads the rows through the other index.)
             for row in conn.execute(sa.select(d.c.outlet_id, d.c.status, sa.func.count().label("n"))
                                     .group_by(d.c.outlet_id, d.c.status)):
-                if row.status in ("delivered", "failed"):
+                if row.status in ("delivered", "failed", "cancelled"):
                     out.deliveries[row.outlet_id, row.status] = row.n
             state = _state(_hold(now)[0])  # the others as the delivery log shows them: pending, or held and why
             for row in conn.execute(

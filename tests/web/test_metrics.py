@@ -113,6 +113,25 @@ async def test_queue_depth_oldest_age_and_late_urgent_notices_come_from_what_is_
     assert after["debunkbot_attempt_latency_seconds_count", webhook] == 12
 
 
+async def test_an_expired_notices_cancelled_deliveries_are_counted_as_cancelled_and_leave_the_queue(
+    store: Store, settings: Settings, regions: RegionTable, loopback: Callable[..., Any],
+    make_notice: Callable[..., Notice],
+) -> None:
+    _, matrix = await loopback(3)
+    submitted = datetime.now(UTC)
+    notice = make_notice(ref="e", expires_at=(submitted + timedelta(hours=1)).isoformat())
+    store.queue.add_notices([(notice, matrix.outlets)], source="t", now=submitted)
+    assert (await scrape(store, matrix, regions, settings))["debunkbot_queue_depth", (("channel", "webhook"),)] == 3
+
+    assert store.queue.cancel_expired(now=submitted + timedelta(hours=2)) == {"e": 3}
+    samples = await scrape(store, matrix, regions, settings)
+
+    counted = series(samples, "debunkbot_deliveries")
+    assert counted == delivery_figures(store)
+    assert {dict(labels)["state"] for labels in counted} == {"cancelled"} and sum(counted.values()) == 3
+    assert samples["debunkbot_queue_depth", (("channel", "webhook"),)] == 0
+
+
 async def test_two_dispatchers_on_one_store_add_up_to_the_whole_cluster_in_any_scrape(
     database_url: str, settings: Settings, regions: RegionTable, loopback: Callable[..., Any],
     make_notice: Callable[..., Notice],

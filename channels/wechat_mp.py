@@ -38,13 +38,13 @@ import httpx
 import nh3
 
 from bot.http import Answer, SendFailed
-from bot.render import form_context, render
+from bot.render import change_word, form_context, render
 from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_json
 from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
     from bot.http import Sender
-    from bot.model import Notice
+    from bot.model import Change, Notice
     from bot.outlets import Outlet
 
 API = "https://api.weixin.qq.com"
@@ -84,15 +84,18 @@ class WeChatMP:
             problems.append(("options.publish", "should be true or false"))
         return problems
 
-    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
+    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS,
+               change: Change | None = None) -> Rendered:
+        prefix = change_word(change)
+
         def article(form: Form) -> str:
-            html = render("wechat_mp/article.html.j2", form_context(notice, published_at, form))
+            html = render("wechat_mp/article.html.j2", form_context(notice, published_at, form, change))
             return nh3.clean(html, link_rel=None)  # scripts and event handlers gone, whatever a template does
 
         link = read_more(notice, options)
         content, form = fit(article, notice, self.limits, link)
         draft = {
-            "title": TITLE_PREFIX + cut_to(notice.title, (TITLE,), lambda title: TITLE_PREFIX + title),
+            "title": prefix + cut_to(notice.title, (TITLE,), lambda title: prefix + title),
             "author": cut_to(str(options.get("author", notice.authority)), (AUTHOR,)),
             "digest": cut_to(f"{notice.verdict.label}：{notice.truth}", (DIGEST,)),
             "content": content,

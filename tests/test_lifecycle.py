@@ -197,6 +197,7 @@ def test_backfill_sends_the_live_notices_oldest_first_within_a_20_a_minute_rate_
                              rate_limits=limits) == []
     later = store.queue.claim(100, 100, timedelta(seconds=30), now=now + timedelta(seconds=61), rate_limits=limits)
     assert len(later) == 5
-    refs = dict(store.engine.connect().execute(sa.text("SELECT id, ref FROM notices")).all())
+    with store.engine.connect() as conn:
+        refs = dict(conn.execute(sa.text("SELECT id, ref FROM notices")).all())
     assert [refs[i] for i in sent + [c.notice_id for c in later]] == [f"n-{i:02d}" for i in range(25)]
     assert {t["trigger"] for t in store.log.attempts(outlet_id=outlet.id)} == {"backfill"}

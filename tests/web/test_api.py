@@ -111,6 +111,8 @@ EVERY_CALL = [
     ("POST", "/outlets/city-hualong:resume", Role.operator), ("GET", "/audit", Role.operator),
     ("GET", "/tokens", Role.admin), ("POST", "/tokens", Role.admin), ("POST", "/tokens/1:revoke", Role.admin),
     ("POST", "/matrix:reload", Role.operator),
+    ("POST", "/notices/cq-test-001:correct", Role.editor), ("POST", "/notices/cq-test-001:retract", Role.editor),
+    ("GET", "/notices/cq-test-001/history", Role.viewer), ("POST", "/outlets/city-hualong:backfill", Role.operator),
 ]
 
 
@@ -491,3 +493,39 @@ async def test_openapi_describes_every_error_as_a_problem_and_a_submitted_notice
                if status[0] == "4")
     regions = document["components"]["schemas"]["NoticeIn"]["properties"]["regions"]["items"]["enum"]
     assert {"全市", "渝中区", "两江新区"} <= set(regions)
+
+
+# -- a notice's life ------------------------------------------------------------------------------------
+
+async def test_a_correction_and_a_retraction_through_the_api_are_audited_and_show_in_the_detail_and_history(
+    api: Api
+) -> None:
+    assert (await api.post("/notices", json=notice(), role=Role.editor)).status_code == 201
+    changed = notice(truth="经核实，长江重庆段水位平稳，较昨日上涨0.3米。")
+    conflict = await api.post("/notices", json=changed, role=Role.editor)
+    assert conflict.status_code == 409 and "correct: true" in conflict.json()["detail"]
+    no_note = await api.post("/notices/cq-test-001:correct", json=changed, role=Role.editor)
+    assert no_note.status_code == 422 and "correction_note" in no_note.json()["detail"]
+    other_ref = await api.post("/notices/cq-other:correct", json=changed | {"correction_note": "x"}, role=Role.editor)
+    assert other_ref.status_code == 422 and "keeps its ref" in other_ref.json()["detail"]
+
+    answer = await api.post("/notices/cq-test-001:correct", json=changed | {"correction_note": "水位数据有误"},
+                            role=Role.editor)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["version"] == 2
+    (row,) = api.audit(action="notice.correct")
+    assert row["subject"] == "cq-test-001" and row["actor"] == "editor-张三"
+
+    retracted = await api.post("/notices/cq-test-001:retract", json={"reason": "复核有误"}, role=Role.editor)
+    assert retracted.status_code == 200 and retracted.json()["cancelled"] >= 1
+    assert len(api.audit(action="notice.retract")) == 1
+    detail = (await api.get("/notices/cq-test-001", role=Role.viewer)).json()
+    assert detail["version"] == 2 and detail["retraction"]["reason"] == "复核有误"
+    history = (await api.get("/notices/cq-test-001/history", role=Role.viewer)).json()
+    assert [v["version"] for v in history["versions"]] == [1, 2]
+    assert history["versions"][1]["changes"][0]["field"] == "truth"
+    assert {o["status"] for o in history["outlets"]} == {"cancelled"}
+    again = await api.post("/notices/cq-test-001:correct", json=changed | {"title": "再改", "correction_note": "x"},
+                           role=Role.editor)
+    assert again.status_code == 409 and "retracted" in again.json()["detail"]
+    assert (await api.post("/notices/nope:retract", json={"reason": "x"}, role=Role.editor)).status_code == 404

@@ -123,7 +123,8 @@ class Exchanging(Channel, Protocol):
 class Pulling(Channel, Protocol):
     """Outlets that fetch (feeds): never sent to; bot/web/feeds.py lists ``feed_item`` for each of their notices."""
 
-    def feed_item(self, notice: Notice, published_at: datetime, options: Mapping[str, Any]) -> dict[str, Any]: ...
+    def feed_item(self, notice: Notice, published_at: datetime, options: Mapping[str, Any],
+                  change: Change | None = None) -> dict[str, Any]: ...
 
 
 @runtime_checkable

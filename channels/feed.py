@@ -41,9 +41,11 @@ class Feed:
         item = {
             "id": f"tag:debunkbot,{published_at.date().isoformat()}:{notice.ref}",
             "title": ("【紧急】" if notice.urgency.value == "urgent" else "") + f"{change_word(change)}{' '.join(printable(notice.title).split())}",
-            "summary": cut(f"{notice.verdict.label}：{printable(notice.truth)}", 140),
+            "summary": cut(f"已撤回：{printable(change.note)}" if change and change.kind == "retraction" else
+                           ("更正｜" if change else "") + f"{notice.verdict.label}：{printable(notice.truth)}", 140),
             "content_text": text,
             "date_published": published_at.isoformat(),
+            "date_modified": (change.at if change else published_at).isoformat(),
             "authors": [{"name": printable(notice.authority)}],
             "tags": [notice.verdict.label, *([notice.category] if notice.category else [])],
         }
@@ -51,7 +53,9 @@ class Feed:
             item["url"] = form.read_more
         return Rendered(text=text, body=json.dumps(item, ensure_ascii=False).encode(), extra=item)
 
-    def feed_item(self, notice: Notice, published_at: datetime, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The notice as one JSON Feed item (the Atom template reads the same)."""
-        item: dict[str, Any] = self.render(notice, published_at, options).extra
+    def feed_item(self, notice: Notice, published_at: datetime, options: Mapping[str, Any],
+                  change: Change | None = None) -> dict[str, Any]:
+        """The notice as one JSON Feed item (the Atom template reads the same). A corrected or retracted notice
+        keeps its entry's id; the entry shows the correction or the retraction, updated when it was made."""
+        item: dict[str, Any] = self.render(notice, published_at, options, change).extra
         return item

@@ -20,8 +20,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bot.model import Notice
+from bot.model import Change, Notice
 from bot.store.engine import Db
+from bot.store.lifecycle import Lifecycle
 from bot.store.tables import UTCDateTime, attempts, deliveries, notices, outlet_health
 
 d, n, a, h = deliveries, notices, attempts, outlet_health
@@ -283,18 +284,28 @@ class DeliveryLog:
         with self.db.read() as conn:
             return list(conn.execute(query).all())
 
-    def feed_entries(self, outlet_id: str, limit: int = 50) -> list[tuple[int, str, Notice, datetime]]:
-        """An outlet's released notices, newest first: (delivery id, delivery status, notice, published at)."""
+    def feed_entries(self, outlet_id: str, limit: int = 50
+                     ) -> list[tuple[int, str, Notice, datetime, Change | None]]:
+        """An outlet's released notices, newest first: (delivery id, delivery status, notice (its latest version),
+        published at, and the change a feed shows in its place: the retraction, or the correction of the version
+        before; None for a notice as first published)."""
         with self.db.read() as conn:
             rows = conn.execute(
-                sa.select(d.c.id, d.c.status, n.c.payload, n.c.released_at)
+                sa.select(d.c.id, d.c.status, d.c.message_id, n.c.id.label("notice_id"), n.c.payload, n.c.released_at,
+                          n.c.version, n.c.retracted_at, n.c.retraction_reason)
                 .select_from(d.join(n, n.c.id == d.c.notice_id))
                 .where(d.c.outlet_id == outlet_id, d.c.status.in_(("pending", "delivered")),
                        n.c.released_at.is_not(None))
                 .order_by(n.c.released_at.desc(), n.c.id.desc())
                 .limit(limit)
             ).all()
-        return [(r.id, r.status, Notice.from_stored(r.payload), r.released_at) for r in rows]
+            keys = {(r.notice_id, r.version, "retraction" if r.retracted_at else "correction",
+                     r.version - 1 if r.version > 1 else None, r.message_id)
+                    for r in rows if r.retracted_at or r.version > 1}
+            changes = Lifecycle(self.db).changes_for(conn, keys) if keys else {}
+        return [(r.id, r.status, Notice.from_stored(r.payload), r.released_at, changes.get(
+            (r.notice_id, r.version, "retraction" if r.retracted_at else "correction",
+             r.version - 1 if r.version > 1 else None, r.message_id))) for r in rows]
 
 
 def dumps(row: dict[str, Any]) -> str:

@@ -97,7 +97,8 @@ class WeChatMP:
         draft = {
             "title": prefix + cut_to(notice.title, (TITLE,), lambda title: prefix + title),
             "author": cut_to(str(options.get("author", notice.authority)), (AUTHOR,)),
-            "digest": cut_to(f"{notice.verdict.label}：{notice.truth}", (DIGEST,)),
+            "digest": cut_to(f"已撤回：{change.note}" if change and change.kind == "retraction" else
+                             ("更正｜" if change else "") + f"{notice.verdict.label}：{notice.truth}", (DIGEST,)),
             "content": content,
             "content_source_url": link or "",
             "need_open_comment": 0,

@@ -384,7 +384,7 @@ class Queue:
                     status=sa.bindparam("b_status"), attempts=sa.bindparam("b_attempts"),
                     next_attempt_at=sa.bindparam("b_next"), lease_owner=None, lease_expires_at=None,
                     sent_version=sa.bindparam("b_sent", type_=sa.Integer), carries=sa.bindparam("b_carries"),
-                    # a newer version or the retraction is a new message: its own schedule, and a fresh channel state
+                    # a newer version or the retraction is a new message: its own retry schedule
                     schedule_start=sa.case((sa.bindparam("b_again", type_=sa.Boolean), sa.bindparam("b_attempts")),
                                            else_=d.c.schedule_start),
                     # a cancellation keeps the last try's answer: why it had not gone out before it expired
@@ -393,8 +393,8 @@ class Queue:
                     error=sa.case((sa.bindparam("b_status") == "cancelled", d.c.error), else_=sa.bindparam("b_error")),
                     delivered_at=sa.bindparam("b_delivered"), updated_at=now,
                     cancel_reason=sa.bindparam("b_cancel", type_=sa.String),
-                    channel_state=sa.case((sa.bindparam("b_again", type_=sa.Boolean), None), else_=sa.func.coalesce(
-                        sa.bindparam("b_state", type_=sa.Text), d.c.channel_state)),
+                    # kept across versions: a channel tells its messages apart (wechat_mp updates an unpublished draft)
+                    channel_state=sa.func.coalesce(sa.bindparam("b_state", type_=sa.Text), d.c.channel_state),
                 ),
                 [
                     {"b_id": r.delivery_id, "b_status": settled[r.delivery_id].status,

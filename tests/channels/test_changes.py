@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
+
+import httpx
 
 import pytest
 
+from bot.http import Sender
 from bot.model import Change, Notice
 from channels import CHANNELS
 from tests.channels.conftest import Platforms, send
@@ -76,3 +80,47 @@ def test_the_webhook_event_names_the_version_the_previous_webhook_id_and_claim_r
     ordinary = json.loads(CHANNELS["webhook"].render(NOTICE, NOW, {}).body)
     assert ordinary["type"] == "notice.published" and "correction" not in ordinary["data"]["claim_review"]
     assert "correct" not in ordinary["data"] and "correction_note" not in ordinary["data"]
+
+
+async def deliver_as(outlet: Any, secret: str, rendered: Any, message_id: str, state: dict[str, Any]) -> str:
+    """One wechat_mp delivery of ``message_id``, keeping its state as the store does; returns the outcome."""
+    channel = CHANNELS["wechat_mp"]
+    async with Sender(httpx.AsyncHTTPTransport(), timeout=10) as sender:
+        answer = await channel.deliver(sender, rendered, outlet, secret, message_id, NOW, dict(state))
+    if answer.state is not None:
+        state.clear()
+        state.update(answer.state)
+    return channel.classify(answer.status, answer.headers, answer.body).result
+
+
+async def test_a_wechat_draft_not_yet_published_is_updated_by_the_correction_and_the_retraction_not_added_again(
+    platforms: Platforms,
+) -> None:
+    outlet, secret = platforms.outlet("wechat_mp")
+    channel, state = CHANNELS["wechat_mp"], {}
+    wechat = platforms.wechat_mp
+    assert await deliver_as(outlet, secret, channel.render(NOTICE, NOW, outlet.options), "msg_1", state) == "delivered"
+    (draft,) = wechat.drafts
+    corrected = channel.render(NOTICE, NOW, outlet.options, change=CORRECTION)
+    assert await deliver_as(outlet, secret, corrected, "msg_1.v2", state) == "delivered"
+    assert list(wechat.drafts) == [draft] and wechat.updates == [draft]
+    assert wechat.drafts[draft]["title"].startswith("【更正】")
+    retracted = channel.render(NOTICE, NOW, outlet.options, change=RETRACTION)
+    assert await deliver_as(outlet, secret, retracted, "msg_1.retracted", state) == "delivered"
+    assert list(wechat.drafts) == [draft] and wechat.drafts[draft]["title"].startswith("【撤回】")
+    # a retry of the same message changes nothing more
+    assert await deliver_as(outlet, secret, retracted, "msg_1.retracted", state) == "delivered"
+    assert wechat.updates == [draft, draft]
+
+
+async def test_a_published_wechat_article_is_corrected_by_a_new_draft(platforms: Platforms) -> None:
+    outlet, secret = platforms.outlet("wechat_mp", publish=True)
+    channel, state = CHANNELS["wechat_mp"], {}
+    wechat = platforms.wechat_mp
+    rendered = channel.render(NOTICE, NOW, outlet.options)
+    assert await deliver_as(outlet, secret, rendered, "msg_1", state) == "retry"  # the publish task was accepted
+    assert await deliver_as(outlet, secret, rendered, "msg_1", state) == "delivered"  # and is published
+    corrected = channel.render(NOTICE, NOW, outlet.options, change=CORRECTION)
+    assert await deliver_as(outlet, secret, corrected, "msg_1.v2", state) == "retry"
+    assert await deliver_as(outlet, secret, corrected, "msg_1.v2", state) == "delivered"
+    assert len(wechat.drafts) == 2 and wechat.updates == [] and len(wechat.published) == 2

@@ -497,6 +497,12 @@ def status(ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's 
     if found is None:
         errors.print(Text(f"no notice with ref {ref!r}", style="red"))
         raise typer.Exit(EXIT_BAD_INPUT)
+    if found.version > 1:
+        console.print(Text(f"{ref} is at version {found.version} (corrected); debunkbot history {ref} shows what changed"))
+    if found.retraction:
+        r = found.retraction
+        console.print(Text(f"{ref} was retracted at {_when(r['at'], wide=True)} by {r['by']}: {r['reason']}",
+                           style="yellow"))
     expires_at = found.notice.expires_at
     if expires_at is not None:
         console.print(Text(f"{ref} {'expired' if expires_at <= utcnow() else 'expires'} at "
@@ -676,16 +682,8 @@ def retry(
 
 
 def _since(text: str, now: datetime | None = None) -> datetime:
-    """An age (30m, 2h, 1d) before ``now``, or an ISO 8601 time; one without an offset is Chongqing time."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|m|min|h|d)", text.strip())
-    if match:
-        unit = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}[match[2]]
-        return (now or utcnow()) - timedelta(seconds=float(match[1]) * unit)
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(f"{text!r} is neither an ISO 8601 time nor an age such as 30m, 2h or 1d") from None
-    return (when.replace(tzinfo=CHONGQING) if when.tzinfo is None else when).astimezone(UTC)
+    """An age (30m, 2h, 1d) before ``now``, or an ISO 8601 time; see ``desk.since``."""
+    return desk.since(text, now)
 
 
 @app.command()

@@ -242,6 +242,16 @@ class Lifecycle:
         return {"ref": ref, "version": row.version, "versions": shown, "retraction": retraction,
                 "outlets": list(outlets.values())}
 
+    def state(self, ref: str) -> dict[str, Any] | None:
+        """A notice's version and its retraction (at, by, reason; None when it stands), without the history."""
+        with self.db.read() as conn:
+            row = conn.execute(sa.select(n.c.version, n.c.retracted_at, n.c.retracted_by, n.c.retraction_reason)
+                               .where(n.c.ref == ref)).first()
+        if row is None:
+            return None
+        return {"version": row.version, "retraction": None if row.retracted_at is None else {
+            "at": row.retracted_at, "by": row.retracted_by, "reason": row.retraction_reason}}
+
     def changes_for(self, conn: sa.Connection, keys: set[tuple[int, int, str, int | None, str]]
                     ) -> dict[tuple[int, int, str, int | None, str], Change]:
         """The Change each (notice id, version, carries, sent_version, message_id) of a claim carries (ordinary

@@ -64,7 +64,9 @@ def _reason(row: dict[str, Any]) -> str | None:
     kind, until, why, cancelled = row.pop("hold"), row.pop("until"), row.pop("paused_reason"), row.pop("cancel_reason")
     if row["status"] == "cancelled":
         return cancelled
-    if kind is None:
+    if kind is None:  # a pending correction or retraction says so (a held one says why it waits)
+        if row["status"] == "pending" and row["carries"] != "notice":
+            return "retraction" if row["carries"] == "retraction" else f"correction to version {row['version']}"
         return None
     if kind == "outlet paused":
         return f"outlet paused: {why}" if why else kind
@@ -85,8 +87,9 @@ class DeliveryLog:
         status: str | None = None, after: int | None = None, limit: int | None = 100,
     ) -> Page:
         """Deliveries in the order they were stored, ``limit`` at a time from the cursor ``after``; each row:
-        notice, outlet, tier, status (the state above), reason (why it is held or cancelled), attempts, http_status,
-        error, delivered_at, next_attempt_at, message_id."""
+        notice, outlet, tier, status (the state above), reason (why it is held or cancelled; what a pending
+        correction or retraction carries), attempts, http_status, error, delivered_at, next_attempt_at, message_id,
+        version (of the notice it carries), carries (notice | correction | retraction)."""
         with self.db.read() as conn:
             kind, until = _hold(self.db.now(conn))
             query = (
@@ -95,6 +98,7 @@ class DeliveryLog:
                     _state(kind).label("status"), kind.label("hold"), until.label("until"), h.c.paused_reason,
                     d.c.cancel_reason,
                     d.c.attempts, d.c.http_status, d.c.error, d.c.delivered_at, d.c.next_attempt_at, d.c.message_id,
+                    d.c.version, d.c.carries,
                 )
                 .select_from(d.join(n, n.c.id == d.c.notice_id).outerjoin(h, h.c.outlet_id == d.c.outlet_id))
                 .order_by(d.c.id)

@@ -588,15 +588,13 @@ def notice_history(request: Request, ref: Annotated[str, Path(max_length=64)], c
              responses=_problems(404, 422))
 def backfill(request: Request, outlet_id: Annotated[str, Path(max_length=64)], body: BackfillBody,
              caller: Actor = operator) -> Backfilled:
-    from bot.cli import _since
-
     site = site_of(request)
     matrix = site.matrix
     outlet = matrix.by_id.get(outlet_id)
     if outlet is None:
         raise Problem(404, f"no outlet {outlet_id!r} in the matrix")
     try:
-        since = _since(body.since)
+        since = desk.since(body.since)
     except ValueError as exc:
         raise Problem(422, f"since: {exc}", errors=[{"field": "since", "message": str(exc)}]) from None
     refs = site.store.lifecycle.backfill(outlet, since, lambda n, o: o in matrix.concerned_by(n), caller,
@@ -612,9 +610,8 @@ def notice(request: Request, ref: Annotated[str, Path(max_length=64)], caller: A
     if status is None:
         raise Problem(404, f"no notice with ref {ref!r}")
     row = site.store.log.notice_row(ref)
-    life = site.store.lifecycle.history(ref) or {}
     return NoticeDetail(
-        version=life.get("version", 1), retraction=life.get("retraction"),
+        version=status.version, retraction=status.retraction,
         notice=status.notice, state=row["state"], submitted_at=row["submitted_at"], released_at=row["released_at"],
         deliveries=status.deliveries,
         tiers=[TierSummary(tier=t.tier, outlets=t.outlets, delivered=t.delivered, pending=t.pending, held=t.held,

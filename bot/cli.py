@@ -33,7 +33,7 @@ from bot import desk
 from bot.http import make_sender
 from bot.intake import IntakeError, expand, submit_files
 from bot.matrix import LiveMatrix, file_loader
-from bot.outlets import IncompleteMatrix, MatrixError, OutletMatrix, load_matrix
+from bot.outlets import IncompleteMatrix, MatrixError, OutletMatrix, Tier, load_matrix
 from bot.regions import CHONGQING, RegionTable, chongqing_today
 from bot.settings import Settings
 from bot.store import Actor, NotCorrectable, Role, Store, dumps, utcnow

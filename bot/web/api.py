@@ -92,7 +92,9 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 class Created(BaseModel):
     ref: str
     created: bool = Field(description="false: the identical notice was already stored, nothing changed")
-    deliveries: int = Field(description="deliveries created for it: one per outlet it concerns")
+    deliveries: int = Field(description="deliveries created for it: one per outlet it concerns (a correction: the "
+                                        "deliveries it makes)")
+    version: int = Field(1, description="2 and on: stored as a correction (correct: true with a correction_note)")
 
 
 class Submitted(BaseModel):
@@ -474,7 +476,8 @@ async def submit(request: Request, caller: Actor = editor) -> Submitted:
         field = f"notices[{index}].ref" if many else "notice.ref"
         raise Problem(409, f"{field}: {exc}; nothing of this request was stored",
                       errors=[{"field": field, "message": str(exc)}]) from None
-    return Submitted(notices=[Created(ref=a.ref, created=a.created, deliveries=a.deliveries) for a in added],
+    return Submitted(notices=[Created(ref=a.ref, created=a.created, deliveries=a.deliveries, version=a.version)
+                              for a in added],
                      deliveries=sum(a.deliveries for a in added))
 
 

@@ -516,13 +516,20 @@ async def test_a_correction_and_a_retraction_through_the_api_are_audited_and_sho
     (row,) = api.audit(action="notice.correct")
     assert row["subject"] == "cq-test-001" and row["actor"] == "editor-张三"
 
+    # correct: true in the body of an ordinary submit does the same
+    third = await api.post("/notices", json=changed | {"title": "第三版标题", "correct": True, "correction_note": "标题"},
+                           role=Role.editor)
+    assert third.status_code == 201 and third.json()["notices"][0]["version"] == 3
+    new_ref = await api.post("/notices", json=notice(ref="cq-new", correct=True, correction_note="x"), role=Role.editor)
+    assert new_ref.status_code == 409 and "no notice is stored" in new_ref.json()["detail"]
+
     retracted = await api.post("/notices/cq-test-001:retract", json={"reason": "复核有误"}, role=Role.editor)
     assert retracted.status_code == 200 and retracted.json()["cancelled"] >= 1
     assert len(api.audit(action="notice.retract")) == 1
     detail = (await api.get("/notices/cq-test-001", role=Role.viewer)).json()
-    assert detail["version"] == 2 and detail["retraction"]["reason"] == "复核有误"
+    assert detail["version"] == 3 and detail["retraction"]["reason"] == "复核有误"
     history = (await api.get("/notices/cq-test-001/history", role=Role.viewer)).json()
-    assert [v["version"] for v in history["versions"]] == [1, 2]
+    assert [v["version"] for v in history["versions"]] == [1, 2, 3]
     assert history["versions"][1]["changes"][0]["field"] == "truth"
     assert {o["status"] for o in history["outlets"]} == {"cancelled"}
     again = await api.post("/notices/cq-test-001:correct", json=changed | {"title": "再改", "correction_note": "x"},

@@ -156,7 +156,7 @@ async def test_one_notice_is_stored_with_a_delivery_per_outlet_it_concerns_and_a
     answer = await api.post("/notices", Role.editor, json=notice(regions=["渝中区"]))
     assert answer.status_code == 201, answer.text
     # citywide outlets and 渝中区's; not 南岸区's
-    assert answer.json() == {"notices": [{"ref": "cq-test-001", "created": True, "deliveries": 5}], "deliveries": 5}
+    assert answer.json() == {"notices": [{"ref": "cq-test-001", "created": True, "deliveries": 5, "version": 1}], "deliveries": 5}
     assert {r["outlet"] for r in api.store.log.deliveries(ref="cq-test-001")} == {
         o["id"] for o in OUTLETS if o["id"] != "dist-nanan"}
     (row,) = api.audit(action="notice.submit")
@@ -172,8 +172,8 @@ async def test_a_list_is_stored_whole_and_the_same_list_again_changes_nothing(ap
     assert first.json()["deliveries"] == 12 and [n["ref"] for n in first.json()["notices"]] == ["a", "b"]
     again = await api.post("/notices", Role.editor, json=batch)
     assert again.status_code == 201
-    assert again.json() == {"notices": [{"ref": "a", "created": False, "deliveries": 0},
-                                        {"ref": "b", "created": False, "deliveries": 0}], "deliveries": 0}
+    assert again.json() == {"notices": [{"ref": "a", "created": False, "deliveries": 0, "version": 1},
+                                        {"ref": "b", "created": False, "deliveries": 0, "version": 1}], "deliveries": 0}
     assert len(api.audit(action="notice.submit")) == 2
 
 

@@ -201,3 +201,15 @@ def test_backfill_sends_the_live_notices_oldest_first_within_a_20_a_minute_rate_
         refs = dict(conn.execute(sa.text("SELECT id, ref FROM notices")).all())
     assert [refs[i] for i in sent + [c.notice_id for c in later]] == [f"n-{i:02d}" for i in range(25)]
     assert {t["trigger"] for t in store.log.attempts(outlet_id=outlet.id)} == {"backfill"}
+
+
+def test_a_correction_of_an_embargoed_notice_moves_its_embargo_and_an_urgent_one_takes_the_urgent_lane(
+    store: Store, make_notice: Callable[..., Notice], loopback_free_matrix: OutletMatrix
+) -> None:
+    later = datetime.now(UTC) + timedelta(hours=2)
+    store.queue.add_notices([(make_notice(publish_at=later.isoformat()), loopback_free_matrix.outlets)], source="t")
+    assert store.queue.release_due() == 0
+    store.queue.add_notices([(correction(make_notice, urgency="urgent"), loopback_free_matrix.outlets)], source="t")
+    assert store.queue.release_due() == 2  # the correction has no embargo: published at once
+    claims = store.queue.claim(10, 2, timedelta(seconds=30))
+    assert {(c.version, c.carries, c.urgent) for c in claims} == {(2, "notice", True)}

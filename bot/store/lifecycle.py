@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from bot.model import Change, Notice, differences
+from bot.model import Change, Notice, Urgency, differences
 from bot.store.audit import Actor, record
 from bot.store.engine import Db, clean_text, insert_new
 from bot.store.tables import attempts, deliveries, notice_versions, notices, outlet_health
@@ -117,6 +117,15 @@ class Lifecycle:
         conn.execute(n.update().where(n.c.id == existing.id).values(
             version=version, content_hash=notice.content_hash(), payload=notice.canonical_json(), title=notice.title,
             urgency=notice.urgency.value, expires_at=notice.expires_at))
+        if existing.released_at is None:  # still embargoed: the correction's publish_at holds (none: at once)
+            publish_at = notice.publish_at or now
+            conn.execute(n.update().where(n.c.id == existing.id).values(publish_at=publish_at))
+            conn.execute(d.update().where(d.c.notice_id == existing.id, d.c.status == "held")
+                         .values(next_attempt_at=publish_at))
+        from bot.store.queue import NORMAL_LANE, URGENT_LANE  # the queue uses this module: imported on use
+
+        conn.execute(d.update().where(d.c.notice_id == existing.id, d.c.origin != "backfill").values(
+            lane=URGENT_LANE if notice.urgency == Urgency.urgent else NORMAL_LANE))
         # pending and held ones (in flight too: ``settle`` follows up), and those that failed: the latest only
         conn.execute(d.update().where(d.c.notice_id == existing.id, d.c.sent_version.is_(None))
                      .values(version=version, expires_at=notice.expires_at))
@@ -297,8 +306,7 @@ class NotCorrectable(ValueError):
 def add_deliveries(conn: sa.Connection, notice_id: int, outlets: Sequence[Outlet], version: int, now: datetime,
                    held: bool, notice: Notice, origin: str = "submit") -> None:
     """A delivery of ``version`` for each outlet (and a health row for outlets without one)."""
-    from bot.model import Urgency
-    from bot.store.queue import NORMAL_LANE, URGENT_LANE, new_message_id
+    from bot.store.queue import NORMAL_LANE, URGENT_LANE, new_message_id  # the queue uses this module
 
     insert_new(conn, outlet_health, [{"outlet_id": o.id} for o in outlets], "outlet_id")
     lane = URGENT_LANE if notice.urgency == Urgency.urgent and origin != "backfill" else NORMAL_LANE

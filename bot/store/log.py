@@ -128,7 +128,7 @@ class DeliveryLog:
         (a citywide notice names 全市) and category. Each row: id, ref, notice (the Notice), state, submitted_at,
         released_at, and its deliveries by stored status (delivered, pending, held, failed, cancelled).
 
-        A notice's state: ``held`` (embargoed, not released), ``failed`` (some outlet's delivery failed),
+        A notice's state: ``retracted`` (撤回: whatever its deliveries say), ``held`` (embargoed, not released), ``failed`` (some outlet's delivery failed),
         ``pending`` (some outlet does not have it yet), ``cancelled`` (it expired before some outlet had it:
         nothing more goes out) or ``delivered`` (every outlet has it).
         """
@@ -136,7 +136,7 @@ class DeliveryLog:
                                              for s in STATES))
                   .group_by(d.c.notice_id).subquery("counts"))
         waiting = sa.func.coalesce(counts.c.pending, 0) + sa.func.coalesce(counts.c.held, 0)
-        notice_state = sa.case((n.c.released_at.is_(None), "held"), (counts.c.failed > 0, "failed"),
+        notice_state = sa.case((n.c.retracted_at.is_not(None), "retracted"), (n.c.released_at.is_(None), "held"), (counts.c.failed > 0, "failed"),
                                (waiting > 0, "pending"), (counts.c.cancelled > 0, "cancelled"), else_="delivered")
         query = (sa.select(n.c.id, n.c.ref, n.c.payload, n.c.submitted_at, n.c.released_at,
                            notice_state.label("state"), *(counts.c[s] for s in STATES))

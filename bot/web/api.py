@@ -123,6 +123,7 @@ class NoticeState(StrEnum):
     delivered = "delivered"
     failed = "failed"
     cancelled = "cancelled"
+    retracted = "retracted"
 
 
 class Counts(BaseModel):

@@ -527,7 +527,9 @@ async def test_a_correction_and_a_retraction_through_the_api_are_audited_and_sho
     assert retracted.status_code == 200 and retracted.json()["cancelled"] >= 1
     assert len(api.audit(action="notice.retract")) == 1
     detail = (await api.get("/notices/cq-test-001", role=Role.viewer)).json()
-    assert detail["version"] == 3 and detail["retraction"]["reason"] == "复核有误"
+    assert detail["version"] == 3 and detail["retraction"]["reason"] == "复核有误" and detail["state"] == "retracted"
+    listed = (await api.get("/notices", role=Role.viewer, params={"state": "retracted"})).json()["notices"]
+    assert [n["ref"] for n in listed] == ["cq-test-001"]
     history = (await api.get("/notices/cq-test-001/history", role=Role.viewer)).json()
     assert [v["version"] for v in history["versions"]] == [1, 2, 3]
     assert history["versions"][1]["changes"][0]["field"] == "truth"

@@ -538,3 +538,29 @@ async def test_a_correction_and_a_retraction_through_the_api_are_audited_and_sho
                            role=Role.editor)
     assert again.status_code == 409 and "retracted" in again.json()["detail"]
     assert (await api.post("/notices/nope:retract", json={"reason": "x"}, role=Role.editor)).status_code == 404
+
+
+async def test_an_operator_backfills_an_outlet_with_the_live_notices_it_has_not_had_oldest_first(
+    api: Api, regions: RegionTable
+) -> None:
+    from bot.model import Notice
+
+    def stored(**fields: Any) -> Notice:
+        return Notice.model_validate(notice_data(**fields), context={"regions": regions})
+
+    earlier = datetime.now(UTC) - timedelta(days=2)
+    api.store.queue.add_notices([(stored(ref="old", title="旧的"), [])], source="t", now=earlier)
+    api.store.queue.add_notices([(stored(ref="new", title="新的"), [])], source="t")
+    api.store.queue.add_notices([(stored(ref="nanan", title="南岸", regions=["南岸区"]), [])], source="t")
+    api.store.queue.add_notices([(stored(ref="gone", title="撤回的"), [])], source="t")
+    api.store.lifecycle.retract("gone", "撤回", None)
+    dry = await api.post("/outlets/dist-yuzhong:backfill", json={"since": "7d", "dry_run": True}, role=Role.operator)
+    assert dry.status_code == 200 and dry.json() == {"outlet": "dist-yuzhong", "notices": ["old", "new"]}
+    assert api.store.log.deliveries(outlet_id="dist-yuzhong") == [] and api.audit(action="outlet.backfill") == []
+    done = await api.post("/outlets/dist-yuzhong:backfill", json={"since": "1d"}, role=Role.operator)
+    assert done.json()["notices"] == ["new"]  # the district's targeting holds: 南岸区's notice is not its
+    (row,) = api.audit(action="outlet.backfill")
+    assert row["subject"] == "dist-yuzhong"
+    assert (await api.post("/outlets/nope:backfill", json={}, role=Role.operator)).status_code == 404
+    bad = await api.post("/outlets/dist-yuzhong:backfill", json={"since": "soon"}, role=Role.operator)
+    assert bad.status_code == 422 and "since" in bad.json()["detail"]

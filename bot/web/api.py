@@ -564,7 +564,7 @@ async def correct(request: Request, ref: Annotated[str, Path(max_length=64)], ca
 
 @router.post("/notices/{ref}:retract", response_model=Retracted, tags=["notices"],
              summary="Retract a notice (editor): cancel what is unsent, send the retraction where it went",
-             responses=_problems(404, 422))
+             responses=_problems(400, 404))
 def retract(request: Request, ref: Annotated[str, Path(max_length=64)], body: RetractBody,
             caller: Actor = editor) -> Retracted:
     site = site_of(request)
@@ -589,7 +589,7 @@ def notice_history(request: Request, ref: Annotated[str, Path(max_length=64)], c
 
 @router.post("/outlets/{outlet_id}:backfill", response_model=Backfilled, tags=["outlets"],
              summary="Send an outlet the live notices of a period it has not had, oldest first (operator)",
-             responses=_problems(404, 422))
+             responses=_problems(400, 404))
 def backfill(request: Request, outlet_id: Annotated[str, Path(max_length=64)], body: BackfillBody,
              caller: Actor = operator) -> Backfilled:
     site = site_of(request)

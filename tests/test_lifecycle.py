@@ -136,6 +136,9 @@ def test_settling_a_try_never_moves_an_outlet_back_to_an_older_version() -> None
     assert settle("delivered", 2, "correction", 2, 1, False).sent_version == 2
     assert settle("delivered", 1, "notice", 3, 2, False).sent_version == 2  # a late v1 does not undo v2
     assert settle("pending", 1, "notice", 1, None, True).status == "cancelled"
+    # a failed correction of v2 is followed by the correction to v3; a v1 the outlet never got stays failed
+    assert settle("failed", 2, "correction", 3, 1, False).status == "pending"
+    assert settle("failed", 1, "notice", 2, None, False).status == "failed"
     assert settle("delivered", 1, "notice", 1, None, True).carries == "retraction"
 
 

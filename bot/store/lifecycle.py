@@ -87,8 +87,10 @@ def settle(outcome_status: str, tried_version: int, tried_carries: str, version:
         if now_carries != NOTICE:  # a correction or the retraction came while this was in flight
             return Settled("pending", sent_version, now_carries, again=True)
         return Settled("delivered", sent_version, NOTICE)
-    if outcome_status == "failed" and (version > tried_version or now_carries != tried_carries):
-        return Settled("pending", sent_version, now_carries, again=True)  # the newer message gets its own tries
+    # a failed try of an older message does not hold back a correction or retraction the outlet needs; a post the
+    # outlet never got stays failed, as any failed delivery does, and an operator's retry sends the latest version
+    if outcome_status == "failed" and now_carries != NOTICE and (version > tried_version or now_carries != tried_carries):
+        return Settled("pending", sent_version, now_carries, again=True)
     return Settled(outcome_status, sent_version, now_carries)
 
 

@@ -4,7 +4,8 @@ dashboard read. Pages with a cursor, filters by notice, outlet, tier and state, 
 A delivery's state is what an operator needs to act on: ``pending`` (due, in flight or waiting for its
 next try), ``delivered``, ``failed``, ``held``, with a reason: ``embargo until T``, ``removed from matrix``
 (a reload took its outlet out; a reload that brings it back sends it), ``outlet paused``, ``breaker open until
-T`` or ``rate limit until T``, or ``cancelled`` (never to be sent), with its reason: ``expired``.
+T`` or ``rate limit until T``, or ``cancelled`` (never to be sent), with its reason: ``expired`` or
+``retracted``; a pending correction or retraction says so (``correction to version 2``, ``retraction``).
 
     >>> page = store.log.page(tier="district", status="held", limit=50)     # doctest: +SKIP
     >>> store.log.page(tier="district", status="held", after=page.next)     # doctest: +SKIP

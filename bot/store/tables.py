@@ -69,7 +69,8 @@ deliveries = sa.Table(
     sa.Column("notice_id", sa.Integer, sa.ForeignKey("notices.id"), nullable=False),
     sa.Column("outlet_id", sa.String(64), nullable=False),
     sa.Column("tier", sa.String(16), nullable=False),
-    # held (embargoed) -> pending -> delivered | failed | cancelled (cancel_reason says why: "expired")
+    # held (embargoed) -> pending -> delivered | failed | cancelled (cancel_reason says why: "expired", "retracted");
+    # a correction or retraction puts a delivered one back to pending (see bot/store/lifecycle.py)
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("cancel_reason", sa.String(200), nullable=True),
     # the claim's lane: 0 urgent, 1 normal; urgent deliveries are claimed before any normal one

@@ -11,11 +11,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -31,12 +30,12 @@ from rich.text import Text
 
 from bot import desk
 from bot.http import make_sender
-from bot.intake import expand, submit_files
+from bot.intake import IntakeError, expand, submit_files
 from bot.matrix import LiveMatrix, file_loader
-from bot.outlets import IncompleteMatrix, MatrixError, OutletMatrix, Tier, load_matrix
+from bot.outlets import IncompleteMatrix, MatrixError, OutletMatrix, Tier, load_matrix, reach
 from bot.regions import CHONGQING, RegionTable, chongqing_today
 from bot.settings import Settings
-from bot.store import Actor, Role, Store, dumps, utcnow
+from bot.store import Actor, NotCorrectable, Role, Store, dumps, utcnow
 
 EXIT_BAD_INPUT, EXIT_STORE_REFUSED, EXIT_INCOMPLETE = 2, 3, 4
 
@@ -156,13 +155,112 @@ def submit(
     for result in results:
         if result.ok:
             for added in result.added:
-                what = (f"stored, {_count(added.deliveries, 'delivery')}" if added.created
+                what = (f"corrected to version {added.version}, {_count(added.deliveries, 'delivery')} to make"
+                        if added.created and added.version > 1 else
+                        f"stored, {_count(added.deliveries, 'delivery')}" if added.created
                         else "already stored, unchanged")
                 console.print(Text.assemble(("ok", "green"), f" {result.path}: {added.ref} {what}"))
         else:
             errors.print(Text.assemble(("refused" if result.deferred else "rejected", "red"), f" {result.error}"))
     raise typer.Exit(0 if all(r.ok for r in results)
                      else EXIT_STORE_REFUSED if any(r.deferred for r in results) else EXIT_BAD_INPUT)
+
+
+@app.command()
+def correct(
+    ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's ref")],
+    path: Annotated[Path, typer.Argument(metavar="FILE", help="the corrected notice (same ref)")],
+    note: Annotated[str | None, typer.Option("--note", metavar="TEXT", help="what was wrong and what changed "
+                                             "(else the file's correction_note)")] = None,
+) -> None:
+    """Store a correction (更正): version 2 (3, …) of REF. Outlets that received an earlier version get the
+    correction; outlets still waiting get only the latest version. Exit 2 when the file or ref is wrong."""
+    from bot.intake import correction_of, read_notices, store_notices
+
+    settings = _settings()
+    regions = _regions(settings)
+    matrix = _matrix(settings, regions)
+    try:
+        notice = correction_of(read_notices(path, regions, max_notices=settings.max_notices_per_file), ref,
+                               str(path), note)
+        store = _store(settings)
+        with _say_if_waiting(f"waiting for the store ({_where(settings)}): another process is writing to it"):
+            (added,) = store_notices([notice], store, matrix, str(path), Actor.local())
+    except (IntakeError, NotCorrectable) as exc:
+        errors.print(Text.assemble(("rejected", "red"), f" {exc}"))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    if not added.created:
+        console.print(Text(f"{ref}: the file is the version already stored; nothing changed"))
+        return
+    console.print(Text.assemble(("ok", "green"), f" {ref} corrected to version {added.version}: "
+                                f"{_count(added.deliveries, 'delivery')} to make"))
+
+
+@app.command()
+def retract(
+    ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's ref")],
+    reason: Annotated[str, typer.Option("--reason", metavar="TEXT", help="why, as outlets will read it")],
+) -> None:
+    """Retract a notice (撤回): deliveries not yet made are cancelled (reason "retracted"), and every outlet that
+    received it gets the retraction. Exit 2 for an unknown ref or an empty reason."""
+    store = _store(_settings())
+    try:
+        done = store.lifecycle.retract(ref, reason, Actor.local())
+    except (LookupError, ValueError) as exc:
+        errors.print(Text(str(exc).strip("'\""), style="red"))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    console.print(Text(f"{ref} retracted: {_count(done['cancelled'], 'delivery')} cancelled, "
+                       f"{_count(done['retractions'], 'retraction')} to send"))
+
+
+@app.command()
+def history(
+    ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's ref")],
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON document")] = False,
+) -> None:
+    """A notice's versions with what each changed, its retraction, and each outlet's timeline."""
+    found = _store(_settings()).lifecycle.history(ref)
+    if found is None:
+        errors.print(Text(f"no notice with ref {ref!r}", style="red"))
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if as_json:
+        console.print_json(json.dumps(found, ensure_ascii=False, default=str))
+        return
+    for v in found["versions"]:
+        console.print(Text(f"version {v['version']}  {_when(v['at'], wide=True)}  by {v['by']}"
+                           + (f"  note: {v['correction_note']}" if v["correction_note"] else "")))
+        for change in v["changes"]:
+            console.print(Text(f"  {change['field']}: {change['before']!r} -> {change['after']!r}"))
+    if found["retraction"]:
+        r = found["retraction"]
+        console.print(Text(f"retracted {_when(r['at'], wide=True)} by {r['by']}: {r['reason']}", style="yellow"))
+    _show([("outlet", ID), ("status", VALUE), ("has", VALUE), ("timeline", FREE)],
+          [[o["outlet"], o["status"] + (f" ({o['cancel_reason']})" if o["cancel_reason"] else ""),
+            f"v{o['received_version']}" if o["received_version"] else "-",
+            "; ".join(f"{_when(a['at'])} v{a['version'] or '?'} {a['carries'] or 'notice'} {a['trigger']} "
+                      f"{a['outcome']}" for a in o["attempts"]) or "-"] for o in found["outlets"]])
+
+
+@app.command()
+def backfill(
+    outlet_id: Annotated[str, typer.Argument(metavar="OUTLET", help="outlet id")],
+    since: Annotated[str, typer.Option("--since", metavar="AGE", help="how far back: 7d, 12h, 30m")] = "7d",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list what it would get, change nothing")] = False,
+) -> None:
+    """Send OUTLET (typically one just added) the live notices of the period that it has not had: not retracted,
+    not expired, their latest version; oldest first, within its rate limit, logged with trigger backfill."""
+    settings = _settings()
+    matrix = _matrix(settings, _regions(settings), require_secrets=False)
+    outlet = matrix.by_id.get(outlet_id)
+    if outlet is None:
+        errors.print(Text(f"no outlet {outlet_id!r} in {settings.outlets}", style="red"))
+        raise typer.Exit(EXIT_BAD_INPUT)
+    start = _since_option(since)
+    assert start is not None  # --since has a default
+    refs = _store(settings).lifecycle.backfill(outlet, start, lambda n, o: reach(o, n).reached,
+                                               Actor.local(), dry_run=dry_run)
+    console.print(Text(f"{outlet_id}: {_count(len(refs), 'notice')} {'would be' if dry_run else ''} queued"
+                       + (f" ({', '.join(refs[:10])}{', …' if len(refs) > 10 else ''})" if refs else "")))
 
 
 def _dry_run(files: Sequence[Path], matrix: OutletMatrix, regions: RegionTable, settings: Settings) -> int:
@@ -396,6 +494,12 @@ def status(ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's 
     if found is None:
         errors.print(Text(f"no notice with ref {ref!r}", style="red"))
         raise typer.Exit(EXIT_BAD_INPUT)
+    if found.version > 1:
+        console.print(Text(f"{ref} is at version {found.version} (corrected); debunkbot history {ref} shows what changed"))
+    if found.retraction:
+        r = found.retraction
+        console.print(Text(f"{ref} was retracted at {_when(r['at'], wide=True)} by {r['by']}: {r['reason']}",
+                           style="yellow"))
     expires_at = found.notice.expires_at
     if expires_at is not None:
         console.print(Text(f"{ref} {'expired' if expires_at <= utcnow() else 'expires'} at "
@@ -573,23 +677,10 @@ def retry(
 def _since_option(text: str | None) -> datetime | None:
     """``--since T`` as a time, or a one-line error and exit 2."""
     try:
-        return _since(text) if text else None
+        return desk.since(text) if text else None
     except ValueError as exc:
         errors.print(Text(f"--since: {exc}", style="red"))
         raise typer.Exit(EXIT_BAD_INPUT) from None
-
-
-def _since(text: str, now: datetime | None = None) -> datetime:
-    """An age (30m, 2h, 1d) before ``now``, or an ISO 8601 time; one without an offset is Chongqing time."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|m|min|h|d)", text.strip())
-    if match:
-        unit = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}[match[2]]
-        return (now or utcnow()) - timedelta(seconds=float(match[1]) * unit)
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(f"{text!r} is neither an ISO 8601 time nor an age such as 30m, 2h or 1d") from None
-    return (when.replace(tzinfo=CHONGQING) if when.tzinfo is None else when).astimezone(UTC)
 
 
 @app.command()

@@ -8,12 +8,14 @@ prints these, the HTTP API answers with them. Neither computes any of it on its 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot.model import Notice
 from bot.outlets import OutletMatrix, Tier
+from bot.regions import CHONGQING
 from bot.store import Actor, Store
 
 STATES = ("delivered", "pending", "held", "failed", "cancelled")
@@ -39,6 +41,8 @@ class NoticeStatus:
     deliveries: int
     tiers: list[TierSummary]
     missing: list[dict[str, Any]]  # delivery-log rows (store.log.page) whose status is not delivered
+    version: int = 1  # 2 and on: corrected (更正)
+    retraction: dict[str, Any] | None = None  # at, by, reason: retracted (撤回)
 
 
 def notice_status(store: Store, ref: str) -> NoticeStatus | None:
@@ -53,7 +57,9 @@ def notice_status(store: Store, ref: str) -> NoticeStatus | None:
         if mine:
             counts = {s: sum(r["status"] == s for r in mine) for s in STATES}
             tiers.append(TierSummary(tier.value, len(mine), **counts))
-    return NoticeStatus(ref, found[1], len(rows), tiers, [r for r in rows if r["status"] != "delivered"])
+    life = store.lifecycle.state(ref) or {}
+    return NoticeStatus(ref, found[1], len(rows), tiers, [r for r in rows if r["status"] != "delivered"],
+                        life.get("version", 1), life.get("retraction"))
 
 
 def outlet_rows(store: Store, matrix: OutletMatrix) -> list[dict[str, Any]]:
@@ -113,3 +119,16 @@ def retry(
         elif h is not None and h.open_until is not None and h.open_until > now:
             held[outlet] = Hold(outlet, False, h.open_until, waiting)
     return Retried(rows, dry_run, held)
+
+
+def since(text: str, now: datetime | None = None) -> datetime:
+    """An age (30m, 2h, 1d) before ``now``, or an ISO 8601 time; one without an offset is Chongqing time."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|m|min|h|d)", text.strip())
+    if match:
+        unit = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}[match[2]]
+        return (now or datetime.now(UTC)) - timedelta(seconds=float(match[1]) * unit)
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is neither an ISO 8601 time nor an age such as 30m, 2h or 1d") from None
+    return (when.replace(tzinfo=CHONGQING) if when.tzinfo is None else when).astimezone(UTC)

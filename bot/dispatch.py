@@ -32,7 +32,7 @@ from bot.health import HealthPolicy
 from bot.http import Sender, SendFailed
 from bot.logs import log_fields
 from bot.matrix import LiveMatrix
-from bot.model import Notice
+from bot.model import Change, Notice
 from bot.outlets import Outlet, OutletMatrix
 from bot.settings import Settings
 from bot.store import STORE_FAULTS, AttemptRecord, Claim, Store, describe_fault, utcnow
@@ -105,6 +105,7 @@ class Ready:
     notice: Notice | None
     published_at: datetime | None
     lease_until: float  # time.monotonic() by which the lease has run out, at the latest (taken before the claim)
+    change: Change | None = None  # a correction or retraction this claim carries
 
 
 class Dispatcher:
@@ -152,8 +153,8 @@ class Dispatcher:
         self._unrecorded: list[AttemptRecord] = []
         # notices of recent claims, so a fan-out loads each once; a claim carries its own (Ready), so this
         # cache may forget a notice at any time without harm
-        self._notices: OrderedDict[int, tuple[Notice, datetime]] = OrderedDict()
-        self._rendered: OrderedDict[tuple[int, str, str], Rendered] = OrderedDict()
+        self._notices: OrderedDict[tuple[int, int], tuple[Notice, datetime]] = OrderedDict()  # (id, version)
+        self._rendered: OrderedDict[tuple[Any, ...], Rendered] = OrderedDict()
 
     @property
     def matrix(self) -> OutletMatrix:
@@ -289,21 +290,23 @@ class Dispatcher:
     async def _claim_and_send(self, room: int) -> int:
         view = self.view
 
-        def claim() -> tuple[list[Claim], dict[int, tuple[Notice, datetime]]]:
+        def claim() -> tuple[list[Claim], dict[tuple[int, int], tuple[Notice, datetime]], dict[int, Change]]:
             for ref, count in self.store.queue.cancel_expired().items():
                 log.info("notice %s expired: %d unsent %s cancelled", ref, count,
                          "delivery" if count == 1 else "deliveries")
             claims = self.store.queue.claim(room, self.settings.per_outlet_concurrency, self._lease,
                                           rate_limits=view.rate_limits, outlets=view.sending)
-            missing = {c.notice_id for c in claims} - self._notices.keys()
-            return claims, (self.store.queue.notices_by_id(missing) if missing else {})
+            if not claims:
+                return claims, {}, {}
+            return claims, *self.store.queue.editions(claims, self._notices.keys())
 
         lease_until = time.monotonic() + self._lease.total_seconds()
-        claims, loaded = await self.db(claim)
+        claims, loaded, changes = await self.db(claim)
         urgent: list[Ready] = []
         for c in claims:
-            notice = self._notices.get(c.notice_id) or loaded.get(c.notice_id)
-            (urgent if c.urgent else self._ready).append(Ready(c, *(notice or (None, None)), lease_until))
+            notice = self._notices.get((c.notice_id, c.version)) or loaded.get((c.notice_id, c.version))
+            (urgent if c.urgent else self._ready).append(
+                Ready(c, *(notice or (None, None)), lease_until, changes.get(c.delivery_id)))
         self._ready.extendleft(reversed(urgent))  # ahead of normal claims taken earlier
         self._notices.update(loaded)
         while len(self._notices) > NOTICE_CACHE:
@@ -424,7 +427,7 @@ class Dispatcher:
         started = utcnow()
         if claim.expires_at is not None and started >= claim.expires_at:  # claimed in time, but not sent in time
             return AttemptRecord(claim.delivery_id, claim.outlet_id, claim.attempt, started, 0.0, "cancelled",
-                                 error=EXPIRED, trigger=claim.trigger)
+                                 error=EXPIRED, trigger=claim.trigger, version=claim.version, carries=claim.carries)
         outlet = self.matrix.by_id.get(claim.outlet_id)
         if outlet is None:
             return self._record(claim, started, 0.0, Outcome(
@@ -439,8 +442,8 @@ class Dispatcher:
                 "failed", f"channel {outlet.channel!r} does not send; its outlets fetch"), outlet=outlet)
         secret = self.matrix.secret_for(outlet.id)
         try:
-            rendered = self._rendered_for(claim.notice_id, notice, published_at, channel, outlet)
-            request = pushing.build(rendered, outlet, secret, claim.message_id, started) if pushing else None
+            rendered = self._rendered_for(claim, notice, published_at, channel, outlet, ready.change)
+            request = pushing.build(rendered, outlet, secret, claim.webhook_id, started) if pushing else None
         except Exception as exc:
             # It would fail the same way on every try (a link too long for the platform, a template bug):
             # a failed attempt with the reason, never retried on the schedule.
@@ -456,7 +459,7 @@ class Dispatcher:
         try:
             if exchanging is not None:
                 async with asyncio.timeout(self.settings.http_timeout):  # the whole delivery, all its requests
-                    answer = await exchanging.deliver(self.sender, rendered, outlet, secret, claim.message_id, started,
+                    answer = await exchanging.deliver(self.sender, rendered, outlet, secret, claim.webhook_id, started,
                                                       claim.channel_state or {})
                 state = answer.state
             else:
@@ -503,15 +506,19 @@ class Dispatcher:
             next_attempt_at=next_at, pause_outlet=claim.outlet_id if outcome.pause_outlet else None,
             trigger=claim.trigger, exhausted=exhausted,
             platform_code=None if outcome.code is None else str(outcome.code), channel=known.channel if known else "",
+            version=claim.version, carries=claim.carries,
         )
 
     def _rendered_for(
-        self, notice_id: int, notice: Notice, published_at: datetime, channel: AnyChannel, outlet: Outlet
+        self, claim: Claim, notice: Notice, published_at: datetime, channel: AnyChannel, outlet: Outlet,
+        change: Change | None = None,
     ) -> Rendered:
-        key = (notice_id, channel.name, self.view.options_key[outlet.id])
+        # a change names the outlet's previous webhook-id: rendered per outlet; an ordinary post once per version
+        key = (claim.notice_id, claim.version, channel.name, self.view.options_key[outlet.id],
+               change and (change.kind, change.previous_version, change.previous_message_id))
         rendered = self._rendered.get(key)
         if rendered is None:
-            rendered = self._rendered[key] = channel.render(notice, published_at, outlet.options)
+            rendered = self._rendered[key] = channel.render(notice, published_at, outlet.options, change=change)
             while len(self._rendered) > 1000:
                 self._rendered.popitem(last=False)
         return rendered

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from bot.model import Notice
 from bot.outlets import OutletMatrix
 from bot.regions import RegionTable
-from bot.store import STORE_FAULTS, Actor, Added, RefConflict, Store, describe_fault
+from bot.store import STORE_FAULTS, Actor, Added, NotCorrectable, RefConflict, Store, describe_fault
 
 MAX_FILE_BYTES = 1024 * 1024
 MAX_NOTICES = 1000  # per file; the setting DEBUNKBOT_MAX_NOTICES_PER_FILE
@@ -220,6 +220,21 @@ def store_notices(
     return store.queue.add_notices([(n, matrix.concerned_by(n)) for n in notices], source=source, actor=actor)
 
 
+def correction_of(notices: Sequence[Notice], ref: str, where: str, note: str | None) -> Notice:
+    """The one notice of ``notices`` stored as the correction of ``ref`` (``debunkbot correct``, the API's
+    ``:correct``): ``correct: true`` is implied; ``note`` (or the notice's own correction_note) says why."""
+    if len(notices) != 1:
+        raise IntakeError(f"{where}: a correction is one notice; found {len(notices)}")
+    (notice,) = notices
+    if notice.ref != ref:
+        raise IntakeError(f"{where}: field 'ref': the notice is {notice.ref!r}, not {ref!r}; a correction keeps its ref")
+    note = (note or notice.correction_note or "").strip()
+    if not note:
+        raise IntakeError(f"{where}: field 'correction_note': a correction needs one, saying what was wrong and "
+                          "what changed (or pass --note)")
+    return notice.model_copy(update={"correct": True, "correction_note": note})
+
+
 def submit_files(
     paths: Sequence[Path], store: Store, matrix: OutletMatrix, regions: RegionTable,
     max_notices: int = MAX_NOTICES, now: datetime | None = None, actor: Actor | None = None,
@@ -259,7 +274,7 @@ def store_files(
             refs_in_run.update({n.ref: path for n in notices})
         except IntakeError as exc:
             result.error = str(exc)
-        except RefConflict as exc:
+        except (RefConflict, NotCorrectable) as exc:
             result.error = f"{path}: field 'ref': {exc}"
         except STORE_FAULTS as exc:
             result.deferred = True

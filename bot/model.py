@@ -16,7 +16,7 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -27,6 +27,7 @@ from pydantic import (
     HttpUrl,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from bot.regions import CITYWIDE, RegionTable, chongqing_today
@@ -152,6 +153,16 @@ class Notice(BaseModel):
     publish_at: Annotated[AwareDatetime, AfterValidator(_plausible_time)] | None = None
     expires_at: AwareDatetime | None = None  # after it, deliveries not yet made are cancelled (reason "expired")
     sources: Annotated[tuple[Source, ...], Field(max_length=20)] = ()
+    # a correction (更正) of the notice already stored under this ref: what the editor says changed, and why.
+    # Neither is the notice's content (nor its hash): they are kept with the version they make.
+    correct: bool = False
+    correction_note: Text(2000) | None = None
+
+    @model_validator(mode="after")
+    def _correction_says_why(self) -> Notice:
+        if self.correct and not self.correction_note:
+            raise ValueError("correct: true needs a correction_note saying what was wrong and what changed")
+        return self
 
     @field_validator("regions")
     @classmethod
@@ -190,7 +201,7 @@ class Notice(BaseModel):
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
     def canonical_json(self) -> str:
-        data = self.model_dump(mode="json")
+        data = self.model_dump(mode="json", exclude={"correct", "correction_note"})
         if data["expires_at"] is None:  # notices stored before expires_at existed keep their hash
             del data["expires_at"]
         return json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
@@ -199,3 +210,38 @@ class Notice(BaseModel):
     def from_stored(cls, payload: str | dict[str, Any]) -> Notice:
         data = json.loads(payload) if isinstance(payload, str) else payload
         return cls.model_validate(data, context={"stored": True})
+
+
+# The fields a correction may change, as a reader of a 更正 names them, in the order they are listed.
+FIELD_LABELS = {"title": "标题", "rumour": "网传内容", "verdict": "核实结论", "truth": "事实", "authority": "核实单位",
+                "regions": "涉及区域", "category": "类别", "sources": "来源", "urgency": "紧急程度",
+                "publish_at": "发布时间", "expires_at": "有效期"}
+
+
+def differences(old: Notice, new: Notice) -> list[tuple[str, Any, Any]]:
+    """The fields that differ between two versions of a notice, as (field, old value, new value) in JSON form.
+
+    >>> [f for f, _, _ in differences(notice, notice.model_copy(update={"truth": "另一说法"}))]  # doctest: +SKIP
+    ['truth']
+    """
+    before, after = old.model_dump(mode="json"), new.model_dump(mode="json")
+    return [(field, before[field], after[field]) for field in FIELD_LABELS if before[field] != after[field]]
+
+
+class Change(BaseModel):
+    """What a delivery carries beyond an ordinary post: a correction (更正) of the version the outlet has, or the
+    retraction (撤回) of the notice. ``note``: the correction_note, or the retraction's reason."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["correction", "retraction"]
+    version: int  # the version it carries (a retraction: the latest)
+    previous_version: int | None = None  # the version the outlet has (a correction)
+    previous_message_id: str | None = None  # that version's webhook-id at this outlet
+    note: str
+    changed: tuple[str, ...] = ()  # the fields the correction changed (FIELD_LABELS' keys)
+    at: datetime  # when it was corrected or retracted
+
+    @property
+    def changed_labels(self) -> list[str]:
+        return [FIELD_LABELS[f] for f in self.changed]

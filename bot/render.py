@@ -20,7 +20,7 @@ from bot.model import UNPRINTABLE
 from bot.settings import TEMPLATES
 
 if TYPE_CHECKING:
-    from bot.model import Notice
+    from bot.model import Change, Notice
     from channels.fit import Form
 
 # Only what can change the meaning of editor text gets a backslash, so ordinary Chinese text, dates
@@ -90,9 +90,10 @@ def render(template: str, context: dict[str, Any]) -> str:
     return environment().get_template(template).render(context).strip()
 
 
-def notice_context(notice: Notice, published_at: datetime) -> dict[str, Any]:
-    """What every template may use. All of it is data."""
-    return {
+def notice_context(notice: Notice, published_at: datetime, change: Change | None = None) -> dict[str, Any]:
+    """What every template may use. All of it is data. ``change``: the notice goes out as a correction (更正:
+    ``correction`` says from which version, why and what changed) or as its retraction (撤回: ``retraction``)."""
+    return change_context(change) | {
         "ref": notice.ref,
         "title": notice.title,
         "rumour": notice.rumour,
@@ -108,6 +109,22 @@ def notice_context(notice: Notice, published_at: datetime) -> dict[str, Any]:
         "sources": [{"title": s.title, "url": str(s.url)} for s in notice.sources],
         "published_at": published_at,
     }
+
+
+def change_context(change: Change | None) -> dict[str, Any]:
+    """``correction`` and ``retraction`` for the templates: None for an ordinary post."""
+    correction = retraction = None
+    if change is not None and change.kind == "correction":
+        correction = {"version": change.version, "previous_version": change.previous_version,
+                      "note": printable(change.note), "changed": "、".join(change.changed_labels) or "内容"}
+    elif change is not None:
+        retraction = {"reason": printable(change.note)}
+    return {"correction": correction, "retraction": retraction, "word": change_word(change)}
+
+
+def change_word(change: Change | None) -> str:
+    """The bracketed word a title starts with: 【辟谣】, 【更正】 or 【撤回】."""
+    return {None: "【辟谣】", "correction": "【更正】", "retraction": "【撤回】"}[change and change.kind]
 
 
 def printable(text: str) -> str:
@@ -131,9 +148,9 @@ def sentence(text: object) -> str:
     return text if not text or text.rstrip().endswith(_SENTENCE_END) else f"{text}。"
 
 
-def form_context(notice: Notice, published_at: datetime, form: Form) -> dict[str, Any]:
+def form_context(notice: Notice, published_at: datetime, form: Form, change: Change | None = None) -> dict[str, Any]:
     """``notice_context`` showing a (possibly cut) form of the notice; see channels.fit."""
-    return notice_context(notice, published_at) | {
+    return notice_context(notice, published_at, change) | {
         "title": " ".join(printable(form.title).split()),  # a title is one line in every format
         "authority": printable(form.authority),
         "rumour": printable(form.rumour),

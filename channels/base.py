@@ -23,7 +23,7 @@ import httpx
 
 if TYPE_CHECKING:
     from bot.http import Answer, Sender
-    from bot.model import Notice
+    from bot.model import Change, Notice
     from bot.outlets import Outlet
 
 Result = Literal["delivered", "retry", "failed"]
@@ -84,8 +84,10 @@ class Channel(Protocol):
         """Problems with an outlet entry for this channel, as (field, message)."""
         ...
 
-    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
-        """Render once per notice x channel x outlet options (e.g. ``msgtype``); cached by the dispatcher."""
+    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS,
+               change: Change | None = None) -> Rendered:
+        """Render once per notice version x channel x outlet options (e.g. ``msgtype``); cached by the dispatcher.
+        ``change``: render the correction (更正) or the retraction (撤回) instead of an ordinary post."""
         ...
 
 
@@ -121,7 +123,8 @@ class Exchanging(Channel, Protocol):
 class Pulling(Channel, Protocol):
     """Outlets that fetch (feeds): never sent to; bot/web/feeds.py lists ``feed_item`` for each of their notices."""
 
-    def feed_item(self, notice: Notice, published_at: datetime, options: Mapping[str, Any]) -> dict[str, Any]: ...
+    def feed_item(self, notice: Notice, published_at: datetime, options: Mapping[str, Any],
+                  change: Change | None = None) -> dict[str, Any]: ...
 
 
 @runtime_checkable

@@ -27,13 +27,13 @@ from urllib.parse import quote_plus
 
 import httpx
 
-from bot.render import form_context, markdown_escape, render
+from bot.render import change_word, form_context, markdown_escape, render
 from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_json, token_and_key
 from channels.credentials import robot_token, token_problem
 from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
-    from bot.model import Notice
+    from bot.model import Change, Notice
     from bot.outlets import Outlet
 
 ENDPOINT = "https://oapi.dingtalk.com/robot/send"
@@ -74,17 +74,18 @@ class DingTalk:
                              f"expected {shape}")
         return f"{token}:{key}" if key else token
 
-    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
+    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS,
+               change: Change | None = None) -> Rendered:
         msgtype = options.get("msgtype", "markdown")
         link = read_more(notice, options)
         if msgtype == "actionCard" and not link:
             msgtype = "markdown"  # a card's button needs somewhere to go
 
         def markdown(form: Form) -> str:
-            return render("dingtalk/markdown.j2", form_context(notice, published_at, form))
+            return render("dingtalk/markdown.j2", form_context(notice, published_at, form, change))
 
         def body(form: Form) -> str:
-            title = f"【辟谣】{form.title}"
+            title = f"{change_word(change)}{form.title}"
             text = markdown(form)
             message: dict[str, Any] = {"title": title, "text": text}
             if msgtype == "actionCard":

@@ -17,12 +17,12 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from bot.render import form_context, printable, render
+from bot.render import change_word, form_context, printable, render
 from channels.base import NO_OPTIONS, RateLimit, Rendered
 from channels.fit import Form, cut, read_more
 
 if TYPE_CHECKING:
-    from bot.model import Notice
+    from bot.model import Change, Notice
     from bot.outlets import Outlet
 
 
@@ -33,16 +33,19 @@ class Feed:
     def check_outlet(self, outlet: Outlet) -> list[tuple[str, str]]:
         return [("url", "a feed outlet fetches from the bot; it has no url")] if outlet.url else []
 
-    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
+    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS,
+               change: Change | None = None) -> Rendered:
         sources = tuple({"title": s.title, "url": str(s.url)} for s in notice.sources)
         form = Form(notice.title, notice.authority, notice.rumour, notice.truth, sources, read_more=read_more(notice, options))
-        text = render("feed/entry.j2", form_context(notice, published_at, form))
+        text = render("feed/entry.j2", form_context(notice, published_at, form, change))
         item = {
             "id": f"tag:debunkbot,{published_at.date().isoformat()}:{notice.ref}",
-            "title": ("【紧急】" if notice.urgency.value == "urgent" else "") + f"【辟谣】{' '.join(printable(notice.title).split())}",
-            "summary": cut(f"{notice.verdict.label}：{printable(notice.truth)}", 140),
+            "title": ("【紧急】" if notice.urgency.value == "urgent" else "") + f"{change_word(change)}{' '.join(printable(notice.title).split())}",
+            "summary": cut(f"已撤回：{printable(change.note)}" if change and change.kind == "retraction" else
+                           ("更正｜" if change else "") + f"{notice.verdict.label}：{printable(notice.truth)}", 140),
             "content_text": text,
             "date_published": published_at.isoformat(),
+            "date_modified": (change.at if change else published_at).isoformat(),
             "authors": [{"name": printable(notice.authority)}],
             "tags": [notice.verdict.label, *([notice.category] if notice.category else [])],
         }
@@ -50,7 +53,9 @@ class Feed:
             item["url"] = form.read_more
         return Rendered(text=text, body=json.dumps(item, ensure_ascii=False).encode(), extra=item)
 
-    def feed_item(self, notice: Notice, published_at: datetime, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The notice as one JSON Feed item (the Atom template reads the same)."""
-        item: dict[str, Any] = self.render(notice, published_at, options).extra
+    def feed_item(self, notice: Notice, published_at: datetime, options: Mapping[str, Any],
+                  change: Change | None = None) -> dict[str, Any]:
+        """The notice as one JSON Feed item (the Atom template reads the same). A corrected or retracted notice
+        keeps its entry's id; the entry shows the correction or the retraction, updated when it was made."""
+        item: dict[str, Any] = self.render(notice, published_at, options, change).extra
         return item

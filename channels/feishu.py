@@ -26,13 +26,13 @@ from urllib.parse import quote
 
 import httpx
 
-from bot.render import form_context, render
+from bot.render import change_word, form_context, render
 from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_json, token_and_key
 from channels.credentials import robot_token, token_problem
 from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
-    from bot.model import Notice
+    from bot.model import Change, Notice
     from bot.outlets import Outlet
 
 MSG_TYPES = ("post", "interactive")
@@ -75,15 +75,16 @@ class Feishu:
             raise ValueError(problem)
         return f"{token}:{key}" if key else token
 
-    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
+    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS,
+               change: Change | None = None) -> Rendered:
         link = read_more(notice, options)
         msg_type = options.get("msg_type", "post")
 
         def text(form: Form) -> str:
-            return render("feishu/post.j2", form_context(notice, published_at, form))
+            return render("feishu/post.j2", form_context(notice, published_at, form, change))
 
         def message(form: Form) -> dict[str, Any]:
-            title = ("【紧急】" if notice.urgency.value == "urgent" else "") + f"【辟谣】{form.title}"
+            title = ("【紧急】" if notice.urgency.value == "urgent" else "") + f"{change_word(change)}{form.title}"
             if msg_type == "post":
                 paragraphs: list[list[dict[str, str]]] = [[{"tag": "text", "text": line}] for line in text(form).split("\n")]
                 if form.read_more and (form.cut or not form.sources):

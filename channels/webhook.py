@@ -22,7 +22,7 @@ from bot.render import notice_context, render
 from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_http
 
 if TYPE_CHECKING:
-    from bot.model import Notice
+    from bot.model import Change, Notice
     from bot.outlets import Outlet
 
 
@@ -54,16 +54,25 @@ class Webhook:
             raise ValueError(f"decodes to {len(key)} bytes; expected {shape}")
         return secret
 
-    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
-        context = notice_context(notice, published_at)
+    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS,
+               change: Change | None = None) -> Rendered:
+        context = notice_context(notice, published_at, change)
         text = render("webhook/text.j2", context)
-        data = notice.model_dump(mode="json") | {
+        data = notice.model_dump(mode="json", exclude={"correct", "correction_note"}) | {
             "verdict_label": notice.verdict.label,
             "published_at": published_at.isoformat(),
             "text": text,
-            "claim_review": claim_review(notice, published_at),
+            "claim_review": claim_review(notice, published_at, change),
         }
-        payload = {"type": self.event_type, "timestamp": published_at.isoformat(), "data": data}
+        event, timestamp = self.event_type, published_at
+        if change is not None:
+            # the receiver replaces (or takes down) what it got under previous_webhook_id
+            event, timestamp = f"notice.{'corrected' if change.kind == 'correction' else 'retracted'}", change.at
+            data |= {"version": change.version, "previous_version": change.previous_version,
+                     "previous_webhook_id": change.previous_message_id}
+            data |= ({"correction_note": change.note, "changed": list(change.changed)} if change.kind == "correction"
+                     else {"retraction_reason": change.note, "retracted_at": change.at.isoformat()})
+        payload = {"type": event, "timestamp": timestamp.isoformat(), "data": data}
         return Rendered(text=text, body=json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
 
     def render_alert(self, title: str, text: str, now: datetime) -> Rendered:
@@ -100,8 +109,10 @@ def _url(url: str) -> httpx.URL:
     return httpx.URL(url)
 
 
-def claim_review(notice: Notice, published_at: datetime) -> dict[str, Any]:
-    """schema.org ClaimReview JSON-LD, so fact-check aggregators can read the verdict."""
+def claim_review(notice: Notice, published_at: datetime, change: Change | None = None) -> dict[str, Any]:
+    """schema.org ClaimReview JSON-LD, so fact-check aggregators can read the verdict. A correction carries
+    CreativeWork's ``correction`` (https://schema.org/correction: a CorrectionComment, its text and date) and
+    ``dateModified``; a retraction says so in the same way."""
     review: dict[str, Any] = {
         "@context": "https://schema.org",
         "@type": "ClaimReview",
@@ -124,4 +135,9 @@ def claim_review(notice: Notice, published_at: datetime) -> dict[str, Any]:
         review["url"] = str(notice.sources[0].url)
     if notice.expires_at:  # schema.org CreativeWork.expires: when the review stops being useful
         review["expires"] = notice.expires_at.isoformat()
+    if change is not None:
+        word = "更正" if change.kind == "correction" else "撤回"
+        review["correction"] = {"@type": "CorrectionComment", "text": f"{word}：{change.note}",
+                                "datePublished": change.at.isoformat()}
+        review["dateModified"] = change.at.isoformat()
     return review

@@ -13,6 +13,8 @@ https://developers.weixin.qq.com/doc/offiaccount/Publish/Publish.html):
   characters and under 1 MB, scripts stripped (we strip them too, with nh3); a cover ``thumb_media_id`` is required;
 - errcode 40001/42001 (token invalid or expired): fetch a new token once and try again;
   45009 (API quota) and -1 (system busy) are retried later; 45002/45003 (content/title too large) fail;
+- ``POST /cgi-bin/draft/update`` with ``{"media_id", "index": 0, "articles": {…}}`` replaces a draft's article
+  (a correction or retraction of a draft not yet published); a published draft has left the draft box (40007);
 - ``POST /cgi-bin/freepublish/submit`` with the ``media_id`` publishes; only with ``options.publish: true``.
   Its errcode 0 only accepts the task (``publish_id``); ``POST /cgi-bin/freepublish/get`` with the
   ``publish_id`` says how it went (``publish_status`` 0 published, 1 publishing, 2–6 failed). The draft's
@@ -38,13 +40,13 @@ import httpx
 import nh3
 
 from bot.http import Answer, SendFailed
-from bot.render import form_context, render
+from bot.render import change_word, form_context, render
 from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_json
 from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
     from bot.http import Sender
-    from bot.model import Notice
+    from bot.model import Change, Notice
     from bot.outlets import Outlet
 
 API = "https://api.weixin.qq.com"
@@ -84,17 +86,21 @@ class WeChatMP:
             problems.append(("options.publish", "should be true or false"))
         return problems
 
-    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
+    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS,
+               change: Change | None = None) -> Rendered:
+        prefix = change_word(change)
+
         def article(form: Form) -> str:
-            html = render("wechat_mp/article.html.j2", form_context(notice, published_at, form))
+            html = render("wechat_mp/article.html.j2", form_context(notice, published_at, form, change))
             return nh3.clean(html, link_rel=None)  # scripts and event handlers gone, whatever a template does
 
         link = read_more(notice, options)
         content, form = fit(article, notice, self.limits, link)
         draft = {
-            "title": TITLE_PREFIX + cut_to(notice.title, (TITLE,), lambda title: TITLE_PREFIX + title),
+            "title": prefix + cut_to(notice.title, (TITLE,), lambda title: prefix + title),
             "author": cut_to(str(options.get("author", notice.authority)), (AUTHOR,)),
-            "digest": cut_to(f"{notice.verdict.label}：{notice.truth}", (DIGEST,)),
+            "digest": cut_to(f"已撤回：{change.note}" if change and change.kind == "retraction" else
+                             ("更正｜" if change else "") + f"{notice.verdict.label}：{notice.truth}", (DIGEST,)),
             "content": content,
             "content_source_url": link or "",
             "need_open_comment": 0,
@@ -114,6 +120,45 @@ class WeChatMP:
                              headers={"content-type": "application/json; charset=utf-8"})
 
     async def deliver(
+        self, sender: Sender, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime,
+        state: Mapping[str, Any],
+    ) -> Answer:
+        """Deliver one message (``message_id``: a version of the notice, or its retraction). A correction or
+        retraction of a notice whose draft this outlet has not published yet updates that draft
+        (draft/update, https://developers.weixin.qq.com/doc/offiaccount/Draft_Box/Update_draft.html) instead of
+        adding another; once published, WeChat takes it out of the draft box (draft/update answers 40007) and
+        the correction is a new draft. The state kept names the message it belongs to."""
+        kept = dict(state)
+        # state kept before messages were named belongs to the delivery's first message (version 1)
+        if kept.get("message_id", message_id.split(".", 1)[0]) != message_id:
+            draft = kept.get("media_id") if "publish_id" not in kept else None
+            kept = {}
+            if draft:
+                answer = await self._update_draft(sender, rendered, outlet, secret or "", draft)
+                if _json(answer.body).get("errcode") != 40007:  # 40007: the draft is gone (published, deleted)
+                    return replace(answer, state={"media_id": draft, "message_id": message_id})
+        answer = await self._deliver_message(sender, rendered, outlet, secret, message_id, now, kept)
+        return replace(answer, state=(kept if answer.state is None else dict(answer.state)) | {"message_id": message_id})
+
+    async def _update_draft(self, sender: Sender, rendered: Rendered, outlet: Outlet, secret: str, draft: str
+                            ) -> Answer:
+        """Replace the article of the outlet's unpublished draft with this rendering (once more with a fresh token
+        on 40001/42001)."""
+        api, appid = outlet.url or API, outlet.options["appid"]
+        article = dict(rendered.extra) | {"thumb_media_id": outlet.options["thumb_media_id"]}
+        for fresh in (False, True):
+            token, refused = await self._token(sender, api, appid, secret, refresh=fresh)
+            if token is None:
+                return refused
+            answer = await sender.send(httpx.Request(
+                "POST", f"{api}/cgi-bin/draft/update?{urlencode({'access_token': token})}",
+                content=json.dumps({"media_id": draft, "index": 0, "articles": article}, ensure_ascii=False).encode(),
+                headers={"content-type": "application/json; charset=utf-8"}))
+            if _json(answer.body).get("errcode") not in STALE_TOKEN:
+                break
+        return answer
+
+    async def _deliver_message(
         self, sender: Sender, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime,
         state: Mapping[str, Any],
     ) -> Answer:
@@ -151,6 +196,8 @@ class WeChatMP:
         if "publish_id" in kept:  # submitted on an earlier try: how did it go?
             answer = await call(lambda t: endpoint("freepublish/get", t, {"publish_id": kept["publish_id"]}))
             return replace(answer, state=kept)
+        if "media_id" in kept and not outlet.options.get("publish"):  # drafted by an earlier try: nothing more to do
+            return Answer(200, httpx.Headers(), json.dumps({"media_id": kept["media_id"]}).encode(), state=kept)
         if "media_id" not in kept and state.get("drafting"):  # an earlier try's draft/add answer was lost
             found = await self._find_draft(call, endpoint, rendered)
             if found and not outlet.options.get("publish"):  # the draft is all this outlet wants
@@ -163,8 +210,8 @@ class WeChatMP:
             if answer.state is not None:
                 return answer
             media_id = _json(answer.body).get("media_id")
-            if not (media_id and outlet.options.get("publish")):
-                return answer
+            if not (media_id and outlet.options.get("publish")):  # the draft is kept: a correction updates it
+                return replace(answer, state={"media_id": media_id}) if media_id else answer
             kept["media_id"] = media_id
         # the draft is there: if this answer is lost, the retry publishes it and adds no other
         answer = await call(lambda t: endpoint("freepublish/submit", t, {"media_id": kept["media_id"]}), if_lost=kept)

@@ -23,13 +23,13 @@ from urllib.parse import quote_plus
 
 import httpx
 
-from bot.render import form_context, markdown_escape, render
+from bot.render import change_word, form_context, markdown_escape, render
 from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_json
 from channels.credentials import robot_token, token_problem
 from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
-    from bot.model import Notice
+    from bot.model import Change, Notice
     from bot.outlets import Outlet
 
 ENDPOINT = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send"
@@ -66,19 +66,20 @@ class WeCom:
             raise ValueError(f"holds more than the key (WeCom robots have no signing secret); expected {shape}")
         return key
 
-    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
+    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS,
+               change: Change | None = None) -> Rendered:
         link = read_more(notice, options)
         msgtype = options.get("msgtype", "markdown") if link else "markdown"
         template = f"wecom/{msgtype}.j2"
 
         def content(form: Form) -> str:
-            return render(template, form_context(notice, published_at, form))
+            return render(template, form_context(notice, published_at, form, change))
 
         text, form = fit(content, notice, self.limits[msgtype], link)
         if msgtype == "markdown":
             body: dict[str, Any] = {"msgtype": "markdown", "markdown": {"content": text}}
         else:
-            title = cut_to(f"【辟谣】{notice.title}", (NEWS_TITLE,))
+            title = cut_to(f"{change_word(change)}{notice.title}", (NEWS_TITLE,))
             body = {"msgtype": "news", "news": {"articles": [{"title": title, "description": text, "url": link}]}}
         return Rendered(text=text, body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
                         cut=form.cut)

@@ -31,7 +31,7 @@ from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_jso
 from channels.fit import WEIBO_URL_LENGTH, Limit, fit, read_more, weibo_length
 
 if TYPE_CHECKING:
-    from bot.model import Notice
+    from bot.model import Change, Notice
     from bot.outlets import Outlet
 
 ENDPOINT = "https://api.weibo.com/2/statuses/share.json"
@@ -65,8 +65,9 @@ class Weibo:
                                                       f"{WEIBO_URL_LENGTH} only up to its first non-ASCII character"))
         return problems
 
-    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS) -> Rendered:
-        status, form = fit(lambda form: render("weibo/status.j2", form_context(notice, published_at, form)),
+    def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS,
+               change: Change | None = None) -> Rendered:
+        status, form = fit(lambda form: render("weibo/status.j2", form_context(notice, published_at, form, change)),
                            notice, self.limits, read_more(notice, options))
         return Rendered(text=status, body=status.encode(), cut=form.cut)
 

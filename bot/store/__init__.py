@@ -5,6 +5,7 @@ PostgreSQL for scale-out. Every call is synchronous and short; the dispatcher ma
 ``Store`` opens the engine and exposes the parts:
 
 - ``store.queue``: notices in, claims under a lease, attempts recorded, embargoes released, requeues;
+- ``store.lifecycle``: corrections (versions), retractions, backfill and a notice's history;
 - ``store.health``: each outlet's breaker and pause, shared by every worker;
 - ``store.outbox``: operator alerts, taken by each operator channel on its own;
 - ``store.log``: the read-only delivery log (pages, filters, per-tier summaries, feeds);
@@ -40,6 +41,7 @@ from bot.store.engine import (
     utcnow,
 )
 from bot.store.health import OutletHealth
+from bot.store.lifecycle import RETRACTED, Lifecycle, NotCorrectable, webhook_id
 from bot.store.log import DeliveryLog, Page, dumps
 from bot.store.matrix import MatrixRecord
 from bot.store.metrics import Figures, Metrics, StoreErrors
@@ -60,11 +62,11 @@ from bot.store.tables import (
 )
 
 __all__ = [
-    "STORE_FAULTS", "WORK_CHANNEL", "Access", "Actor", "Added", "AttemptRecord", "AuditLog", "AuditPage", "Caller",
-    "Claim", "Cluster", "DeliveryLog", "Figures", "MatrixRecord", "Metrics", "Outbox", "OutletHealth", "Page", "Queue",
+    "RETRACTED", "STORE_FAULTS", "WORK_CHANNEL", "Access", "Actor", "Added", "AttemptRecord", "AuditLog", "AuditPage", "Caller",
+    "Claim", "Cluster", "DeliveryLog", "Figures", "Lifecycle", "MatrixRecord", "Metrics", "NotCorrectable", "Outbox", "OutletHealth", "Page", "Queue",
     "RefConflict", "Role", "Store", "StoreErrors", "UTCDateTime", "alert_sends", "alerts", "api_tokens", "attempts",
     "audit", "clean_text", "deliveries", "describe_fault", "dumps", "is_disk_full", "make_engine", "matrix_reloads",
-    "metadata", "new_message_id", "notices", "outlet_health", "utcnow",
+    "metadata", "new_message_id", "notices", "outlet_health", "utcnow", "webhook_id",
 ]
 
 
@@ -76,7 +78,8 @@ class Store:
         self.engine = engine
         self.postgres = self.db.postgres
         self.health = OutletHealth(self.db)
-        self.queue = Queue(self.db, self.health)
+        self.lifecycle = Lifecycle(self.db)
+        self.queue = Queue(self.db, self.health, self.lifecycle)
         self.outbox = Outbox(self.db)
         self.log = DeliveryLog(self.db)
         self.cluster = Cluster(self.db)

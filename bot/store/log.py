@@ -4,7 +4,8 @@ dashboard read. Pages with a cursor, filters by notice, outlet, tier and state, 
 A delivery's state is what an operator needs to act on: ``pending`` (due, in flight or waiting for its
 next try), ``delivered``, ``failed``, ``held``, with a reason: ``embargo until T``, ``removed from matrix``
 (a reload took its outlet out; a reload that brings it back sends it), ``outlet paused``, ``breaker open until
-T`` or ``rate limit until T``, or ``cancelled`` (never to be sent), with its reason: ``expired``.
+T`` or ``rate limit until T``, or ``cancelled`` (never to be sent), with its reason: ``expired`` or
+``retracted``; a pending correction or retraction says so (``correction to version 2``, ``retraction``).
 
     >>> page = store.log.page(tier="district", status="held", limit=50)     # doctest: +SKIP
     >>> store.log.page(tier="district", status="held", after=page.next)     # doctest: +SKIP
@@ -20,8 +21,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bot.model import Notice
+from bot.model import Change, Notice
 from bot.store.engine import Db
+from bot.store.lifecycle import Lifecycle
 from bot.store.tables import UTCDateTime, attempts, deliveries, notices, outlet_health
 
 d, n, a, h = deliveries, notices, attempts, outlet_health
@@ -63,7 +65,9 @@ def _reason(row: dict[str, Any]) -> str | None:
     kind, until, why, cancelled = row.pop("hold"), row.pop("until"), row.pop("paused_reason"), row.pop("cancel_reason")
     if row["status"] == "cancelled":
         return cancelled
-    if kind is None:
+    if kind is None:  # a pending correction or retraction says so (a held one says why it waits)
+        if row["status"] == "pending" and row["carries"] != "notice":
+            return "retraction" if row["carries"] == "retraction" else f"correction to version {row['version']}"
         return None
     if kind == "outlet paused":
         return f"outlet paused: {why}" if why else kind
@@ -84,8 +88,9 @@ class DeliveryLog:
         status: str | None = None, after: int | None = None, limit: int | None = 100,
     ) -> Page:
         """Deliveries in the order they were stored, ``limit`` at a time from the cursor ``after``; each row:
-        notice, outlet, tier, status (the state above), reason (why it is held or cancelled), attempts, http_status,
-        error, delivered_at, next_attempt_at, message_id."""
+        notice, outlet, tier, status (the state above), reason (why it is held or cancelled; what a pending
+        correction or retraction carries), attempts, http_status, error, delivered_at, next_attempt_at, message_id,
+        version (of the notice it carries), carries (notice | correction | retraction)."""
         with self.db.read() as conn:
             kind, until = _hold(self.db.now(conn))
             query = (
@@ -94,6 +99,7 @@ class DeliveryLog:
                     _state(kind).label("status"), kind.label("hold"), until.label("until"), h.c.paused_reason,
                     d.c.cancel_reason,
                     d.c.attempts, d.c.http_status, d.c.error, d.c.delivered_at, d.c.next_attempt_at, d.c.message_id,
+                    d.c.version, d.c.carries,
                 )
                 .select_from(d.join(n, n.c.id == d.c.notice_id).outerjoin(h, h.c.outlet_id == d.c.outlet_id))
                 .order_by(d.c.id)
@@ -123,7 +129,7 @@ class DeliveryLog:
         (a citywide notice names 全市) and category. Each row: id, ref, notice (the Notice), state, submitted_at,
         released_at, and its deliveries by stored status (delivered, pending, held, failed, cancelled).
 
-        A notice's state: ``held`` (embargoed, not released), ``failed`` (some outlet's delivery failed),
+        A notice's state: ``retracted`` (撤回: whatever its deliveries say), ``held`` (embargoed, not released), ``failed`` (some outlet's delivery failed),
         ``pending`` (some outlet does not have it yet), ``cancelled`` (it expired before some outlet had it:
         nothing more goes out) or ``delivered`` (every outlet has it).
         """
@@ -131,7 +137,7 @@ class DeliveryLog:
                                              for s in STATES))
                   .group_by(d.c.notice_id).subquery("counts"))
         waiting = sa.func.coalesce(counts.c.pending, 0) + sa.func.coalesce(counts.c.held, 0)
-        notice_state = sa.case((n.c.released_at.is_(None), "held"), (counts.c.failed > 0, "failed"),
+        notice_state = sa.case((n.c.retracted_at.is_not(None), "retracted"), (n.c.released_at.is_(None), "held"), (counts.c.failed > 0, "failed"),
                                (waiting > 0, "pending"), (counts.c.cancelled > 0, "cancelled"), else_="delivered")
         query = (sa.select(n.c.id, n.c.ref, n.c.payload, n.c.submitted_at, n.c.released_at,
                            notice_state.label("state"), *(counts.c[s] for s in STATES))
@@ -283,18 +289,28 @@ class DeliveryLog:
         with self.db.read() as conn:
             return list(conn.execute(query).all())
 
-    def feed_entries(self, outlet_id: str, limit: int = 50) -> list[tuple[int, str, Notice, datetime]]:
-        """An outlet's released notices, newest first: (delivery id, delivery status, notice, published at)."""
+    def feed_entries(self, outlet_id: str, limit: int = 50
+                     ) -> list[tuple[int, str, Notice, datetime, Change | None]]:
+        """An outlet's released notices, newest first: (delivery id, delivery status, notice (its latest version),
+        published at, and the change a feed shows in its place: the retraction, or the correction of the version
+        before; None for a notice as first published)."""
         with self.db.read() as conn:
             rows = conn.execute(
-                sa.select(d.c.id, d.c.status, n.c.payload, n.c.released_at)
+                sa.select(d.c.id, d.c.status, d.c.message_id, n.c.id.label("notice_id"), n.c.payload, n.c.released_at,
+                          n.c.version, n.c.retracted_at, n.c.retraction_reason)
                 .select_from(d.join(n, n.c.id == d.c.notice_id))
                 .where(d.c.outlet_id == outlet_id, d.c.status.in_(("pending", "delivered")),
                        n.c.released_at.is_not(None))
                 .order_by(n.c.released_at.desc(), n.c.id.desc())
                 .limit(limit)
             ).all()
-        return [(r.id, r.status, Notice.from_stored(r.payload), r.released_at) for r in rows]
+            keys = {(r.notice_id, r.version, "retraction" if r.retracted_at else "correction",
+                     r.version - 1 if r.version > 1 else None, r.message_id)
+                    for r in rows if r.retracted_at or r.version > 1}
+            changes = Lifecycle(self.db).changes_for(conn, keys) if keys else {}
+        return [(r.id, r.status, Notice.from_stored(r.payload), r.released_at, changes.get(
+            (r.notice_id, r.version, "retraction" if r.retracted_at else "correction",
+             r.version - 1 if r.version > 1 else None, r.message_id))) for r in rows]
 
 
 def dumps(row: dict[str, Any]) -> str:

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from bot.health import HealthPolicy
-from bot.model import Notice, Urgency
+from bot.model import Change, Notice
 from bot.store.audit import Actor, record
 from bot.store.engine import Db, clean_text, insert_new
 from bot.store.health import OutletHealth
+from bot.store.lifecycle import NOTICE, Lifecycle, NotCorrectable, add_deliveries, settle, webhook_id
 from bot.store.metrics import add_latencies
-from bot.store.tables import UTCDateTime, attempts, deliveries, notices, outlet_health
+from bot.store.tables import UTCDateTime, attempts, deliveries, notice_versions, notices, outlet_health
 
 if TYPE_CHECKING:
     from bot.outlets import Outlet
@@ -62,11 +63,11 @@ def outlet_takes_sends(now: datetime) -> sa.ColumnElement[bool]:
 
 
 class RefConflict(ValueError):
-    """A ref already stored with different content. Corrections are a later feature."""
+    """A ref already stored with different content, submitted without ``correct: true``."""
 
     def __init__(self, ref: str) -> None:
-        super().__init__(f"ref {ref!r} is already stored with different content; "
-                         "use a new ref (corrections are not supported yet)")
+        super().__init__(f"ref {ref!r} is already stored with different content; use a new ref, or mark it "
+                         "correct: true with a correction_note to store it as a correction (更正)")
         self.ref = ref
 
 
@@ -75,6 +76,7 @@ class Added:
     ref: str
     created: bool  # False: the identical notice was already stored (a no-op)
     deliveries: int
+    version: int = 1  # 2 and on: stored as a correction
 
 
 @dataclass(frozen=True)
@@ -90,10 +92,21 @@ class Claim:
     channel_state: Mapping[str, Any] | None = None  # what the channel kept from this delivery's earlier tries
     urgent: bool = False  # in the urgent lane: claimed first, retried on the urgent schedule
     expires_at: datetime | None = None  # not sent from then on: cancelled with reason "expired"
+    version: int = 1  # the notice version this try sends
+    carries: str = "notice"  # notice | correction | retraction (bot.store.lifecycle)
+    sent_version: int | None = None  # the version the outlet has (a correction says what changed since)
+    origin: str = "submit"  # | backfill
 
     @property
     def trigger(self) -> str:
-        return "manual" if self.schedule_start and self.attempt == self.schedule_start + 1 else "scheduled"
+        if self.schedule_start and self.attempt == self.schedule_start + 1 and self.carries == "notice":
+            return "manual"
+        return "backfill" if self.origin == "backfill" else "scheduled"
+
+    @property
+    def webhook_id(self) -> str:
+        """What the receiver dedupes on: one per version (and the retraction) x outlet."""
+        return webhook_id(self.message_id, self.version, self.carries)
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,8 @@ class AttemptRecord:
     platform_code: str | None = None  # the platform's own code in its answer (errcode 45009, …)
     channel_state: Mapping[str, Any] | None = None  # kept for the delivery's next try; None: keep what is there
     channel: str = ""  # the outlet's channel (the latency histogram's label); "" when the outlet is unknown
+    version: int = 1  # the notice version tried
+    carries: str = "notice"  # what the try carried: notice | correction | retraction
 
 
 def new_message_id() -> str:
@@ -130,9 +145,10 @@ EXPIRED = "expired"  # the cancel_reason of a delivery whose notice expired befo
 
 
 class Queue:
-    def __init__(self, db: Db, health: OutletHealth) -> None:
+    def __init__(self, db: Db, health: OutletHealth, lifecycle: Lifecycle | None = None) -> None:
         self.db = db
         self.health = health
+        self.lifecycle = lifecycle or Lifecycle(db)
 
     # -- in ---------------------------------------------------------------------------------------
 
@@ -150,16 +166,19 @@ class Queue:
             now = now or self.db.now(conn)
             for notice, outlets in batch:
                 digest = notice.content_hash()
-                existing = conn.execute(
-                    sa.select(notices.c.id, notices.c.content_hash).where(notices.c.ref == notice.ref)
-                ).first()
+                existing = conn.execute(sa.select(notices).where(notices.c.ref == notice.ref)).first()
                 if existing is not None:
-                    if existing.content_hash != digest:
+                    if existing.content_hash == digest:
+                        results.append(Added(notice.ref, created=False, deliveries=0, version=existing.version))
+                        continue
+                    if not notice.correct:
                         raise RefConflict(notice.ref)
-                    results.append(Added(notice.ref, created=False, deliveries=0))
+                    version, count = self.lifecycle.correct_in(conn, existing, notice, outlets, now, actor, source)
+                    results.append(Added(notice.ref, created=True, deliveries=count, version=version))
                     continue
+                if notice.correct:
+                    raise NotCorrectable(notice.ref, "no notice is stored under it; submit it without correct: true")
                 held = notice.publish_at is not None and notice.publish_at > now
-                lane = URGENT_LANE if notice.urgency == Urgency.urgent else NORMAL_LANE
                 notice_id = conn.execute(
                     notices.insert().values(
                         ref=notice.ref, content_hash=digest, payload=notice.canonical_json(),
@@ -168,16 +187,12 @@ class Queue:
                         source=source,
                     )
                 ).inserted_primary_key[0]
+                conn.execute(notice_versions.insert().values(
+                    notice_id=notice_id, version=1, content_hash=digest, payload=notice.canonical_json(),
+                    created_at=now, created_by=clean_text((actor.name if actor else source)[:100])))
                 if outlets:
                     # every outlet with deliveries has a health row: the claim goes outlet by outlet
-                    insert_new(conn, h, [{"outlet_id": o.id} for o in outlets], "outlet_id")
-                    conn.execute(d.insert(), [
-                        {"notice_id": notice_id, "outlet_id": o.id, "tier": o.tier.value,
-                         "status": "held" if held else "pending", "message_id": new_message_id(),
-                         "attempts": 0, "next_attempt_at": notice.publish_at if held else now,
-                         "updated_at": now, "lane": lane, "expires_at": notice.expires_at}
-                        for o in outlets
-                    ])
+                    add_deliveries(conn, notice_id, outlets, 1, now, held, notice)
                 results.append(Added(notice.ref, created=True, deliveries=len(outlets)))
                 record(conn, actor, "notice.submit", notice.ref, now, deliveries=len(outlets), source=source,
                        title=notice.title, urgency=notice.urgency.value)
@@ -277,7 +292,8 @@ class Queue:
                 d.update().where(d.c.id.in_(free), claimable(now))
                 .values(lease_owner=self.db.owner, lease_expires_at=now + lease, updated_at=now)
                 .returning(d.c.id, d.c.notice_id, d.c.outlet_id, d.c.message_id, d.c.attempts, d.c.schedule_start,
-                           d.c.channel_state, d.c.lane, d.c.expires_at)
+                           d.c.channel_state, d.c.lane, d.c.expires_at, d.c.version, d.c.carries, d.c.sent_version,
+                           d.c.origin)
             ).all()
             claimed = {r.outlet_id for r in rows}
             if claimed:  # a probe shuts a cooled-down breaker to everyone else until it is recorded or its lease ends
@@ -288,7 +304,7 @@ class Queue:
         rows.sort(key=lambda r: (r.lane, r.id))
         return [Claim(r.id, r.notice_id, r.outlet_id, r.message_id, r.attempts + 1, r.schedule_start,
                       json.loads(r.channel_state) if r.channel_state else None, r.lane == URGENT_LANE,
-                      r.expires_at) for r in rows]
+                      r.expires_at, r.version, r.carries, r.sent_version, r.origin) for r in rows]
 
     def cancel_expired(self, now: datetime | None = None) -> dict[str, int]:
         """Cancel, with reason "expired", the unsent deliveries of notices past their ``expires_at``: pending
@@ -349,32 +365,50 @@ class Queue:
                     {"delivery_id": r.delivery_id, "outlet_id": r.outlet_id, "number": r.attempt,
                      "trigger": r.trigger, "started_at": at(r.started_at), "latency_ms": r.latency_ms,
                      "outcome": r.outcome, "http_status": r.http_status, "platform_code": clean_text(r.platform_code),
-                     "error": clean_text(r.error), "response": clean_text(r.response)}
+                     "error": clean_text(r.error), "response": clean_text(r.response), "version": r.version,
+                     "carries": r.carries}
                     for r in tried
                 ])
+            # what each delivery carries now: a correction or retraction may have come while its try was in flight
+            rows = {row.id: row for row in conn.execute(
+                sa.select(d.c.id, d.c.version, d.c.sent_version, notices.c.retracted_at)
+                .select_from(d.join(notices, notices.c.id == d.c.notice_id))
+                .where(d.c.id.in_({r.delivery_id for r in records})))}
+            settled = {r.delivery_id: settle(STATUS_AFTER[r.outcome], r.version, r.carries, rows[r.delivery_id].version,
+                                             rows[r.delivery_id].sent_version, rows[r.delivery_id].retracted_at is not None)
+                       for r in records if r.delivery_id in rows}
             conn.execute(
                 d.update()
                 .where(d.c.id == sa.bindparam("b_id"), d.c.status == "pending", d.c.lease_owner == self.db.owner)
                 .values(
                     status=sa.bindparam("b_status"), attempts=sa.bindparam("b_attempts"),
                     next_attempt_at=sa.bindparam("b_next"), lease_owner=None, lease_expires_at=None,
+                    sent_version=sa.bindparam("b_sent", type_=sa.Integer), carries=sa.bindparam("b_carries"),
+                    # a newer version or the retraction is a new message: its own retry schedule
+                    schedule_start=sa.case((sa.bindparam("b_again", type_=sa.Boolean), sa.bindparam("b_attempts")),
+                                           else_=d.c.schedule_start),
                     # a cancellation keeps the last try's answer: why it had not gone out before it expired
                     http_status=sa.case((sa.bindparam("b_status") == "cancelled", d.c.http_status),
                                         else_=sa.bindparam("b_http")),
                     error=sa.case((sa.bindparam("b_status") == "cancelled", d.c.error), else_=sa.bindparam("b_error")),
                     delivered_at=sa.bindparam("b_delivered"), updated_at=now,
                     cancel_reason=sa.bindparam("b_cancel", type_=sa.String),
+                    # kept across versions: a channel tells its messages apart (wechat_mp updates an unpublished draft)
                     channel_state=sa.func.coalesce(sa.bindparam("b_state", type_=sa.Text), d.c.channel_state),
                 ),
                 [
-                    {"b_id": r.delivery_id, "b_status": STATUS_AFTER[r.outcome],
+                    {"b_id": r.delivery_id, "b_status": settled[r.delivery_id].status,
                      "b_attempts": r.attempt - 1 if r.outcome == "cancelled" else r.attempt,
-                     "b_next": at(r.next_attempt_at) if r.outcome == "retry" else None,
+                     "b_next": now if settled[r.delivery_id].again else (
+                         at(r.next_attempt_at) if settled[r.delivery_id].status == "pending" else None),
                      "b_http": r.http_status, "b_error": clean_text(r.error),
-                     "b_cancel": clean_text(r.error) if r.outcome == "cancelled" else None,
-                     "b_delivered": at(r.started_at) if r.outcome == "delivered" else None,
-                     "b_state": None if r.channel_state is None else json.dumps(dict(r.channel_state))}
-                    for r in records
+                     "b_cancel": settled[r.delivery_id].cancel_reason or (
+                         clean_text(r.error) if settled[r.delivery_id].status == "cancelled" else None),
+                     "b_delivered": at(r.started_at) if settled[r.delivery_id].status == "delivered" else None,
+                     "b_state": None if r.channel_state is None else json.dumps(dict(r.channel_state)),
+                     "b_sent": settled[r.delivery_id].sent_version, "b_carries": settled[r.delivery_id].carries,
+                     "b_again": settled[r.delivery_id].again}
+                    for r in records if r.delivery_id in settled
                 ],
             )
             if tried:
@@ -387,20 +421,22 @@ class Queue:
         with self.db.tx() as conn:
             now = now or self.db.now(conn)
             rows = conn.execute(
-                sa.select(d.c.id, d.c.attempts).where(d.c.id.in_(list(delivery_ids)), d.c.outlet_id == outlet_id,
-                                                      d.c.status == "pending")
+                sa.select(d.c.id, d.c.attempts, d.c.version, d.c.carries).where(
+                    d.c.id.in_(list(delivery_ids)), d.c.outlet_id == outlet_id, d.c.status == "pending")
             ).all()
             if not rows:
                 return 0
             conn.execute(attempts.insert(), [
                 {"delivery_id": r.id, "outlet_id": outlet_id, "number": r.attempts + 1, "trigger": "fetch",
                  "started_at": now, "latency_ms": latency_ms, "outcome": "delivered", "http_status": 200,
-                 "error": None, "response": None} for r in rows
+                 "error": None, "response": None, "version": r.version, "carries": r.carries} for r in rows
             ])
+            # the feed listed the latest version (or the retraction): that is what the outlet now has
             conn.execute(
                 d.update().where(d.c.id.in_([r.id for r in rows]), d.c.status == "pending")
                 .values(status="delivered", attempts=d.c.attempts + 1, next_attempt_at=None, http_status=200,
-                        error=None, delivered_at=now, updated_at=now)
+                        error=None, delivered_at=now, updated_at=now,
+                        sent_version=sa.case((d.c.carries == "retraction", d.c.sent_version), else_=d.c.version))
             )
             add_latencies(conn, [("feed", latency_ms)] * len(rows))
         return len(rows)
@@ -487,6 +523,29 @@ class Queue:
                 .where(notices.c.id.in_(set(notice_ids)))
             )
             return {row.id: (Notice.from_stored(row.payload), row.released_at or row.submitted_at) for row in rows}
+
+    def editions(self, claims: Sequence[Claim], known: Collection[tuple[int, int]] = ()
+                 ) -> tuple[dict[tuple[int, int], tuple[Notice, datetime]], dict[int, Change]]:
+        """What the claims carry: each (notice id, version) not in ``known`` with its publication time, and the
+        Change (a correction or the retraction) of each claim, by delivery id, that carries one."""
+        wanted = {(c.notice_id, c.version) for c in claims} - set(known)
+        with self.db.read() as conn:
+            found: dict[tuple[int, int], tuple[Notice, datetime]] = {}
+            if wanted:
+                ids = {i for i, _ in wanted}
+                published = dict(conn.execute(sa.select(
+                    notices.c.id, sa.type_coerce(sa.func.coalesce(notices.c.released_at, notices.c.submitted_at),
+                                                 UTCDateTime))
+                    .where(notices.c.id.in_(ids))).all())
+                for row in conn.execute(sa.select(notice_versions.c.notice_id, notice_versions.c.version,
+                                                  notice_versions.c.payload).where(notice_versions.c.notice_id.in_(ids))):
+                    if (row.notice_id, row.version) in wanted:
+                        found[(row.notice_id, row.version)] = (Notice.from_stored(row.payload),
+                                                               published[row.notice_id])
+            keys = {c.delivery_id: (c.notice_id, c.version, c.carries, c.sent_version, c.message_id)
+                    for c in claims if c.carries != NOTICE}
+            changes = self.lifecycle.changes_for(conn, set(keys.values())) if keys else {}
+        return found, {delivery_id: changes[key] for delivery_id, key in keys.items()}
 
     def next_due_at(self, skip_outlets: Collection[str] = (), outlets: Collection[str] | None = None
                     ) -> datetime | None:

@@ -40,6 +40,27 @@ notices = sa.Table(
     sa.Column("submitted_at", UTCDateTime, nullable=False),
     sa.Column("released_at", UTCDateTime, nullable=True),
     sa.Column("source", sa.String(500), nullable=False),
+    # the current version (payload and content_hash are its); earlier ones are in notice_versions
+    sa.Column("version", sa.Integer, nullable=False, default=1, server_default="1"),
+    # retracted (撤回): its unsent deliveries are cancelled, every outlet that had it gets the retraction
+    sa.Column("retracted_at", UTCDateTime, nullable=True),
+    sa.Column("retracted_by", sa.String(100), nullable=True),
+    sa.Column("retraction_reason", sa.Text, nullable=True),
+)
+
+# Every version of every notice (1 is the original, 2 and on its corrections, 更正): kept so an outlet that
+# received an earlier one is told what changed, and for the history.
+notice_versions = sa.Table(
+    "notice_versions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("notice_id", sa.Integer, sa.ForeignKey("notices.id"), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("created_by", sa.String(100), nullable=False),  # who submitted or corrected it
+    sa.Column("correction_note", sa.Text, nullable=True),  # why it was corrected (2 and on)
+    sa.UniqueConstraint("notice_id", "version"),
 )
 
 deliveries = sa.Table(
@@ -48,7 +69,8 @@ deliveries = sa.Table(
     sa.Column("notice_id", sa.Integer, sa.ForeignKey("notices.id"), nullable=False),
     sa.Column("outlet_id", sa.String(64), nullable=False),
     sa.Column("tier", sa.String(16), nullable=False),
-    # held (embargoed) -> pending -> delivered | failed | cancelled (cancel_reason says why: "expired")
+    # held (embargoed) -> pending -> delivered | failed | cancelled (cancel_reason says why: "expired", "retracted");
+    # a correction or retraction puts a delivered one back to pending (see bot/store/lifecycle.py)
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("cancel_reason", sa.String(200), nullable=True),
     # the claim's lane: 0 urgent, 1 normal; urgent deliveries are claimed before any normal one
@@ -68,6 +90,12 @@ deliveries = sa.Table(
     # what a channel keeps between tries of this delivery (JSON; wechat_mp: its draft's media_id, a publish_id);
     # never a secret
     sa.Column("channel_state", sa.Text, nullable=True),
+    # the notice version this delivery carries (sends next, or sent last), and the latest the outlet received
+    sa.Column("version", sa.Integer, nullable=False, default=1, server_default="1"),
+    sa.Column("sent_version", sa.Integer, nullable=True),
+    # what it carries: notice (an ordinary post) | correction (更正, to an outlet with sent_version) | retraction
+    sa.Column("carries", sa.String(16), nullable=False, default="notice", server_default="notice"),
+    sa.Column("origin", sa.String(16), nullable=False, default="submit", server_default="submit"),  # | backfill
     sa.UniqueConstraint("notice_id", "outlet_id"),
     sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
     # the claim takes each outlet's oldest due deliveries, outlet by outlet, urgent lane first
@@ -84,7 +112,7 @@ attempts = sa.Table(
     sa.Column("delivery_id", sa.Integer, sa.ForeignKey("deliveries.id"), nullable=False, index=True),
     sa.Column("outlet_id", sa.String(64), nullable=False),  # copied from the delivery: rate limits count by outlet
     sa.Column("number", sa.Integer, nullable=False),
-    sa.Column("trigger", sa.String(16), nullable=False),  # scheduled | manual | fetch
+    sa.Column("trigger", sa.String(16), nullable=False),  # scheduled | manual | fetch | backfill
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("latency_ms", sa.Float, nullable=False),
     sa.Column("outcome", sa.String(16), nullable=False),  # delivered | retry | failed
@@ -92,6 +120,8 @@ attempts = sa.Table(
     sa.Column("platform_code", sa.Text, nullable=True),  # the platform's own answer code (errcode, code, error_code)
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("response", sa.Text, nullable=True),
+    sa.Column("version", sa.Integer, nullable=True),  # the notice version sent
+    sa.Column("carries", sa.String(16), nullable=True),  # notice | correction | retraction
     sa.Index("ix_attempts_outlet_time", "outlet_id", "started_at"),
     sa.Index("ix_attempts_started", "started_at"),  # pruning
 )

@@ -14,14 +14,17 @@ ATOM = "{http://www.w3.org/2005/Atom}"
 
 
 async def read_feed(url: str, token: str | None = None) -> list[dict[str, str]]:
-    """The entries of the feed at ``url`` as ``{"id", "title", "content"}``; raises on a bad answer or bad XML/JSON."""
+    """The entries of the feed at ``url`` as ``{"id", "title", "content", "updated"}``; raises on a bad answer or bad
+    XML/JSON."""
     headers = {"authorization": f"Bearer {token}"} if token else {}
     async with httpx.AsyncClient(trust_env=False) as client:
         answer = await client.get(url, headers=headers)
     answer.raise_for_status()
     if url.endswith(".json"):
         items = json.loads(answer.content)["items"]
-        return [{"id": i["id"], "title": i["title"], "content": i["content_text"]} for i in items]
+        return [{"id": i["id"], "title": i["title"], "content": i["content_text"], "updated": i["date_modified"]}
+                for i in items]
     root = ET.fromstring(answer.content)
     return [{"id": e.findtext(f"{ATOM}id") or "", "title": e.findtext(f"{ATOM}title") or "",
-             "content": e.findtext(f"{ATOM}content") or ""} for e in root.iter(f"{ATOM}entry")]
+             "content": e.findtext(f"{ATOM}content") or "", "updated": e.findtext(f"{ATOM}updated") or ""}
+            for e in root.iter(f"{ATOM}entry")]

@@ -7,6 +7,8 @@
   45110 author over 16 characters, 45004 digest over 128 characters (codes from WeChat's global return
   code table), 45002 content of 20,000 characters or 1 MB or more; else ``{"media_id": …}``. Drafts keep
   their article; ``scripts`` counts any that carried a ``<script``;
+- ``POST /cgi-bin/draft/update`` with ``{"media_id", "index": 0, "articles": {…}}``: replaces the draft's article
+  (``updates`` lists them); 40007 for an unknown draft or one published (it has left the draft box);
 - ``POST /cgi-bin/freepublish/submit``: accepts a publish task for a draft by media_id, answering
   ``{"errcode": 0, "publish_id": …}`` (40007 unknown media_id); ``submit_errors`` scripts errcodes for the
   next submits (-1 system busy);
@@ -45,6 +47,7 @@ class WeChatMPAPI(LoopbackPlatform):
         self.tasks: dict[str, tuple[str, int]] = {}  # publish_id -> (media_id, checks so far)
         self.lose_draft_answers = 0  # the next draft/add calls store the draft, then drop the connection
         self.scripts = 0
+        self.updates: list[str] = []  # media_ids draft/update replaced
 
     @property
     def url(self) -> str:
@@ -60,6 +63,7 @@ class WeChatMPAPI(LoopbackPlatform):
         app.router.add_post("/cgi-bin/freepublish/submit", self._publish)
         app.router.add_post("/cgi-bin/freepublish/get", self._publish_status)
         app.router.add_post("/cgi-bin/draft/batchget", self._drafts)
+        app.router.add_post("/cgi-bin/draft/update", self._update)
 
     def _error(self, key: str, errcode: int, errmsg: str) -> web.Response:
         self.refused.append((key, errcode))
@@ -113,6 +117,25 @@ class WeChatMPAPI(LoopbackPlatform):
             request.transport.abort()
             return web.Response(status=200)  # never reaches the caller: the connection is gone
         return web.json_response({"media_id": media_id})
+
+    async def _update(self, request: web.Request) -> web.Response:
+        """draft/update: {"media_id", "index", "articles": {…}} replaces a draft's article; a published draft has
+        left the draft box (40007)."""
+        appid = self.tokens.get(request.query.get("access_token", ""))
+        if appid is None:
+            return self._error("?", 40001, "invalid credential")
+        asked = json.loads(await request.read())
+        media_id, article = asked.get("media_id"), asked.get("articles") or {}
+        if media_id not in self.drafts or media_id in self.published:
+            return self._error(appid, 40007, "invalid media_id")
+        if asked.get("index") != 0 or article.get("thumb_media_id") not in self.thumbs:
+            return self._error(appid, 40007, "invalid media_id")
+        if len(article.get("title", "")) > 32:
+            return self._error(appid, 45003, "title size out of limit")
+        self.drafts[media_id] = article
+        self.updates.append(media_id)
+        self.received.append(Received(appid, article, time.monotonic()))
+        return web.json_response({"errcode": 0, "errmsg": "ok"})
 
     async def _drafts(self, request: web.Request) -> web.Response:
         """draft/batchget: {"offset", "count" (1–20), "no_content"} -> the newest drafts first."""

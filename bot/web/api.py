@@ -23,13 +23,21 @@ from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Fiel
 from starlette.concurrency import run_in_threadpool
 
 from bot import desk
-from bot.intake import MAX_FILE_BYTES, IntakeError, NoticesRefused, check_notices, parse_json, store_notices
+from bot.intake import (
+    MAX_FILE_BYTES,
+    IntakeError,
+    NoticesRefused,
+    check_notices,
+    correction_of,
+    parse_json,
+    store_notices,
+)
 from bot.logs import Redactor
 from bot.model import Notice, Urgency
 from bot.outlets import OutletMatrix, Tier
 from bot.outlets import reach as matrix_reach
 from bot.regions import CITYWIDE
-from bot.store import Actor, RefConflict, Role
+from bot.store import Actor, NotCorrectable, RefConflict, Role
 from bot.web import PROBLEM, Problem, Site, problem, site_of
 from bot.web.auth import admin, editor, operator, viewer
 
@@ -82,7 +90,9 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 class Created(BaseModel):
     ref: str
     created: bool = Field(description="false: the identical notice was already stored, nothing changed")
-    deliveries: int = Field(description="deliveries created for it: one per outlet it concerns")
+    deliveries: int = Field(description="deliveries created for it: one per outlet it concerns (a correction: the "
+                                        "deliveries it makes)")
+    version: int = Field(1, description="2 and on: stored as a correction (correct: true with a correction_note)")
 
 
 class Submitted(BaseModel):
@@ -113,6 +123,7 @@ class NoticeState(StrEnum):
     delivered = "delivered"
     failed = "failed"
     cancelled = "cancelled"
+    retracted = "retracted"
 
 
 class Counts(BaseModel):
@@ -171,6 +182,12 @@ class TierSummary(BaseModel):
     waiting: list[DeliveryRow] = Field(description="this tier's deliveries not yet delivered, held ones with why")
 
 
+class Retraction(BaseModel):
+    at: datetime
+    by: str
+    reason: str
+
+
 class NoticeDetail(BaseModel):
     notice: Notice
     state: NoticeState
@@ -178,6 +195,46 @@ class NoticeDetail(BaseModel):
     released_at: datetime | None
     deliveries: int
     tiers: list[TierSummary]
+    version: int = Field(1, description="the current version: 2 and on are corrections (更正)")
+    retraction: Retraction | None = Field(None, description="set once the notice is retracted (撤回)")
+
+
+class RetractBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=2000, description="why, as the outlets will read it")
+
+
+class Retracted(BaseModel):
+    ref: str
+    cancelled: int = Field(description="deliveries not yet made, now cancelled with reason retracted")
+    retractions: int = Field(description="outlets that received the notice and will get the retraction")
+
+
+class Corrected(BaseModel):
+    ref: str
+    version: int
+    deliveries: int = Field(description="deliveries to make: corrections, and the latest version to those waiting")
+
+
+class History(BaseModel):
+    ref: str
+    version: int
+    versions: list[dict[str, Any]] = Field(description="each version: at, by, correction_note, its changes")
+    retraction: Retraction | None
+    outlets: list[dict[str, Any]] = Field(description="each outlet's status, the version it has, every try")
+
+
+class BackfillBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    since: str = Field("7d", max_length=40, description="how far back: an age (7d, 12h) or an ISO 8601 time")
+    dry_run: bool = False
+
+
+class Backfilled(BaseModel):
+    outlet: str
+    notices: list[str] = Field(description="the refs queued (or, dry run, that would be), oldest first")
 
 
 class DeliveryPage(BaseModel):
@@ -415,12 +472,13 @@ async def submit(request: Request, caller: Actor = editor) -> Submitted:
     notices, many = await _read_notices(request, site)
     try:
         added = await run_in_threadpool(store_notices, notices, site.store, site.matrix, f"api:{caller.name}", caller)
-    except RefConflict as exc:
+    except (RefConflict, NotCorrectable) as exc:
         index = next(i for i, n in enumerate(notices) if n.ref == exc.ref)
         field = f"notices[{index}].ref" if many else "notice.ref"
         raise Problem(409, f"{field}: {exc}; nothing of this request was stored",
                       errors=[{"field": field, "message": str(exc)}]) from None
-    return Submitted(notices=[Created(ref=a.ref, created=a.created, deliveries=a.deliveries) for a in added],
+    return Submitted(notices=[Created(ref=a.ref, created=a.created, deliveries=a.deliveries, version=a.version)
+                              for a in added],
                      deliveries=sum(a.deliveries for a in added))
 
 
@@ -487,6 +545,68 @@ def _notice_row(row: dict[str, Any]) -> NoticeRow:
                      deliveries=Counts(**{s: row[s] for s in desk.STATES}))
 
 
+@router.post("/notices/{ref}:correct", response_model=Corrected, tags=["notices"],
+             summary="Correct a notice (editor): the body is its new version, with correction_note",
+             openapi_extra=NOTICE_BODY, responses=_problems(404, 409, 413, 422))
+async def correct(request: Request, ref: Annotated[str, Path(max_length=64)], caller: Actor = editor) -> Corrected:
+    site = site_of(request)
+    notices, _ = await _read_notices(request, site)
+    try:
+        notice = correction_of(notices, ref, "body", None)
+    except IntakeError as exc:
+        raise Problem(422, str(exc), errors=[{"field": "notice", "message": str(exc).removeprefix("body: ")}]) from None
+    try:
+        (added,) = await run_in_threadpool(store_notices, [notice], site.store, site.matrix, f"api:{caller.name}",
+                                           caller)
+    except NotCorrectable as exc:
+        raise Problem(404 if "no notice" in str(exc) else 409, str(exc)) from None
+    return Corrected(ref=ref, version=added.version, deliveries=added.deliveries)
+
+
+@router.post("/notices/{ref}:retract", response_model=Retracted, tags=["notices"],
+             summary="Retract a notice (editor): cancel what is unsent, send the retraction where it went",
+             responses=_problems(400, 404))
+def retract(request: Request, ref: Annotated[str, Path(max_length=64)], body: RetractBody,
+            caller: Actor = editor) -> Retracted:
+    site = site_of(request)
+    try:
+        done = site.store.lifecycle.retract(ref, body.reason, caller)
+    except LookupError:
+        raise Problem(404, f"no notice with ref {ref!r}") from None
+    except ValueError as exc:
+        raise Problem(422, f"reason: {exc}", errors=[{"field": "reason", "message": str(exc)}]) from None
+    return Retracted(ref=ref, **done)
+
+
+@router.get("/notices/{ref}/history", response_model=History, tags=["notices"],
+            summary="A notice's versions and their differences, its retraction, each outlet's timeline (viewer)",
+            responses=_problems(404))
+def notice_history(request: Request, ref: Annotated[str, Path(max_length=64)], caller: Actor = viewer) -> History:
+    found = site_of(request).store.lifecycle.history(ref)
+    if found is None:
+        raise Problem(404, f"no notice with ref {ref!r}")
+    return History(**found)
+
+
+@router.post("/outlets/{outlet_id}:backfill", response_model=Backfilled, tags=["outlets"],
+             summary="Send an outlet the live notices of a period it has not had, oldest first (operator)",
+             responses=_problems(400, 404))
+def backfill(request: Request, outlet_id: Annotated[str, Path(max_length=64)], body: BackfillBody,
+             caller: Actor = operator) -> Backfilled:
+    site = site_of(request)
+    matrix = site.matrix
+    outlet = matrix.by_id.get(outlet_id)
+    if outlet is None:
+        raise Problem(404, f"no outlet {outlet_id!r} in the matrix")
+    try:
+        since = desk.since(body.since)
+    except ValueError as exc:
+        raise Problem(422, f"since: {exc}", errors=[{"field": "since", "message": str(exc)}]) from None
+    refs = site.store.lifecycle.backfill(outlet, since, lambda n, o: matrix_reach(o, n).reached, caller,
+                                         dry_run=body.dry_run)
+    return Backfilled(outlet=outlet_id, notices=refs)
+
+
 @router.get("/notices/{ref}", response_model=NoticeDetail, tags=["notices"],
             summary="A notice and who has it, tier by tier (viewer)", responses=_problems(404))
 def notice(request: Request, ref: Annotated[str, Path(max_length=64)], caller: Actor = viewer) -> NoticeDetail:
@@ -496,6 +616,7 @@ def notice(request: Request, ref: Annotated[str, Path(max_length=64)], caller: A
         raise Problem(404, f"no notice with ref {ref!r}")
     row = site.store.log.notice_row(ref)
     return NoticeDetail(
+        version=status.version, retraction=status.retraction,
         notice=status.notice, state=row["state"], submitted_at=row["submitted_at"], released_at=row["released_at"],
         deliveries=status.deliveries,
         tiers=[TierSummary(tier=t.tier, outlets=t.outlets, delivered=t.delivered, pending=t.pending, held=t.held,

@@ -95,7 +95,8 @@ async def _feed(request: Request, outlet_id: str, kind: Literal["atom", "json"],
     # the store lists newest first with a limit; one more than this page tells whether a next page exists
     listed = await run_in_threadpool(site.store.log.feed_entries, outlet.id, page * PAGE_SIZE + 1)
     entries = listed[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
-    items = [channel.feed_item(notice, published_at, outlet.options) for _, _, notice, published_at in entries]
+    items = [channel.feed_item(notice, published_at, outlet.options, change)
+             for _, _, notice, published_at, change in entries]
     title = f"重庆辟谣 · {outlet.name}"
     # the links a reader follows, without the reader's token: a credential never goes into a document
     query = {k: v for k, v in request.query_params.items() if k not in ("token", "page")}
@@ -110,13 +111,13 @@ async def _feed(request: Request, outlet_id: str, kind: Literal["atom", "json"],
         body = json.dumps(feed | ({"next_url": next_url} if next_url else {}), ensure_ascii=False).encode()
         content_type = "application/feed+json"
     else:
-        updated = entries[0][3] if entries else datetime.now(UTC)
+        updated = max((datetime.fromisoformat(item["date_modified"]) for item in items), default=datetime.now(UTC))
         body = render("feed/atom.xml.j2", {
             "feed_id": f"tag:debunkbot,2026:{outlet.id}", "feed_title": title, "self_url": self_url,
             "next_url": next_url, "updated": updated.isoformat(), "entries": items,
         }).encode()
         content_type = "application/atom+xml"
-    pending = [delivery_id for delivery_id, status, _, _ in entries if status == "pending"]
+    pending = [delivery_id for delivery_id, status, _, _, _ in entries if status == "pending"]
 
     async def delivered() -> None:  # runs once the body has been sent: what it listed counts as delivered
         latency = (time.perf_counter() - started) * 1000

@@ -47,7 +47,7 @@ async def reload_matrix(request: Request, caller: Actor = operator) -> MatrixRel
     except MatrixError as exc:
         said = "; ".join([str(exc).splitlines()[0].rstrip(":"), *exc.problems]) if len(exc.problems) > 1 else str(exc)
         raise Problem(422, _without_urls(f"outlet matrix refused, still running with the matrix as it was: {said}"),
-                      errors=[_problem(line) for line in exc.problems] or [{"message": _without_urls(str(exc))}],
+                      errors=[_problem(line) for line in exc.problems] or [{"field": "matrix", "message": _without_urls(str(exc))}],
                       incomplete=isinstance(exc, IncompleteMatrix)) from None
     return MatrixReloaded(generation=site.live.generation or 0, outlets=len(site.matrix), **changes.as_dict())
 

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.model import Notice
-from bot.render import markdown_escape, plain_inert, printable
+from bot.model import FIELD_LABELS, Change, Notice
+from bot.render import change_word, markdown_escape, plain_inert, printable
 from channels import CHANNELS, Rendered
 from channels.feishu import SIGNATURE_PLACEHOLDER
 from channels.fit import cut, lead, safe_boundary, weibo_length
@@ -167,7 +167,7 @@ def _strings(value: Any) -> list[str]:
     return [value] if isinstance(value, str) else []
 
 
-def _shows_title(rendered: Rendered, notice: Notice, channel: str) -> bool:
+def _shows_title(rendered: Rendered, notice: Notice, channel: str, word: str = "【辟谣】") -> bool:
     """The title is there, as the format writes it (escaped for markdown or HTML, inert for Weibo)."""
     title = " ".join(printable(notice.title).split())  # titles are shown on one line, without control characters
     forms = {notice.title, title, markdown_escape(title), escape(title, quote=False), plain_inert(title)}
@@ -175,15 +175,29 @@ def _shows_title(rendered: Rendered, notice: Notice, channel: str) -> bool:
     if any(form in text for form in forms for text in haystack):
         return True
     # Weibo: 140 characters cannot always hold a 120-character title and the link; its head is kept, cut.
-    head = rendered.text.split("【辟谣】", 1)[-1].split("…", 1)[0]
+    head = rendered.text.split(word, 1)[-1].split("…", 1)[0]
+    if word == "【撤回】":
+        head = rendered.text.split("此前发布的《", 1)[-1].split("…", 1)[0]
     return channel == "weibo" and "…" in rendered.text and plain_inert(title).startswith(head) and head != ""
 
 
+changes = st.one_of(
+    st.none(),
+    st.builds(lambda note, fields: Change(kind="correction", version=2, previous_version=1, previous_message_id="m",
+                                          note=_visible(note[:2000], "更正"), changed=tuple(fields),
+                                          at=datetime(2026, 11, 28, tzinfo=UTC)),
+              text, st.lists(st.sampled_from(sorted(FIELD_LABELS)), unique=True)),
+    st.builds(lambda note: Change(kind="retraction", version=1, previous_version=1, previous_message_id="m",
+                                  note=_visible(note[:2000], "撤回"), at=datetime(2026, 11, 28, tzinfo=UTC)), text),
+)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(notice=notices)
+@given(notice=notices, change=changes)
 def test_every_channel_renders_any_notice_within_its_limit_valid_for_its_format_and_with_its_title(
-    notice: Notice,
+    notice: Notice, change: Change | None,
 ) -> None:
+    """As an ordinary post, a correction (更正) or a retraction (撤回)."""
     now = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
     outputs = [(name, *spec) for name, spec in TEMPLATES.items()]
     outputs += [("webhook", "webhook", {}, lambda r: 0, 0), ("feed", "feed", {}, lambda r: 0, 0)]
@@ -191,7 +205,7 @@ def test_every_channel_renders_any_notice_within_its_limit_valid_for_its_format_
         options = options | ({"read_more_url": "https://piyao.cq.example/{ref}"} if channel == "weibo" else {})
         if template == "wecom news" and not notice.sources:  # no link for a card: markdown is sent
             limit = TEMPLATES["wecom markdown"][3]
-        rendered = CHANNELS[channel].render(notice, now, options)
+        rendered = CHANNELS[channel].render(notice, now, options, change=change)
         assert measure(rendered) <= limit, template
         if channel == "wechat_mp":
             parser = _WellFormed()
@@ -205,4 +219,6 @@ def test_every_channel_renders_any_notice_within_its_limit_valid_for_its_format_
             assert "@all" not in rendered.text.replace("\\@", ""), template
         if channel == "weibo":
             assert "@" not in rendered.text and "#" not in rendered.text, template
-        assert _shows_title(rendered, notice, channel), (template, rendered.text)
+        assert _shows_title(rendered, notice, channel, change_word(change)), (template, rendered.text)
+        if change is not None and channel != "webhook":
+            assert change_word(change) in rendered.text + rendered.body.decode(), template

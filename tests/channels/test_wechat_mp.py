@@ -124,7 +124,7 @@ async def test_a_publish_counts_only_once_wechat_says_it_is_published(
     rendered, state = render_for(outlet, make_notice()), {}
     accepted = await send(outlet, secret, rendered, state=state)
     assert accepted.result == "retry" and "publish task accepted" in (accepted.error or "")
-    assert set(state) == {"media_id", "publish_id"} and not any(WECHAT[1] in str(v) for v in state.values())
+    assert set(state) == {"media_id", "publish_id", "message_id"} and not any(WECHAT[1] in str(v) for v in state.values())
     assert (await send(outlet, secret, rendered, attempt=2, state=state)).result == "retry"  # publishing
     published = await send(outlet, secret, rendered, attempt=3, state=state)
     assert published.result == "delivered" and "https://mp.weixin.qq.com/s/" in (published.error or "")
@@ -149,7 +149,7 @@ async def test_a_publish_call_that_fails_after_the_draft_was_added_is_retried_wi
     platforms.wechat_mp.submit_errors = [-1]  # system busy, once, after draft/add went through
     rendered, state = render_for(outlet, make_notice()), {}
     assert (await send(outlet, secret, rendered, state=state)).result == "retry"
-    assert set(state) == {"media_id"}
+    assert set(state) == {"media_id", "message_id"}
     assert (await send(outlet, secret, rendered, attempt=2, state=state)).result == "retry"  # accepted now
     assert (await send(outlet, secret, rendered, attempt=3, state=state)).result == "delivered"
     assert len(platforms.wechat_mp.drafts) == 1 and platforms.wechat_mp.published == list(platforms.wechat_mp.drafts)

@@ -111,6 +111,8 @@ EVERY_CALL = [
     ("POST", "/outlets/city-hualong:resume", Role.operator), ("GET", "/audit", Role.operator),
     ("GET", "/tokens", Role.admin), ("POST", "/tokens", Role.admin), ("POST", "/tokens/1:revoke", Role.admin),
     ("POST", "/matrix:reload", Role.operator),
+    ("POST", "/notices/cq-test-001:correct", Role.editor), ("POST", "/notices/cq-test-001:retract", Role.editor),
+    ("GET", "/notices/cq-test-001/history", Role.viewer), ("POST", "/outlets/city-hualong:backfill", Role.operator),
 ]
 
 
@@ -154,7 +156,7 @@ async def test_one_notice_is_stored_with_a_delivery_per_outlet_it_concerns_and_a
     answer = await api.post("/notices", Role.editor, json=notice(regions=["渝中区"]))
     assert answer.status_code == 201, answer.text
     # citywide outlets and 渝中区's; not 南岸区's
-    assert answer.json() == {"notices": [{"ref": "cq-test-001", "created": True, "deliveries": 5}], "deliveries": 5}
+    assert answer.json() == {"notices": [{"ref": "cq-test-001", "created": True, "deliveries": 5, "version": 1}], "deliveries": 5}
     assert {r["outlet"] for r in api.store.log.deliveries(ref="cq-test-001")} == {
         o["id"] for o in OUTLETS if o["id"] != "dist-nanan"}
     (row,) = api.audit(action="notice.submit")
@@ -170,8 +172,8 @@ async def test_a_list_is_stored_whole_and_the_same_list_again_changes_nothing(ap
     assert first.json()["deliveries"] == 12 and [n["ref"] for n in first.json()["notices"]] == ["a", "b"]
     again = await api.post("/notices", Role.editor, json=batch)
     assert again.status_code == 201
-    assert again.json() == {"notices": [{"ref": "a", "created": False, "deliveries": 0},
-                                        {"ref": "b", "created": False, "deliveries": 0}], "deliveries": 0}
+    assert again.json() == {"notices": [{"ref": "a", "created": False, "deliveries": 0, "version": 1},
+                                        {"ref": "b", "created": False, "deliveries": 0, "version": 1}], "deliveries": 0}
     assert len(api.audit(action="notice.submit")) == 2
 
 
@@ -501,3 +503,74 @@ async def test_openapi_describes_every_error_as_a_problem_and_a_submitted_notice
                if status[0] == "4")
     regions = document["components"]["schemas"]["NoticeIn"]["properties"]["regions"]["items"]["enum"]
     assert {"全市", "渝中区", "两江新区"} <= set(regions)
+
+
+# -- a notice's life ------------------------------------------------------------------------------------
+
+async def test_a_correction_and_a_retraction_through_the_api_are_audited_and_show_in_the_detail_and_history(
+    api: Api
+) -> None:
+    assert (await api.post("/notices", json=notice(), role=Role.editor)).status_code == 201
+    changed = notice(truth="经核实，长江重庆段水位平稳，较昨日上涨0.3米。")
+    conflict = await api.post("/notices", json=changed, role=Role.editor)
+    assert conflict.status_code == 409 and "correct: true" in conflict.json()["detail"]
+    no_note = await api.post("/notices/cq-test-001:correct", json=changed, role=Role.editor)
+    assert no_note.status_code == 422 and "correction_note" in no_note.json()["detail"]
+    other_ref = await api.post("/notices/cq-other:correct", json=changed | {"correction_note": "x"}, role=Role.editor)
+    assert other_ref.status_code == 422 and "keeps its ref" in other_ref.json()["detail"]
+
+    answer = await api.post("/notices/cq-test-001:correct", json=changed | {"correction_note": "水位数据有误"},
+                            role=Role.editor)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["version"] == 2
+    (row,) = api.audit(action="notice.correct")
+    assert row["subject"] == "cq-test-001" and row["actor"] == "editor-张三"
+
+    # correct: true in the body of an ordinary submit does the same
+    third = await api.post("/notices", json=changed | {"title": "第三版标题", "correct": True, "correction_note": "标题"},
+                           role=Role.editor)
+    assert third.status_code == 201 and third.json()["notices"][0]["version"] == 3
+    new_ref = await api.post("/notices", json=notice(ref="cq-new", correct=True, correction_note="x"), role=Role.editor)
+    assert new_ref.status_code == 409 and "no notice is stored" in new_ref.json()["detail"]
+
+    retracted = await api.post("/notices/cq-test-001:retract", json={"reason": "复核有误"}, role=Role.editor)
+    assert retracted.status_code == 200 and retracted.json()["cancelled"] >= 1
+    assert len(api.audit(action="notice.retract")) == 1
+    detail = (await api.get("/notices/cq-test-001", role=Role.viewer)).json()
+    assert detail["version"] == 3 and detail["retraction"]["reason"] == "复核有误" and detail["state"] == "retracted"
+    listed = (await api.get("/notices", role=Role.viewer, params={"state": "retracted"})).json()["notices"]
+    assert [n["ref"] for n in listed] == ["cq-test-001"]
+    history = (await api.get("/notices/cq-test-001/history", role=Role.viewer)).json()
+    assert [v["version"] for v in history["versions"]] == [1, 2, 3]
+    assert history["versions"][1]["changes"][0]["field"] == "truth"
+    assert {o["status"] for o in history["outlets"]} == {"cancelled"}
+    again = await api.post("/notices/cq-test-001:correct", json=changed | {"title": "再改", "correction_note": "x"},
+                           role=Role.editor)
+    assert again.status_code == 409 and "retracted" in again.json()["detail"]
+    assert (await api.post("/notices/nope:retract", json={"reason": "x"}, role=Role.editor)).status_code == 404
+
+
+async def test_an_operator_backfills_an_outlet_with_the_live_notices_it_has_not_had_oldest_first(
+    api: Api, regions: RegionTable
+) -> None:
+    from bot.model import Notice
+
+    def stored(**fields: Any) -> Notice:
+        return Notice.model_validate(notice_data(**fields), context={"regions": regions})
+
+    earlier = datetime.now(UTC) - timedelta(days=2)
+    api.store.queue.add_notices([(stored(ref="old", title="旧的"), [])], source="t", now=earlier)
+    api.store.queue.add_notices([(stored(ref="new", title="新的"), [])], source="t")
+    api.store.queue.add_notices([(stored(ref="nanan", title="南岸", regions=["南岸区"]), [])], source="t")
+    api.store.queue.add_notices([(stored(ref="gone", title="撤回的"), [])], source="t")
+    api.store.lifecycle.retract("gone", "撤回", None)
+    dry = await api.post("/outlets/dist-yuzhong:backfill", json={"since": "7d", "dry_run": True}, role=Role.operator)
+    assert dry.status_code == 200 and dry.json() == {"outlet": "dist-yuzhong", "notices": ["old", "new"]}
+    assert api.store.log.deliveries(outlet_id="dist-yuzhong") == [] and api.audit(action="outlet.backfill") == []
+    done = await api.post("/outlets/dist-yuzhong:backfill", json={"since": "1d"}, role=Role.operator)
+    assert done.json()["notices"] == ["new"]  # the district's targeting holds: 南岸区's notice is not its
+    (row,) = api.audit(action="outlet.backfill")
+    assert row["subject"] == "dist-yuzhong"
+    assert (await api.post("/outlets/nope:backfill", json={}, role=Role.operator)).status_code == 404
+    bad = await api.post("/outlets/dist-yuzhong:backfill", json={"since": "soon"}, role=Role.operator)
+    assert bad.status_code == 422 and "since" in bad.json()["detail"]

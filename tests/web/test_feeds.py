@@ -214,3 +214,34 @@ async def test_a_wrong_token_an_outlet_that_is_no_feed_and_a_page_out_of_range_a
         assert answer.headers["content-type"] == PROBLEM and answer.json()["status"] == answer.status_code
     assert "page" in too_deep.json()["detail"]
     assert {r["status"] for r in store.log.deliveries()} == {"pending"} and store.log.attempts() == []
+
+
+async def test_a_correction_updates_the_feed_entry_in_place_and_a_retraction_replaces_it(
+    store: Store, tmp_path: Path, regions: RegionTable, make_notice: Callable[..., Notice]
+) -> None:
+    path = tmp_path / "outlets.yaml"
+    path.write_text(yaml.safe_dump({"outlets": [{"id": "n-open", "name": "公开订阅", "tier": "other",
+                                                 "channel": "feed"}]}, allow_unicode=True))
+    matrix = load_matrix(path, regions, environ={})
+    store.queue.add_notices([(make_notice(), matrix.outlets)], source="t")
+    async with serving(store, matrix, regions) as feeds:
+        (first,) = await read_feed(feeds.url("n-open"))
+        store.queue.add_notices([(make_notice(truth="经核实，水位上涨0.3米。", correct=True,
+                                              correction_note="数据有误"), matrix.outlets)], source="t")
+        (row,) = store.log.deliveries()
+        assert row["status"] == "pending"  # the correction waits for the next fetch
+        (corrected,) = await read_feed(feeds.url("n-open"))
+        (as_json,) = await read_feed(feeds.url("n-open", "json"))
+        store.lifecycle.retract("cq-test-001", "经复核撤回", None)
+        (retracted,) = await read_feed(feeds.url("n-open"))
+    assert corrected["id"] == first["id"] == retracted["id"] == as_json["id"]
+    assert corrected["title"].startswith("【更正】") and "水位上涨0.3米" in corrected["content"]
+    assert "数据有误" in corrected["content"]
+    assert datetime.fromisoformat(corrected["updated"]) > datetime.fromisoformat(first["updated"])
+    assert retracted["title"].startswith("【撤回】") and "经复核撤回" in retracted["content"]
+    assert "上涨0.3米" not in retracted["content"]  # the retraction, not the notice
+    history = store.lifecycle.history("cq-test-001")
+    assert history is not None
+    (outlet,) = history["outlets"]
+    assert [(a["version"], a["carries"]) for a in outlet["attempts"]] == [(1, "notice"), (2, "correction"),
+                                                                          (2, "retraction")]

@@ -291,11 +291,12 @@ class Dispatcher:
         view = self.view
 
         def claim() -> tuple[list[Claim], dict[tuple[int, int], tuple[Notice, datetime]], dict[int, Change]]:
-            for ref, count in self.store.queue.cancel_expired().items():
+            expired: dict[str, int] = {}
+            claims = self.store.queue.claim(room, self.settings.per_outlet_concurrency, self._lease,
+                                          rate_limits=view.rate_limits, outlets=view.sending, cancelled=expired)
+            for ref, count in expired.items():
                 log.info("notice %s expired: %d unsent %s cancelled", ref, count,
                          "delivery" if count == 1 else "deliveries")
-            claims = self.store.queue.claim(room, self.settings.per_outlet_concurrency, self._lease,
-                                          rate_limits=view.rate_limits, outlets=view.sending)
             if not claims:
                 return claims, {}, {}
             return claims, *self.store.queue.editions(claims, self._notices.keys())

@@ -460,6 +460,24 @@ def test_an_embargoed_notice_that_expires_while_held_is_cancelled(
     assert store.queue.release_due(now=now + timedelta(hours=3)) == 0
 
 
+def test_a_claim_cancels_what_expired_in_its_own_transaction_and_claims_only_the_rest(
+    store: Store, make_notice: Callable[..., Notice]
+) -> None:
+    now = datetime.now(UTC)
+    store.queue.add_notices([(make_notice(ref="old", expires_at=(now + timedelta(minutes=1)).isoformat()),
+                              OUTLETS[:2])], source="t", now=now)
+    store.queue.add_notices([(make_notice(ref="live"), OUTLETS[:2])], source="t", now=now)
+    later = now + timedelta(minutes=2)
+
+    cancelled: dict[str, int] = {}
+    claims = store.queue.claim(10, 2, LEASE, now=later, cancelled=cancelled)
+
+    assert cancelled == {"old": 2}
+    assert {store.queue.notices_by_id([c.notice_id])[c.notice_id][0].ref for c in claims} == {"live"}
+    assert store.log.counts(ref="old") == {"cancelled": 2}
+    assert store.queue.claim(10, 2, LEASE, now=later, outlets=[], cancelled=cancelled) == []  # nothing to send to
+
+
 def test_an_urgent_notice_that_expired_raises_no_late_alert_for_what_was_cancelled(
     store: Store, make_notice: Callable[..., Notice]
 ) -> None:

@@ -53,6 +53,23 @@ def expired(now: datetime) -> sa.ColumnElement[bool]:
                    sa.or_(d.c.lease_expires_at.is_(None), d.c.lease_expires_at <= now))
 
 
+def _cancel_expired(conn: sa.Connection, now: datetime) -> dict[str, int]:
+    """``Queue.cancel_expired`` in the caller's transaction."""
+    ids = list(conn.execute(
+        d.update().where(expired(now))
+        .values(status="cancelled", cancel_reason=EXPIRED, next_attempt_at=None, lease_owner=None,
+                lease_expires_at=None, updated_at=now)
+        .returning(d.c.notice_id)
+    ).scalars())
+    if not ids:
+        return {}
+    refs = dict(conn.execute(sa.select(notices.c.id, notices.c.ref).where(notices.c.id.in_(set(ids)))).all())
+    cancelled: dict[str, int] = {}
+    for notice_id in ids:
+        cancelled[refs[notice_id]] = cancelled.get(refs[notice_id], 0) + 1
+    return cancelled
+
+
 def outlet_takes_sends(now: datetime) -> sa.ColumnElement[bool]:
     """The outlet (joined as ``outlet_health``, maybe without a row) is in the matrix (no reload took it out)
     and not paused, its breaker is not open (a cooled-down breaker lets a probe through) and its rate limit is
@@ -226,10 +243,12 @@ class Queue:
     def claim(
         self, limit: int, per_outlet: int, lease: timedelta, now: datetime | None = None,
         rate_limits: Mapping[str, Sequence[RateLimit]] | None = None, skip_outlets: Collection[str] = (),
-        outlets: Collection[str] | None = None,
+        outlets: Collection[str] | None = None, cancelled: dict[str, int] | None = None,
     ) -> list[Claim]:
         """Claim up to ``limit`` due deliveries under a lease, urgent ones before any normal one, then
-        oldest first, filling up from every outlet that has room.
+        oldest first, filling up from every outlet that has room. With ``cancelled`` given, first cancel what
+        has expired (``cancel_expired``) in the same transaction, adding notice ref -> deliveries cancelled
+        to it: one transaction a claim cycle, not two.
 
         An outlet's room is ``per_outlet`` (one probe when its breaker has cooled down) less its sends in
         flight, and no more than its ``rate_limits`` windows allow, counting every recorded attempt and
@@ -243,6 +262,8 @@ class Queue:
             skip_outlets = set(skip_outlets)
             outlets = [o for o in outlets if o not in skip_outlets]
             if not outlets:
+                if cancelled is not None:
+                    cancelled.update(self.cancel_expired(now))
                 return []
         limits = [(o, rl.count, rl.seconds) for o, rls in (rate_limits or {}).items() for rl in rls
                   if o not in skip_outlets and (outlets is None or o in outlets)]
@@ -251,6 +272,8 @@ class Queue:
                 # Claimers take turns, so per-outlet and rate limits count what every worker has in flight.
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": CLAIM_LOCK})
             now = now or self.db.now(conn)
+            if cancelled is not None:
+                cancelled.update(_cancel_expired(conn, now))
             busy = (sa.select(d.c.outlet_id, sa.func.count().label("n")).where(leased(now))
                     .group_by(d.c.outlet_id).cte("busy"))
             window = _rate_windows(limits, now)
@@ -310,22 +333,9 @@ class Queue:
         """Cancel, with reason "expired", the unsent deliveries of notices past their ``expires_at``: pending
         (due, or waiting for a retry) and held, but not those under a live lease (their claimer cancels them
         before sending, see ``Claim.expires_at``, or the lease runs out). Returns notice ref -> deliveries
-        cancelled."""
+        cancelled. (The dispatcher has ``claim`` do this in its own transaction.)"""
         with self.db.tx() as conn:
-            now = now or self.db.now(conn)
-            ids = list(conn.execute(
-                d.update().where(expired(now))
-                .values(status="cancelled", cancel_reason=EXPIRED, next_attempt_at=None, lease_owner=None,
-                        lease_expires_at=None, updated_at=now)
-                .returning(d.c.notice_id)
-            ).scalars())
-            if not ids:
-                return {}
-            refs = dict(conn.execute(sa.select(notices.c.id, notices.c.ref).where(notices.c.id.in_(set(ids)))).all())
-        cancelled: dict[str, int] = {}
-        for notice_id in ids:
-            cancelled[refs[notice_id]] = cancelled.get(refs[notice_id], 0) + 1
-        return cancelled
+            return _cancel_expired(conn, now or self.db.now(conn))
 
     def _wait_for_rate_windows(self, conn: sa.Connection, window: Any, busy: Any, now: datetime) -> None:
         """Outlets with due deliveries and no room left in a rate window wait until the window frees."""

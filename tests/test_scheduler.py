@@ -351,3 +351,46 @@ async def test_operator_alerts_go_out_again_and_again_while_the_daemon_runs(bot:
     await until(lambda: any("outlet-0000" in text for text in alerts()), proc)
     assert any("outlet-0000" in text for text in alerts()), f"no second digest:\n{bot.log()}"
     assert await stop(proc) == 0, bot.log()
+
+
+async def test_a_running_daemon_cancels_an_expired_notices_retries_and_sends_nothing_of_it_after_expiry(
+    tmp_path: Path, loopback: Callable[..., Any]
+) -> None:
+    import json
+
+    outlets, matrix = await loopback(3, script={"outlet-0001": [503] * 10_000})
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    env = {f"TEST_SECRET_{i:04d}": matrix.secret_for(f"outlet-{i:04d}") for i in range(3)} | {
+        "DEBUNKBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'bot.sqlite3'}",
+        "DEBUNKBOT_OUTLETS": str(tmp_path / "outlets.yaml"), "DEBUNKBOT_INBOX": str(inbox),
+        "DEBUNKBOT_SCAN_INTERVAL": str(SCAN_INTERVAL), "DEBUNKBOT_RETRY_JITTER": "0",
+        "DEBUNKBOT_RETRY_SCHEDULE": ",".join(["0.3"] * 1000),
+    }
+    bot = RunningBot(tmp_path, env, outlets, inbox)
+    proc = await bot.start()
+    try:
+        expires = datetime.now(UTC) + timedelta(seconds=6)  # room for the daemon to start and scan
+        bot.write_notice(inbox, "cq-expiring", expires_at=expires.isoformat())
+        said = "notice cq-expiring expired: 1 unsent delivery cancelled"
+        await until(lambda: said in bot.log(), proc)
+        assert said in bot.log(), bot.log()
+        tried = outlets.tries["outlet-0001"]  # every request outlet-0001 got so far was for cq-expiring
+        assert tried >= 2 and bot.refs_delivered().get("cq-expiring") == 2
+
+        bot.write_notice(inbox, "cq-after")  # the daemon keeps claiming and sending after the cancellation
+        await until(lambda: bot.refs_delivered().get("cq-after") == 2, proc)
+        assert bot.refs_delivered().get("cq-after") == 2, bot.log()
+
+        log = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "log", "--attempts", "--json", "--notice", "cq-expiring",
+            "--outlet", "outlet-0001", env=os.environ | env, stdout=asyncio.subprocess.PIPE)
+        out, _ = await log.communicate()
+        attempts = [json.loads(line) for line in out.decode().splitlines()]
+        assert len(attempts) == tried  # each request the outlet got is a recorded try, and none came after
+        assert all(datetime.fromisoformat(a["started_at"]) < expires for a in attempts)
+        assert await stop(proc) == 0, bot.log()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -36,7 +36,8 @@ bench: $(STAMP)
 	$(PY) bench/api_load.py
 
 lock:
-	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(apprise|requests-oauthlib|oauthlib|markdown)==' > requirements.lock
+	{ echo '# The whole dependency tree, pinned. Regenerate with: make lock'; \
+	  $(PY) -m pip freeze --all --exclude-editable | grep -v -i -E '^(pip|apprise|requests-oauthlib|oauthlib|markdown)=='; } > requirements.lock
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

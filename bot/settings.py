@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     urgent_deadline: float = Field(default=10.0, gt=0, description="minutes an urgent notice has to reach every outlet")
     alert_interval: float = Field(default=300.0, ge=0, description="seconds between two operator alert messages at least")
     attempt_retention_days: float = Field(default=90.0, gt=0, description="days attempts are kept in the log")
+    language: Literal["zh_Hans", "en"] = Field(default="zh_Hans", description="the pages' language when the "
+                                               "browser asks for neither Chinese nor English")
+    session_secret: SecretStr | None = Field(default=None, description="the key that signs the pages' session "
+                                             "cookies; without it a random one (sessions end at a restart)")
+    session_hours: float = Field(default=12.0, gt=0, description="hours a pages login lasts")
     log_format: Literal["text", "json"] = Field(default="text", description="the log on stderr: readable "
                                                 "lines, or one JSON object per line")
 

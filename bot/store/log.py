@@ -126,8 +126,9 @@ class DeliveryLog:
         urgency: str | None = None, region: str | None = None, category: str | None = None,
         after: int | None = None, limit: int = 50, newest_first: bool = False,
     ) -> Page:
-        """Notices in the order they were submitted, ``limit`` at a time from the cursor ``after``, filtered by
-        state (``newest_first``: the other way, ``after`` then the cursor below), submission time (``since`` inclusive, ``until`` exclusive), urgency, a region the notice names
+        """Notices in the order they were submitted (``newest_first``: newest first, ``after`` then counting down),
+        ``limit`` at a time from the cursor ``after``, filtered by state, submission time (``since`` inclusive,
+        ``until`` exclusive), urgency, a region the notice names
         (a citywide notice names 全市) and category. Each row: id, ref, notice (the Notice), state, submitted_at,
         released_at, and its deliveries by stored status (delivered, pending, held, failed, cancelled).
 

@@ -211,7 +211,9 @@ class DeliveryLog:
             )
             if updated_since is not None:
                 query = query.where(d.c.updated_at >= updated_since)
-            rows = [dict(row._mapping) for row in conn.execute(query)]
+            result = conn.execute(query)
+            keys = list(result.keys())  # once, not once a row: a matrix has a thousand
+            rows = [dict(zip(keys, row, strict=True)) for row in result]
         for row in rows:
             row["reason"] = _reason(row)
         return rows

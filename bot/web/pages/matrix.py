@@ -180,13 +180,12 @@ async def events(request: Request, ref: str = Ref, since: str | None = None,
         after = None
     if after is not None and after.tzinfo is None:
         after = after.replace(tzinfo=UTC)
-    template = environment().get_template("_cell.html")
+    cell_item = environment().get_template("_cell.html").make_module({"_": visitor.t.gettext}).cell_item
     watch = watch_of(request)
 
     async def stream() -> Any:
         async for batch in watch.follow(ref, after):
-            html = "".join(template.render(_=visitor.t.gettext, cell=cell_of(site, row, visitor.t), ref=ref,
-                                           states=STATES, oob=True) for row in batch)
+            html = "".join(str(cell_item(cell_of(site, row, visitor.t), ref, STATES, True)) for row in batch)
             yield {"event": "cells", "data": html}
 
     return EventSourceResponse(stream(), ping=15, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

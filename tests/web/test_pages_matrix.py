@@ -144,3 +144,13 @@ async def test_the_stream_sends_a_cell_when_its_delivery_changes_and_coalesces_m
             break
         await asyncio.sleep(0.05)
     assert watch.feeds == {}
+
+
+async def test_the_matrix_speaks_english_when_the_person_chose_it(newsroom: Newsroom) -> None:
+    ref = newsroom.submit()
+    viewer = await newsroom.login(Role.viewer)
+    await viewer.get("/language/en")
+    page = (await viewer.get(f"/notices/{ref}")).text
+    assert '<html lang="en">' in page
+    assert "City platforms (5)" in page and "Main urban metropolitan area (主城都市区)" in page
+    assert '<span aria-hidden="true">…</span> Pending' in page

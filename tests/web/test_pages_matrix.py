@@ -31,7 +31,7 @@ async def test_the_matrix_shows_city_then_districts_by_group_then_n_each_cell_by
     assert order == sorted(order)
     assert re.search(r'class="cell state-delivered".*?✓</span> 已送达', text, re.S)
     assert re.search(r'class="cell state-failed".*?✗</span> 失败', text, re.S)
-    assert f'sse-connect="/notices/{ref}/events?since=' in text
+    assert f'hx-ext="sse" sse-connect="/notices/{ref}/events?since=' in text
 
 
 async def test_a_cell_shows_its_attempts_in_chongqing_time_and_an_operator_retries_it_there(

@@ -272,8 +272,9 @@ def install(app: FastAPI) -> None:
     app.state.sessions = Sessions(_secret(settings), settings.session_hours * 3600)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(router)
-    from bot.web.pages import notices
+    from bot.web.pages import editor, notices
 
+    app.include_router(editor.router)  # before notices': /notices/new is not a notice's ref
     app.include_router(notices.router)
 
     @app.exception_handler(LoginNeeded)

@@ -208,10 +208,10 @@ def region_groups(regions: RegionTable) -> list[tuple[str, list[Any]]]:
             if any(u.kind == kind for u in units)]
 
 
-def _form(request: Request, visitor: Visitor, draft: Draft, errors: dict[str, list[str]], status: int = 200,
+def _form(request: Request, visitor: Visitor, draft: Draft, errors: dict[str, list[str]],
           previews: list[ChannelPreview] | None = None) -> HTMLResponse:
     site = site_of(request)
-    return render(request, visitor, "editor.html", status=status, values=draft.values, errors=errors,
+    return render(request, visitor, "editor.html", values=draft.values, errors=errors,
                   region_groups=region_groups(site.regions), citywide=CITYWIDE, verdicts=VERDICT_WORDS,
                   urgencies=URGENCY_WORDS, source_rows=range(SOURCE_ROWS), previews=previews,
                   channel_words=CHANNEL_WORDS, unit_words=UNIT_WORDS,
@@ -230,12 +230,12 @@ async def submit_notice(request: Request, visitor: Visitor = form_page(Role.edit
     draft = read_form(await request.form())
     notice, errors = await run_in_threadpool(check, draft, site.regions)
     if notice is None:
-        return _form(request, visitor, draft, errors, status=422)
+        return _form(request, visitor, draft, errors)  # 200: a 4xx page is a console error in browsers
     try:
         await run_in_threadpool(store_notices, [notice], site.store, site.matrix, f"web:{visitor.name}",
                                 visitor.actor)
     except (RefConflict, NotCorrectable) as exc:
-        return _form(request, visitor, draft, {"ref": [f"notice.ref: {exc}; nothing was stored"]}, status=409)
+        return _form(request, visitor, draft, {"ref": [f"notice.ref: {exc}; nothing was stored"]})
     return see_other(request, f"/notices/{notice.ref}")
 
 
@@ -243,9 +243,10 @@ async def submit_notice(request: Request, visitor: Visitor = form_page(Role.edit
 async def preview(request: Request, visitor: Visitor = form_page(Role.editor)) -> HTMLResponse:
     site = site_of(request)
     draft = read_form(await request.form())
-    if not draft.data.get("ref"):  # a ref is not what a reader sees: preview before the editor has chosen one
-        draft.data["ref"] = "preview"
     notice, errors = await run_in_threadpool(check, draft, site.regions)
+    if notice is None and set(errors) == {"ref"}:  # readers barely see the ref: preview before it is right
+        notice, _ = await run_in_threadpool(check, Draft(draft.values, draft.data | {"ref": "preview"}),
+                                            site.regions)
     previews = await run_in_threadpool(channel_previews, site.matrix, notice) if notice else None
     return render(request, visitor, "preview.html", previews=previews, errors=errors,
                   channel_words=CHANNEL_WORDS, unit_words=UNIT_WORDS)

@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) bench/workers.py
 	$(PY) bench/metrics.py
 	$(PY) bench/api_load.py
+	$(PY) bench/pages.py
 
 lock:
 	{ echo '# The whole dependency tree, pinned. Regenerate with: make lock'; \

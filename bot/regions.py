@@ -71,6 +71,7 @@ class Region:
     valid_from: date | None = None
     valid_until: date | None = None
     successor: str | None = None
+    group: str | None = None  # 主城都市区, 渝东北 or 渝东南: how pages lay the districts out
 
     def exists_on(self, day: date) -> bool:
         """True from valid_from (included) until valid_until (excluded)."""
@@ -92,6 +93,7 @@ class _Entry(BaseModel):
     valid_from: date | None = None
     valid_until: date | None = None
     successor: _Name | None = None
+    group: _Name | None = None
 
 
 class _Citywide(BaseModel):
@@ -144,7 +146,7 @@ class RegionTable:
 
         table = cls(
             tuple(
-                Region(e.name, e.kind, tuple(e.aliases), e.valid_from, e.valid_until, e.successor)
+                Region(e.name, e.kind, tuple(e.aliases), e.valid_from, e.valid_until, e.successor, e.group)
                 for e in parsed.regions
             ),
             tuple(parsed.citywide.aliases),

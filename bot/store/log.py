@@ -85,7 +85,7 @@ class DeliveryLog:
 
     def page(
         self, ref: str | None = None, outlet_id: str | None = None, tier: str | None = None,
-        status: str | None = None, after: int | None = None, limit: int | None = 100,
+        status: str | None = None, after: int | None = None, limit: int | None = 100, since: datetime | None = None,
     ) -> Page:
         """Deliveries in the order they were stored, ``limit`` at a time from the cursor ``after``; each row:
         notice, outlet, tier, status (the state above), reason (why it is held or cancelled; what a pending
@@ -110,6 +110,8 @@ class DeliveryLog:
                     query = query.where(column == value)
             if after is not None:
                 query = query.where(d.c.id > after)
+            if since is not None:  # changed since then (the pages' delivery log)
+                query = query.where(d.c.updated_at >= since)
             if limit is not None:
                 query = query.limit(limit + 1)
             rows = [dict(row._mapping) for row in conn.execute(query)]
@@ -122,10 +124,11 @@ class DeliveryLog:
     def notices(
         self, state: str | None = None, since: datetime | None = None, until: datetime | None = None,
         urgency: str | None = None, region: str | None = None, category: str | None = None,
-        after: int | None = None, limit: int = 50,
+        after: int | None = None, limit: int = 50, newest_first: bool = False,
     ) -> Page:
-        """Notices in the order they were submitted, ``limit`` at a time from the cursor ``after``, filtered by
-        state, submission time (``since`` inclusive, ``until`` exclusive), urgency, a region the notice names
+        """Notices in the order they were submitted (``newest_first``: newest first, ``after`` then counting down),
+        ``limit`` at a time from the cursor ``after``, filtered by state, submission time (``since`` inclusive,
+        ``until`` exclusive), urgency, a region the notice names
         (a citywide notice names 全市) and category. Each row: id, ref, notice (the Notice), state, submitted_at,
         released_at, and its deliveries by stored status (delivered, pending, held, failed, cancelled).
 
@@ -141,7 +144,8 @@ class DeliveryLog:
                                (waiting > 0, "pending"), (counts.c.cancelled > 0, "cancelled"), else_="delivered")
         query = (sa.select(n.c.id, n.c.ref, n.c.payload, n.c.submitted_at, n.c.released_at,
                            notice_state.label("state"), *(counts.c[s] for s in STATES))
-                 .select_from(n.outerjoin(counts, counts.c.notice_id == n.c.id)).order_by(n.c.id))
+                 .select_from(n.outerjoin(counts, counts.c.notice_id == n.c.id))
+                 .order_by(n.c.id.desc() if newest_first else n.c.id))
         if state is not None:
             query = query.where(notice_state == state)
         if since is not None:
@@ -161,7 +165,7 @@ class DeliveryLog:
         cursor = after
         with self.db.read() as conn:
             while len(rows) <= limit:
-                page = query.where(n.c.id > cursor) if cursor is not None else query
+                page = query if cursor is None else query.where(n.c.id < cursor if newest_first else n.c.id > cursor)
                 batch = list(conn.execute(page.limit(limit + 1)))
                 for row in batch:
                     notice = Notice.from_stored(row.payload)
@@ -175,6 +179,44 @@ class DeliveryLog:
         more = len(rows) > limit
         rows = rows[:limit]
         return Page(rows, rows[-1]["id"] if more else None)
+
+    def tier_counts(self, notice_ids: Collection[int]) -> dict[int, dict[str, dict[str, int]]]:
+        """notice id -> tier -> its deliveries by stored status and in all (``total``), for a page of notices:
+        ``{7: {"city": {"delivered": 5, "total": 5}, "district": {"delivered": 30, "pending": 9, "total": 39}}}``."""
+        out: dict[int, dict[str, dict[str, int]]] = {}
+        if not notice_ids:
+            return out
+        with self.db.read() as conn:
+            for row in conn.execute(sa.select(d.c.notice_id, d.c.tier, d.c.status, sa.func.count().label("n"))
+                                    .where(d.c.notice_id.in_(list(notice_ids)))
+                                    .group_by(d.c.notice_id, d.c.tier, d.c.status)):
+                tier = out.setdefault(row.notice_id, {}).setdefault(row.tier, {"total": 0})
+                tier[row.status] = row.n
+                tier["total"] += row.n
+        return out
+
+    def cells(self, ref: str, updated_since: datetime | None = None) -> list[dict[str, Any]]:
+        """A notice's deliveries as the matrix page shows them, one per outlet: id, outlet, tier, status (the state
+        above), reason, attempts, http_status, error, updated_at; ``updated_since``: only those changed since then.
+        The pages' live matrix polls this."""
+        with self.db.read() as conn:
+            kind, until = _hold(self.db.now(conn))
+            query = (
+                sa.select(d.c.id, d.c.outlet_id.label("outlet"), d.c.tier, _state(kind).label("status"),
+                          kind.label("hold"), until.label("until"), h.c.paused_reason, d.c.cancel_reason,
+                          d.c.attempts, d.c.http_status, d.c.error, d.c.updated_at, d.c.version, d.c.carries)
+                .select_from(d.outerjoin(h, h.c.outlet_id == d.c.outlet_id))
+                .where(d.c.notice_id == sa.select(n.c.id).where(n.c.ref == ref).scalar_subquery())
+                .order_by(d.c.id)
+            )
+            if updated_since is not None:
+                query = query.where(d.c.updated_at >= updated_since)
+            result = conn.execute(query)
+            keys = list(result.keys())  # once, not once a row: a matrix has a thousand
+            rows = [dict(zip(keys, row, strict=True)) for row in result]
+        for row in rows:
+            row["reason"] = _reason(row)
+        return rows
 
     def notice_row(self, ref: str) -> dict[str, Any] | None:
         """One notice as ``notices`` lists it, by ref."""

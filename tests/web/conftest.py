@@ -11,18 +11,21 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 
+from bot.model import Notice
 from bot.outlets import load_matrix
 from bot.regions import RegionTable
 from bot.settings import Settings
-from bot.store import Actor, Role, Store
+from bot.store import Actor, AttemptRecord, Role, Store
 from bot.web import Site, create_app
-from tests.conftest import whsec
+from tests.conftest import notice_data, whsec
 
 PAGE_OUTLETS = [
     {"id": "city-hualong", "tier": "city", "channel": "webhook", "url": "https://push.cqnews.example/hook",
@@ -58,6 +61,26 @@ class Newsroom:
                                    headers={"accept-language": "zh-CN,zh;q=0.9"} | headers)
         self.clients.append(client)
         return client
+
+    def submit(self, **overrides: Any) -> str:
+        """Store a notice (``tests.conftest.notice_data`` with ``overrides``) for every outlet of the matrix, as
+        an editor's submission does; its ref."""
+        notice = Notice.model_validate(notice_data(**overrides), context={"regions": self.site.regions})
+        self.store.queue.add_notices([(notice, self.site.matrix.outlets)], source="test",
+                                     actor=Actor("editor-李四", "editor", "203.0.113.7"))
+        return notice.ref
+
+    def attempt(self, outlet_id: str, outcome: str = "failed", error: str | None = "HTTP 400: bad request",
+                http_status: int = 400, platform_code: str | None = None) -> int:
+        """Claim the due delivery of ``outlet_id`` and record one try of it, as the dispatcher would; its id."""
+        claim = next(c for c in self.store.queue.claim(1000, per_outlet=10, lease=timedelta(minutes=1))
+                     if c.outlet_id == outlet_id)
+        self.store.queue.record([AttemptRecord(
+            claim.delivery_id, claim.outlet_id, claim.attempt, datetime.now(UTC), 12.5, outcome,
+            http_status=http_status, error=error if outcome != "delivered" else None, response=error,
+            platform_code=platform_code)])
+        self.store.queue.release_claims()
+        return claim.delivery_id
 
     async def login(self, role: Role, base_url: str = "http://bot") -> httpx.AsyncClient:
         """A browser logged in with the token of ``role`` (the login form, as a person fills it)."""

@@ -272,10 +272,11 @@ def install(app: FastAPI) -> None:
     app.state.sessions = Sessions(_secret(settings), settings.session_hours * 3600)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(router)
-    from bot.web.pages import editor, notices
+    from bot.web.pages import audit, editor, log, matrix, notices, outlets
 
-    app.include_router(editor.router)  # before notices': /notices/new is not a notice's ref
-    app.include_router(notices.router)
+    app.include_router(editor.router)  # before the matrix's /notices/{ref}: /notices/new is not a ref
+    for part in (notices, matrix, log, outlets, audit):
+        app.include_router(part.router)
 
     @app.exception_handler(LoginNeeded)
     async def _login(request: Request, exc: LoginNeeded) -> Response:

@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 import yaml
 
 from bot.settings import ROOT
@@ -56,7 +57,7 @@ if (why := _missing()) is not None:
                     pytrace=False)
     pytest.skip(why, allow_module_level=True)
 
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright  # noqa: E402
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect  # noqa: E402
 
 
 @dataclass
@@ -80,14 +81,18 @@ def _cli(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
-@pytest.fixture
-async def newsroom(tmp_path: Path) -> AsyncIterator[Newsroom]:
-    """Five outlets of four platforms, one of which (city-shangyou) refuses the first post with HTTP 400."""
+pytestmark = pytest.mark.asyncio(loop_scope="module")  # one daemon and one browser for the module's tests
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def newsroom(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Newsroom]:
+    """Five outlets of four platforms; one (city-shangyou) answers HTTP 400 until the test fixes it."""
+    tmp_path = tmp_path_factory.mktemp("newsroom")
     hooks = {"city-hualong": whsec(), "city-shangyou": whsec()}
     dingtalk = {"dt-yuzhong": "SEC" + "a1" * 16}
     wecom = {"wc-nanan"}
     feishu = {"fs-group": "fssign77aa"}
-    async with (WebhookOutlets(hooks, script={"city-shangyou": [400]}) as webhooks, DingTalkRobots(dingtalk) as dt,
+    async with (WebhookOutlets(hooks, script={"city-shangyou": [400] * 100}) as webhooks, DingTalkRobots(dingtalk) as dt,
                 WeComRobots(wecom) as wc, FeishuBots(feishu) as fs):
         entries = [
             {"id": "city-hualong", "name": "华龙网", "tier": "city", "channel": "webhook",
@@ -178,8 +183,6 @@ async def watched(browser: Browser, width: int = 1280, height: int = 900) -> Wat
             found.problems.append(f"console {message.type}: {message.text}")
 
     page.on("console", console)
-    page.on("response", lambda r: print("RESP", r.status, r.url))
-    page.on("console", lambda m: print("CONSOLE", m.type, m.text))
     page.on("pageerror", lambda error: found.problems.append(f"page error: {error}"))
     await context.add_init_script(script=(  # CSP violations, also those the console might word differently
         "document.addEventListener('securitypolicyviolation', e => console.error("
@@ -187,7 +190,7 @@ async def watched(browser: Browser, width: int = 1280, height: int = 900) -> Wat
     return found
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser() -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
@@ -230,18 +233,11 @@ async def test_an_editor_submits_through_the_form_and_sees_the_matrix_turn_green
                     authority=data["authority"], source_title_0="重庆市水利局通报",
                     source_url_0="https://slj.cq.gov.cn/notice/1")
     shortened = page.locator('#preview [data-channel="wecom"].shortened')
-    try:
-        await shortened.wait_for(timeout=5000)  # the preview followed the typing, with no submit
-    except Exception:
-        print("PROBLEMS", desk.problems)
-        print("FORM", await page.evaluate("() => { const f = document.querySelector('#notice-form'); return [f.getAttribute('hx-post'), f.getAttribute('hx-trigger'), Object.keys(f).join(','), document.readyState]; }"))
-        print("HTMX", await page.evaluate("() => [typeof htmx, typeof htmx !== 'undefined' && htmx.version, JSON.stringify(htmx.config)]"))
-        print("PREVIEW", await page.inner_html("#preview"))
-        await page.screenshot(path="/tmp/pe/fail.png")
-        raise
+    await shortened.wait_for(timeout=DEADLINE * 1000)  # the preview followed the typing, with no submit
     assert "4,096" in await shortened.locator(".cut-note").inner_text()
     assert await page.locator('#preview [data-channel="webhook"]:not(.shortened)').count() == 1
-    await page.screenshot(path=str(SCREENSHOTS / "editor-desktop.png"), full_page=False)
+    await page.evaluate("() => { document.activeElement.blur(); window.scrollTo(0, 0); }")
+    await page.screenshot(path=str(SCREENSHOTS / "editor-desktop.png"))
 
     await page.click("#notice-form button[type=submit]")  # the ref is refused: the form comes back with its message
     message = page.locator("#ref-error")
@@ -254,4 +250,48 @@ async def test_an_editor_submits_through_the_form_and_sees_the_matrix_turn_green
     await page.fill("#ref", data["ref"])
     await page.click("#notice-form button[type=submit]")
     await page.wait_for_url(f"{newsroom.url}/notices/{data['ref']}")
-    assert desk.problems == []
+    await page.evaluate("window.sameDocument = true")  # gone if the page reloads
+
+    cells = page.locator("#matrix .cell")
+    assert await cells.count() == 5
+    delivered = page.locator("#matrix .cell.state-delivered")
+    refused = page.locator("#matrix .cell.state-failed", has_text="上游新闻")
+    await refused.wait_for(timeout=DEADLINE * 1000)  # its outlet answered HTTP 400: failed, not retried
+    await expect(page.locator("#matrix .cell.state-delivered")).to_have_count(4, timeout=DEADLINE * 1000)
+    assert await page.evaluate("window.sameDocument") is True
+    assert newsroom.delivered_to(data["ref"]) == {"city-hualong"}  # the webhook outlets; the others are fakes
+    assert "✓" in await delivered.first.inner_text()  # a state is a symbol and a word, not a colour alone
+
+    newsroom.webhooks.script["city-shangyou"].clear()  # the outlet is fixed; an operator retries its cell
+    desk_operator = await watched(browser)
+    operator = desk_operator.page
+    await log_in(operator, newsroom, "operator", f"/notices/{data['ref']}")
+    await operator.locator("#matrix .cell", has_text="上游新闻").locator("a").click()
+    await operator.locator("#cell-detail table").wait_for()
+    assert "HTTP 400" in await operator.inner_text("#cell-detail")
+    await operator.click("#cell-detail button:has-text('重试')")
+    await expect(page.locator("#matrix .cell.state-delivered")).to_have_count(5, timeout=DEADLINE * 1000)  # the editor's page saw it too, live
+    assert await page.evaluate("window.sameDocument") is True
+    assert newsroom.delivered_to(data["ref"]) == {"city-hualong", "city-shangyou"}
+    assert await axe_findings(page) == []
+    await page.screenshot(path=str(SCREENSHOTS / "matrix-desktop.png"), full_page=True)
+    assert desk.problems == [] and desk_operator.problems == []
+
+
+async def test_the_pages_read_well_on_a_360_pixel_phone(newsroom: Newsroom, browser: Browser) -> None:
+    """Phone-width screenshots of the form (with its preview below) and of a notice's matrix."""
+    data = notice_data(ref="cq-phone-001", truth="经核实，长江重庆段水位平稳，未出现暴涨，请勿轻信、转发。" * 80)
+    phone = await watched(browser, width=360, height=780)
+    await log_in(phone.page, newsroom, "editor", "/notices/new")
+    await fill_form(phone.page, **{k: data[k] for k in ("ref", "title", "rumour", "truth", "authority")})
+    await phone.page.locator('#preview [data-channel="wecom"].shortened').wait_for(timeout=DEADLINE * 1000)
+    assert await phone.page.evaluate("document.documentElement.scrollWidth") <= 360  # no sideways scrolling
+    await phone.page.evaluate("() => { document.activeElement.blur(); window.scrollTo(0, 0); }")
+    await phone.page.screenshot(path=str(SCREENSHOTS / "editor-phone.png"))
+    await phone.page.click("#notice-form button[type=submit]")
+    await phone.page.wait_for_url(f"{newsroom.url}/notices/{data['ref']}")
+    await expect(phone.page.locator("#matrix .cell.state-pending")).to_have_count(0, timeout=DEADLINE * 1000)
+    assert await phone.page.locator("#matrix .cell.state-delivered").count() >= 4  # city-shangyou: if fixed by now
+    assert await phone.page.evaluate("document.documentElement.scrollWidth") <= 360
+    await phone.page.screenshot(path=str(SCREENSHOTS / "matrix-phone.png"), full_page=True)
+    assert phone.problems == []

@@ -155,7 +155,7 @@ class ChannelPreview:
 
 
 def channel_previews(matrix: OutletMatrix, notice: Notice) -> list[ChannelPreview]:
-    """One preview per kind of channel of the matrix, in the matrix's order."""
+    """One preview per kind of channel of the matrix: the shortened ones first, then in the matrix's order."""
     groups: dict[tuple[str, str], list[Any]] = {}
     for outlet in matrix.outlets:
         groups.setdefault((outlet.channel, json.dumps(outlet.options, sort_keys=True, default=str)), []).append(outlet)
@@ -172,7 +172,7 @@ def channel_previews(matrix: OutletMatrix, notice: Notice) -> list[ChannelPrevie
         shown.append(ChannelPreview(channel, outlets[0].options, rendered.text, _pretty(rendered.body),
                                     rendered.shortened, limit, full_size, size,
                                     [(r.outlet.id, r.outlet.name, r.reached, r.why) for r in reaches]))
-    return shown
+    return sorted(shown, key=lambda p: not p.shortened)  # what had to be cut first: that is what to check
 
 
 def first_limit(channel: Any, options: dict[str, Any]) -> Limit | None:

@@ -86,6 +86,10 @@ async def test_the_preview_shows_one_form_per_channel_and_marks_the_wecom_form_s
     assert sorted(kinds) == ["dingtalk", "feishu", "webhook", "wecom"]
     wecom = answer.text.split('data-channel="wecom"')[1].split("</article>")[0]
     assert "已缩短" in wecom and "4,096" in wecom
+    full, size, cut = (int(n.replace(",", "")) for n in re.findall(r"([\d,]+)", wecom.split("完整通报为")[1])[:3])
+    assert size <= 4096 < full and cut == full - size  # by how much, in the platform's unit
+    webhook = answer.text.split('data-channel="webhook"')[1].split("</article>")[0]
+    assert "已缩短" not in webhook
     assert "<script>x</script>" not in answer.text and "&lt;script&gt;x&lt;/script&gt;" in answer.text
     refused = await editor.post("/notices/new/preview", data=form_of(), headers={"HX-Request": "true"})
     assert refused.status_code == 403  # no CSRF token: nothing rendered

@@ -21,7 +21,13 @@ try: $(STAMP)
 
 # The PostgreSQL half runs when a server answers on 127.0.0.1:5432 (or DEBUNKBOT_TEST_POSTGRES_URL is set).
 PG_TEST_URL := postgresql+psycopg://postgres@127.0.0.1:5432/test
+# axe-core for the browser tests' accessibility check, pinned in tests/web/axe/package-lock.json (npm ci; when npm is there).
+AXE := tests/web/axe/node_modules/.package-lock.json
+$(AXE): tests/web/axe/package-lock.json
+	npm ci --prefix tests/web/axe --no-audit --no-fund --silent
+
 test: $(STAMP)
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory $(AXE); fi
 	@if [ -z "$$DEBUNKBOT_TEST_POSTGRES_URL" ] && command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p 5432; then \
 	  export DEBUNKBOT_TEST_POSTGRES_URL=$(PG_TEST_URL); fi; \
 	$(PY) -m pytest -q
@@ -46,4 +52,4 @@ messages: $(STAMP)
 	$(VENV)/bin/pybabel -q update -i bot/web/locale/messages.pot -d bot/web/locale -l zh_Hans --no-fuzzy-matching --ignore-obsolete
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache tests/web/axe/node_modules

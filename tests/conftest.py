@@ -36,7 +36,8 @@ def regions() -> RegionTable:
 
 
 POSTGRES_URL = os.environ.get("DEBUNKBOT_TEST_POSTGRES_URL")
-TEST_KNOBS = {"DEBUNKBOT_TEST_POSTGRES_URL", "DEBUNKBOT_CRASH_SEED"}  # the only DEBUNKBOT_ variables tests read
+# the only DEBUNKBOT_ variables tests read; DEBUNKBOT_TEST_BROWSER=required (.ci/run): the browser tests may not skip
+TEST_KNOBS = {"DEBUNKBOT_TEST_POSTGRES_URL", "DEBUNKBOT_CRASH_SEED", "DEBUNKBOT_TEST_BROWSER"}
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,218 @@
+"""Receipts (回执), end to end in one process: real loopback webhook outlets, the real dispatcher, the real web
+app (httpx's ASGI transport) and a real store on both backends. The daemon's reminders and escalations across
+processes are in tests/test_receipts_daemon.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from bot.dispatch import Dispatcher
+from bot.http import make_sender
+from bot.model import Notice
+from bot.outlets import OutletMatrix
+from bot.receipts import ReceiptLinks
+from bot.regions import RegionTable
+from bot.settings import Settings
+from bot.store import Store, Windows
+from bot.store.tables import audit, receipts
+from bot.web import Site, create_app
+
+KEY = "receipt-key-for-tests-0123456789abcdef"
+PUBLIC = "https://piyao.example.gov.cn"
+
+
+def receipt_settings(settings: Settings, **extra: Any) -> Settings:
+    return Settings(**settings.model_dump(exclude={"receipt_key"}) | {"public_url": PUBLIC, "receipt_key": KEY, **extra})
+
+
+async def deliver(store: Store, matrix: OutletMatrix, settings: Settings) -> None:
+    async with make_sender(settings) as client:
+        await Dispatcher(store, matrix, settings, client).run(until_idle=True)
+
+
+def app_client(store: Store, settings: Settings, regions: RegionTable, matrix: OutletMatrix) -> httpx.AsyncClient:
+    app = create_app(Site(settings, store, regions, matrix))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app, client=("203.0.113.7", 5000)), base_url=PUBLIC)
+
+
+def path_of(url: str) -> str:
+    assert url.startswith(PUBLIC + "/r/"), url
+    return url.removeprefix(PUBLIC)
+
+
+def snapshot(store: Store) -> list[Any]:
+    with store.engine.connect() as conn:
+        return [*conn.execute(sa.select(receipts).order_by(receipts.c.delivery_id)),
+                *conn.execute(sa.select(audit.c.action, audit.c.actor))]
+
+
+@pytest.fixture
+async def delivered(loopback: Any, store: Store, settings: Settings, make_notice: Callable[..., Notice],
+                    regions: RegionTable) -> Any:
+    outlets, matrix = await loopback(4)
+    settings = receipt_settings(settings)
+    store.queue.add_notices([(make_notice(), matrix.outlets)], source="test")
+    await deliver(store, matrix, settings)
+    links = {p.outlet: p.payload["data"]["receipt_url"] for p in outlets.posts}
+    return outlets, matrix, settings, links
+
+
+async def test_every_webhook_post_carries_its_own_receipt_url_under_the_public_url(delivered: Any) -> None:
+    outlets, matrix, _, links = delivered
+    assert set(links) == {o.id for o in matrix.outlets}
+    assert len(set(links.values())) == len(links)
+    assert all(url.startswith(PUBLIC + "/r/") for url in links.values())
+
+
+async def test_without_a_public_url_no_post_carries_a_receipt_link(
+    loopback: Any, store: Store, settings: Settings, make_notice: Callable[..., Notice]
+) -> None:
+    outlets, matrix = await loopback(2)
+    store.queue.add_notices([(make_notice(), matrix.outlets)], source="test")
+    await deliver(store, matrix, settings)
+    assert len(outlets.posts) == 2
+    assert all("receipt_url" not in p.payload["data"] for p in outlets.posts)
+
+
+async def test_a_district_confirms_by_the_page_and_the_log_shows_published_with_time_and_link(
+    delivered: Any, store: Store, regions: RegionTable
+) -> None:
+    _, matrix, settings, links = delivered
+    async with app_client(store, settings, regions, matrix) as client:
+        page = await client.get(path_of(links["outlet-0001"]))
+        assert page.status_code == 200 and "确认已转载" in page.text and "长江重庆段水位" in page.text
+        assert page.headers["referrer-policy"] == "no-referrer" and page.headers["cache-control"] == "no-store"
+        assert snapshot(store) == [], "opening the page changes nothing"
+        done = await client.post(path_of(links["outlet-0001"]), data={"published_url": "https://yz.example/a/1"})
+    assert done.status_code == 200 and "已确认转载" in done.text
+    marks = store.receipts.published_outlets("cq-test-001")
+    assert set(marks) == {"outlet-0001"}
+    assert marks["outlet-0001"].url == "https://yz.example/a/1" and marks["outlet-0001"].current
+    with store.engine.connect() as conn:
+        row = conn.execute(sa.select(audit)).one()
+    assert (row.action, row.actor, row.role, row.source) == ("receipt.confirm", "outlet-0001", "receipt", "203.0.113.7")
+
+
+async def test_a_receiver_confirms_by_posting_json_and_an_empty_body_confirms_without_a_link(
+    delivered: Any, store: Store, regions: RegionTable
+) -> None:
+    _, matrix, settings, links = delivered
+    async with app_client(store, settings, regions, matrix) as client:
+        with_url = await client.post(path_of(links["outlet-0002"]), json={"published_url": "https://cs.example/p/9"})
+        without = await client.post(path_of(links["outlet-0003"]), json={})
+    assert with_url.status_code == 200
+    assert with_url.json() | {"published_at": None} == {"notice": "cq-test-001", "outlet": "outlet-0002", "version": 1,
+                                                          "published_at": None, "published_url": "https://cs.example/p/9"}
+    assert without.status_code == 200 and without.json()["published_url"] is None
+    assert set(store.receipts.published_outlets("cq-test-001")) == {"outlet-0002", "outlet-0003"}
+
+
+async def test_a_replayed_token_is_a_409_that_changes_nothing(delivered: Any, store: Store, regions: RegionTable) -> None:
+    _, matrix, settings, links = delivered
+    async with app_client(store, settings, regions, matrix) as client:
+        assert (await client.post(path_of(links["outlet-0001"]), json={})).status_code == 200
+        before = snapshot(store)
+        again = await client.post(path_of(links["outlet-0001"]), json={"published_url": "https://other.example/x"})
+        page = await client.get(path_of(links["outlet-0001"]))
+    assert again.status_code == 409 and "works once" in again.json()["detail"]
+    assert page.status_code == 409 and "无法重复确认" in page.text
+    assert snapshot(store) == before
+
+
+async def test_a_forged_token_is_a_400_and_an_expired_one_a_410_and_neither_changes_anything(
+    delivered: Any, store: Store, regions: RegionTable
+) -> None:
+    _, matrix, settings, links = delivered
+    token = path_of(links["outlet-0001"]).removeprefix("/r/")
+    forged_key = ReceiptLinks(PUBLIC, "another-key-" + KEY, timedelta(days=7)).token(1, 1)
+    tampered = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
+    expired_settings = receipt_settings(settings, receipt_ttl="1s")
+    an_hour_ago = (datetime.now(UTC) - timedelta(hours=1)).timestamp()
+    expired_token = ReceiptLinks(PUBLIC, KEY, timedelta(days=7), clock=lambda: an_hour_ago).token(1, 1)
+    async with app_client(store, settings, regions, matrix) as client:
+        answers = [await client.post(f"/r/{t}", json={}) for t in (forged_key, tampered, "nonsense")]
+        page = await client.get(f"/r/{tampered}")
+    async with app_client(store, expired_settings, regions, matrix) as client:
+        expired = await client.post(f"/r/{expired_token}", json={})
+        expired_page = await client.get(f"/r/{expired_token}")
+    assert [a.status_code for a in answers] == [400, 400, 400]
+    assert all("not valid" in a.json()["detail"] and "nothing was recorded" in a.json()["detail"] for a in answers)
+    assert page.status_code == 400 and "链接无效" in page.text
+    assert expired.status_code == 410 and "expired" in expired.json()["detail"]
+    assert expired_page.status_code == 410 and "链接已失效" in expired_page.text
+    assert snapshot(store) == []
+
+
+async def test_a_published_url_that_is_not_an_address_is_a_422_and_records_nothing(
+    delivered: Any, store: Store, regions: RegionTable
+) -> None:
+    _, matrix, settings, links = delivered
+    async with app_client(store, settings, regions, matrix) as client:
+        bad = await client.post(path_of(links["outlet-0001"]), json={"published_url": "javascript:alert(1)"})
+        form = await client.post(path_of(links["outlet-0001"]), data={"published_url": "不是网址"})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "published_url"
+    assert form.status_code == 422 and "转载链接格式不正确" in form.text
+    assert snapshot(store) == []
+
+
+async def test_after_a_correction_a_version_1_link_is_refused_and_the_correction_carries_a_link_that_works(
+    delivered: Any, store: Store, regions: RegionTable, make_notice: Callable[..., Notice]
+) -> None:
+    outlets, matrix, settings, links = delivered
+    async with app_client(store, settings, regions, matrix) as client:
+        assert (await client.post(path_of(links["outlet-0001"]), json={})).status_code == 200
+        store.queue.add_notices([(make_notice(truth="经核实，水位平稳，较昨日上涨0.3米。", correct=True,
+                                              correction_note="水位数据有误"), matrix.outlets)], source="test")
+        await deliver(store, matrix, settings)
+        corrections = {p.outlet: p.payload["data"] for p in outlets.posts if p.payload["type"] == "notice.corrected"}
+        assert set(corrections) == {o.id for o in matrix.outlets}
+        before = snapshot(store)
+        old = await client.post(path_of(links["outlet-0002"]), json={})
+        old_page = await client.get(path_of(links["outlet-0002"]))
+        assert old.status_code == 409 and "corrected (更正) to version 2" in old.json()["detail"]
+        assert old_page.status_code == 409
+        assert snapshot(store) == before
+        marks = store.receipts.published_outlets("cq-test-001")
+        assert not marks["outlet-0001"].current, "a confirmed version 1 does not count for version 2"
+        new = await client.post(path_of(corrections["outlet-0001"]["receipt_url"]), json={})
+    assert new.status_code == 200 and new.json()["version"] == 2
+    assert store.receipts.published_outlets("cq-test-001")["outlet-0001"].current
+
+
+async def test_a_retracted_notices_link_is_a_410(delivered: Any, store: Store, regions: RegionTable) -> None:
+    from bot.store import Actor
+
+    outlets, matrix, settings, links = delivered
+    store.lifecycle.retract("cq-test-001", "核实有误", Actor("编辑", "editor", "test"))
+    async with app_client(store, settings, regions, matrix) as client:
+        answer = await client.post(path_of(links["outlet-0001"]), json={})
+    assert answer.status_code == 410 and "retracted" in answer.json()["detail"]
+    assert snapshot(store)[-1].action == "notice.retract" and len(snapshot(store)) == 1
+
+
+async def test_a_reminder_is_claimed_once_and_an_escalation_raised_once_per_notice(
+    delivered: Any, store: Store
+) -> None:
+    _, matrix, settings, _ = delivered
+    with store.engine.connect() as conn:
+        released = conn.execute(sa.text("SELECT released_at FROM notices")).scalar_one()
+    released = released if isinstance(released, datetime) else datetime.fromisoformat(released)
+    released = released.replace(tzinfo=UTC) if released.tzinfo is None else released
+    windows = Windows(timedelta(hours=2), timedelta(minutes=30))
+    districts = [o.id for o in matrix.outlets if o.tier.value == "district"]
+    assert store.receipts.claim_reminders(windows, districts, now=released + timedelta(minutes=59)) == []
+    first = store.receipts.claim_reminders(windows, districts, now=released + timedelta(minutes=61))
+    again = store.receipts.claim_reminders(windows, districts, now=released + timedelta(minutes=62))
+    assert sorted(r.outlet_id for r in first) == districts and again == []
+    assert store.receipts.escalate(windows, districts, now=released + timedelta(minutes=119)) == 0
+    assert store.receipts.escalate(windows, districts, now=released + timedelta(minutes=121)) == 1
+    assert store.receipts.escalate(windows, districts, now=released + timedelta(minutes=122)) == 0
+    [alert] = store.outbox.unsent()
+    assert alert["kind"] == "unpublished" and all(d in alert["text"] for d in districts)

@@ -65,8 +65,17 @@ def _refused(status: int, message: str, html: bool) -> Response:
     return answer
 
 
+ANSWERS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "forged or damaged link, or a body that is not a JSON object; nothing recorded"},
+    404: {"description": "receipts are off (no DEBUNKBOT_PUBLIC_URL), or no such delivery; nothing recorded"},
+    409: {"description": "already confirmed (a link works once), or a version a correction replaced; nothing changed"},
+    410: {"description": "expired, or the notice was retracted; nothing recorded"},
+    422: {"description": "published_url is not an http(s) address; nothing recorded"},
+}
+
+
 @router.get("/r/{token}", response_class=HTMLResponse, summary="A receipt link: the notice and a form to confirm it",
-            responses={400: {"description": "forged or damaged"}, 410: {"description": "expired, or retracted"}})
+            responses=ANSWERS)
 async def receipt_page(request: Request, token: str) -> Response:
     site = site_of(request)
     try:
@@ -80,9 +89,7 @@ async def receipt_page(request: Request, token: str) -> Response:
 
 
 @router.post("/r/{token}", summary="Confirm a receipt: the outlet republished the notice",
-             responses={400: {"description": "forged or damaged, or a body that is not JSON"},
-                        409: {"description": "already confirmed, or a version a correction replaced"},
-                        410: {"description": "expired, or retracted"}, 422: {"description": "published_url is not a URL"}})
+             responses=ANSWERS)
 async def confirm_receipt(request: Request, token: str) -> Response:
     site = site_of(request)
     html = "application/json" not in request.headers.get("content-type", "")

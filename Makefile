@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo try test bench lock clean
+.PHONY: demo try test bench lock messages clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ bench: $(STAMP)
 lock:
 	{ echo '# The whole dependency tree, pinned. Regenerate with: make lock'; \
 	  $(PY) -m pip freeze --all --exclude-editable | grep -v -i -E '^(pip|apprise|requests-oauthlib|oauthlib|markdown)=='; } > requirements.lock
+
+# The pages' message catalogue: extract the msgids again, and merge them into the Chinese catalogue a translator edits.
+messages: $(STAMP)
+	$(VENV)/bin/pybabel -q extract -F babel.cfg -k N_ --no-location --sort-output -o bot/web/locale/messages.pot .
+	$(VENV)/bin/pybabel -q update -i bot/web/locale/messages.pot -d bot/web/locale -l zh_Hans --no-fuzzy-matching --ignore-obsolete
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

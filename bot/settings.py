@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     publish_within: str = Field(default="24h", description="how long a district has to republish a notice: a "
                                 "reminder halfway, an operator alert at the end")
     urgent_publish_within: str = Field(default="2h", description="publish_within for urgent notices")
+    language: Literal["zh_Hans", "en"] = Field(default="zh_Hans", description="the pages' language when the "
+                                               "browser asks for neither Chinese nor English")
+    session_secret: SecretStr | None = Field(default=None, description="the key that signs the pages' session "
+                                             "cookies; without it a random one (sessions end at a restart)")
+    session_hours: float = Field(default=12.0, gt=0, description="hours a pages login lasts")
     log_format: Literal["text", "json"] = Field(default="text", description="the log on stderr: readable "
                                                 "lines, or one JSON object per line")
 

@@ -143,7 +143,8 @@ def create_app(site: Site) -> FastAPI:
 
     app.include_router(metrics.router)
 
-    from bot.web import api
+    from bot.web import api, pages
 
     api.install(app)
+    pages.install(app)
     return app

@@ -22,9 +22,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from bot.receipts import ReceiptLinks, Ticket, TokenRefused
-from bot.render import render
 from bot.store import ReceiptRefused
-from bot.web import problem, site_of
+from bot.web import pages, problem, site_of
+from bot.web.pages.i18n import N_
 
 router = APIRouter(tags=["receipts"])
 
@@ -33,15 +33,18 @@ HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",  # the token never leaves in a Referer
     "X-Robots-Tag": "noindex, nofollow",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'",
 }
-# What the page says (Chinese) for each refusal the district may meet.
+# What the page says for each refusal the district may meet (msgids: the catalogue has them in Chinese).
 SAID = {
-    400: "链接无效：链接不完整或不是本系统发出的。请从通报消息中完整复制链接后重试。",
-    404: "链接无效：系统中没有这条推送记录。",
-    409: "无法重复确认：此回执已确认过，或该通报已更正，请使用更正通知中的链接确认。",
-    410: "链接已失效：链接已过期，或该通报已撤回（撤回的通报请勿转载）。",
-    422: "转载链接格式不正确：请填写以 http:// 或 https:// 开头的完整网址，或留空。",
+    400: N_("This link is not valid: it is incomplete or was not sent by this system. Copy the whole link from "
+            "the notice's message and try again."),
+    404: N_("This link is not valid: there is no such delivery."),
+    409: N_("This cannot be confirmed again: the receipt was already confirmed, or the notice was corrected since "
+            "(confirm with the link in the correction's message)."),
+    410: N_("This link no longer works: it has expired, or the notice was retracted (do not republish a "
+            "retracted notice)."),
+    422: N_("The address is not a web address: give the whole address starting with http:// or https://, or "
+            "leave it empty."),
 }
 
 
@@ -52,14 +55,16 @@ def _links(request: Request) -> ReceiptLinks:
     return links
 
 
-def _page(status: int, **context: Any) -> HTMLResponse:
-    context = {"notice": None, "done": None, "refused": None, "error": None, "published_url": ""} | context
-    return HTMLResponse(render("web/receipt.html", context), status_code=status, headers=HEADERS)
+def _page(request: Request, status: int, **context: Any) -> HTMLResponse:
+    context = {"notice": None, "version": 1, "done": None, "refused": None, "error": None, "published_url": ""} | context
+    answer = pages.render(request, None, "receipt.html", status=status, **context)
+    answer.headers.update(HEADERS)
+    return answer
 
 
-def _refused(status: int, message: str, html: bool) -> Response:
+def _refused(request: Request, status: int, message: str, html: bool) -> Response:
     if html:
-        return _page(status, refused=SAID.get(status, SAID[400]), detail=message)
+        return _page(request, status, refused=SAID.get(status, SAID[400]), detail=message)
     answer = problem(status, message)
     answer.headers.update(HEADERS)
     return answer
@@ -81,11 +86,11 @@ async def receipt_page(request: Request, token: str) -> Response:
     try:
         ticket = _links(request).read(token)
     except TokenRefused as exc:
-        return _refused(exc.status, exc.message, html=True)
+        return _refused(request, exc.status, exc.message, html=True)
     shown = await run_in_threadpool(_shown, site.store, ticket)
     if isinstance(shown, ReceiptRefused):
-        return _refused(shown.status, shown.message, html=True)
-    return _page(200, **shown)
+        return _refused(request, shown.status, shown.message, html=True)
+    return _page(request, 200, **shown)
 
 
 @router.post("/r/{token}", summary="Confirm a receipt: the outlet republished the notice",
@@ -96,7 +101,7 @@ async def confirm_receipt(request: Request, token: str) -> Response:
     try:
         ticket = _links(request).read(token)
     except TokenRefused as exc:
-        return _refused(exc.status, exc.message, html)
+        return _refused(request, exc.status, exc.message, html)
     if html:
         form = await request.form()
         raw = form.get("published_url")
@@ -105,18 +110,18 @@ async def confirm_receipt(request: Request, token: str) -> Response:
         try:
             body = json.loads(await request.body() or b"{}")
         except ValueError:
-            return _refused(400, "the body is not JSON: send {\"published_url\": \"https://…\"} or {}; nothing was "
+            return _refused(request, 400, "the body is not JSON: send {\"published_url\": \"https://…\"} or {}; nothing was "
                             "recorded", html)
         url = body.get("published_url") if isinstance(body, dict) else None
         if not isinstance(body, dict):
-            return _refused(400, "the body must be a JSON object: {\"published_url\": \"https://…\"}; nothing was "
+            return _refused(request, 400, "the body must be a JSON object: {\"published_url\": \"https://…\"}; nothing was "
                             "recorded", html)
     url = (url or "").strip() or None
     if url is not None and (problem_with := url_problem(url)):
         if html:
             shown = await run_in_threadpool(_shown, site.store, ticket)
             context = shown if isinstance(shown, dict) else {}
-            return _page(422, **context | {"error": SAID[422], "published_url": url[:URL_MAX]})
+            return _page(request, 422, **context | {"error": SAID[422], "published_url": url[:URL_MAX]})
         answer = problem(422, f"published_url {problem_with}; nothing was recorded",
                          errors=[{"field": "published_url", "message": problem_with}])
         answer.headers.update(HEADERS)
@@ -126,10 +131,10 @@ async def confirm_receipt(request: Request, token: str) -> Response:
         confirmed = await run_in_threadpool(
             site.store.receipts.confirm, ticket.delivery_id, ticket.version, url, "page" if html else "post", client)
     except ReceiptRefused as exc:
-        return _refused(exc.status, exc.message, html)
+        return _refused(request, exc.status, exc.message, html)
     if html:
         shown = await run_in_threadpool(_shown, site.store, ticket, True)
-        return _page(200, **(shown if isinstance(shown, dict) else {}) | {"done": confirmed.published_at})
+        return _page(request, 200, **(shown if isinstance(shown, dict) else {}) | {"done": confirmed.published_at})
     return JSONResponse({"notice": confirmed.ref, "outlet": confirmed.outlet_id, "version": confirmed.version,
                          "published_at": confirmed.published_at.isoformat(), "published_url": confirmed.published_url},
                         headers=HEADERS)

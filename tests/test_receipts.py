@@ -216,3 +216,109 @@ async def test_a_reminder_is_claimed_once_and_an_escalation_raised_once_per_noti
     assert store.receipts.escalate(windows, districts, now=released + timedelta(minutes=122)) == 0
     [alert] = store.outbox.unsent()
     assert alert["kind"] == "unpublished" and all(d in alert["text"] for d in districts)
+
+
+async def test_the_report_api_csv_and_cli_give_each_districts_figures_as_the_deliveries_and_receipts_say(
+    loopback: Any, store: Store, settings: Settings, make_notice: Callable[..., Notice], regions: RegionTable,
+    tmp_path: Path, database_url: str
+) -> None:
+    import csv
+    import io
+
+    from bot.store import Actor, Role
+    from tests.test_cli import debunkbot
+
+    outlets, matrix = await loopback(6)  # outlet-0002, -0003 and -0004 are districts
+    settings = receipt_settings(settings, outlets=tmp_path / "outlets.yaml")
+    store.queue.add_notices([(make_notice(ref="cq-r-1"), matrix.outlets)], source="test")
+    store.queue.add_notices([(make_notice(ref="cq-r-2", title="网传“地铁停运”系谣言"), matrix.outlets)], source="test")
+    await deliver(store, matrix, settings)
+    links = {(p.payload["data"]["ref"], p.outlet): p.payload["data"]["receipt_url"] for p in outlets.posts}
+    token = store.access.create("科室", Role.viewer, Actor.local())[0]
+    async with app_client(store, settings, regions, matrix) as client:
+        for ref, outlet in (("cq-r-1", "outlet-0002"), ("cq-r-2", "outlet-0002"), ("cq-r-1", "outlet-0003")):
+            assert (await client.post(path_of(links[ref, outlet]), json={})).status_code == 200
+        windows = Windows(timedelta(hours=1), timedelta(hours=1))
+        later = datetime.now(UTC) + timedelta(minutes=31)  # past half of both notices' windows, before their end
+        reminded = store.receipts.claim_reminders(windows, ["outlet-0002", "outlet-0003", "outlet-0004"], now=later)
+        as_json = (await client.get("/api/v1/report", params={"since": "1d"},
+                                    headers={"Authorization": f"Bearer {token}"})).json()
+        as_csv = await client.get("/api/v1/report", params={"since": "1d", "format": "csv"},
+                                  headers={"Authorization": f"Bearer {token}"})
+    assert sorted((r.outlet_id, r.ref) for r in reminded) == [("outlet-0003", "cq-r-2"), ("outlet-0004", "cq-r-1"),
+                                                              ("outlet-0004", "cq-r-2")]
+    with store.engine.connect() as conn:
+        rows = list(conn.execute(sa.select(receipts.c.delivery_id, receipts.c.published_at, receipts.c.delivered_at)
+                                 .where(receipts.c.published_at.is_not(None))))
+    by_outlet = {d["outlet"]: d for d in as_json["districts"]}
+    assert list(by_outlet) == ["outlet-0002", "outlet-0003", "outlet-0004"]
+    assert [(d["received"], d["published"], d["reminded"]) for d in by_outlet.values()] == [(2, 2, 0), (2, 1, 1), (2, 0, 2)]
+    deliveries = {r["id"]: r["outlet"] for r in store.log.deliveries()}
+    minutes = sorted((r.published_at - r.delivered_at).total_seconds() / 60 for r in rows
+                     if deliveries[r.delivery_id] == "outlet-0002")
+    assert by_outlet["outlet-0002"]["median_minutes"] == round(sum(minutes) / 2, 1)
+    assert by_outlet["outlet-0004"]["median_minutes"] is None
+    assert as_csv.headers["content-type"].startswith("text/csv") and as_csv.content.startswith("\ufeff".encode())
+    table = list(csv.reader(io.StringIO(as_csv.content.decode("utf-8-sig"))))
+    assert table[0][0] == "区县融媒体中心" and [row[3:5] + row[6:] for row in table[1:]] == [
+        ["2", "2", "0"], ["2", "1", "1"], ["2", "0", "2"]]
+    env = {"DEBUNKBOT_DATABASE_URL": database_url, "DEBUNKBOT_OUTLETS": str(tmp_path / "outlets.yaml"), "COLUMNS": "200"}
+    code, out, err = await debunkbot(env, "report", "--since", "1d", "--json")
+    assert code == 0, err
+    assert [(line["outlet"], line["published"], line["reminded"]) for line in map(__import__("json").loads, out.splitlines())] == [
+        ("outlet-0002", 2, 0), ("outlet-0003", 1, 1), ("outlet-0004", 0, 2)]
+    code, out, err = await debunkbot(env, "status", "cq-r-1")
+    assert code == 0 and "district delivered 3 / published 2" in out, out + err
+
+
+def test_each_channel_shows_the_receipt_link_in_its_own_form_and_a_retraction_or_public_post_none(
+    make_notice: Callable[..., Notice]
+) -> None:
+    import json
+
+    from bot.receipts import Receipt, receipt_for
+    from channels import CHANNELS
+
+    notice = make_notice(sources=[{"title": "水利局通报", "url": "https://slj.example/1"}])
+    url = PUBLIC + "/r/eyJkIjoxfQ.Zz_x-y.abc_DEF-ghi"
+    receipt = Receipt(url)
+    now = datetime.now(UTC)
+    dingtalk = json.loads(CHANNELS["dingtalk"].render(notice, now, receipt=receipt).body)
+    assert dingtalk["markdown"]["text"].endswith("[确认已转载](https://piyao.example.gov.cn/r/eyJkIjoxfQ.Zz%5Fx-y.abc%5FDEF-ghi)"
+                                                 "（转载后点此确认，可填写转载链接）")
+    card = json.loads(CHANNELS["dingtalk"].render(notice, now, {"msgtype": "actionCard"}, receipt=receipt).body)
+    assert card["actionCard"]["btns"] == [{"title": "阅读全文", "actionURL": "https://slj.example/1"},
+                                          {"title": "确认已转载", "actionURL": url}]
+    assert "确认已转载" not in card["actionCard"]["text"]
+    wecom = json.loads(CHANNELS["wecom"].render(notice, now, receipt=receipt).body)
+    assert "[确认已转载](https://piyao.example.gov.cn/r/eyJkIjoxfQ.Zz%5Fx-y" in wecom["markdown"]["content"]
+    feishu = json.loads(CHANNELS["feishu"].render(notice, now, receipt=receipt).body)
+    assert [{"tag": "a", "text": "确认已转载", "href": url}] in feishu["content"]["post"]["zh_cn"]["content"]
+    webhook = json.loads(CHANNELS["webhook"].render(notice, now, receipt=receipt).body)
+    assert webhook["data"]["receipt_url"] == url and webhook["type"] == "notice.published"
+    assert CHANNELS["feed"].feed_item(notice, now, {}, receipt=receipt)["_debunkbot"]["receipt_url"] == url
+    reminder = json.loads(CHANNELS["webhook"].render(notice, now, receipt=Receipt(url, remind_by=now)).body)
+    assert reminder["type"] == "notice.reminder" and "【提醒】" in reminder["data"]["text"]
+    links = ReceiptLinks(PUBLIC, KEY, timedelta(days=7))
+    assert receipt_for(links, "webhook", 1, 1, "retraction") is None
+    assert receipt_for(links, "weibo", 1, 1, "notice") is None and receipt_for(links, "wechat_mp", 1, 1, "notice") is None
+    assert receipt_for(None, "webhook", 1, 1, "notice") is None
+
+
+async def test_an_atom_feed_entry_links_its_receipt(
+    store: Store, settings: Settings, regions: RegionTable, make_notice: Callable[..., Notice], tmp_path: Path
+) -> None:
+    import yaml
+
+    from bot.outlets import load_matrix
+
+    path = tmp_path / "outlets.yaml"
+    path.write_text(yaml.safe_dump({"outlets": [{"id": "n-open", "name": "公开订阅", "tier": "district",
+                                                 "region": "全市", "channel": "feed"}]}, allow_unicode=True))
+    matrix = load_matrix(path, regions, environ={})
+    store.queue.add_notices([(make_notice(), matrix.outlets)], source="test")
+    async with app_client(store, receipt_settings(settings), regions, matrix) as client:
+        atom = (await client.get("/feeds/n-open.atom")).text
+        link = atom.split('<link rel="related" title="确认已转载" href="')[1].split('"')[0]
+        assert (await client.post(path_of(link.replace("&amp;", "&")), json={})).status_code == 200
+    assert set(store.receipts.published_outlets("cq-test-001")) == {"n-open"}

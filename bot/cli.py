@@ -509,8 +509,8 @@ def status(ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's 
     _show([("tier", ID), ("outlets", VALUE), ("delivered", VALUE), ("pending", VALUE), ("held", VALUE),
            ("failed", VALUE), ("cancelled", VALUE), ("published", VALUE)], summary, title=f"{ref}: deliveries by tier")
     if any(t.published for t in found.tiers) or _settings().public_url:  # receipts (回执) are on
-        console.print(Text("receipts: " + "; ".join(f"{t.tier} delivered {t.delivered} / published {t.published}"
-                                                     for t in found.tiers)))
+        said = "; ".join(f"{t.tier} delivered {t.delivered} / published {t.published}" for t in found.tiers)
+        console.print(Text(f"receipts: {said}"))
     missing = found.missing
     if not found.deliveries:
         console.print(Text(f"{ref} has no deliveries: no outlet of the matrix was concerned", style="yellow"))

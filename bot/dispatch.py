@@ -518,7 +518,8 @@ class Dispatcher:
     ) -> Rendered:
         # a change names the outlet's previous webhook-id: rendered per outlet; an ordinary post once per version
         # (a post with its receipt link is the delivery's own)
-        receipt = receipt_for(self.receipts, channel.name, claim.delivery_id, claim.version, claim.carries)
+        receipt = receipt_for(self.receipts, channel.name, claim.delivery_id, claim.version,
+                              claim.carries)
         key = (claim.notice_id, claim.version, channel.name, self.view.options_key[outlet.id],
                change and (change.kind, change.previous_version, change.previous_message_id), receipt)
         rendered = self._rendered.get(key)

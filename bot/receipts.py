@@ -184,7 +184,8 @@ class Reminders:
         return None if outcome.result == "delivered" else (outcome.error or outcome.result)
 
 
-def receipt_for(links: ReceiptLinks | None, channel: str, delivery_id: int, version: int, carries: str) -> Receipt | None:
+def receipt_for(links: ReceiptLinks | None, channel: str, delivery_id: int, version: int,
+                carries: str) -> Receipt | None:
     """The receipt link a delivery's post carries: none without links, for a retraction, or on a public channel."""
     if links is None or carries == "retraction" or channel not in RECEIPT_CHANNELS:
         return None

@@ -322,3 +322,41 @@ async def test_an_atom_feed_entry_links_its_receipt(
         link = atom.split('<link rel="related" title="确认已转载" href="')[1].split('"')[0]
         assert (await client.post(path_of(link.replace("&amp;", "&")), json={})).status_code == 200
     assert set(store.receipts.published_outlets("cq-test-001")) == {"n-open"}
+
+
+async def test_in_a_browser_a_district_opens_its_receipt_link_confirms_and_sees_it_confirmed(
+    delivered: Any, store: Store, regions: RegionTable
+) -> None:
+    import asyncio
+    import socket
+
+    import uvicorn
+    from playwright.async_api import async_playwright
+
+    _, matrix, settings, links = delivered
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(Site(settings, store, regions, matrix)), host="127.0.0.1",
+                                           port=port, log_level="warning", lifespan="off"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.02)
+        link = f"http://127.0.0.1:{port}" + path_of(links["outlet-0002"])
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+            page = await browser.new_page(locale="zh-CN")
+            await page.goto(link)
+            assert await page.locator("h1").inner_text() == "确认已转载"
+            await page.fill("#published_url", "https://yz.example/a/7")
+            await page.click("button[type=submit]")
+            await page.wait_for_selector("[role=status]")
+            assert "已确认转载" in await page.locator("[role=status]").inner_text()
+            await page.goto(link)  # the link worked once
+            assert "无法重复确认" in await page.locator("[role=alert]").inner_text()
+            await browser.close()
+    finally:
+        server.should_exit = True
+        await serving
+    assert store.receipts.published_outlets("cq-test-001")["outlet-0002"].url == "https://yz.example/a/7"

@@ -47,8 +47,8 @@ from bot.store.log import DeliveryLog, Page, dumps
 from bot.store.matrix import MatrixRecord
 from bot.store.metrics import Figures, Metrics, StoreErrors
 from bot.store.outbox import Outbox
-from bot.store.receipts import Confirmed, Published, ReceiptRefused, Receipts, Reminder, ReportRow, Windows
 from bot.store.queue import Added, AttemptRecord, Claim, Queue, RefConflict, new_message_id
+from bot.store.receipts import Confirmed, Published, ReceiptRefused, Receipts, Reminder, ReportRow, Windows
 from bot.store.tables import (
     UTCDateTime,
     alert_sends,

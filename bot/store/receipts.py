@@ -174,7 +174,8 @@ class Receipts:
             ids = list(delivery_ids)
             for start in range(0, len(ids), 500):
                 rows = conn.execute(
-                    sa.select(r.c.delivery_id, r.c.version, r.c.published_at, r.c.published_url, n.c.version.label("latest"))
+                    sa.select(r.c.delivery_id, r.c.version, r.c.published_at, r.c.published_url,
+                              n.c.version.label("latest"))
                     .select_from(r.join(d, d.c.id == r.c.delivery_id).join(n, n.c.id == d.c.notice_id))
                     .where(r.c.delivery_id.in_(ids[start:start + 500]), r.c.published_at.is_not(None))
                     .order_by(r.c.version)).all()
@@ -301,14 +302,16 @@ class Receipts:
             for row in conn.execute(query):
                 seen = per[row.outlet_id].setdefault(row.id, {"received": row.sent_version is not None,
                                                               "published": None, "reminded": False})
-                if row.published_at is not None and (seen["published"] is None or row.published_at < seen["published"][0]):
+                earlier = seen["published"]
+                if row.published_at is not None and (earlier is None or row.published_at < earlier[0]):
                     seen["published"] = (row.published_at, row.delivered_at)
                 seen["reminded"] = seen["reminded"] or row.reminded_at is not None
         rows = []
         for outlet in outlets:
             mine = per[outlet].values()
             times = [(p[0] - p[1]).total_seconds() / 60 for s in mine if (p := s["published"]) and p[1] is not None]
-            rows.append(ReportRow(outlet, sum(s["received"] for s in mine), sum(s["published"] is not None for s in mine),
+            rows.append(ReportRow(outlet, sum(s["received"] for s in mine),
+                                  sum(s["published"] is not None for s in mine),
                                   round(statistics.median(times), 1) if times else None,
                                   sum(s["reminded"] for s in mine)))
         return rows

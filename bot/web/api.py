@@ -646,7 +646,8 @@ def notice(request: Request, ref: Annotated[str, Path(max_length=64)], caller: A
         notice=status.notice, state=row["state"], submitted_at=row["submitted_at"], released_at=row["released_at"],
         deliveries=status.deliveries,
         tiers=[TierSummary(tier=t.tier, outlets=t.outlets, delivered=t.delivered, pending=t.pending, held=t.held,
-                           failed=t.failed, cancelled=t.cancelled, published=t.published, waiting=[_delivery(site, r) for r in status.missing if r["tier"] == t.tier])
+                           failed=t.failed, cancelled=t.cancelled, published=t.published,
+                           waiting=[_delivery(site, r) for r in status.missing if r["tier"] == t.tier])
                for t in status.tiers])
 
 
@@ -666,7 +667,8 @@ def deliveries(
 
 
 @router.get("/report", response_model=Report, tags=["receipts"], responses=_problems(422) | {
-                200: {"content": {"text/csv": {}}, "description": "JSON, or with ?format=csv a CSV (UTF-8 with a BOM)"}},
+                200: {"content": {"text/csv": {}},
+                      "description": "JSON, or with ?format=csv a CSV (UTF-8 with a BOM)"}},
             summary="Receipts (回执) per district: received, published, median time to publish, reminders (viewer)")
 def receipt_report(
     request: Request, caller: Actor = viewer,

@@ -29,6 +29,7 @@ from bot.web.pages.i18n import N_
 router = APIRouter(tags=["receipts"])
 
 URL_MAX = 2000
+BODY_MAX = 16 * 1024
 HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",  # the token never leaves in a Referer
@@ -51,12 +52,14 @@ SAID = {
 def _links(request: Request) -> ReceiptLinks:
     links = ReceiptLinks.from_settings(site_of(request).settings)
     if links is None:  # without DEBUNKBOT_PUBLIC_URL no link was ever sent
-        raise TokenRefused(404, "receipts are off on this server (DEBUNKBOT_PUBLIC_URL is not set); nothing was recorded")
+        raise TokenRefused(404, "receipts are off on this server (DEBUNKBOT_PUBLIC_URL is not set); nothing was "
+                           "recorded")
     return links
 
 
 def _page(request: Request, status: int, **context: Any) -> HTMLResponse:
-    context = {"notice": None, "version": 1, "done": None, "refused": None, "error": None, "published_url": ""} | context
+    context = {"notice": None, "version": 1, "done": None, "refused": None, "error": None,
+               "published_url": ""} | context
     answer = pages.render(request, None, "receipt.html", status=status, **context)
     answer.headers.update(HEADERS)
     return answer
@@ -75,6 +78,7 @@ ANSWERS: dict[int | str, dict[str, Any]] = {
     404: {"description": "receipts are off (no DEBUNKBOT_PUBLIC_URL), or no such delivery; nothing recorded"},
     409: {"description": "already confirmed (a link works once), or a version a correction replaced; nothing changed"},
     410: {"description": "expired, or the notice was retracted; nothing recorded"},
+    413: {"description": "a body over 16 KiB; nothing recorded"},
     422: {"description": "published_url is not an http(s) address; nothing recorded"},
 }
 
@@ -98,6 +102,9 @@ async def receipt_page(request: Request, token: str) -> Response:
 async def confirm_receipt(request: Request, token: str) -> Response:
     site = site_of(request)
     html = "application/json" not in request.headers.get("content-type", "")
+    length = request.headers.get("content-length", "0")
+    if not length.isdigit() or int(length) > BODY_MAX:  # a URL and a button: never more than this
+        return _refused(request, 413, f"the body is over {BODY_MAX} bytes; nothing was recorded", html)
     try:
         ticket = _links(request).read(token)
     except TokenRefused as exc:
@@ -110,12 +117,13 @@ async def confirm_receipt(request: Request, token: str) -> Response:
         try:
             body = json.loads(await request.body() or b"{}")
         except ValueError:
-            return _refused(request, 400, "the body is not JSON: send {\"published_url\": \"https://…\"} or {}; nothing was "
-                            "recorded", html)
-        url = body.get("published_url") if isinstance(body, dict) else None
+            body = None
         if not isinstance(body, dict):
-            return _refused(request, 400, "the body must be a JSON object: {\"published_url\": \"https://…\"}; nothing was "
-                            "recorded", html)
+            return _refused(request, 400, 'the body must be a JSON object, {"published_url": "https://…"} or {}; '
+                            "nothing was recorded", html)
+        url = body.get("published_url")
+        if url is not None and not isinstance(url, str):
+            return _refused(request, 422, "published_url must be a string (or null); nothing was recorded", html)
     url = (url or "").strip() or None
     if url is not None and (problem_with := url_problem(url)):
         if html:

@@ -133,6 +133,7 @@ class Reminders:
         self.db = db
         self.windows = Windows(*settings.publish_windows)
         self.lookback = settings.receipt_lifetime
+        self.since: datetime | None = None  # when receipts were switched on for the store (older notices: no link)
 
     def _outlets(self, channels: frozenset[str]) -> list[str]:
         return [o.id for o in self.live.matrix.outlets if o.tier.value == RECEIPT_TIER and o.channel in channels]
@@ -141,11 +142,14 @@ class Reminders:
         """Returns (alerts raised, reminders sent)."""
         matrix = self.live.matrix
         names = {o.id: o.name for o in matrix.outlets}
+        if self.since is None:
+            self.since = await self.db(self.store.receipts.switched_on)
         raised = await self.db(self.store.receipts.escalate, self.windows, self._outlets(RECEIPT_CHANNELS), names,
-                               None, self.lookback)
+                               None, self.lookback, self.since)
         if raised:
             log.info("%d notice(s) not confirmed published by every district in time: operators alerted", raised)
-        due = await self.db(self.store.receipts.claim_reminders, self.windows, self._outlets(REMINDER_CHANNELS))
+        due = await self.db(self.store.receipts.claim_reminders, self.windows, self._outlets(REMINDER_CHANNELS), None,
+                            200, self.since)
         sent = 0
         for reminder in due:
             error = await self._send(reminder)

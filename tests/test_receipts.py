@@ -360,3 +360,24 @@ async def test_in_a_browser_a_district_opens_its_receipt_link_confirms_and_sees_
         server.should_exit = True
         await serving
     assert store.receipts.published_outlets("cq-test-001")["outlet-0002"].url == "https://yz.example/a/7"
+
+
+def test_notices_released_before_receipts_were_switched_on_get_no_reminder_and_no_escalation(
+    store: Store, make_notice: Callable[..., Notice], regions: RegionTable, tmp_path: Path
+) -> None:
+    from bot.outlets import load_matrix
+
+    path = tmp_path / "outlets.yaml"
+    path.write_text("outlets:\n  - {id: d1, name: 区县, tier: district, region: 全市, channel: feed}\n", encoding="utf-8")
+    matrix = load_matrix(path, regions, environ={})
+    store.queue.add_notices([(make_notice(ref="cq-old"), matrix.outlets)], source="test")
+    on = store.receipts.switched_on(now=datetime.now(UTC) + timedelta(seconds=1))
+    assert store.receipts.switched_on(now=datetime.now(UTC) + timedelta(hours=1)) == on, "the first time stays"
+    store.queue.add_notices([(make_notice(ref="cq-new", title="网传“封城”系谣言"), matrix.outlets)], source="test")
+    with store.engine.begin() as conn:  # as if released after the switch
+        conn.execute(sa.text("UPDATE notices SET released_at = :at WHERE ref = 'cq-new'"), {"at": on + timedelta(seconds=1)})
+    windows = Windows(timedelta(minutes=10), timedelta(minutes=10))
+    later = on + timedelta(minutes=11)
+    assert store.receipts.escalate(windows, ["d1"], now=later, since=on) == 1
+    [alert] = [a for a in store.outbox.unsent() if a["kind"] == "unpublished"]
+    assert "cq-new" in alert["text"] and "cq-old" not in alert["text"]

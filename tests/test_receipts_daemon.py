@@ -81,11 +81,14 @@ async def test_a_silent_district_gets_one_reminder_and_the_operators_one_alert_a
             notice = Notice.model_validate(notice_data(ref=ref), context={"regions": regions})
             store.queue.add_notices([(notice, matrix.outlets)], source="test")
 
-        def started() -> int:
-            return (tmp_path / "daemon.log").read_text().count("outlet matrix: 4 outlets")
+        def started() -> bool:
+            """Both processes up, and receipts switched on (notices released before that get no reminder)."""
+            with store.engine.connect() as conn:
+                on = conn.execute(sa.select(alerts.c.id).where(alerts.c.key == "receipts:on")).first()
+            return on is not None and (tmp_path / "daemon.log").read_text().count("outlet matrix: 4 outlets") == 2
 
         first, second = await start(), await start()
-        await until(lambda: started() == 2, 60, "both processes up")  # the window starts at the release
+        await until(started, 60, "both processes up")  # the window starts at the release
         submit("cq-rx-001")
         await until(lambda: len(posts("notice.published", "cq-rx-001")) == 4, 30, "the notice everywhere")
         link = next(p.payload["data"]["receipt_url"] for p in posts("notice.published") if p.outlet == "dist-a")

@@ -30,6 +30,7 @@ from bot.store.outbox import alert, raise_alerts
 from bot.store.tables import alerts, deliveries, notice_versions, notices, receipts
 
 d, n, r, v = deliveries, notices, receipts, notice_versions
+SWITCHED_ON = "receipts:on"
 
 
 class ReceiptRefused(Exception):
@@ -194,8 +195,19 @@ class Receipts:
 
     # --- reminders and escalation -----------------------------------------------------------------------------
 
+    def switched_on(self, now: datetime | None = None) -> datetime:
+        """When receipts were first switched on (DEBUNKBOT_PUBLIC_URL) for this store: notices released before
+        then carried no link, so they get no reminder and no escalation. Raised once as an operator alert
+        (kind ``receipts``), whose time is that moment, by whichever process is first."""
+        with self.db.tx() as conn:
+            now = now or self.db.now(conn)
+            raise_alerts(conn, [alert(SWITCHED_ON, "receipts", "receipt links are on: notices released from now on "
+                                      "carry them, and districts that do not confirm get one reminder, then you an "
+                                      "alert", now)])
+            return conn.execute(sa.select(alerts.c.created_at).where(alerts.c.key == SWITCHED_ON)).scalar_one()
+
     def claim_reminders(self, windows: Windows, outlets: Collection[str], now: datetime | None = None,
-                        limit: int = 200) -> list[Reminder]:
+                        limit: int = 200, since: datetime | None = None) -> list[Reminder]:
         """Claim, once for all processes, the reminders due now: deliveries to ``outlets`` that have the
         notice's latest version, halfway through its window (not yet past its end), not confirmed and not
         reminded, of notices neither retracted nor expired. The caller sends each (``reminder_failed`` notes a
@@ -204,7 +216,7 @@ class Receipts:
             return []
         with self.db.tx() as conn:
             now = now or self.db.now(conn)
-            rows = self._silent(conn, now, outlets, half=True, windows=windows, limit=limit)
+            rows = self._silent(conn, now, outlets, half=True, windows=windows, limit=limit, since=since)
             if not rows:
                 return []
             insert_new(conn, r, [{"delivery_id": row.id, "version": row.version} for row in rows],
@@ -223,7 +235,8 @@ class Receipts:
                          .values(reminder_error=clean_text(error[:500])))
 
     def escalate(self, windows: Windows, outlets: Collection[str], names: Mapping[str, str] | None = None,
-                 now: datetime | None = None, lookback: timedelta = timedelta(days=7)) -> int:
+                 now: datetime | None = None, lookback: timedelta = timedelta(days=7),
+                 since: datetime | None = None) -> int:
         """Raise one operator alert per notice version whose window ended (within ``lookback``) while some of
         ``outlets`` had not confirmed it, listing them; marks each listed delivery ``escalated_at``. Once per
         notice version across processes and restarts (the alert's key). Returns the alerts raised."""
@@ -232,7 +245,7 @@ class Receipts:
         names = names or {}
         with self.db.tx() as conn:
             now = now or self.db.now(conn)
-            rows = self._silent(conn, now, outlets, half=False, windows=windows, lookback=lookback)
+            rows = self._silent(conn, now, outlets, half=False, windows=windows, lookback=lookback, since=since)
             by_notice: dict[tuple[str, int], list[Any]] = {}
             for row in rows:
                 by_notice.setdefault((row.ref, row.version), []).append(row)
@@ -256,20 +269,27 @@ class Receipts:
         return raised
 
     def _silent(self, conn: Connection, now: datetime, outlets: Collection[str], half: bool, windows: Windows,
-                limit: int | None = None, lookback: timedelta = timedelta(days=7)) -> list[Any]:
+                limit: int | None = None, lookback: timedelta = timedelta(days=7),
+                since: datetime | None = None) -> list[Any]:
         """Deliveries to ``outlets`` of live notices that did not confirm the latest version: for a reminder
         (``half``), those that have that version, past half the window and before its end, not yet reminded;
         for the escalation, every one not cancelled of notices whose window ended within ``lookback``."""
         starts = _starts()
         confirmed = sa.exists().where(r.c.delivery_id == d.c.id, r.c.version == n.c.version,
                                       r.c.published_at.is_not(None))
+        # a window starts at the release or later, so these bound the rows read before the exact test below
+        shortest = min(windows.normal, windows.urgent)
+        payload = n.c.payload if half else sa.null().label("payload")  # only a reminder shows the notice
         query = (sa.select(d.c.id, d.c.outlet_id, d.c.status, d.c.message_id, n.c.ref, n.c.version, n.c.urgency,
-                           n.c.payload, n.c.released_at, starts.label("starts"))
+                           payload, n.c.released_at, starts.label("starts"))
                  .select_from(d.join(n, n.c.id == d.c.notice_id))
                  .where(d.c.outlet_id.in_(list(outlets)), n.c.released_at.is_not(None), n.c.retracted_at.is_(None),
                         sa.or_(n.c.expires_at.is_(None), n.c.expires_at > now),
-                        n.c.released_at > now - lookback - max(windows.normal, windows.urgent), ~confirmed)
+                        n.c.released_at > now - lookback - max(windows.normal, windows.urgent),
+                        n.c.released_at <= now - (shortest / 2 if half else shortest), ~confirmed)
                  .order_by(d.c.id))
+        if since is not None:
+            query = query.where(n.c.released_at >= since)
         if half:
             reminded = sa.exists().where(r.c.delivery_id == d.c.id, r.c.version == n.c.version,
                                          r.c.reminded_at.is_not(None))

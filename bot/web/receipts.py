@@ -26,7 +26,7 @@ from bot.store import ReceiptRefused
 from bot.web import pages, problem, site_of
 from bot.web.pages.i18n import N_
 
-router = APIRouter(tags=["receipts"])
+router = APIRouter(tags=["receipts"], include_in_schema=False)  # pages for districts, as the pages are (README)
 
 URL_MAX = 2000
 BODY_MAX = 16 * 1024

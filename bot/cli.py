@@ -504,10 +504,13 @@ def status(ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's 
     if expires_at is not None:
         console.print(Text(f"{ref} {'expired' if expires_at <= utcnow() else 'expires'} at "
                            f"{_when(expires_at, wide=True)}: after that nothing of it is sent"))
-    summary = [[t.tier, str(t.outlets), str(t.delivered), str(t.pending), str(t.held), str(t.failed), str(t.cancelled)]
-               for t in found.tiers]
+    summary = [[t.tier, str(t.outlets), str(t.delivered), str(t.pending), str(t.held), str(t.failed), str(t.cancelled),
+                str(t.published)] for t in found.tiers]
     _show([("tier", ID), ("outlets", VALUE), ("delivered", VALUE), ("pending", VALUE), ("held", VALUE),
-           ("failed", VALUE), ("cancelled", VALUE)], summary, title=f"{ref}: deliveries by tier")
+           ("failed", VALUE), ("cancelled", VALUE), ("published", VALUE)], summary, title=f"{ref}: deliveries by tier")
+    if any(t.published for t in found.tiers) or _settings().public_url:  # receipts (回执) are on
+        said = "; ".join(f"{t.tier} delivered {t.delivered} / published {t.published}" for t in found.tiers)
+        console.print(Text(f"receipts: {said}"))
     missing = found.missing
     if not found.deliveries:
         console.print(Text(f"{ref} has no deliveries: no outlet of the matrix was concerned", style="yellow"))
@@ -523,6 +526,7 @@ def status(ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's 
 
 
 LOG_KEYS = ("notice", "outlet", "status", "reason", "attempts", "http_status", "error", "delivered_at")
+RECEIPT_KEYS = ("published_at", "published_url")  # the outlet's receipt (回执) of the version it has
 
 
 @app.command("log")
@@ -544,14 +548,24 @@ def log_(
         columns = [("notice", ID), ("outlet", ID), ("try", VALUE), ("trigger", EXTRA), ("started", VALUE),
                    ("ms", EXTRA), ("outcome", VALUE), ("http", VALUE), ("error", FREE)]
     else:
-        rows = store.log.deliveries(ref=notice, outlet_id=outlet, status=status.value if status else None)
-        keys = LOG_KEYS
+        rows = desk.with_receipts(store, store.log.deliveries(ref=notice, outlet_id=outlet,
+                                                              status=status.value if status else None))
+        for row in rows:
+            mark = row["published"]
+            row["published_at"], row["published_url"] = (mark["at"], mark["url"]) if mark else (None, None)
+            if mark and row["status"] == "delivered":  # shown as published; --json keeps the delivery's status
+                row["shown"] = "published" if mark["current"] else f"published v{mark['version']}"
+        keys = (*LOG_KEYS, *RECEIPT_KEYS)
         columns = [("notice", ID), ("outlet", ID), ("status", VALUE), ("why", FREE), ("tries", VALUE), ("http", VALUE),
                    ("error", FREE), ("delivered", VALUE)]
     if as_json:
         for row in rows:
             sys.stdout.write(dumps({k: row[k] for k in ((*keys, "response") if attempts else keys)}) + "\n")
         return
+    if not attempts:
+        keys = LOG_KEYS
+        for row in rows:
+            row["status"] = row.get("shown", row["status"])
     _show(columns, [[_cell(row[k], wide) for k in keys] for row in rows], wide=wide)
 
 
@@ -563,6 +577,39 @@ def _cell(value: object, wide: bool = False) -> str:
     if isinstance(value, datetime):
         return _when(value, wide)
     return str(value)
+
+
+@app.command()
+def report(
+    since_: Annotated[str, typer.Option("--since", metavar="T", help="notices released since T: an age (7d, 24h) or "
+                                        "an ISO 8601 time (Chongqing time without an offset)")] = "7d",
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV (UTF-8 with a BOM, for Excel) on stdout")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
+) -> None:
+    """Receipts (回执) per district: notices received, published, median time to publish, reminders needed."""
+    import dataclasses
+
+    settings = _settings()
+    try:
+        start = desk.since(since_)
+    except ValueError as exc:
+        errors.print(Text(f"--since: {exc}", style="red"))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    regions = _regions(settings)
+    lines = desk.receipt_report(_store(settings), _matrix(settings, regions, require_secrets=False), start)
+    if as_csv:
+        sys.stdout.buffer.write(desk.report_csv(lines).encode("utf-8"))
+        return
+    if as_json:
+        for line in lines:
+            sys.stdout.write(json.dumps(dataclasses.asdict(line), ensure_ascii=False) + "\n")
+        return
+    _show([("district", ID), ("outlet", EXTRA), ("received", VALUE), ("published", VALUE), ("median min", VALUE),
+           ("reminded", VALUE)],
+          [[line.name, line.outlet, str(line.received), str(line.published),
+            "" if line.median_minutes is None else f"{line.median_minutes:g}", str(line.reminded)] for line in lines],
+          title=f"receipts since {_when(start, wide=True)} (notices released since then)",
+          hint="debunkbot report --csv > report.csv")
 
 
 outlets_app = typer.Typer(help="Outlet health: ok / degraded / paused; resume a paused outlet.",

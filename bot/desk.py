@@ -30,6 +30,7 @@ class TierSummary:
     held: int
     failed: int
     cancelled: int
+    published: int = 0  # of the delivered, how many confirmed they republished the current version (receipts)
 
 
 @dataclass(frozen=True)
@@ -50,13 +51,14 @@ def notice_status(store: Store, ref: str) -> NoticeStatus | None:
     found = store.log.notice(ref)
     if found is None:
         return None
-    rows = store.log.deliveries(ref=ref)
+    rows = with_receipts(store, store.log.deliveries(ref=ref))
     tiers = []
     for tier in Tier:
         mine = [r for r in rows if r["tier"] == tier.value]
         if mine:
             counts = {s: sum(r["status"] == s for r in mine) for s in STATES}
-            tiers.append(TierSummary(tier.value, len(mine), **counts))
+            published = sum(1 for r in mine if r["published"] and r["published"]["current"])
+            tiers.append(TierSummary(tier.value, len(mine), **counts, published=published))
     life = store.lifecycle.state(ref) or {}
     return NoticeStatus(ref, found[1], len(rows), tiers, [r for r in rows if r["status"] != "delivered"],
                         life.get("version", 1), life.get("retraction"))
@@ -132,3 +134,54 @@ def since(text: str, now: datetime | None = None) -> datetime:
     except ValueError:
         raise ValueError(f"{text!r} is neither an ISO 8601 time nor an age such as 30m, 2h or 1d") from None
     return (when.replace(tzinfo=CHONGQING) if when.tzinfo is None else when).astimezone(UTC)
+
+
+def with_receipts(store: Store, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Delivery-log rows with ``published``: None, or the outlet's receipt (回执) ``{version, at, url, current}``
+    (``current``: it confirms the notice's latest version). The log, status and the API show it."""
+    marks = store.receipts.of_deliveries([r["id"] for r in rows])
+    for row in rows:
+        mark = marks.get(row["id"])
+        row["published"] = None if mark is None else {"version": mark.version, "at": mark.at, "url": mark.url,
+                                                      "current": mark.current}
+    return rows
+
+
+@dataclass(frozen=True)
+class ReportLine:
+    """One district's line of the receipts report (what the city office sends upward)."""
+
+    outlet: str
+    name: str
+    region: str
+    received: int
+    published: int
+    median_minutes: float | None
+    reminded: int
+
+
+REPORT_HEADER = ("区县融媒体中心", "outlet", "region", "收到通报", "已转载", "转载用时中位数（分钟）", "需提醒")
+
+
+def receipt_report(store: Store, matrix: OutletMatrix, since_: datetime, until: datetime | None = None
+                   ) -> list[ReportLine]:
+    """Per district outlet of the matrix: notices released in the period that reached it, how many it confirmed
+    published, the median minutes from delivery to confirmation, and how many needed a reminder (提醒)."""
+    districts = [o for o in matrix.outlets if o.tier.value == "district"]
+    rows = {r.outlet: r for r in store.receipts.report(since_, [o.id for o in districts], until)}
+    return [ReportLine(o.id, o.name, o.region, rows[o.id].received, rows[o.id].published, rows[o.id].median_minutes,
+                       rows[o.id].reminded) for o in districts]
+
+
+def report_csv(lines: list[ReportLine]) -> str:
+    """The report as CSV with a UTF-8 byte order mark (Excel opens Chinese text right only with it)."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(REPORT_HEADER)
+    for line in lines:
+        writer.writerow([line.name, line.outlet, line.region, line.received, line.published,
+                         "" if line.median_minutes is None else f"{line.median_minutes:g}", line.reminded])
+    return "\ufeff" + out.getvalue()

@@ -34,6 +34,7 @@ from bot.logs import log_fields
 from bot.matrix import LiveMatrix
 from bot.model import Change, Notice
 from bot.outlets import Outlet, OutletMatrix
+from bot.receipts import ReceiptLinks, receipt_for
 from bot.settings import Settings
 from bot.store import STORE_FAULTS, AttemptRecord, Claim, Store, describe_fault, utcnow
 from bot.store.queue import EXPIRED
@@ -134,6 +135,7 @@ class Dispatcher:
                          if isinstance(c, Pushing) and n not in self._exchanging and not isinstance(c, Pulling)}
         self._view = MatrixView.of(matrix, self._exchanging.keys() | self._pushing.keys())
         self.health_policy = HealthPolicy.from_settings(settings)
+        self.receipts = ReceiptLinks.from_settings(settings)  # None: posts carry no receipt link
         self._lease = timedelta(seconds=max(settings.lease_seconds, settings.http_timeout + LEASE_MARGIN))
         self._store_backoff = 0.0
         self._store_retry_at = 0.0  # time.monotonic() before which the store is left alone
@@ -515,11 +517,15 @@ class Dispatcher:
         change: Change | None = None,
     ) -> Rendered:
         # a change names the outlet's previous webhook-id: rendered per outlet; an ordinary post once per version
+        # (a post with its receipt link is the delivery's own)
+        receipt = receipt_for(self.receipts, channel.name, claim.delivery_id, claim.version,
+                              claim.carries)
         key = (claim.notice_id, claim.version, channel.name, self.view.options_key[outlet.id],
-               change and (change.kind, change.previous_version, change.previous_message_id))
+               change and (change.kind, change.previous_version, change.previous_message_id), receipt)
         rendered = self._rendered.get(key)
         if rendered is None:
-            rendered = self._rendered[key] = channel.render(notice, published_at, outlet.options, change=change)
+            rendered = self._rendered[key] = channel.render(notice, published_at, outlet.options, change=change,
+                                                            receipt=receipt)
             while len(self._rendered) > 1000:
                 self._rendered.popitem(last=False)
         return rendered

@@ -21,6 +21,7 @@ from bot.settings import TEMPLATES
 
 if TYPE_CHECKING:
     from bot.model import Change, Notice
+    from bot.receipts import Receipt
     from channels.fit import Form
 
 # Only what can change the meaning of editor text gets a backslash, so ordinary Chinese text, dates
@@ -90,10 +91,13 @@ def render(template: str, context: dict[str, Any]) -> str:
     return environment().get_template(template).render(context).strip()
 
 
-def notice_context(notice: Notice, published_at: datetime, change: Change | None = None) -> dict[str, Any]:
+def notice_context(notice: Notice, published_at: datetime, change: Change | None = None,
+                   receipt: Receipt | None = None) -> dict[str, Any]:
     """What every template may use. All of it is data. ``change``: the notice goes out as a correction (更正:
-    ``correction`` says from which version, why and what changed) or as its retraction (撤回: ``retraction``)."""
-    return change_context(change) | {
+    ``correction`` says from which version, why and what changed) or as its retraction (撤回: ``retraction``).
+    ``receipt``: the post carries a receipt link (``receipt_url``, 确认已转载), and for a reminder (提醒)
+    ``remind_by``, the window's end in Chongqing time."""
+    return change_context(change) | receipt_context(receipt) | {
         "ref": notice.ref,
         "title": notice.title,
         "rumour": notice.rumour,
@@ -109,6 +113,16 @@ def notice_context(notice: Notice, published_at: datetime, change: Change | None
         "sources": [{"title": s.title, "url": str(s.url)} for s in notice.sources],
         "published_at": published_at,
     }
+
+
+def receipt_context(receipt: Receipt | None) -> dict[str, Any]:
+    """``receipt_url`` and ``remind_by`` for the templates (None and None without a receipt)."""
+    if receipt is None:
+        return {"receipt_url": None, "remind_by": None}
+    from bot.regions import CHONGQING
+
+    remind_by = receipt.remind_by.astimezone(CHONGQING).strftime("%m月%d日 %H:%M") if receipt.remind_by else None
+    return {"receipt_url": receipt.url, "remind_by": remind_by}
 
 
 def change_context(change: Change | None) -> dict[str, Any]:
@@ -148,9 +162,10 @@ def sentence(text: object) -> str:
     return text if not text or text.rstrip().endswith(_SENTENCE_END) else f"{text}。"
 
 
-def form_context(notice: Notice, published_at: datetime, form: Form, change: Change | None = None) -> dict[str, Any]:
+def form_context(notice: Notice, published_at: datetime, form: Form, change: Change | None = None,
+                 receipt: Receipt | None = None) -> dict[str, Any]:
     """``notice_context`` showing a (possibly cut) form of the notice; see channels.fit."""
-    return notice_context(notice, published_at, change) | {
+    return notice_context(notice, published_at, change, receipt) | {
         "title": " ".join(printable(form.title).split()),  # a title is one line in every format
         "authority": printable(form.authority),
         "rumour": printable(form.rumour),

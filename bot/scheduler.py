@@ -37,6 +37,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, wait_exponential
 
 from bot.alerts import Alerter
+from bot.receipts import Reminders
 from bot.dispatch import STORE_BACKOFF_MAX, Dispatcher
 from bot.http import Sender
 from bot.intake import FileResult, scan_inbox_off_loop
@@ -85,6 +86,8 @@ class Daemon:
         self.dispatcher = Dispatcher(store, self.live, settings, client, on_recorded=self._recorded)
         self.report = AttemptReport(self.dispatcher.pulled)
         self.alerter = Alerter(store, self.live, settings, client, db=self.dispatcher.db)
+        links = self.dispatcher.receipts
+        self.reminders = Reminders(store, self.live, settings, client, links, self.dispatcher.db) if links else None
         self.live.on_change(self._matrix_changed)
         self.regions_day: date | None = None
         self.stop = stop or asyncio.Event()
@@ -126,6 +129,8 @@ class Daemon:
                 every(self.scan_inbox, tick)
             every(self.release_embargoed, min(tick, 1.0))
             every(self.send_alerts, tick, at_once=True)
+            if self.reminders is not None:
+                every(self.send_reminders, tick)
             every(self.prune_attempts, 3600, at_once=True)
         # the day's regions: at midnight in Chongqing, and every hour in case the machine slept through midnight
         # Jobs are coroutines: APScheduler runs a plain function on a thread, and the daemon's state is the loop's.
@@ -310,6 +315,18 @@ class Daemon:
                 await self.alerter.tick()
         except STORE_FAULTS as exc:
             log.warning("operator alerts not checked: %s", describe_fault(exc))
+
+    async def send_reminders(self) -> None:
+        """Receipts (bot.receipts): escalate notices whose publish_within window ended with districts silent, and
+        remind those halfway through it. Every run process does it: the store's claims make each happen once."""
+        assert self.reminders is not None
+        try:
+            raised, _ = await self.reminders.tick()
+        except STORE_FAULTS as exc:
+            log.warning("receipt reminders not checked: %s", describe_fault(exc))
+            return
+        if raised:
+            await self.send_alerts()
 
     async def prune_attempts(self) -> None:
         cutoff = utcnow() - timedelta(days=self.settings.attempt_retention_days)

@@ -7,15 +7,30 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config"
 TEMPLATES = ROOT / "templates"
+
+
+def parse_duration(text: str, name: str = "the duration") -> timedelta:
+    """A duration such as ``90s``, ``30m``, ``2h`` or ``7d`` (a bare number is seconds).
+
+    >>> parse_duration("2h"), parse_duration("1.5d")
+    (datetime.timedelta(seconds=7200), datetime.timedelta(days=1, seconds=43200))
+    """
+    import re
+
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?", text.strip())
+    if not match or float(match[1]) <= 0:
+        raise ValueError(f"{name} must be a positive duration such as 90s, 30m, 2h or 7d, got {text!r}")
+    return timedelta(seconds=float(match[1]) * {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}[match[2] or "s"])
 
 
 def parse_bind(text: str) -> tuple[str, int]:
@@ -70,6 +85,14 @@ class Settings(BaseSettings):
     urgent_deadline: float = Field(default=10.0, gt=0, description="minutes an urgent notice has to reach every outlet")
     alert_interval: float = Field(default=300.0, ge=0, description="seconds between two operator alert messages at least")
     attempt_retention_days: float = Field(default=90.0, gt=0, description="days attempts are kept in the log")
+    public_url: str | None = Field(default=None, description="the bot's web server as districts reach it "
+                                   "(https://piyao.example.gov.cn): the base of receipt links; without it, none")
+    receipt_key: SecretStr | None = Field(default=None, description="the key receipt links are signed with (at least "
+                                          "32 characters; the same in every process)")
+    receipt_ttl: str = Field(default="7d", description="how long a receipt link works")
+    publish_within: str = Field(default="24h", description="how long a district has to republish a notice: a "
+                                "reminder halfway, an operator alert at the end")
+    urgent_publish_within: str = Field(default="2h", description="publish_within for urgent notices")
     language: Literal["zh_Hans", "en"] = Field(default="zh_Hans", description="the pages' language when the "
                                                "browser asks for neither Chinese nor English")
     session_secret: SecretStr | None = Field(default=None, description="the key that signs the pages' session "
@@ -89,6 +112,40 @@ class Settings(BaseSettings):
         if any(delay < 0 for delay in delays):
             raise ValueError(f"{name} has a negative delay: {value!r}")
         return value
+
+    @field_validator("receipt_ttl", "publish_within", "urgent_publish_within")
+    @classmethod
+    def _is_duration(cls, value: str, info: ValidationInfo) -> str:
+        parse_duration(value, f"DEBUNKBOT_{(info.field_name or '').upper()}")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _is_base_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("https://", "http://")) or any(c in value for c in "?# \t\n"):
+            raise ValueError(f"DEBUNKBOT_PUBLIC_URL must be an http(s) URL without a query, such as "
+                             f"https://piyao.example.gov.cn, got {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _receipts_have_a_key(self) -> Settings:
+        key = self.receipt_key.get_secret_value() if self.receipt_key else ""
+        if self.public_url and len(key) < 32:
+            raise ValueError("DEBUNKBOT_PUBLIC_URL is set, so receipt links are signed: set DEBUNKBOT_RECEIPT_KEY to "
+                             "at least 32 random characters, the same in every process (python -c 'import secrets; "
+                             "print(secrets.token_urlsafe(32))')")
+        return self
+
+    @property
+    def receipt_lifetime(self) -> timedelta:
+        return parse_duration(self.receipt_ttl)
+
+    @property
+    def publish_windows(self) -> tuple[timedelta, timedelta]:
+        """(normal, urgent) publish_within."""
+        return parse_duration(self.publish_within), parse_duration(self.urgent_publish_within)
 
     @field_validator("http_bind")
     @classmethod

@@ -24,6 +24,7 @@ import httpx
 if TYPE_CHECKING:
     from bot.http import Answer, Sender
     from bot.model import Change, Notice
+    from bot.receipts import Receipt
     from bot.outlets import Outlet
 
 Result = Literal["delivered", "retry", "failed"]
@@ -85,9 +86,11 @@ class Channel(Protocol):
         ...
 
     def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS,
-               change: Change | None = None) -> Rendered:
+               change: Change | None = None, receipt: Receipt | None = None) -> Rendered:
         """Render once per notice version x channel x outlet options (e.g. ``msgtype``); cached by the dispatcher.
-        ``change``: render the correction (更正) or the retraction (撤回) instead of an ordinary post."""
+        ``change``: render the correction (更正) or the retraction (撤回) instead of an ordinary post.
+        ``receipt``: the delivery's receipt link (确认已转载) to show, the way the platform shows links best, and
+        for a reminder (提醒) its deadline; public channels (weibo, wechat_mp) ignore it (bot.receipts)."""
         ...
 
 
@@ -124,7 +127,7 @@ class Pulling(Channel, Protocol):
     """Outlets that fetch (feeds): never sent to; bot/web/feeds.py lists ``feed_item`` for each of their notices."""
 
     def feed_item(self, notice: Notice, published_at: datetime, options: Mapping[str, Any],
-                  change: Change | None = None) -> dict[str, Any]: ...
+                  change: Change | None = None, receipt: Receipt | None = None) -> dict[str, Any]: ...
 
 
 @runtime_checkable

@@ -34,6 +34,7 @@ from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
     from bot.model import Change, Notice
+    from bot.receipts import Receipt
     from bot.outlets import Outlet
 
 ENDPOINT = "https://oapi.dingtalk.com/robot/send"
@@ -75,21 +76,27 @@ class DingTalk:
         return f"{token}:{key}" if key else token
 
     def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS,
-               change: Change | None = None) -> Rendered:
+               change: Change | None = None, receipt: Receipt | None = None) -> Rendered:
         msgtype = options.get("msgtype", "markdown")
         link = read_more(notice, options)
-        if msgtype == "actionCard" and not link:
+        buttons = [(title, url) for title, url in (("阅读全文", link), ("确认已转载", receipt and receipt.url)) if url]
+        if msgtype == "actionCard" and not buttons:
             msgtype = "markdown"  # a card's button needs somewhere to go
+        card = msgtype == "actionCard"
 
         def markdown(form: Form) -> str:
-            return render("dingtalk/markdown.j2", form_context(notice, published_at, form, change))
+            # an actionCard shows the receipt as its button, a markdown message as a link line
+            shown = None if card else receipt
+            return render("dingtalk/markdown.j2", form_context(notice, published_at, form, change, shown))
 
         def body(form: Form) -> str:
-            title = f"{change_word(change)}{form.title}"
+            title = f"{'【提醒】' if receipt and receipt.remind_by else ''}{change_word(change)}{form.title}"
             text = markdown(form)
             message: dict[str, Any] = {"title": title, "text": text}
-            if msgtype == "actionCard":
-                message |= {"btnOrientation": "0", "singleTitle": "阅读全文", "singleURL": link}
+            if card and len(buttons) == 1:
+                message |= {"btnOrientation": "0", "singleTitle": buttons[0][0], "singleURL": buttons[0][1]}
+            elif card:
+                message |= {"btnOrientation": "1", "btns": [{"title": t, "actionURL": u} for t, u in buttons]}
             return json.dumps({"msgtype": msgtype, msgtype: message}, ensure_ascii=False, separators=(",", ":"))
 
         text, form = fit(body, notice, self.limits, link)

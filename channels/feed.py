@@ -23,6 +23,7 @@ from channels.fit import Form, cut, read_more
 
 if TYPE_CHECKING:
     from bot.model import Change, Notice
+    from bot.receipts import Receipt
     from bot.outlets import Outlet
 
 
@@ -34,7 +35,7 @@ class Feed:
         return [("url", "a feed outlet fetches from the bot; it has no url")] if outlet.url else []
 
     def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS,
-               change: Change | None = None) -> Rendered:
+               change: Change | None = None, receipt: Receipt | None = None) -> Rendered:
         sources = tuple({"title": s.title, "url": str(s.url)} for s in notice.sources)
         form = Form(notice.title, notice.authority, notice.rumour, notice.truth, sources, read_more=read_more(notice, options))
         text = render("feed/entry.j2", form_context(notice, published_at, form, change))
@@ -51,11 +52,13 @@ class Feed:
         }
         if form.read_more:  # JSON Feed 1.1: url is a string when present, never null
             item["url"] = form.read_more
+        if receipt is not None:  # a JSON Feed extension (an underscore key); Atom shows it as a rel="related" link
+            item["_debunkbot"] = {"receipt_url": receipt.url, "about": "确认已转载: open, or POST {\"published_url\": …}"}
         return Rendered(text=text, body=json.dumps(item, ensure_ascii=False).encode(), extra=item)
 
     def feed_item(self, notice: Notice, published_at: datetime, options: Mapping[str, Any],
-                  change: Change | None = None) -> dict[str, Any]:
+                  change: Change | None = None, receipt: Receipt | None = None) -> dict[str, Any]:
         """The notice as one JSON Feed item (the Atom template reads the same). A corrected or retracted notice
         keeps its entry's id; the entry shows the correction or the retraction, updated when it was made."""
-        item: dict[str, Any] = self.render(notice, published_at, options, change).extra
+        item: dict[str, Any] = self.render(notice, published_at, options, change, receipt).extra
         return item

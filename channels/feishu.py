@@ -33,6 +33,7 @@ from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
     from bot.model import Change, Notice
+    from bot.receipts import Receipt
     from bot.outlets import Outlet
 
 MSG_TYPES = ("post", "interactive")
@@ -76,24 +77,29 @@ class Feishu:
         return f"{token}:{key}" if key else token
 
     def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS,
-               change: Change | None = None) -> Rendered:
+               change: Change | None = None, receipt: Receipt | None = None) -> Rendered:
         link = read_more(notice, options)
         msg_type = options.get("msg_type", "post")
 
         def text(form: Form) -> str:
-            return render("feishu/post.j2", form_context(notice, published_at, form, change))
+            return render("feishu/post.j2", form_context(notice, published_at, form, change, receipt))
 
         def message(form: Form) -> dict[str, Any]:
-            title = ("【紧急】" if notice.urgency.value == "urgent" else "") + f"{change_word(change)}{form.title}"
+            title = (("【提醒】" if receipt and receipt.remind_by else "") + ("【紧急】" if notice.urgency.value == "urgent" else "")
+                     + f"{change_word(change)}{form.title}")
             if msg_type == "post":
                 paragraphs: list[list[dict[str, str]]] = [[{"tag": "text", "text": line}] for line in text(form).split("\n")]
                 if form.read_more and (form.cut or not form.sources):
                     paragraphs.append([{"tag": "a", "text": "阅读全文", "href": form.read_more}])
+                if receipt is not None:
+                    paragraphs.append([{"tag": "a", "text": "确认已转载", "href": receipt.url}])
                 return {"msg_type": "post", "content": {"post": {"zh_cn": {"title": title, "content": paragraphs}}}}
             elements: list[dict[str, Any]] = [{"tag": "div", "text": {"tag": "plain_text", "content": text(form)}}]
-            if form.read_more:
-                elements.append({"tag": "action", "actions": [{"tag": "button", "type": "primary", "url": form.read_more,
-                                                               "text": {"tag": "plain_text", "content": "阅读全文"}}]})
+            actions = [{"tag": "button", "type": kind, "url": url, "text": {"tag": "plain_text", "content": label}}
+                       for label, url, kind in (("阅读全文", form.read_more, "primary"),
+                                                ("确认已转载", receipt and receipt.url, "default")) if url]
+            if actions:
+                elements.append({"tag": "action", "actions": actions})
             header = {"template": "red", "title": {"tag": "plain_text", "content": title}}
             return {"msg_type": "interactive", "card": {"header": header, "elements": elements}}
 

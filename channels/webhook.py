@@ -23,6 +23,7 @@ from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_htt
 
 if TYPE_CHECKING:
     from bot.model import Change, Notice
+    from bot.receipts import Receipt
     from bot.outlets import Outlet
 
 
@@ -55,8 +56,8 @@ class Webhook:
         return secret
 
     def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS,
-               change: Change | None = None) -> Rendered:
-        context = notice_context(notice, published_at, change)
+               change: Change | None = None, receipt: Receipt | None = None) -> Rendered:
+        context = notice_context(notice, published_at, change, receipt)
         text = render("webhook/text.j2", context)
         data = notice.model_dump(mode="json", exclude={"correct", "correction_note"}) | {
             "verdict_label": notice.verdict.label,
@@ -72,6 +73,12 @@ class Webhook:
                      "previous_webhook_id": change.previous_message_id}
             data |= ({"correction_note": change.note, "changed": list(change.changed)} if change.kind == "correction"
                      else {"retraction_reason": change.note, "retracted_at": change.at.isoformat()})
+        if receipt is not None:
+            # POST it {"published_url": "…"} once republished (or open it in a browser)
+            data["receipt_url"] = receipt.url
+            if receipt.remind_by is not None:
+                event = "notice.reminder"
+                data["publish_by"] = receipt.remind_by.isoformat()
         payload = {"type": event, "timestamp": timestamp.isoformat(), "data": data}
         return Rendered(text=text, body=json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
 

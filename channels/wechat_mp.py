@@ -47,6 +47,7 @@ from channels.fit import Form, Limit, cut_to, fit, read_more
 if TYPE_CHECKING:
     from bot.http import Sender
     from bot.model import Change, Notice
+    from bot.receipts import Receipt
     from bot.outlets import Outlet
 
 API = "https://api.weixin.qq.com"
@@ -87,7 +88,7 @@ class WeChatMP:
         return problems
 
     def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS,
-               change: Change | None = None) -> Rendered:
+               change: Change | None = None, receipt: Receipt | None = None) -> Rendered:
         prefix = change_word(change)
 
         def article(form: Form) -> str:

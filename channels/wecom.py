@@ -30,6 +30,7 @@ from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
     from bot.model import Change, Notice
+    from bot.receipts import Receipt
     from bot.outlets import Outlet
 
 ENDPOINT = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send"
@@ -67,19 +68,22 @@ class WeCom:
         return key
 
     def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS,
-               change: Change | None = None) -> Rendered:
+               change: Change | None = None, receipt: Receipt | None = None) -> Rendered:
         link = read_more(notice, options)
         msgtype = options.get("msgtype", "markdown") if link else "markdown"
         template = f"wecom/{msgtype}.j2"
+        if msgtype == "news" and receipt is not None:
+            link = receipt.url  # a news card has one link: the receipt page, which shows the notice and its sources
 
         def content(form: Form) -> str:
-            return render(template, form_context(notice, published_at, form, change))
+            return render(template, form_context(notice, published_at, form, change, receipt))
 
         text, form = fit(content, notice, self.limits[msgtype], link)
         if msgtype == "markdown":
             body: dict[str, Any] = {"msgtype": "markdown", "markdown": {"content": text}}
         else:
-            title = cut_to(f"{change_word(change)}{notice.title}", (NEWS_TITLE,))
+            word = f"{'【提醒】' if receipt and receipt.remind_by else ''}{change_word(change)}"
+            title = cut_to(f"{word}{notice.title}", (NEWS_TITLE,))
             body = {"msgtype": "news", "news": {"articles": [{"title": title, "description": text, "url": link}]}}
         return Rendered(text=text, body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
                         cut=form.cut)

@@ -32,6 +32,7 @@ from channels.fit import WEIBO_URL_LENGTH, Limit, fit, read_more, weibo_length
 
 if TYPE_CHECKING:
     from bot.model import Change, Notice
+    from bot.receipts import Receipt
     from bot.outlets import Outlet
 
 ENDPOINT = "https://api.weibo.com/2/statuses/share.json"
@@ -66,7 +67,7 @@ class Weibo:
         return problems
 
     def render(self, notice: Notice, published_at: datetime, options: Mapping[str, Any] = NO_OPTIONS,
-               change: Change | None = None) -> Rendered:
+               change: Change | None = None, receipt: Receipt | None = None) -> Rendered:
         status, form = fit(lambda form: render("weibo/status.j2", form_context(notice, published_at, form, change)),
                            notice, self.limits, read_more(notice, options))
         return Rendered(text=status, body=status.encode(), cut=form.cut)

@@ -16,7 +16,8 @@ import yaml
 
 from tests.conftest import notice_data
 
-LOG_KEYS = {"notice", "outlet", "status", "reason", "attempts", "http_status", "error", "delivered_at"}
+LOG_KEYS = {"notice", "outlet", "status", "reason", "attempts", "http_status", "error", "delivered_at",
+            "published_at", "published_url"}
 
 
 async def debunkbot(env: dict[str, str], *args: str) -> tuple[int, str, str]:

@@ -226,3 +226,24 @@ audit = sa.Table(
     sa.Index("ix_audit_at", "at"),
     sa.Index("ix_audit_subject", "subject"),
 )
+
+# Receipts (回执): what an outlet did with one version of a notice after it was delivered, one row per
+# delivery x version, made when the first of these happens. ``published_at``: the outlet confirmed it
+# republished (its receipt link, page or POST), ``published_url`` where (optional); ``delivered_at``: when that
+# version reached the outlet, copied at confirmation (the report's time to publish). ``reminded_at``: the one
+# reminder (提醒) halfway through the notice's publish_within window was claimed (set in the claiming
+# transaction, so no second process sends it); ``escalated_at``: the outlet was listed in the operators' alert
+# at the window's end. Retracted and expired notices get neither.
+receipts = sa.Table(
+    "receipts", metadata,
+    sa.Column("delivery_id", sa.Integer, sa.ForeignKey("deliveries.id"), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("published_at", UTCDateTime, nullable=True),
+    sa.Column("published_url", sa.Text, nullable=True),
+    sa.Column("published_via", sa.String(16), nullable=True),  # page | post
+    sa.Column("delivered_at", UTCDateTime, nullable=True),
+    sa.Column("reminded_at", UTCDateTime, nullable=True),
+    sa.Column("reminder_error", sa.Text, nullable=True),  # why the reminder could not be sent (it is not resent)
+    sa.Column("escalated_at", UTCDateTime, nullable=True),
+    sa.Index("ix_receipts_published", "published_at"),
+)

@@ -118,10 +118,11 @@ def create_app(site: Site) -> FastAPI:
         what = str(exc.orig).splitlines()[0] if exc.orig else "a value the store cannot hold"
         return problem(422, f"the request holds a value the store cannot hold ({what}); nothing was changed")
 
-    from bot.web import feeds, matrix
+    from bot.web import feeds, matrix, receipts
 
     app.include_router(feeds.router)
     app.include_router(matrix.router)
+    app.include_router(receipts.router)
 
     @app.get("/healthz", tags=["health"], summary="The process answers")
     async def healthz() -> dict[str, str]:

@@ -11,13 +11,14 @@ out. What the CLI shows, the API shows from the same code (``bot.desk``, the sto
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -155,6 +156,13 @@ class NoticePage(BaseModel):
     next: int | None = Field(description="pass as `after` for the next page; null: this was the last")
 
 
+class PublishedMark(BaseModel):
+    version: int = Field(description="the version it confirmed")
+    at: datetime
+    url: str | None = Field(description="where it republished it, when it said")
+    current: bool = Field(description="it confirmed the notice's latest version (not one a correction replaced)")
+
+
 class DeliveryRow(BaseModel):
     id: int
     notice: str
@@ -169,6 +177,23 @@ class DeliveryRow(BaseModel):
     delivered_at: datetime | None
     next_attempt_at: datetime | None
     message_id: str = Field(description="the webhook-id every try of this delivery carried")
+    published: PublishedMark | None = Field(None, description="the outlet's receipt (回执): it confirmed it "
+                                            "republished the notice; null until it does")
+
+
+class ReportLine(BaseModel):
+    outlet: str
+    name: str
+    region: str
+    received: int = Field(description="notices released in the period that reached it")
+    published: int = Field(description="of those, confirmed republished")
+    median_minutes: float | None = Field(description="median minutes from delivery to confirmation")
+    reminded: int = Field(description="how many needed a reminder (提醒)")
+
+
+class Report(BaseModel):
+    since: datetime
+    districts: list[ReportLine]
 
 
 class TierSummary(BaseModel):
@@ -179,6 +204,7 @@ class TierSummary(BaseModel):
     held: int
     failed: int
     cancelled: int
+    published: int = Field(0, description="delivered outlets that confirmed they republished the current version")
     waiting: list[DeliveryRow] = Field(description="this tier's deliveries not yet delivered, held ones with why")
 
 
@@ -414,7 +440,7 @@ def scrub(site: Site, text: str | None) -> str | None:
 
 
 def _delivery(site: Site, row: dict[str, Any]) -> DeliveryRow:
-    return DeliveryRow.model_validate({k: row[k] for k in DeliveryRow.model_fields}
+    return DeliveryRow.model_validate({k: row.get(k) for k in DeliveryRow.model_fields}
                                       | {"error": scrub(site, row["error"]), "reason": scrub(site, row["reason"])})
 
 
@@ -622,7 +648,8 @@ def notice(request: Request, ref: Annotated[str, Path(max_length=64)], caller: A
         notice=status.notice, state=row["state"], submitted_at=row["submitted_at"], released_at=row["released_at"],
         deliveries=status.deliveries,
         tiers=[TierSummary(tier=t.tier, outlets=t.outlets, delivered=t.delivered, pending=t.pending, held=t.held,
-                           failed=t.failed, cancelled=t.cancelled, waiting=[_delivery(site, r) for r in status.missing if r["tier"] == t.tier])
+                           failed=t.failed, cancelled=t.cancelled, published=t.published,
+                           waiting=[_delivery(site, r) for r in status.missing if r["tier"] == t.tier])
                for t in status.tiers])
 
 
@@ -637,7 +664,29 @@ def deliveries(
     site = site_of(request)
     page = site.store.log.page(ref=notice, outlet_id=outlet, tier=tier.value if tier else None,
                                status=state.value if state else None, after=after, limit=limit)
-    return DeliveryPage(deliveries=[_delivery(site, r) for r in page.rows], next=page.next)
+    rows = desk.with_receipts(site.store, page.rows)
+    return DeliveryPage(deliveries=[_delivery(site, r) for r in rows], next=page.next)
+
+
+@router.get("/report", response_model=Report, tags=["receipts"], responses=_problems(422) | {
+                200: {"content": {"text/csv": {}},
+                      "description": "JSON, or with ?format=csv a CSV (UTF-8 with a BOM)"}},
+            summary="Receipts (回执) per district: received, published, median time to publish, reminders (viewer)")
+def receipt_report(
+    request: Request, caller: Actor = viewer,
+    since: Annotated[str, Query(description="notices released since: an age (7d) or an ISO 8601 time")] = "7d",
+    format: Annotated[Literal["json", "csv"], Query(description="json, or csv for a spreadsheet")] = "json",
+) -> Any:
+    site = site_of(request)
+    try:
+        start = desk.since(since)
+    except ValueError as exc:
+        raise Problem(422, f"since: {exc}", errors=[{"field": "query.since", "message": str(exc)}]) from None
+    lines = desk.receipt_report(site.store, site.matrix, start)
+    if format == "csv":
+        return Response(desk.report_csv(lines).encode("utf-8"), media_type="text/csv; charset=utf-8", headers={
+            "Content-Disposition": f'attachment; filename="receipts-{start:%Y%m%d}.csv"'})
+    return Report(since=start, districts=[ReportLine(**dataclasses.asdict(line)) for line in lines])
 
 
 @router.get("/deliveries/{delivery_id}/attempts", response_model=Attempts, tags=["deliveries"],

@@ -27,6 +27,7 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
+from bot.receipts import ReceiptLinks, receipt_for
 from bot.render import render
 from bot.store import STORE_FAULTS, describe_fault
 from bot.web import PROBLEM, Problem, problem, site_of
@@ -95,8 +96,11 @@ async def _feed(request: Request, outlet_id: str, kind: Literal["atom", "json"],
     # the store lists newest first with a limit; one more than this page tells whether a next page exists
     listed = await run_in_threadpool(site.store.log.feed_entries, outlet.id, page * PAGE_SIZE + 1)
     entries = listed[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
-    items = [channel.feed_item(notice, published_at, outlet.options, change)
-             for _, _, notice, published_at, change in entries]
+    links = ReceiptLinks.from_settings(site.settings)
+    items = [channel.feed_item(notice, published_at, outlet.options, change, receipt_for(
+                 links, outlet.channel, delivery_id, change.version if change else 1,
+                 change.kind if change else "notice"))
+             for delivery_id, _, notice, published_at, change in entries]
     title = f"重庆辟谣 · {outlet.name}"
     # the links a reader follows, without the reader's token: a credential never goes into a document
     query = {k: v for k, v in request.query_params.items() if k not in ("token", "page")}

@@ -4,6 +4,8 @@ processes are in tests/test_receipts_daemon.py."""
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +22,7 @@ from bot.outlets import OutletMatrix
 from bot.receipts import ReceiptLinks
 from bot.regions import RegionTable
 from bot.settings import Settings
-from bot.store import Store, Windows
+from bot.store import Role, Store, Windows
 from bot.store.tables import audit, receipts
 from bot.web import Site, create_app
 
@@ -98,6 +100,27 @@ async def test_a_district_confirms_by_the_page_and_the_log_shows_published_with_
     with store.engine.connect() as conn:
         row = conn.execute(sa.select(audit)).one()
     assert (row.action, row.actor, row.role, row.source) == ("receipt.confirm", "outlet-0001", "receipt", "203.0.113.7")
+
+
+async def test_a_confirmed_receipt_turns_its_matrix_cell_to_republished_and_the_live_poll_sees_it(
+    delivered: Any, store: Store, regions: RegionTable
+) -> None:
+    _, matrix, settings, links = delivered
+    token, _ = store.access.create("值班员", Role.viewer)
+    before = store.db.clock()
+    assert store.log.cells("cq-test-001", updated_since=before) == []
+    async with app_client(store, settings, regions, matrix) as client:
+        form = await client.get("/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)[1]  # type: ignore[index]
+        assert (await client.post("/login", data={"token": token, "csrf": csrf})).status_code == 303
+        page = await client.get("/notices/cq-test-001")
+        assert "state-published" not in page.text and page.text.count("state-delivered") >= 4
+        assert (await client.post(path_of(links["outlet-0002"]), json={})).status_code == 200
+        page = await client.get("/notices/cq-test-001")
+    changed = store.log.cells("cq-test-001", updated_since=before)
+    assert [(c["outlet"], c["published_at"] is not None) for c in changed] == [("outlet-0002", True)]
+    assert "已转载" in page.text
+    assert re.findall(r'<li id="cell-(\d+)" class="cell state-published"', page.text) == [str(changed[0]["id"])]
 
 
 async def test_a_receiver_confirms_by_posting_json_and_an_empty_body_confirms_without_a_link(

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from bot.model import Change, Notice
 from bot.store.engine import Db
 from bot.store.lifecycle import Lifecycle
-from bot.store.tables import UTCDateTime, attempts, deliveries, notices, outlet_health
+from bot.store.tables import UTCDateTime, attempts, deliveries, notices, outlet_health, receipts
 
 d, n, a, h = deliveries, notices, attempts, outlet_health
 STATES = ("pending", "held", "delivered", "failed", "cancelled")
@@ -197,14 +197,19 @@ class DeliveryLog:
 
     def cells(self, ref: str, updated_since: datetime | None = None) -> list[dict[str, Any]]:
         """A notice's deliveries as the matrix page shows them, one per outlet: id, outlet, tier, status (the state
-        above), reason, attempts, http_status, error, updated_at; ``updated_since``: only those changed since then.
-        The pages' live matrix polls this."""
+        above), reason, attempts, http_status, error, updated_at, published_at (when the outlet confirmed, by its
+        receipt, that it published the version the delivery carries); ``updated_since``: only those changed since
+        then (a receipt touches its delivery's updated_at). The pages' live matrix polls this."""
+        published = (sa.select(receipts.c.published_at)
+                     .where(receipts.c.delivery_id == d.c.id, receipts.c.version == d.c.version)
+                     .scalar_subquery())
         with self.db.read() as conn:
             kind, until = _hold(self.db.now(conn))
             query = (
                 sa.select(d.c.id, d.c.outlet_id.label("outlet"), d.c.tier, _state(kind).label("status"),
                           kind.label("hold"), until.label("until"), h.c.paused_reason, d.c.cancel_reason,
-                          d.c.attempts, d.c.http_status, d.c.error, d.c.updated_at, d.c.version, d.c.carries)
+                          d.c.attempts, d.c.http_status, d.c.error, d.c.updated_at, d.c.version, d.c.carries,
+                          published.label("published_at"))
                 .select_from(d.outerjoin(h, h.c.outlet_id == d.c.outlet_id))
                 .where(d.c.notice_id == sa.select(n.c.id).where(n.c.ref == ref).scalar_subquery())
                 .order_by(d.c.id)

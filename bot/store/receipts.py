@@ -150,6 +150,7 @@ class Receipts:
                     r.c.delivery_id == delivery_id, r.c.version == version)).scalar_one()
                 raise ReceiptRefused(409, f"this receipt was already confirmed on {earlier:%Y-%m-%d %H:%M} UTC: a "
                                      "receipt link works once; nothing was changed")
+            conn.execute(d.update().where(d.c.id == delivery_id).values(updated_at=now))  # the live matrix sees it
             actor = None if source is None else Actor(row.outlet_id, "receipt", source)
             record(conn, actor, "receipt.confirm", row.ref, now, delivery=delivery_id, version=version,
                    published_url=published_url, via=via)

@@ -41,7 +41,7 @@ CellKey = tuple[Any, ...]
 
 def signature(row: dict[str, Any]) -> CellKey:
     """What a cell shows: when this changes, viewers are sent the cell."""
-    return row["status"], row["reason"], row["attempts"], row["http_status"], row["error"]
+    return row["status"], row["reason"], row["attempts"], row["http_status"], row["error"], row.get("published_at")
 
 
 @dataclass(eq=False)

@@ -105,9 +105,11 @@ class Block:
 
 def cell_of(site: Site, row: dict[str, Any], t: Translations) -> Cell:
     outlet = site.matrix.by_id.get(row["outlet"])
+    status = row["status"] if row["status"] in STATES else "pending"
+    if status == "delivered" and row.get("published_at") is not None:  # its receipt came back: 已转载
+        status = "published"
     return Cell(row["id"], row["outlet"], outlet.name if outlet else row["outlet"],
-                outlet.region if outlet and outlet.tier == Tier.district else None,
-                row["status"] if row["status"] in STATES else "pending",
+                outlet.region if outlet and outlet.tier == Tier.district else None, status,
                 reason_words(scrub(site, row["reason"]), t), row["attempts"])
 
 
@@ -157,6 +159,7 @@ def _matrix(site: Site, ref: str, t: Translations) -> dict[str, Any]:
     rows = site.store.log.cells(ref)
     latest = max((r["updated_at"] for r in rows), default=datetime.now(UTC))
     counts = {s: sum(r["status"] == s for r in rows) for s in STATES}
+    counts["published"] = sum(r["status"] == "delivered" and r["published_at"] is not None for r in rows)
     return {"row": notice, "blocks": layout(site, rows, t), "counts": counts, "total": len(rows),
             "since": (latest - MARGIN).isoformat()}
 

@@ -210,3 +210,13 @@ def test_a_file_that_is_not_a_table_says_what_is_wrong_with_it(tmp_path: Path, t
 def test_a_missing_table_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(RegionTableError, match="region table not found"):
         RegionTable.load(tmp_path / "nowhere.yaml")
+
+
+def test_every_unit_belongs_to_one_of_the_citys_three_groups_as_the_pages_lay_them_out() -> None:
+    table = RegionTable.load(CONFIG / "regions.yaml")
+    groups: dict[str | None, list[str]] = {}
+    for unit in table.units_on(date(2026, 1, 24)):
+        groups.setdefault(unit.group, []).append(unit.name)
+    assert {g: len(names) for g, names in groups.items()} == {"主城都市区": 24, "渝东北": 11, "渝东南": 6}
+    assert groups["渝东南"] == ["黔江区", "武隆区", "石柱土家族自治县", "秀山土家族苗族自治县", "酉阳土家族苗族自治县",
+                               "彭水苗族土家族自治县"]

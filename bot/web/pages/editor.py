@@ -245,7 +245,7 @@ async def preview(request: Request, visitor: Visitor = form_page(Role.editor)) -
     draft = read_form(await request.form())
     notice, errors = await run_in_threadpool(check, draft, site.regions)
     if notice is None and set(errors) == {"ref"}:  # readers barely see the ref: preview before it is right
-        notice, _ = await run_in_threadpool(check, Draft(draft.values, draft.data | {"ref": "preview"}),
+        notice, _ = await run_in_threadpool(check, Draft(draft.values, draft.data | {"ref": "preview"}, draft.source_rows),
                                             site.regions)
     previews = await run_in_threadpool(channel_previews, site.matrix, notice) if notice else None
     return render(request, visitor, "preview.html", previews=previews, errors=errors,

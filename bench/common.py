@@ -128,17 +128,19 @@ def bench_env(work: Path, **settings: Any) -> dict[str, str]:
 
 
 def run_measured(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> dict[str, Any]:
-    """Run one worker process; returns its JSON line plus wall seconds and peak RSS (MiB)."""
+    """Run one worker process; returns its JSON line plus wall seconds, peak RSS (MiB) and the CPU it used
+    (user + system seconds, start-up included)."""
     # /usr/bin/time reports the peak RSS of its own child; a child forked straight from this process
     # would inherit this process's high-water mark in ru_maxrss.
     with tempfile.NamedTemporaryFile("r", prefix="debunkbot-rss-") as rss:
         started = time.perf_counter()
-        proc = subprocess.run(["/usr/bin/time", "-o", rss.name, "-f", "%M", *cmd], env=env, cwd=ROOT,
+        proc = subprocess.run(["/usr/bin/time", "-o", rss.name, "-f", "%M %U %S", *cmd], env=env, cwd=ROOT,
                               stdout=subprocess.PIPE, text=True, timeout=timeout)
         wall = time.perf_counter() - started
         if proc.returncode != 0:
             raise RuntimeError(f"{cmd} exited {proc.returncode}: {proc.stdout[-2000:]}")
-        peak_kib = int(rss.read().split()[-1])
+        peak, user, system = rss.read().split()[-3:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     result: dict[str, Any] = json.loads(lines[-1]) if lines else {}
-    return result | {"process_seconds": round(wall, 3), "peak_rss_mib": round(peak_kib / 1024, 1)}
+    return result | {"process_seconds": round(wall, 3), "peak_rss_mib": round(int(peak) / 1024, 1),
+                     "cpu_seconds": round(float(user) + float(system), 2)}

@@ -5,7 +5,9 @@
 Every contender runs alone in a fresh process (bench/contender.py) against the same loopback
 receiver (bench/common.py: nginx when installed, else aiohttp), timed from the start of its
 work to its end; the median of --reps runs is reported. F1 also times the real
-``debunkbot run --until-idle`` as a subprocess, start-up included. Traffic goes to 127.0.0.1 only.
+``debunkbot run --until-idle`` as a subprocess, start-up included, against the peers' whole processes, and
+reports each contender's CPU per delivery (user + system of its whole process over its deliveries).
+Traffic goes to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -77,12 +79,19 @@ def contend(kind: str, work: Path, concurrency: int = 200, stop_after: int = 0, 
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median time, plus the spread of all runs."""
+    """The run with the median time, plus the spread of all runs, the median whole process (exec to exit) and
+    the median CPU per delivery (user + system of the whole process, start-up included, over deliveries)."""
     ordered = sorted(runs, key=lambda r: r["seconds"])
     chosen = dict(ordered[len(ordered) // 2])
     chosen["all_seconds"] = [round(r["seconds"], 3) for r in runs]
     chosen["seconds"] = round(chosen["seconds"], 3)
     chosen["per_second"] = round(chosen["delivered"] / chosen["seconds"], 1)
+    whole = statistics.median(r["process_seconds"] for r in runs)
+    chosen["process_seconds"] = round(whole, 3)
+    chosen["process_per_second"] = round(chosen["delivered"] / whole, 1)
+    chosen["cpu_ms_per_delivery"] = round(statistics.median(
+        r["cpu_seconds"] * 1000 / max(r["delivered"], 1) for r in runs), 3)
+    chosen["all_cpu_seconds"] = [r["cpu_seconds"] for r in runs]
     return chosen
 
 
@@ -131,9 +140,19 @@ def f1(reps: int) -> dict[str, Any]:
           [[n, r["delivered"], r["seconds"], r["per_second"], r["peak_rss_mib"]] for n, r in res.items()]
           + [[k, "", "", v, ""] for k, v in ratios.items()],
           ["contender", "delivered", "seconds", "per s", "peak RSS MiB"])
+    # Whole processes, exec to exit, start-up included: the real CLI against the peers' own processes.
+    cli = res["bot-cli"]["process_per_second"]
+    whole = {f"bot-cli/{p}": round(cli / res[p]["process_per_second"], 2) for p in ("aiohttp", "httpx", "apprise")}
+    table("F1 whole processes (exec to exit, start-up included) and CPU per delivery (user + system / delivered)",
+          [[n, r["process_seconds"], r["process_per_second"], r["cpu_ms_per_delivery"]] for n, r in res.items()]
+          + [[k, "", v, ""] for k, v in whole.items()],
+          ["contender", "process s", "per s", "CPU ms/delivery"])
     goals = {"bot/aiohttp >= 0.5": ratios["bot/aiohttp"] >= 0.5, "bot/apprise >= 3": ratios["bot/apprise"] >= 3,
-             "bot/httpx >= 4": ratios["bot/httpx"] >= 4}
-    return {"runs": res, "ratios": ratios, "goals": goals}
+             "bot/httpx >= 4": ratios["bot/httpx"] >= 4,
+             "whole process bot-cli/aiohttp >= 0.5": whole["bot-cli/aiohttp"] >= 0.5,
+             "whole process bot-cli/apprise >= 3": whole["bot-cli/apprise"] >= 3}
+    cpu = {n: r["cpu_ms_per_delivery"] for n, r in res.items()}
+    return {"runs": res, "ratios": ratios, "whole_process_ratios": whole, "cpu_ms_per_delivery": cpu, "goals": goals}
 
 
 def f2(reps: int, f1_bot: dict[str, Any] | None) -> dict[str, Any]:

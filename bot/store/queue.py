@@ -295,7 +295,11 @@ class Queue:
             # each such outlet's oldest claimable deliveries (an index search per outlet: flat under any backlog)
             e = d.alias("e")
             head = (sa.select(e.c.id, e.c.lane, e.c.next_attempt_at)
-                    .where(e.c.outlet_id == room.c.outlet_id, claimable(now, e))
+                    # naming the lanes lets SQLite search ix_deliveries_outlet_due on all four columns; without
+                    # it (no statistics) it took ix_deliveries_due, every due delivery once per outlet: 1.3 s a
+                    # claim at 5,000 due across 1,000 outlets
+                    .where(e.c.outlet_id == room.c.outlet_id, e.c.lane.in_((URGENT_LANE, NORMAL_LANE)),
+                           claimable(now, e))
                     .order_by(e.c.lane, e.c.next_attempt_at, e.c.id).limit(per_outlet))
             if self.db.postgres:
                 per_outlet_head = head.lateral("head")

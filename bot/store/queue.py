@@ -429,15 +429,19 @@ class Queue:
                 self.health.after_attempts(conn, tried, now, policy)
             add_latencies(conn, ((r.channel, r.latency_ms) for r in tried))
 
-    def record_fetch(self, outlet_id: str, delivery_ids: Sequence[int], latency_ms: float = 0.0,
-                     now: datetime | None = None) -> int:
-        """A feed fetch was answered: its pending deliveries are delivered, the fetch recorded as their attempt."""
+    def record_fetch(self, outlet_id: str, listed: Mapping[int, tuple[int, bool]] | Sequence[int],
+                     latency_ms: float = 0.0, now: datetime | None = None) -> int:
+        """A feed fetch was answered: the pending deliveries it listed are delivered, the fetch recorded as their
+        attempt. ``listed``: delivery id -> (the version the feed showed, whether it showed the retraction); a
+        delivery corrected or retracted since the feed was read stays pending (the next fetch lists the change).
+        A plain sequence of ids trusts whatever each delivery now carries."""
+        shown = listed if isinstance(listed, Mapping) else None
         with self.db.tx() as conn:
             now = now or self.db.now(conn)
-            rows = conn.execute(
+            rows = [r for r in conn.execute(
                 sa.select(d.c.id, d.c.attempts, d.c.version, d.c.carries).where(
-                    d.c.id.in_(list(delivery_ids)), d.c.outlet_id == outlet_id, d.c.status == "pending")
-            ).all()
+                    d.c.id.in_(list(listed)), d.c.outlet_id == outlet_id, d.c.status == "pending")
+            ).all() if shown is None or shown[r.id] == (r.version, r.carries == "retraction")]
             if not rows:
                 return 0
             conn.execute(attempts.insert(), [
@@ -447,7 +451,8 @@ class Queue:
             ])
             # the feed listed the latest version (or the retraction): that is what the outlet now has
             conn.execute(
-                d.update().where(d.c.id.in_([r.id for r in rows]), d.c.status == "pending")
+                d.update().where(sa.tuple_(d.c.id, d.c.version, d.c.carries).in_(
+                                     [(r.id, r.version, r.carries) for r in rows]), d.c.status == "pending")
                 .values(status="delivered", attempts=d.c.attempts + 1, next_attempt_at=None, http_status=200,
                         error=None, delivered_at=now, updated_at=now,
                         sent_version=sa.case((d.c.carries == "retraction", d.c.sent_version), else_=d.c.version))

@@ -121,7 +121,10 @@ async def _feed(request: Request, outlet_id: str, kind: Literal["atom", "json"],
             "next_url": next_url, "updated": updated.isoformat(), "entries": items,
         }).encode()
         content_type = "application/atom+xml"
-    pending = [delivery_id for delivery_id, status, _, _, _ in entries if status == "pending"]
+    # what the feed showed of each pending delivery: a correction or retraction made before the recording below
+    # is not counted as delivered by this fetch
+    pending = {delivery_id: (change.version if change else 1, change is not None and change.kind == "retraction")
+               for delivery_id, status, _, _, change in entries if status == "pending"}
 
     async def delivered() -> None:  # runs once the body has been sent: what it listed counts as delivered
         latency = (time.perf_counter() - started) * 1000

@@ -216,6 +216,33 @@ async def test_a_wrong_token_an_outlet_that_is_no_feed_and_a_page_out_of_range_a
     assert {r["status"] for r in store.log.deliveries()} == {"pending"} and store.log.attempts() == []
 
 
+async def until(condition: Callable[[], bool], timeout: float = 20) -> None:
+    """Wait for what a fetch records once its answer has gone (a background task of the response)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_fetch_recorded_after_a_correction_does_not_count_the_correction_as_delivered(
+    store: Store, tmp_path: Path, regions: RegionTable, make_notice: Callable[..., Notice]
+) -> None:
+    path = tmp_path / "outlets.yaml"
+    path.write_text(yaml.safe_dump({"outlets": [{"id": "n-open", "name": "公开订阅", "tier": "other",
+                                                 "channel": "feed"}]}, allow_unicode=True))
+    matrix = load_matrix(path, regions, environ={})
+    store.queue.add_notices([(make_notice(), matrix.outlets)], source="t")
+    (listed,) = [(delivery_id, change) for delivery_id, status, _, _, change in store.log.feed_entries("n-open")]
+    assert listed[1] is None  # the feed shows version 1
+    store.queue.add_notices([(make_notice(truth="经核实，水位上涨0.3米。", correct=True, correction_note="数据有误"),
+                              matrix.outlets)], source="t")
+    assert store.queue.record_fetch("n-open", {listed[0]: (1, False)}) == 0  # it listed v1; the outlet lacks v2
+    (row,) = store.log.deliveries()
+    assert row["status"] == "pending" and store.log.attempts() == []
+    assert store.queue.record_fetch("n-open", {listed[0]: (2, False)}) == 1
+    assert store.log.deliveries()[0]["status"] == "delivered"
+
+
 async def test_a_correction_updates_the_feed_entry_in_place_and_a_retraction_replaces_it(
     store: Store, tmp_path: Path, regions: RegionTable, make_notice: Callable[..., Notice]
 ) -> None:
@@ -226,14 +253,17 @@ async def test_a_correction_updates_the_feed_entry_in_place_and_a_retraction_rep
     store.queue.add_notices([(make_notice(), matrix.outlets)], source="t")
     async with serving(store, matrix, regions) as feeds:
         (first,) = await read_feed(feeds.url("n-open"))
+        await until(lambda: store.log.deliveries()[0]["status"] == "delivered")  # recorded after the answer
         store.queue.add_notices([(make_notice(truth="经核实，水位上涨0.3米。", correct=True,
                                               correction_note="数据有误"), matrix.outlets)], source="t")
         (row,) = store.log.deliveries()
         assert row["status"] == "pending"  # the correction waits for the next fetch
         (corrected,) = await read_feed(feeds.url("n-open"))
         (as_json,) = await read_feed(feeds.url("n-open", "json"))
+        await until(lambda: store.log.deliveries()[0]["status"] == "delivered")
         store.lifecycle.retract("cq-test-001", "经复核撤回", None)
         (retracted,) = await read_feed(feeds.url("n-open"))
+        await until(lambda: store.log.deliveries()[0]["status"] == "delivered")
     assert corrected["id"] == first["id"] == retracted["id"] == as_json["id"]
     assert corrected["title"].startswith("【更正】") and "水位上涨0.3米" in corrected["content"]
     assert "数据有误" in corrected["content"]

@@ -371,7 +371,7 @@ async def test_an_expired_notice_is_cancelled_by_the_running_bot_and_status_and_
 
     outlets, env = await bot_env(tmp_path, loopback, 2, database_url, **{"outlet-0001": [503] * 1000})
     env["DEBUNKBOT_RETRY_SCHEDULE"] = ",".join(["0.2"] * 1000)
-    expires = datetime.now(UTC) + timedelta(seconds=8)  # room for the submit process to start
+    expires = datetime.now(UTC) + timedelta(seconds=12)  # room for the submit process to start
     notice = write_notice(tmp_path / "n.yaml", expires_at=expires.isoformat())
     code, _, err = await debunkbot(env, "submit", str(notice))
     assert code == 0, err

@@ -370,7 +370,7 @@ async def test_a_running_daemon_cancels_an_expired_notices_retries_and_sends_not
     bot = RunningBot(tmp_path, env, outlets, inbox)
     proc = await bot.start()
     try:
-        expires = datetime.now(UTC) + timedelta(seconds=6)  # room for the daemon to start and scan
+        expires = datetime.now(UTC) + timedelta(seconds=10)  # room for the daemon to start and scan
         bot.write_notice(inbox, "cq-expiring", expires_at=expires.isoformat())
         said = "notice cq-expiring expired: 1 unsent delivery cancelled"
         await until(lambda: said in bot.log(), proc)

@@ -124,7 +124,7 @@ class DeliveryLog:
     def notices(
         self, state: str | None = None, since: datetime | None = None, until: datetime | None = None,
         urgency: str | None = None, region: str | None = None, category: str | None = None,
-        after: int | None = None, limit: int = 50, newest_first: bool = False,
+        after: int | None = None, limit: int = 50, newest_first: bool = False, notice_id: int | None = None,
     ) -> Page:
         """Notices in the order they were submitted (``newest_first``: newest first, ``after`` then counting down),
         ``limit`` at a time from the cursor ``after``, filtered by state, submission time (``since`` inclusive,
@@ -134,11 +134,14 @@ class DeliveryLog:
 
         A notice's state: ``retracted`` (撤回: whatever its deliveries say), ``held`` (embargoed, not released), ``failed`` (some outlet's delivery failed),
         ``pending`` (some outlet does not have it yet), ``cancelled`` (it expired before some outlet had it:
-        nothing more goes out) or ``delivered`` (every outlet has it).
+        nothing more goes out) or ``delivered`` (every outlet has it). ``notice_id``: that one notice only (its
+        deliveries alone are counted).
         """
-        counts = (sa.select(d.c.notice_id, *(sa.func.sum(sa.case((d.c.status == s, 1), else_=0)).label(s)
+        counted = sa.select(d.c.notice_id, *(sa.func.sum(sa.case((d.c.status == s, 1), else_=0)).label(s)
                                              for s in STATES))
-                  .group_by(d.c.notice_id).subquery("counts"))
+        if notice_id is not None:
+            counted = counted.where(d.c.notice_id == notice_id)
+        counts = counted.group_by(d.c.notice_id).subquery("counts")
         waiting = sa.func.coalesce(counts.c.pending, 0) + sa.func.coalesce(counts.c.held, 0)
         notice_state = sa.case((n.c.retracted_at.is_not(None), "retracted"), (n.c.released_at.is_(None), "held"), (counts.c.failed > 0, "failed"),
                                (waiting > 0, "pending"), (counts.c.cancelled > 0, "cancelled"), else_="delivered")
@@ -146,6 +149,8 @@ class DeliveryLog:
                            notice_state.label("state"), *(counts.c[s] for s in STATES))
                  .select_from(n.outerjoin(counts, counts.c.notice_id == n.c.id))
                  .order_by(n.c.id.desc() if newest_first else n.c.id))
+        if notice_id is not None:
+            query = query.where(n.c.id == notice_id)
         if state is not None:
             query = query.where(notice_state == state)
         if since is not None:
@@ -229,8 +234,8 @@ class DeliveryLog:
             notice_id = conn.execute(sa.select(n.c.id).where(n.c.ref == ref)).scalar_one_or_none()
         if notice_id is None:
             return None
-        rows = self.notices(after=notice_id - 1, limit=1).rows
-        return rows[0] if rows and rows[0]["ref"] == ref else None
+        rows = self.notices(notice_id=notice_id, limit=1).rows
+        return rows[0] if rows else None
 
     def delivery(self, delivery_id: int) -> dict[str, Any] | None:
         """One delivery as ``page`` lists it."""

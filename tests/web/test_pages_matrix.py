@@ -126,6 +126,9 @@ async def test_the_stream_sends_a_cell_when_its_delivery_changes_and_coalesces_m
             await asyncio.to_thread(newsroom.attempt, "city-hualong", "delivered", None, 200)
             name, update = await asyncio.wait_for(anext(reader), DEADLINE)
             assert states_in(update) == {ids["city-hualong"]: "delivered"}  # only the cell that changed
+            counts = re.search(r'<span id="counts" hx-swap-oob="true">(.*?)</span>$', update)
+            assert counts, "the summary above the cells follows in the same update"
+            assert "已送达 1" in counts[1] and f"待送达 {len(ids) - 1}" in counts[1]
 
             # three deliveries change within one interval: the viewer gets them together
             for outlet in ("dist-yuzhong", "dist-nanan", "n-group"):

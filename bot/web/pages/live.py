@@ -116,6 +116,11 @@ class CellWatch:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await feed.task
 
+    def cells_of(self, ref: str) -> list[dict[str, Any]]:
+        """Every cell of ``ref`` as last read (for the counts above them); empty when nobody follows it."""
+        feed = self.feeds.get(ref)
+        return list(feed.rows.values()) if feed else []
+
     async def _poll(self, feed: _Feed) -> None:
         try:
             full_at = 0.0

@@ -13,6 +13,7 @@ second); a click shows its attempts, and an operator can retry a failed cell or 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -138,6 +139,15 @@ def layout(site: Site, rows: list[dict[str, Any]], t: Translations) -> list[Bloc
     return [b for b in blocks.values() if b.groups]
 
 
+def counts_of(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """The summary above the cells: how many are in each state (published ones are delivered too)."""
+    counts = dict.fromkeys(STATES, 0)
+    for row in rows:
+        counts[row["status"] if row["status"] in STATES else "pending"] += 1
+        counts["published"] += row["status"] == "delivered" and row.get("published_at") is not None
+    return counts
+
+
 def watch_of(request: Request) -> CellWatch:
     """The app's one CellWatch (made on first use, on the server's event loop)."""
     state = request.app.state
@@ -158,9 +168,7 @@ def _matrix(site: Site, ref: str, t: Translations) -> dict[str, Any]:
     notice = _notice(site, ref, t)
     rows = site.store.log.cells(ref)
     latest = max((r["updated_at"] for r in rows), default=datetime.now(UTC))
-    counts = {s: sum(r["status"] == s for r in rows) for s in STATES}
-    counts["published"] = sum(r["status"] == "delivered" and r["published_at"] is not None for r in rows)
-    return {"row": notice, "blocks": layout(site, rows, t), "counts": counts, "total": len(rows),
+    return {"row": notice, "blocks": layout(site, rows, t), "counts": counts_of(rows), "total": len(rows),
             "since": (latest - MARGIN).isoformat()}
 
 
@@ -183,13 +191,14 @@ async def events(request: Request, ref: str = Ref, since: str | None = None,
         after = None
     if after is not None and after.tzinfo is None:
         after = after.replace(tzinfo=UTC)
-    cell_item = environment().get_template("_cell.html").make_module({"_": visitor.t.gettext}).cell_item
+    macros = environment().get_template("_cell.html").make_module({"_": visitor.t.gettext})
     watch = watch_of(request)
 
     async def stream() -> Any:
         async for batch in watch.follow(ref, after):
-            html = "".join(str(cell_item(cell_of(site, row, visitor.t), ref, STATES, True)) for row in batch)
-            yield {"event": "cells", "data": html}
+            html = "".join(str(macros.cell_item(cell_of(site, row, visitor.t), ref, STATES, True)) for row in batch)
+            counts = macros.counts_item(counts_of(watch.cells_of(ref)), STATES, True)  # the summary follows
+            yield {"event": "cells", "data": html + str(counts)}
 
     return EventSourceResponse(stream(), ping=15, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 

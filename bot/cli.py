@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import typer.core
@@ -29,13 +29,14 @@ from rich.table import Table
 from rich.text import Text
 
 from bot import desk
-from bot.http import make_sender
 from bot.intake import IntakeError, expand, submit_files
-from bot.matrix import LiveMatrix, file_loader
 from bot.outlets import IncompleteMatrix, MatrixError, OutletMatrix, Tier, load_matrix, reach
 from bot.regions import CHONGQING, RegionTable, chongqing_today
 from bot.settings import Settings
 from bot.store import Actor, NotCorrectable, Role, Store, dumps, utcnow
+
+if TYPE_CHECKING:
+    from bot.matrix import LiveMatrix
 
 EXIT_BAD_INPUT, EXIT_STORE_REFUSED, EXIT_INCOMPLETE = 2, 3, 4
 
@@ -108,6 +109,7 @@ def _live(settings: Settings, regions: RegionTable, matrix: OutletMatrix) -> Liv
     """The matrix a long-running command runs with, read again from its file on a reload; the log redacts
     the secrets of every matrix it runs with."""
     from bot.logs import Redactor
+    from bot.matrix import LiveMatrix, file_loader
 
     live = LiveMatrix(matrix, load=file_loader(settings, regions))
     redactors = [f for handler in logging.getLogger().handlers for f in handler.filters if isinstance(f, Redactor)]
@@ -354,6 +356,7 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
             send: bool = True) -> None:
     """The long-running commands: the dispatcher (``send``) and the web server (``serve``) in one event loop; the
     failure of either stops both, with a non-zero exit."""
+    from bot.http import make_sender
     from bot.scheduler import Daemon, install_signal_handlers, open_store
     from bot.web.server import BindError, WebServerFailed
 

@@ -15,13 +15,14 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import httpx
 from standardwebhooks import Webhook as Signer
 
 from bot.render import notice_context, render
 from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_http
 
 if TYPE_CHECKING:
+    import httpx
+
     from bot.model import Change, Notice
     from bot.outlets import Outlet
 
@@ -83,6 +84,8 @@ class Webhook:
     def build(
         self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime
     ) -> httpx.Request:
+        import httpx  # not at the top: see channels/__init__.py
+
         assert outlet.url and secret  # check_outlet and load_matrix guarantee both
         signature = _signer(secret).sign(message_id, now, rendered.body.decode())
         return httpx.Request("POST", _url(outlet.url), content=rendered.body, headers={
@@ -106,6 +109,7 @@ def _signer(secret: str) -> Signer:
 @functools.lru_cache(maxsize=8192)
 def _url(url: str) -> httpx.URL:
     """An outlet's URL parsed once, not on every send (httpx's parser is a fifth of building a request)."""
+    import httpx
     return httpx.URL(url)
 
 

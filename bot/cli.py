@@ -331,12 +331,20 @@ NoWeb = Annotated[bool, typer.Option("--no-web", help="leave the web server out 
                                      "/metrics): send only, for example when `debunkbot web` serves elsewhere")]
 
 
+Processes = Annotated[int | None, typer.Option(
+    "--processes", metavar="N", min=1, help="this process and N - 1 send-only processes beside it, sharing the "
+    "store (SQLite too); default: the number of cores, at most 4. A child that dies is started again")]
+
+
 @app.command()
 def run(until_idle: UntilIdle = False, max_wait: MaxWait = None, no_web: NoWeb = False,
-        verbose: Verbose = False) -> None:
+        verbose: Verbose = False, processes: Processes = None) -> None:
     """Run the bot: watch the inbox, release embargoes, send and retry, and serve the web server (the API, the
-    feeds, health and metrics) on DEBUNKBOT_HTTP_BIND. Stops on SIGINT/SIGTERM."""
-    _daemon(until_idle, verbose, cluster_jobs=True, max_wait=max_wait, serve=not no_web)
+    feeds, health and metrics) on DEBUNKBOT_HTTP_BIND. Stops on SIGINT/SIGTERM, with its send-only processes."""
+    from bot.processes import default_processes
+
+    _daemon(until_idle, verbose, cluster_jobs=True, max_wait=max_wait, serve=not no_web,
+            processes=processes or default_processes())
 
 
 @app.command()
@@ -353,9 +361,10 @@ def web(verbose: Verbose = False) -> None:
 
 
 def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float | None = None, serve: bool = True,
-            send: bool = True) -> None:
+            send: bool = True, processes: int = 1) -> None:
     """The long-running commands: the dispatcher (``send``) and the web server (``serve``) in one event loop; the
-    failure of either stops both, with a non-zero exit."""
+    failure of either stops both, with a non-zero exit. ``processes`` > 1: as many send-only processes less one
+    beside them (bot.processes), stopped with them."""
     from bot.http import make_sender
     from bot.scheduler import Daemon, install_signal_handlers, open_store
     from bot.web.server import BindError, WebServerFailed
@@ -393,6 +402,13 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
                         threads=THREADS_BESIDE_DISPATCHER if send else None))
                 elif send and any(o.channel == "feed" for o in matrix.outlets):
                     log.info("--no-web: the feed outlets' feeds are not served here (`debunkbot web` serves them)")
+                if processes > 1:
+                    from bot.processes import SendOnlyProcesses
+
+                    args = [*(["--until-idle"] if until_idle else []), *(["-v"] if verbose else []),
+                            *(["--max-wait", str(max_wait)] if max_wait is not None else [])]
+                    await serving.enter_async_context(SendOnlyProcesses(
+                        processes - 1, args, until_idle=until_idle, grace=settings.shutdown_grace))
                 if send:
                     daemon = Daemon(settings, store, live, regions, client, cluster_jobs=cluster_jobs, stop=stop)
                     await daemon.run(until_idle=until_idle, max_wait=max_wait)

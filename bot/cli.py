@@ -331,20 +331,17 @@ NoWeb = Annotated[bool, typer.Option("--no-web", help="leave the web server out 
                                      "/metrics): send only, for example when `debunkbot web` serves elsewhere")]
 
 
-Processes = Annotated[int | None, typer.Option(
+Processes = Annotated[int, typer.Option(
     "--processes", metavar="N", min=1, help="this process and N - 1 send-only processes beside it, sharing the "
-    "store (SQLite too); default: the number of cores, at most 4. A child that dies is started again")]
+    "store (SQLite too), up to one a core (at most 4) as a rule; a child that dies is started again")]
 
 
 @app.command()
 def run(until_idle: UntilIdle = False, max_wait: MaxWait = None, no_web: NoWeb = False,
-        verbose: Verbose = False, processes: Processes = None) -> None:
+        verbose: Verbose = False, processes: Processes = 1) -> None:
     """Run the bot: watch the inbox, release embargoes, send and retry, and serve the web server (the API, the
     feeds, health and metrics) on DEBUNKBOT_HTTP_BIND. Stops on SIGINT/SIGTERM, with its send-only processes."""
-    from bot.processes import default_processes
-
-    _daemon(until_idle, verbose, cluster_jobs=True, max_wait=max_wait, serve=not no_web,
-            processes=processes or default_processes())
+    _daemon(until_idle, verbose, cluster_jobs=True, max_wait=max_wait, serve=not no_web, processes=processes)
 
 
 @app.command()

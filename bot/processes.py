@@ -12,7 +12,7 @@ server.
 a crash) after a back-off that doubles up to 30 s, and on the parent's stop sends each SIGTERM, so each
 finishes its sends in flight within the shutdown grace or gives its claims back, and exits 0.
 
-    >>> async with SendOnlyProcesses(3, ["--until-idle"], grace=10):   # doctest: +SKIP
+    >>> async with SendOnlyProcesses(2, ["--until-idle"], until_idle=True, grace=10):   # doctest: +SKIP
     ...     await daemon.run(until_idle=True)
 """
 
@@ -36,7 +36,8 @@ STEADY_AFTER = 30.0  # a child that ran this long before dying starts again at o
 
 
 def default_processes() -> int:
-    """The cores this process may run on, at most ``MAX_PROCESSES``."""
+    """The cores this process may run on, at most ``MAX_PROCESSES``: how many processes to run as a rule (`run`'s
+    default stays 1 until the fan-out summary line is counted across processes, README)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux

@@ -407,8 +407,16 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
                     await serving.enter_async_context(SendOnlyProcesses(
                         processes - 1, args, until_idle=until_idle, grace=settings.shutdown_grace))
                 if send:
+                    from bot.processes import stop_with_parent
+
                     daemon = Daemon(settings, store, live, regions, client, cluster_jobs=cluster_jobs, stop=stop)
-                    await daemon.run(until_idle=until_idle, max_wait=max_wait)
+                    orphaned = asyncio.create_task(stop_with_parent(stop))  # a send-only process of `run`
+                    try:
+                        await daemon.run(until_idle=until_idle, max_wait=max_wait)
+                    finally:
+                        orphaned.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await orphaned
                 else:  # a web node follows the matrix's reloads itself; a daemon does it in its jobs
                     await live.keep_following(store, settings.scan_interval, stop)
         except BindError as exc:

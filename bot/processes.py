@@ -32,6 +32,7 @@ log = logging.getLogger("debunkbot")
 
 MAX_PROCESSES = 4
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
+PARENT_ENV = "DEBUNKBOT_PARENT_PID"  # set in a child's environment: the pid it stops with
 STEADY_AFTER = 30.0  # a child that ran this long before dying starts again at once, its back-off forgotten
 
 
@@ -64,6 +65,7 @@ class SendOnlyProcesses:
     def __init__(self, count: int, args: Sequence[str] = (), until_idle: bool = False, grace: float = 10.0) -> None:
         self.count = count
         self.command = [sys.executable, "-m", "bot", "worker", *args]
+        self.env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
         self.until_idle = until_idle
         self.grace = grace
         self.running: dict[int, asyncio.subprocess.Process] = {}  # slot -> its process now
@@ -116,7 +118,8 @@ class SendOnlyProcesses:
         stops = {signal.SIGINT, signal.SIGTERM}
         before = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
         try:
-            self.running[slot] = await asyncio.create_subprocess_exec(*self.command, stdin=asyncio.subprocess.DEVNULL)
+            self.running[slot] = await asyncio.create_subprocess_exec(*self.command, stdin=asyncio.subprocess.DEVNULL,
+                                                                      env=self.env)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
@@ -144,3 +147,18 @@ class SendOnlyProcesses:
             await self._start(slot)
             self.restarts += 1
             log.info("send-only process %d started again (pid %d)", slot + 1, self.running[slot].pid)
+
+
+async def stop_with_parent(stop: asyncio.Event, every: float = 0.5) -> None:
+    """In a send-only process: ask for a clean stop once the process that started it is gone (killed outright,
+    it could not SIGTERM its children; they would otherwise send on, orphaned). Returns at once elsewhere."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+    while not stop.is_set():
+        if os.getppid() != int(parent):
+            log.warning("the leading process (pid %s) is gone; stopping", parent)
+            stop.set()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every)

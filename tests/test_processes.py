@@ -144,6 +144,19 @@ async def test_sigterm_to_the_leading_process_drains_every_process_and_nothing_i
     assert len(outlets.delivered()) == 300
 
 
+async def test_a_send_only_process_stops_by_itself_when_the_leading_process_is_killed_outright(
+    tmp_path: Path, loopback: Callable[..., Any]
+) -> None:
+    _, matrix = await loopback(2)
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    run = await start(env_for(url, tmp_path, matrix), "--processes", "2")
+    await until(lambda: len(children_of(run.pid)) == 1)
+    (child,) = children_of(run.pid)
+    run.kill()
+    await run.wait()
+    await until(lambda: not Path(f"/proc/{child}").exists())  # it noticed, drained and exited
+
+
 async def test_the_supervisor_starts_a_child_that_dies_again_and_stops_them_all() -> None:
     # a child that exits at once with code 3 (a bad setting, say): started again after the back-off
     supervisor = SendOnlyProcesses(1, grace=1)

@@ -38,6 +38,8 @@ bench: $(STAMP)
 	  || echo "nginx not installed: the benches use the aiohttp receiver"
 	$(PY) bench/suite.py
 	$(PY) bench/workers.py
+	$(PY) bench/processes.py
+	$(PY) bench/cli_start.py
 	$(PY) bench/metrics.py
 	$(PY) bench/api_load.py
 	$(PY) bench/pages.py

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import typer.core
@@ -29,13 +29,14 @@ from rich.table import Table
 from rich.text import Text
 
 from bot import desk
-from bot.http import make_sender
 from bot.intake import IntakeError, expand, submit_files
-from bot.matrix import LiveMatrix, file_loader
 from bot.outlets import IncompleteMatrix, MatrixError, OutletMatrix, Tier, load_matrix, reach
 from bot.regions import CHONGQING, RegionTable, chongqing_today
 from bot.settings import Settings
 from bot.store import Actor, NotCorrectable, Role, Store, dumps, utcnow
+
+if TYPE_CHECKING:
+    from bot.matrix import LiveMatrix
 
 EXIT_BAD_INPUT, EXIT_STORE_REFUSED, EXIT_INCOMPLETE = 2, 3, 4
 
@@ -108,6 +109,7 @@ def _live(settings: Settings, regions: RegionTable, matrix: OutletMatrix) -> Liv
     """The matrix a long-running command runs with, read again from its file on a reload; the log redacts
     the secrets of every matrix it runs with."""
     from bot.logs import Redactor
+    from bot.matrix import LiveMatrix, file_loader
 
     live = LiveMatrix(matrix, load=file_loader(settings, regions))
     redactors = [f for handler in logging.getLogger().handlers for f in handler.filters if isinstance(f, Redactor)]
@@ -329,12 +331,17 @@ NoWeb = Annotated[bool, typer.Option("--no-web", help="leave the web server out 
                                      "/metrics): send only, for example when `debunkbot web` serves elsewhere")]
 
 
+Processes = Annotated[int, typer.Option(
+    "--processes", metavar="N", min=1, help="this process and N - 1 send-only processes beside it, sharing the "
+    "store (SQLite too), up to one a core (at most 4) as a rule; a child that dies is started again")]
+
+
 @app.command()
 def run(until_idle: UntilIdle = False, max_wait: MaxWait = None, no_web: NoWeb = False,
-        verbose: Verbose = False) -> None:
+        verbose: Verbose = False, processes: Processes = 1) -> None:
     """Run the bot: watch the inbox, release embargoes, send and retry, and serve the web server (the API, the
-    feeds, health and metrics) on DEBUNKBOT_HTTP_BIND. Stops on SIGINT/SIGTERM."""
-    _daemon(until_idle, verbose, cluster_jobs=True, max_wait=max_wait, serve=not no_web)
+    feeds, health and metrics) on DEBUNKBOT_HTTP_BIND. Stops on SIGINT/SIGTERM, with its send-only processes."""
+    _daemon(until_idle, verbose, cluster_jobs=True, max_wait=max_wait, serve=not no_web, processes=processes)
 
 
 @app.command()
@@ -351,9 +358,11 @@ def web(verbose: Verbose = False) -> None:
 
 
 def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float | None = None, serve: bool = True,
-            send: bool = True) -> None:
+            send: bool = True, processes: int = 1) -> None:
     """The long-running commands: the dispatcher (``send``) and the web server (``serve``) in one event loop; the
-    failure of either stops both, with a non-zero exit."""
+    failure of either stops both, with a non-zero exit. ``processes`` > 1: as many send-only processes less one
+    beside them (bot.processes), stopped with them."""
+    from bot.http import make_sender
     from bot.scheduler import Daemon, install_signal_handlers, open_store
     from bot.web.server import BindError, WebServerFailed
 
@@ -390,9 +399,24 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
                         threads=THREADS_BESIDE_DISPATCHER if send else None))
                 elif send and any(o.channel == "feed" for o in matrix.outlets):
                     log.info("--no-web: the feed outlets' feeds are not served here (`debunkbot web` serves them)")
+                if processes > 1:
+                    from bot.processes import SendOnlyProcesses
+
+                    args = [*(["--until-idle"] if until_idle else []), *(["-v"] if verbose else []),
+                            *(["--max-wait", str(max_wait)] if max_wait is not None else [])]
+                    await serving.enter_async_context(SendOnlyProcesses(
+                        processes - 1, args, until_idle=until_idle, grace=settings.shutdown_grace))
                 if send:
+                    from bot.processes import stop_with_parent
+
                     daemon = Daemon(settings, store, live, regions, client, cluster_jobs=cluster_jobs, stop=stop)
-                    await daemon.run(until_idle=until_idle, max_wait=max_wait)
+                    orphaned = asyncio.create_task(stop_with_parent(stop))  # a send-only process of `run`
+                    try:
+                        await daemon.run(until_idle=until_idle, max_wait=max_wait)
+                    finally:
+                        orphaned.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await orphaned
                 else:  # a web node follows the matrix's reloads itself; a daemon does it in its jobs
                     await live.keep_following(store, settings.scan_interval, stop)
         except BindError as exc:

@@ -14,12 +14,12 @@ from datetime import datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-
 from bot.model import UNPRINTABLE
 from bot.settings import TEMPLATES
 
 if TYPE_CHECKING:
+    from jinja2 import Environment
+
     from bot.model import Change, Notice
     from bot.receipts import Receipt
     from channels.fit import Form
@@ -71,6 +71,9 @@ def plain_inert(value: object) -> str:
 
 @cache
 def environment() -> Environment:
+    # here, not at the top: the CLI's read commands load the channels but never render
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
         undefined=StrictUndefined,

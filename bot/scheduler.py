@@ -539,6 +539,9 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # A send-only process starts with both blocked (bot.processes), so a stop asked while it was starting waits
+    # for these handlers, and it stops cleanly rather than die: it comes now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 async def open_store(url: str, stop: asyncio.Event) -> Store | None:

@@ -3,6 +3,10 @@
 To add one: write channels/<name>.py with a class following one of ``channels.base``'s ``Pushing``
 (one request per delivery), ``Exchanging`` (several) or ``Pulling`` (outlets fetch), its templates in
 templates/<name>/, and add it to CHANNELS below.
+
+A channel module imports httpx, jinja2 (through ``bot.render``) and ``bot.http`` (aiohttp) where it builds,
+renders or sends, not at its top: the CLI's read commands (``outlets``, ``status``) load this registry to check
+the matrix, and must start in a blink (tests/test_cli_start.py).
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
-import httpx
-
 if TYPE_CHECKING:
+    import httpx
+
     from bot.http import Answer, Sender
     from bot.model import Change, Notice
     from bot.receipts import Receipt

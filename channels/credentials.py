@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import re
 
-import httpx
-
 TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
@@ -28,6 +26,8 @@ def robot_token(
     raw = raw.strip()
     if raw.startswith(("https://", "http://")):
         url_text, *rest = raw.split(None, 1)
+        import httpx  # not at the top: see channels/__init__.py
+
         url = httpx.URL(url_text)
         if query:
             token = url.params.get(query, "")

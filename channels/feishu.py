@@ -24,14 +24,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
-import httpx
-
 from bot.render import change_word, form_context, render
 from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_json, token_and_key
 from channels.credentials import robot_token, token_problem
 from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
+    import httpx
+
     from bot.model import Change, Notice
     from bot.receipts import Receipt
     from bot.outlets import Outlet
@@ -119,6 +119,8 @@ class Feishu:
     def build(
         self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime
     ) -> httpx.Request:
+        import httpx  # not at the top: see channels/__init__.py
+
         token, key = token_and_key(secret)
         body = rendered.body
         if key:

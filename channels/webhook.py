@@ -20,16 +20,17 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import httpx
 from standardwebhooks import Webhook as Signer
 
 from bot.render import notice_context, render
 from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_http
 
 if TYPE_CHECKING:
+    import httpx
+
     from bot.model import Change, Notice
-    from bot.receipts import Receipt
     from bot.outlets import Outlet
+    from bot.receipts import Receipt
 
 
 class Webhook:
@@ -123,6 +124,8 @@ def _keyed(secret: str) -> hmac.HMAC:
 def _unsigned(body: bytes) -> httpx.Request:
     """The post of one rendering, without its outlet (URL, Host) and per-send headers: built once per rendering,
     copied per send."""
+    import httpx  # not at the top: see channels/__init__.py
+
     request = httpx.Request("POST", "http://outlet.invalid/", content=body, headers={
         "content-type": "application/json; charset=utf-8", "user-agent": "debunkbot/0.1"})
     del request.headers["host"]
@@ -131,6 +134,8 @@ def _unsigned(body: bytes) -> httpx.Request:
 
 def _copy(request: httpx.Request, url: httpx.URL) -> httpx.Request:
     """A copy of ``request`` to ``url``, with headers of its own (the body, immutable bytes, is shared)."""
+    import httpx
+
     copy = object.__new__(httpx.Request)
     copy.__dict__.update(request.__dict__)
     copy.url = url
@@ -143,6 +148,8 @@ def _copy(request: httpx.Request, url: httpx.URL) -> httpx.Request:
 def _target(url: str) -> tuple[httpx.URL, str]:
     """An outlet's URL parsed once, not on every send (httpx's parser is a fifth of building a request), and
     its Host header as httpx would make it."""
+    import httpx
+
     parsed = httpx.URL(url)
     return parsed, httpx.Request("POST", parsed).headers["host"]
 

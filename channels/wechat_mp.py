@@ -36,16 +36,16 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlencode
 
-import httpx
 import nh3
 
-from bot.http import Answer, SendFailed
 from bot.render import change_word, form_context, render
 from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_json
 from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
-    from bot.http import Sender
+    import httpx
+
+    from bot.http import Answer, Sender
     from bot.model import Change, Notice
     from bot.receipts import Receipt
     from bot.outlets import Outlet
@@ -115,6 +115,8 @@ class WeChatMP:
         return self._draft(rendered, outlet, token="")
 
     def _draft(self, rendered: Rendered, outlet: Outlet, token: str) -> httpx.Request:
+        import httpx  # not at the top (nor bot.http): see channels/__init__.py
+
         article = dict(rendered.extra) | {"thumb_media_id": outlet.options["thumb_media_id"]}
         return httpx.Request("POST", f"{outlet.url or API}/cgi-bin/draft/add?{urlencode({'access_token': token})}",
                              content=json.dumps({"articles": [article]}, ensure_ascii=False).encode(),
@@ -145,6 +147,8 @@ class WeChatMP:
                             ) -> Answer:
         """Replace the article of the outlet's unpublished draft with this rendering (once more with a fresh token
         on 40001/42001)."""
+        import httpx
+
         api, appid = outlet.url or API, outlet.options["appid"]
         article = dict(rendered.extra) | {"thumb_media_id": outlet.options["thumb_media_id"]}
         for fresh in (False, True):
@@ -171,6 +175,10 @@ class WeChatMP:
         freepublish/get says it is published (https://developers.weixin.qq.com/doc/offiaccount/Publish/Publish.html,
         https://developers.weixin.qq.com/doc/offiaccount/Publish/Get_status.html).
         """
+        import httpx
+
+        from bot.http import Answer, SendFailed
+
         api, appid, kept = outlet.url or API, outlet.options["appid"], dict(state)
 
         async def call(make: Callable[[str], httpx.Request], if_lost: dict[str, Any] | None = None) -> Answer:
@@ -240,6 +248,10 @@ class WeChatMP:
     async def _token(
         self, sender: Sender, api: str, appid: str, secret: str, refresh: bool
     ) -> tuple[str, None] | tuple[None, Answer]:
+        import httpx
+
+        from bot.http import Answer
+
         key = (api, appid)
         async with self._locks.setdefault(key, asyncio.Lock()):
             cached = self._tokens.get(key)
@@ -278,6 +290,10 @@ class WeChatMP:
 
 def _busy(what: str, state: dict[str, Any]) -> Answer:
     """No answer came to a call whose effect we must remember: WeChat's "system busy" (-1), retried later."""
+    import httpx
+
+    from bot.http import Answer
+
     body = json.dumps({"errcode": -1, "errmsg": f"no answer {what}"}, ensure_ascii=False).encode()
     return Answer(502, httpx.Headers(), body, state=state)
 

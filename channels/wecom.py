@@ -21,14 +21,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote_plus
 
-import httpx
-
 from bot.render import change_word, form_context, markdown_escape, render
 from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_json
 from channels.credentials import robot_token, token_problem
 from channels.fit import Form, Limit, cut_to, fit, read_more
 
 if TYPE_CHECKING:
+    import httpx
+
     from bot.model import Change, Notice
     from bot.receipts import Receipt
     from bot.outlets import Outlet
@@ -101,6 +101,8 @@ class WeCom:
     def build(
         self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime
     ) -> httpx.Request:
+        import httpx  # not at the top: see channels/__init__.py
+
         url = f"{outlet.url or ENDPOINT}?key={quote_plus(secret or '')}"
         return httpx.Request("POST", url, content=rendered.body,
                              headers={"content-type": "application/json; charset=utf-8", "user-agent": "debunkbot/0.1"})

@@ -23,14 +23,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlencode
 
-import httpx
-
 from bot.model import Verdict
 from bot.render import form_context, render
 from channels.base import NO_OPTIONS, Outcome, RateLimit, Rendered, classify_json
 from channels.fit import WEIBO_URL_LENGTH, Limit, fit, read_more, weibo_length
 
 if TYPE_CHECKING:
+    import httpx
+
     from bot.model import Change, Notice
     from bot.receipts import Receipt
     from bot.outlets import Outlet
@@ -75,6 +75,8 @@ class Weibo:
     def build(
         self, rendered: Rendered, outlet: Outlet, secret: str | None, message_id: str, now: datetime
     ) -> httpx.Request:
+        import httpx  # not at the top: see channels/__init__.py
+
         form = {"access_token": secret or "", "status": rendered.text, "rip": str(outlet.options.get("rip", ""))}
         return httpx.Request("POST", outlet.url or ENDPOINT, content=urlencode(form).encode(), headers={
             "content-type": "application/x-www-form-urlencoded", "user-agent": "debunkbot/0.1"})

@@ -1,0 +1,164 @@
+"""Every core of one machine, on any store: `debunkbot run --processes N` leads, and N - 1 send-only processes
+(`debunkbot worker`) claim and send beside it from the same store.
+
+The store is what keeps them apart, exactly as it keeps `debunkbot worker` processes on PostgreSQL apart:
+each claim takes a lease in one write transaction (on SQLite: BEGIN IMMEDIATE in WAL mode, so claims queue
+for the write lock rather than fail, and a process's busy_timeout bounds the wait), the per-outlet caps and
+rate windows count every process's leases and attempts, and a delivery's webhook-id is stored with it. The
+leading process alone runs the jobs of the whole deployment (inbox, embargoes, alerts, pruning) and the web
+server.
+
+``SendOnlyProcesses`` is the parent's supervisor: it starts the children, starts again one that dies (a kill,
+a crash) after a back-off that doubles up to 30 s, and on the parent's stop sends each SIGTERM, so each
+finishes its sends in flight within the shutdown grace or gives its claims back, and exits 0.
+
+    >>> async with SendOnlyProcesses(2, ["--until-idle"], until_idle=True, grace=10):   # doctest: +SKIP
+    ...     await daemon.run(until_idle=True)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from types import TracebackType
+
+log = logging.getLogger("debunkbot")
+
+MAX_PROCESSES = 4
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
+PARENT_ENV = "DEBUNKBOT_PARENT_PID"  # set in a child's environment: the pid it stops with
+STEADY_AFTER = 30.0  # a child that ran this long before dying starts again at once, its back-off forgotten
+
+
+def default_processes() -> int:
+    """The cores this process may run on, at most ``MAX_PROCESSES``: how many processes to run as a rule (`run`'s
+    default stays 1 until the fan-out summary line is counted across processes, README)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_PROCESSES))
+
+
+def _ended(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class SendOnlyProcesses:
+    """``count`` children running ``debunkbot worker`` with ``args``, kept running until the block ends.
+
+    ``until_idle``: a child that exits 0 has found nothing left to send and is not started again.
+    ``grace``: on stop, how long children get to finish their sends before they are killed (they give their
+    claims back within it; a kill leaves them to their leases' end, as any crash does).
+    """
+
+    def __init__(self, count: int, args: Sequence[str] = (), until_idle: bool = False, grace: float = 10.0) -> None:
+        self.count = count
+        self.command = [sys.executable, "-m", "bot", "worker", *args]
+        self.env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
+        self.until_idle = until_idle
+        self.grace = grace
+        self.running: dict[int, asyncio.subprocess.Process] = {}  # slot -> its process now
+        self.restarts = 0
+        self._stopping = asyncio.Event()
+        self._watchers: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> SendOnlyProcesses:
+        for slot in range(self.count):
+            await self._start(slot)
+            self._watchers.append(asyncio.create_task(self._watch(slot), name=f"send-only process {slot + 1}"))
+        if self.count:
+            log.info("%d send-only process(es) started beside this one (pids %s)", self.count,
+                     ", ".join(str(p.pid) for p in self.running.values()))
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self._stopping.set()
+        self.terminate()  # until-idle too: this process found nothing due nor claimed, so they have nothing left
+        try:
+            await asyncio.wait_for(self.wait(), timeout=self.grace + 10.0)
+        except TimeoutError:
+            log.warning("send-only processes still running %gs after the stop; killing them", self.grace + 10.0)
+            for proc in self.running.values():
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            await self.wait()
+        for task in self._watchers:
+            task.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+
+    def terminate(self) -> None:
+        """SIGTERM to every child still running: each drains (bot.scheduler) and exits 0."""
+        for proc in self.running.values():
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+
+    async def wait(self) -> None:
+        """Until every child has exited and nothing will start another."""
+        for watcher in self._watchers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(watcher)
+
+    async def _start(self, slot: int) -> None:
+        # The child inherits SIGINT and SIGTERM blocked: one sent while it starts stays pending until it has its
+        # handlers (bot.scheduler.install_signal_handlers unblocks them), so it stops cleanly, never half-started.
+        # Here they are blocked for the moment of the spawn only: this process's own come after it.
+        stops = {signal.SIGINT, signal.SIGTERM}
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+        try:
+            self.running[slot] = await asyncio.create_subprocess_exec(*self.command, stdin=asyncio.subprocess.DEVNULL,
+                                                                      env=self.env)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+    async def _watch(self, slot: int) -> None:
+        backoff = BACKOFF_FIRST
+        while True:
+            proc = self.running[slot]
+            started = time.monotonic()
+            code = await proc.wait()
+            if self._stopping.is_set():
+                if code != 0:
+                    log.warning("send-only process %d (pid %d) %s while stopping", slot + 1, proc.pid, _ended(code))
+                return
+            if self.until_idle and code == 0:
+                return  # nothing left to send
+            if time.monotonic() - started >= STEADY_AFTER:
+                backoff = BACKOFF_FIRST
+            log.warning("send-only process %d (pid %d) %s; starting it again in %gs (its claims come free when "
+                        "their leases end)", slot + 1, proc.pid, _ended(code), backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
+            if self._stopping.is_set():
+                return
+            backoff = min(backoff * 2, BACKOFF_MAX)
+            await self._start(slot)
+            self.restarts += 1
+            log.info("send-only process %d started again (pid %d)", slot + 1, self.running[slot].pid)
+
+
+async def stop_with_parent(stop: asyncio.Event, every: float = 0.5) -> None:
+    """In a send-only process: ask for a clean stop once the process that started it is gone (killed outright,
+    it could not SIGTERM its children; they would otherwise send on, orphaned). Returns at once elsewhere."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+    while not stop.is_set():
+        if os.getppid() != int(parent):
+            log.warning("the leading process (pid %s) is gone; stopping", parent)
+            stop.set()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every)

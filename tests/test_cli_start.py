@@ -1,0 +1,60 @@
+"""The read commands start in a blink: they load no HTTP client, template engine, web framework, scheduler or
+migration tool (bench/cli_start.py times them; this checks what they load, which does not depend on the load
+of the machine)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.intake import expand, submit_files
+from bot.outlets import load_matrix
+from bot.regions import RegionTable
+from bot.schema import _head_of_files, head
+from bot.settings import CONFIG
+from bot.store import Store
+
+HEAVY = ("httpx", "jinja2", "aiohttp", "fastapi", "starlette", "uvicorn", "apscheduler", "alembic")
+
+# Runs the command in this interpreter as `debunkbot` does, then says which of HEAVY it loaded.
+PROBE = f"""
+import sys
+from bot.cli import app
+try:
+    app(sys.argv[1:], prog_name="debunkbot")
+except SystemExit as exit:
+    code = exit.code
+print("LOADED", *sorted(m for m in {HEAVY!r} if m in sys.modules), "EXIT", code, file=sys.stderr)
+"""
+
+
+@pytest.fixture(scope="module")
+def store_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    url = f"sqlite:///{tmp_path_factory.mktemp('cli-start') / 'store.sqlite3'}"
+    regions = RegionTable.load(CONFIG / "regions.yaml")
+    store = Store.open(url)
+    submit_files(expand([CONFIG / "samples"]), store, load_matrix(CONFIG / "outlets.yaml", regions,
+                                                                  require_secrets=False), regions)
+    store.close()
+    return dict(os.environ, DEBUNKBOT_DATABASE_URL=url, COLUMNS="120")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["log"], ["log", "--json"], ["status", "cq-2026-1127-001"],
+                                  ["outlets"], ["outlets", "--json"], ["regions"]], ids=" ".join)
+def test_a_read_command_answers_without_loading_the_http_web_template_or_migration_libraries(
+    argv: list[str], store_env: dict[str, str]
+) -> None:
+    done = subprocess.run([sys.executable, "-c", PROBE, *argv], env=store_env, capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[1])
+    loaded = done.stderr.rsplit("LOADED", 1)[-1].split()
+    assert loaded[-2:] == ["EXIT", "0"], done.stderr
+    assert done.stdout.strip(), "the command printed its answer"
+    assert loaded[:-2] == [], f"{' '.join(argv)} loaded {loaded[:-2]}"
+
+
+def test_the_schema_head_read_from_the_migration_files_is_alembics() -> None:
+    assert _head_of_files() == head()

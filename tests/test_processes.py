@@ -1,0 +1,170 @@
+"""`debunkbot run --processes 3` on SQLite: one leading process and two send-only ones, as an operator runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bot.model import Notice
+from bot.processes import SendOnlyProcesses, default_processes
+from bot.store import Store
+from tests.conftest import notice_data
+
+
+def env_for(url: str, tmp_path: Path, matrix: Any, **settings: str) -> dict[str, str]:
+    env = {"DEBUNKBOT_DATABASE_URL": url, "DEBUNKBOT_OUTLETS": str(tmp_path / "outlets.yaml"),
+           "DEBUNKBOT_SCAN_INTERVAL": "0.2", "DEBUNKBOT_RETRY_SCHEDULE": "0.1,0.1", "DEBUNKBOT_CONCURRENCY": "20"}
+    env |= {o.secret_env: matrix.secret_for(o.id) for o in matrix.outlets}
+    return os.environ | env | {f"DEBUNKBOT_{k.upper()}": v for k, v in settings.items()}
+
+
+def submit(url: str, matrix: Any, *refs: str) -> None:
+    store = Store.open(url)
+    store.queue.add_notices([(Notice.model_validate(notice_data(ref=ref, title=f"通报{ref}")), matrix.outlets)
+                             for ref in refs], source="test")
+    store.close()
+
+
+async def start(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "run", "--no-web", *args, env=env,
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+
+
+def children_of(pid: int) -> set[int]:
+    """The live processes whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(entry))
+    return found
+
+
+async def until(check: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def settled(url: str) -> tuple[list[dict[str, Any]], int]:
+    """The delivery log's rows, and how many deliveries are still claimed by someone."""
+    store = Store.open(url)
+    rows = store.log.deliveries()
+    with store.engine.connect() as conn:
+        claimed = conn.exec_driver_sql("SELECT count(*) FROM deliveries WHERE lease_owner IS NOT NULL").scalar_one()
+    store.close()
+    return rows, claimed
+
+
+async def test_three_processes_on_sqlite_deliver_each_of_600_deliveries_once_with_its_own_webhook_id(
+    tmp_path: Path, loopback: Callable[..., Any]
+) -> None:
+    outlets, matrix = await loopback(600, delay=0.01)
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    submit(url, matrix, "one")
+    run = await start(env_for(url, tmp_path, matrix), "--processes", "3", "--until-idle")
+    _, err = await asyncio.wait_for(run.communicate(), timeout=120)
+    assert run.returncode == 0, err.decode()[-3000:]
+    assert "2 send-only process(es) started" in err.decode()
+
+    per_outlet = Counter(p.outlet for p in outlets.posts)
+    assert len(per_outlet) == 600 and set(per_outlet.values()) == {1}
+    ids = [p.message_id for p in outlets.posts]
+    assert len(set(ids)) == 600 and outlets.refused == []
+    rows, claimed = settled(url)
+    assert {r["status"] for r in rows} == {"delivered"} and len(rows) == 600 and claimed == 0
+
+
+async def test_a_child_killed_mid_fan_out_is_started_again_and_every_outlet_gets_the_notice(
+    tmp_path: Path, loopback: Callable[..., Any]
+) -> None:
+    outlets, matrix = await loopback(600, delay=0.05)
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    submit(url, matrix, "one")
+    run = await start(env_for(url, tmp_path, matrix, http_timeout="1", lease_seconds="1"), "--processes", "3")
+    await until(lambda: len(children_of(run.pid)) == 2 and len(outlets.posts) >= 60)
+    victim = min(children_of(run.pid))
+    os.kill(victim, signal.SIGKILL)
+    sent_before_kill = len(outlets.posts)
+    await until(lambda: len(children_of(run.pid) - {victim}) == 2)  # started again
+    await until(lambda: len({p.outlet for p in outlets.posts}) == 600)
+    await until(lambda: settled(url)[1] == 0 and {r["status"] for r in settled(url)[0]} == {"delivered"})
+    run.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(run.communicate(), timeout=60)
+    log = err.decode()
+    assert run.returncode == 0, log[-3000:]
+    assert sent_before_kill < 600  # the kill came mid fan-out
+    assert f"(pid {victim}) was killed by SIGKILL; starting it again" in log
+    assert "send-only process 1 started again" in log or "send-only process 2 started again" in log
+
+    # at least once: a send the killed child made but never recorded is made again, with the same webhook-id
+    for outlet, message_ids in outlets.delivered().items():
+        assert len(message_ids) == 1, outlet
+    rows, _ = settled(url)
+    assert len(rows) == 600 and {r["status"] for r in rows} == {"delivered"}
+
+
+async def test_sigterm_to_the_leading_process_drains_every_process_and_nothing_is_left_claimed(
+    tmp_path: Path, loopback: Callable[..., Any]
+) -> None:
+    outlets, matrix = await loopback(300, delay=0.2)
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    submit(url, matrix, "one")
+    env = env_for(url, tmp_path, matrix, shutdown_grace="5")
+    run = await start(env, "--processes", "3")
+    await until(lambda: len(children_of(run.pid)) == 2 and len(outlets.posts) >= 20)
+    children = children_of(run.pid)
+    run.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(run.communicate(), timeout=60)
+    assert run.returncode == 0, err.decode()[-3000:]
+    assert "while stopping" not in err.decode()  # every child exited 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children)  # waited for, before the parent exited
+    rows, claimed = settled(url)
+    delivered = {r["outlet"] for r in rows if r["status"] == "delivered"}
+    assert claimed == 0  # claims not sent were given back
+    assert delivered <= {p.outlet for p in outlets.posts}
+    assert len(delivered) < 300  # the stop came mid fan-out
+
+    again = await start(env, "--processes", "3", "--until-idle")  # the rest goes out at the next start
+    _, err = await asyncio.wait_for(again.communicate(), timeout=120)
+    assert again.returncode == 0, err.decode()[-3000:]
+    for outlet, message_ids in outlets.delivered().items():
+        assert len(message_ids) == 1, outlet
+    assert len(outlets.delivered()) == 300
+
+
+async def test_a_send_only_process_stops_by_itself_when_the_leading_process_is_killed_outright(
+    tmp_path: Path, loopback: Callable[..., Any]
+) -> None:
+    _, matrix = await loopback(2)
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    run = await start(env_for(url, tmp_path, matrix), "--processes", "2")
+    await until(lambda: len(children_of(run.pid)) == 1)
+    (child,) = children_of(run.pid)
+    run.kill()
+    await run.wait()
+    await until(lambda: not Path(f"/proc/{child}").exists())  # it noticed, drained and exited
+
+
+async def test_the_supervisor_starts_a_child_that_dies_again_and_stops_them_all() -> None:
+    # a child that exits at once with code 3 (a bad setting, say): started again after the back-off
+    supervisor = SendOnlyProcesses(1, grace=1)
+    supervisor.command = [sys.executable, "-c", "raise SystemExit(3)"]
+    async with supervisor:
+        await until(lambda: supervisor.restarts >= 1, timeout=10)
+    assert all(p.returncode is not None for p in supervisor.running.values())
+
+
+def test_the_default_is_one_process_a_core_and_at_most_four() -> None:
+    assert 1 <= default_processes() <= min(4, len(os.sched_getaffinity(0)))

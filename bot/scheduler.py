@@ -37,13 +37,13 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, wait_exponential
 
 from bot.alerts import Alerter
-from bot.receipts import Reminders
 from bot.dispatch import STORE_BACKOFF_MAX, Dispatcher
 from bot.http import Sender
 from bot.intake import FileResult, scan_inbox_off_loop
 from bot.logs import log_fields
 from bot.matrix import LiveMatrix
 from bot.outlets import OutletMatrix, resolve_regions
+from bot.receipts import Reminders
 from bot.regions import RegionTable
 from bot.settings import Settings
 from bot.store import (

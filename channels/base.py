@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
     from bot.http import Answer, Sender
     from bot.model import Change, Notice
-    from bot.receipts import Receipt
     from bot.outlets import Outlet
+    from bot.receipts import Receipt
 
 Result = Literal["delivered", "retry", "failed"]
 

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     import httpx
 
     from bot.model import Change, Notice
-    from bot.receipts import Receipt
     from bot.outlets import Outlet
+    from bot.receipts import Receipt
 
 ENDPOINT = "https://oapi.dingtalk.com/robot/send"
 MSGTYPES = ("markdown", "actionCard")

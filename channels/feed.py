@@ -23,8 +23,8 @@ from channels.fit import Form, cut, read_more
 
 if TYPE_CHECKING:
     from bot.model import Change, Notice
-    from bot.receipts import Receipt
     from bot.outlets import Outlet
+    from bot.receipts import Receipt
 
 
 class Feed:

@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     import httpx
 
     from bot.model import Change, Notice
-    from bot.receipts import Receipt
     from bot.outlets import Outlet
+    from bot.receipts import Receipt
 
 MSG_TYPES = ("post", "interactive")
 # The signature's size, so a body is measured exactly as it will be sent (10-digit seconds, 44-char base64).

@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 
     from bot.http import Answer, Sender
     from bot.model import Change, Notice
-    from bot.receipts import Receipt
     from bot.outlets import Outlet
+    from bot.receipts import Receipt
 
 API = "https://api.weixin.qq.com"
 STALE_TOKEN = frozenset({40001, 40014, 42001})

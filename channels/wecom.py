@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     import httpx
 
     from bot.model import Change, Notice
-    from bot.receipts import Receipt
     from bot.outlets import Outlet
+    from bot.receipts import Receipt
 
 ENDPOINT = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send"
 MSGTYPES = ("markdown", "news")

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     import httpx
 
     from bot.model import Change, Notice
-    from bot.receipts import Receipt
     from bot.outlets import Outlet
+    from bot.receipts import Receipt
 
 ENDPOINT = "https://api.weibo.com/2/statuses/share.json"
 

@@ -5,7 +5,6 @@ processes are in tests/test_receipts_daemon.py."""
 from __future__ import annotations
 
 import re
-
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path

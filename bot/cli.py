@@ -94,10 +94,12 @@ def _store(settings: Settings) -> Store:
     from bot.schema import SchemaOutdated
 
     try:
-        return Store.open(settings.database_url)
+        store = Store.open(settings.database_url)
     except SchemaOutdated as exc:
         errors.print(f"[red]store refused:[/] {escape(str(exc))}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    store.review.stages = settings.review_stages  # submitted notices are drafts when reviewed
+    return store
 
 
 def _secrets(matrix: OutletMatrix) -> list[str | None]:
@@ -743,20 +745,21 @@ def regions(on: Annotated[str | None, typer.Option(metavar="DATE", help="a date,
 
 
 token_app = typer.Typer(help="Tokens for the HTTP API: each has a holder's name and a role "
-                        "(viewer < editor < operator < admin).", no_args_is_help=True)
+                        "(viewer < editor < reviewer < operator < admin).", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 
 
 class RoleName(StrEnum):
     viewer = "viewer"
     editor = "editor"
+    reviewer = "reviewer"
     operator = "operator"
     admin = "admin"
 
 
 @token_app.command("create")
 def token_create(
-    role: Annotated[RoleName, typer.Option("--role", metavar="ROLE", help="viewer, editor, operator or admin")],
+    role: Annotated[RoleName, typer.Option("--role", metavar="ROLE", help="viewer, editor, reviewer, operator or admin")],
     name: Annotated[str, typer.Option("--name", metavar="NAME", help="who holds it (a person or a system)")],
 ) -> None:
     """Make a token and print it, once: only its hash is kept."""

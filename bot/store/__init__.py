@@ -14,6 +14,7 @@ PostgreSQL for scale-out. Every call is synchronous and short; the dispatcher ma
 - ``store.matrix``: the outlet matrix's generation (reloads), and the outlets a reload took out.
 - ``store.access``: the HTTP API's tokens and roles (hashes only);
 - ``store.audit``: who changed what; each change's row is written in its transaction (``Actor``).
+- ``store.review``: review before release (先审后发): drafts, sign-offs, send-backs, releases.
 
     >>> store = Store.open("sqlite:///var/debunkbot.sqlite3")              # doctest: +SKIP
     >>> store.queue.add_notices([(notice, outlets)], source="cli")       # doctest: +SKIP
@@ -47,6 +48,7 @@ from bot.store.matrix import MatrixRecord
 from bot.store.metrics import Figures, Metrics, StoreErrors
 from bot.store.outbox import Outbox
 from bot.store.queue import Added, AttemptRecord, Claim, Queue, RefConflict, new_message_id
+from bot.store.review import Review, ReviewConflict, ReviewRefused, ReviewState
 from bot.store.tables import (
     UTCDateTime,
     alert_sends,
@@ -64,7 +66,7 @@ from bot.store.tables import (
 __all__ = [
     "RETRACTED", "STORE_FAULTS", "WORK_CHANNEL", "Access", "Actor", "Added", "AttemptRecord", "AuditLog", "AuditPage", "Caller",
     "Claim", "Cluster", "DeliveryLog", "Figures", "Lifecycle", "MatrixRecord", "Metrics", "NotCorrectable", "Outbox", "OutletHealth", "Page", "Queue",
-    "RefConflict", "Role", "Store", "StoreErrors", "UTCDateTime", "alert_sends", "alerts", "api_tokens", "attempts",
+    "RefConflict", "Review", "ReviewConflict", "ReviewRefused", "ReviewState", "Role", "Store", "StoreErrors", "UTCDateTime", "alert_sends", "alerts", "api_tokens", "attempts",
     "audit", "clean_text", "deliveries", "describe_fault", "dumps", "is_disk_full", "make_engine", "matrix_reloads",
     "metadata", "new_message_id", "notices", "outlet_health", "utcnow", "webhook_id",
 ]
@@ -88,6 +90,7 @@ class Store:
         self.errors = StoreErrors(self.db)
         self.access = Access(self.db)
         self.audit = AuditLog(self.db)
+        self.review = Review(self.db, self.queue, self.lifecycle)
 
     @property
     def owner(self) -> str:

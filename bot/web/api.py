@@ -37,9 +37,9 @@ from bot.model import Notice, Urgency
 from bot.outlets import OutletMatrix, Tier
 from bot.outlets import reach as matrix_reach
 from bot.regions import CITYWIDE
-from bot.store import Actor, NotCorrectable, RefConflict, Role
+from bot.store import Actor, NotCorrectable, RefConflict, ReviewConflict, ReviewRefused, ReviewState, Role
 from bot.web import PROBLEM, Problem, Site, problem, site_of
-from bot.web.auth import admin, editor, operator, viewer
+from bot.web.auth import admin, editor, operator, reviewer, viewer
 
 
 def _iso_time(value: Any) -> Any:
@@ -93,6 +93,8 @@ class Created(BaseModel):
     deliveries: int = Field(description="deliveries created for it: one per outlet it concerns (a correction: the "
                                         "deliveries it makes)")
     version: int = Field(1, description="2 and on: stored as a correction (correct: true with a correction_note)")
+    draft: bool = Field(False, description="kept as a draft for review (DEBUNKBOT_REVIEW_STAGES > 0): no delivery "
+                                           "until its stages are signed; GET /notices/{ref}/review shows it")
 
 
 class Submitted(BaseModel):
@@ -209,12 +211,15 @@ class Retracted(BaseModel):
     ref: str
     cancelled: int = Field(description="deliveries not yet made, now cancelled with reason retracted")
     retractions: int = Field(description="outlets that received the notice and will get the retraction")
+    draft: bool = Field(False, description="the retraction waits for review (DEBUNKBOT_REVIEW_STAGES > 0): nothing "
+                                           "changes until its stages are signed")
 
 
 class Corrected(BaseModel):
     ref: str
     version: int
     deliveries: int = Field(description="deliveries to make: corrections, and the latest version to those waiting")
+    draft: bool = Field(False, description="the correction waits for review (DEBUNKBOT_REVIEW_STAGES > 0)")
 
 
 class History(BaseModel):
@@ -346,6 +351,7 @@ class Resumed(BaseModel):
 class RoleName(StrEnum):
     viewer = "viewer"
     editor = "editor"
+    reviewer = "reviewer"
     operator = "operator"
     admin = "admin"
 
@@ -472,13 +478,15 @@ async def submit(request: Request, caller: Actor = editor) -> Submitted:
     notices, many = await _read_notices(request, site)
     try:
         added = await run_in_threadpool(store_notices, notices, site.store, site.matrix, f"api:{caller.name}", caller)
+    except ReviewConflict as exc:
+        raise Problem(409, f"{exc}; nothing of this request was stored") from None
     except (RefConflict, NotCorrectable) as exc:
         index = next(i for i, n in enumerate(notices) if n.ref == exc.ref)
         field = f"notices[{index}].ref" if many else "notice.ref"
         raise Problem(409, f"{field}: {exc}; nothing of this request was stored",
                       errors=[{"field": field, "message": str(exc)}]) from None
-    return Submitted(notices=[Created(ref=a.ref, created=a.created, deliveries=a.deliveries, version=a.version)
-                              for a in added],
+    return Submitted(notices=[Created(ref=a.ref, created=a.created, deliveries=a.deliveries, version=a.version,
+                                      draft=a.draft) for a in added],
                      deliveries=sum(a.deliveries for a in added))
 
 
@@ -560,7 +568,9 @@ async def correct(request: Request, ref: Annotated[str, Path(max_length=64)], ca
                                            caller)
     except NotCorrectable as exc:
         raise Problem(404 if "no notice" in str(exc) else 409, str(exc)) from None
-    return Corrected(ref=ref, version=added.version, deliveries=added.deliveries)
+    except ReviewConflict as exc:
+        raise Problem(409, str(exc)) from None
+    return Corrected(ref=ref, version=added.version, deliveries=added.deliveries, draft=added.draft)
 
 
 @router.post("/notices/{ref}:retract", response_model=Retracted, tags=["notices"],
@@ -570,7 +580,12 @@ def retract(request: Request, ref: Annotated[str, Path(max_length=64)], body: Re
             caller: Actor = editor) -> Retracted:
     site = site_of(request)
     try:
+        if site.store.review.stages:
+            waits = site.store.review.request_retraction(ref, body.reason, caller)
+            return Retracted(ref=ref, cancelled=0, retractions=0, draft=waits)
         done = site.store.lifecycle.retract(ref, body.reason, caller)
+    except ReviewConflict as exc:
+        raise Problem(409, str(exc)) from None
     except LookupError:
         raise Problem(404, f"no notice with ref {ref!r}") from None
     except ValueError as exc:
@@ -787,6 +802,136 @@ def _scrubbed(site: Site, detail: dict[str, Any]) -> dict[str, Any]:
     except ValueError:
         return {"scrubbed": clean}
     return value if isinstance(value, dict) else {"scrubbed": clean}
+
+
+# -- review before release (先审后发) ------------------------------------------------------------------------
+
+class ReviewBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stage: int = Field(ge=1, le=3, description="the stage signed or sent back: the one the notice waits for")
+    decision: Literal["sign", "return"]
+    comment: str | None = Field(None, max_length=2000, description="required to send back: what to change")
+    content_hash: str | None = Field(None, min_length=64, max_length=64, description="the content_hash of the "
+                                     "review you read (GET …/review): refused (409) if the draft changed since")
+
+
+class ReleaseBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=2000, description="why it cannot wait for every stage (紧急发布)")
+
+
+class ReviewDecision(BaseModel):
+    round: int = Field(description="a send-back or an edit starts a new round; only the current round's count")
+    stage: int
+    stage_name: str = Field(description="初审, 复审, 终审 (from the message catalogue)")
+    decision: Literal["sign", "return", "release", "urgent-release"]
+    actor: str
+    role: str
+    at: datetime
+    comment: str | None
+    content_hash: str = Field(description="SHA-256 of the content the person saw")
+    counts: bool = Field(description="a decision of the current round (an earlier round's were voided)")
+
+
+class ReviewDoc(BaseModel):
+    ref: str
+    kind: Literal["notice", "correction", "retraction"]
+    state: Literal["draft", "returned", "released", "withdrawn"]
+    stages: int
+    waiting_for: int | None = Field(description="the stage it waits for; null once released")
+    waiting_for_name: str | None
+    round: int
+    content_hash: str = Field(description="SHA-256 of what the reviewers read now")
+    authors: list[str] = Field(description="who submitted or edited it: they sign no stage")
+    submitted_at: datetime
+    waiting_since: datetime
+    released_at: datetime | None
+    released_by: str | None
+    urgent: bool = Field(description="released by an operator before every stage was signed (紧急发布)")
+    urgent_reason: str | None
+    notice: Notice | None = Field(description="the notice (a correction: its new version; a retraction: as stored)")
+    retraction_reason: str | None
+    decisions: list[ReviewDecision]
+
+
+class ReviewQueue(BaseModel):
+    reviews: list[ReviewDoc]
+
+
+def review_doc(state: ReviewState) -> ReviewDoc:
+    from bot.web.pages.i18n import translations
+    from bot.web.pages.stages import stage_name
+
+    zh = translations("zh_Hans")
+    waiting = state.waiting_for
+    return ReviewDoc(
+        ref=state.ref, kind=state.kind, state=state.state, stages=state.stages,  # type: ignore[arg-type]
+        waiting_for=waiting, waiting_for_name=stage_name(state.stages, waiting, zh) if waiting else None,
+        round=state.round, content_hash=state.content_hash, authors=list(state.authors),
+        submitted_at=state.created_at, waiting_since=state.waiting_since, released_at=state.released_at,
+        released_by=state.released_by, urgent=state.urgent_reason is not None, urgent_reason=state.urgent_reason,
+        notice=state.notice, retraction_reason=state.reason,
+        decisions=[ReviewDecision(round=d.round, stage=d.stage, stage_name=stage_name(state.stages, d.stage, zh),
+                                  decision=d.decision, actor=d.actor, role=d.role, at=d.at,  # type: ignore[arg-type]
+                                  comment=d.comment, content_hash=d.content_hash, counts=d.counts)
+                   for d in state.decisions])
+
+
+def _reviewed(call: Any, *args: Any) -> ReviewState:
+    """A review decision, its refusals as problems: 403 (who), 409 (when), 404, 422 (a missing comment)."""
+    try:
+        found: ReviewState = call(*args)
+    except ReviewRefused as exc:
+        raise Problem(403, str(exc)) from None
+    except ReviewConflict as exc:
+        raise Problem(409, str(exc)) from None
+    except LookupError as exc:
+        raise Problem(404, str(exc).strip("'\"")) from None
+    except ValueError as exc:
+        raise Problem(422, str(exc), errors=[{"field": "comment", "message": str(exc)}]) from None
+    return found
+
+
+@router.post("/notices/{ref}/review", status_code=201, response_model=ReviewDoc, tags=["review"],
+             summary="Sign a review stage of a draft, or send it back with a comment (reviewer); the last stage "
+                     "releases it", responses=_problems(404, 409))
+def review(request: Request, ref: Annotated[str, Path(max_length=64)], body: ReviewBody,
+           caller: Actor = reviewer) -> ReviewDoc:
+    site = site_of(request)
+    if body.decision == "sign":
+        state = _reviewed(site.store.review.sign, ref, body.stage, caller, body.comment, site.matrix.concerned_by,
+                          body.content_hash)
+    else:
+        state = _reviewed(site.store.review.return_, ref, caller, body.comment or "", body.stage, body.content_hash)
+    return review_doc(state)
+
+
+@router.post("/notices/{ref}:release", response_model=ReviewDoc, tags=["review"],
+             summary="Release an urgent draft before every stage is signed, with a reason (operator; 紧急发布)",
+             responses=_problems(404, 409))
+def release(request: Request, ref: Annotated[str, Path(max_length=64)], body: ReleaseBody,
+            caller: Actor = operator) -> ReviewDoc:
+    site = site_of(request)
+    return review_doc(_reviewed(site.store.review.release, ref, caller, body.reason, site.matrix.concerned_by))
+
+
+@router.get("/notices/{ref}/review", response_model=ReviewDoc, tags=["review"],
+            summary="A notice's review: what waits (or was released), every sign-off, send-back and release (viewer)",
+            responses=_problems(404))
+def review_of(request: Request, ref: Annotated[str, Path(max_length=64)], caller: Actor = viewer) -> ReviewDoc:
+    found = site_of(request).store.review.get(ref)
+    if found is None:
+        raise Problem(404, f"{ref!r} has no review (it was submitted with DEBUNKBOT_REVIEW_STAGES at 0, or not at all)")
+    return review_doc(found)
+
+
+@router.get("/reviews", response_model=ReviewQueue, tags=["review"],
+            summary="Every draft waiting for review or sent back, the longest waiting first (viewer)",
+            responses=_problems())
+def reviews(request: Request, caller: Actor = viewer) -> ReviewQueue:
+    return ReviewQueue(reviews=[review_doc(s) for s in site_of(request).store.review.waiting()])
 
 
 def install(app: FastAPI) -> None:

@@ -160,7 +160,7 @@ class Review:
                     continue
                 conn.execute(r.insert().values(
                     ref=notice.ref, kind=kind, state="draft", stages=self.stages, round=1,
-                    payload=notice.canonical_json(), content_hash=digest, authors=_names([_who(actor, source)]),
+                    payload=notice.canonical_json(), reason=clean_text(notice.correction_note), content_hash=digest, authors=_names([_who(actor, source)]),
                     source=source[:500], created_at=now, waiting_since=now))
                 record(conn, actor, "notice.submit" if kind == NOTICE else "notice.correct", notice.ref, now,
                        draft=True, stages=self.stages, content_hash=digest, source=source, title=notice.title,
@@ -178,6 +178,7 @@ class Review:
         voids = signed > 0 or open_.state == "returned"
         conn.execute(r.update().where(r.c.id == open_.id).values(
             payload=notice.canonical_json(), content_hash=digest, authors=authors, state="draft",
+            reason=clean_text(notice.correction_note) if open_.kind == CORRECTION else open_.reason,
             round=open_.round + 1 if voids else open_.round, waiting_since=now))
         record(conn, actor, "review.edit", notice.ref, now, before=open_.content_hash, content_hash=digest,
                voided=signed, round=open_.round + 1 if voids else open_.round)
@@ -309,7 +310,7 @@ class Review:
         else:
             notice = Notice.from_stored(row.payload)
             if row.kind == CORRECTION:
-                notice = notice.model_copy(update={"correct": True})
+                notice = notice.model_copy(update={"correct": True, "correction_note": row.reason})
             self.queue.add_in(conn, [(notice, concerned(notice))], row.source, now, None)
             if row.kind == NOTICE:  # the author wrote it, when it was submitted; it was released now
                 notice_id = conn.execute(sa.select(n.c.id).where(n.c.ref == row.ref)).scalar_one()

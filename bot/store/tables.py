@@ -240,7 +240,7 @@ reviews = sa.Table(
     sa.Column("stages", sa.SmallInteger, nullable=False),  # sign-offs it needs (the setting when it was submitted)
     sa.Column("round", sa.Integer, nullable=False, default=1, server_default="1"),
     sa.Column("payload", sa.Text, nullable=True),  # the notice (its canonical JSON); a retraction: none
-    sa.Column("reason", sa.Text, nullable=True),  # a retraction's reason
+    sa.Column("reason", sa.Text, nullable=True),  # a retraction's reason; a correction's note
     sa.Column("content_hash", sa.String(64), nullable=False),  # SHA-256 of what the reviewers read
     sa.Column("authors", sa.Text, nullable=False),  # JSON list: who submitted or edited it (they sign no stage)
     sa.Column("source", sa.String(500), nullable=False),

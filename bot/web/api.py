@@ -506,19 +506,21 @@ async def preview(request: Request, caller: Actor = editor,
     if outlet is not None and outlet not in matrix.by_id:
         raise Problem(404, f"no outlet {outlet!r} in the matrix (GET /api/v1/outlets lists them)")
     targets = [matrix.by_id[outlet]] if outlet else list(matrix.outlets)
+    return Preview(ref=notice.ref, outlets=await run_in_threadpool(render_previews, matrix, notice, targets))
+
+
+def render_previews(matrix: OutletMatrix, notice: Notice, targets: list[Any]) -> list[OutletPreview]:
+    """What each of ``targets`` would show of ``notice``, and whether its targeting takes it (the preview route,
+    the review page). Rendering never adds an outlet's URL or secret: build() does."""
     published_at = notice.publish_at or datetime.now(UTC)
-
-    def render_all() -> list[OutletPreview]:  # rendering never adds an outlet's URL or secret: build() does
-        shown = []
-        for target in targets:
-            rendered = matrix.channels[target.channel].render(notice, published_at, target.options)
-            reach = matrix_reach(target, notice)
-            shown.append(OutletPreview(outlet=target.id, name=target.name, channel=target.channel, tier=target.tier,
-                                       text=rendered.text, body=rendered.body.decode("utf-8", "replace"),
-                                       shortened=rendered.cut, reached=reach.reached, why=reach.why))
-        return shown
-
-    return Preview(ref=notice.ref, outlets=await run_in_threadpool(render_all))
+    shown = []
+    for target in targets:
+        rendered = matrix.channels[target.channel].render(notice, published_at, target.options)
+        reach = matrix_reach(target, notice)
+        shown.append(OutletPreview(outlet=target.id, name=target.name, channel=target.channel, tier=target.tier,
+                                   text=rendered.text, body=rendered.body.decode("utf-8", "replace"),
+                                   shortened=rendered.cut, reached=reach.reached, why=reach.why))
+    return shown
 
 
 @router.get("/notices", response_model=NoticePage, tags=["notices"], summary="Notices, newest last, paged (viewer)",

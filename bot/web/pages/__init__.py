@@ -272,9 +272,10 @@ def install(app: FastAPI) -> None:
     app.state.sessions = Sessions(_secret(settings), settings.session_hours * 3600)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(router)
-    from bot.web.pages import notices
+    from bot.web.pages import notices, review
 
     app.include_router(notices.router)
+    app.include_router(review.router)
 
     @app.exception_handler(LoginNeeded)
     async def _login(request: Request, exc: LoginNeeded) -> Response:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -43,6 +44,7 @@ from bot.store.tables import alerts, notice_versions, notices, review_decisions,
 if TYPE_CHECKING:
     from bot.outlets import Outlet
 
+log = logging.getLogger("debunkbot.review")
 r, rd, n = reviews, review_decisions, notices
 OPEN = ("draft", "returned")
 NOTICE, CORRECTION, RETRACTION = "notice", "correction", "retraction"
@@ -327,6 +329,11 @@ class Review:
             state="released", released_at=now, released_by=clean_text(actor.name[:100]),
             urgent_reason=clean_text(urgent_reason) if urgent_reason else None))
         self.db.notify(conn)
+        if urgent_reason:
+            log.warning("urgent release (紧急发布) of %s %s by %s after %d of %d stage(s): %s", row.kind, row.ref,
+                        actor.name, signed, row.stages, urgent_reason)
+        else:
+            log.info("released %s %s after its %d review stage(s)", row.kind, row.ref, row.stages)
 
     def _open(self, conn: sa.Connection, ref: str) -> Any:
         return conn.execute(sa.select(r).where(r.c.ref == ref, r.c.state.in_(OPEN)).with_for_update()).first()

@@ -93,8 +93,8 @@ class Created(BaseModel):
     deliveries: int = Field(description="deliveries created for it: one per outlet it concerns (a correction: the "
                                         "deliveries it makes)")
     version: int = Field(1, description="2 and on: stored as a correction (correct: true with a correction_note)")
-    draft: bool = Field(False, description="kept as a draft for review (DEBUNKBOT_REVIEW_STAGES > 0): no delivery "
-                                           "until its stages are signed; GET /notices/{ref}/review shows it")
+    draft: bool | None = Field(None, description="true: kept as a draft for review (DEBUNKBOT_REVIEW_STAGES > 0), no "
+                               "delivery until its stages are signed (GET /notices/{ref}/review); absent otherwise")
 
 
 class Submitted(BaseModel):
@@ -211,15 +211,50 @@ class Retracted(BaseModel):
     ref: str
     cancelled: int = Field(description="deliveries not yet made, now cancelled with reason retracted")
     retractions: int = Field(description="outlets that received the notice and will get the retraction")
-    draft: bool = Field(False, description="the retraction waits for review (DEBUNKBOT_REVIEW_STAGES > 0): nothing "
-                                           "changes until its stages are signed")
+    draft: bool | None = Field(None, description="true: the retraction waits for review (DEBUNKBOT_REVIEW_STAGES > 0), "
+                               "nothing changes until its stages are signed; absent otherwise")
 
 
 class Corrected(BaseModel):
     ref: str
     version: int
     deliveries: int = Field(description="deliveries to make: corrections, and the latest version to those waiting")
-    draft: bool = Field(False, description="the correction waits for review (DEBUNKBOT_REVIEW_STAGES > 0)")
+    draft: bool | None = Field(None, description="true: the correction waits for review (DEBUNKBOT_REVIEW_STAGES > 0); "
+                               "absent otherwise")
+
+
+class ReviewDecision(BaseModel):
+    round: int = Field(description="a send-back or an edit starts a new round; only the current round's count")
+    stage: int
+    stage_name: str = Field(description="初审, 复审, 终审 (from the message catalogue)")
+    decision: Literal["sign", "return", "release", "urgent-release"]
+    actor: str
+    role: str
+    at: datetime
+    comment: str | None
+    content_hash: str = Field(description="SHA-256 of the content the person saw")
+    counts: bool = Field(description="a decision of the current round (an earlier round's were voided)")
+
+
+class ReviewDoc(BaseModel):
+    ref: str
+    kind: Literal["notice", "correction", "retraction"]
+    state: Literal["draft", "returned", "released", "withdrawn"]
+    stages: int
+    waiting_for: int | None = Field(description="the stage it waits for; null once released")
+    waiting_for_name: str | None
+    round: int
+    content_hash: str = Field(description="SHA-256 of what the reviewers read now")
+    authors: list[str] = Field(description="who submitted or edited it: they sign no stage")
+    submitted_at: datetime
+    waiting_since: datetime
+    released_at: datetime | None
+    released_by: str | None
+    urgent: bool = Field(description="released by an operator before every stage was signed (紧急发布)")
+    urgent_reason: str | None
+    notice: Notice | None = Field(description="the notice (a correction: its new version; a retraction: as stored)")
+    retraction_reason: str | None
+    decisions: list[ReviewDecision]
 
 
 class History(BaseModel):
@@ -228,6 +263,8 @@ class History(BaseModel):
     versions: list[dict[str, Any]] = Field(description="each version: at, by, correction_note, its changes")
     retraction: Retraction | None
     outlets: list[dict[str, Any]] = Field(description="each outlet's status, the version it has, every try")
+    reviews: list[ReviewDoc] = Field(default_factory=list, description="its reviews (DEBUNKBOT_REVIEW_STAGES > 0): "
+                                     "the notice's, its corrections' and retraction's, urgent releases marked")
 
 
 class BackfillBody(BaseModel):
@@ -470,7 +507,7 @@ async def _read_notices(request: Request, site: Site) -> tuple[list[Notice], boo
     return notices, isinstance(raw, list)
 
 
-@router.post("/notices", status_code=201, response_model=Submitted, tags=["notices"],
+@router.post("/notices", status_code=201, response_model=Submitted, response_model_exclude_none=True, tags=["notices"],
              summary="Submit one notice or a list (editor): all are stored, or none",
              openapi_extra=NOTICE_BODY, responses=_problems(409, 413, 422))
 async def submit(request: Request, caller: Actor = editor) -> Submitted:
@@ -486,7 +523,7 @@ async def submit(request: Request, caller: Actor = editor) -> Submitted:
         raise Problem(409, f"{field}: {exc}; nothing of this request was stored",
                       errors=[{"field": field, "message": str(exc)}]) from None
     return Submitted(notices=[Created(ref=a.ref, created=a.created, deliveries=a.deliveries, version=a.version,
-                                      draft=a.draft) for a in added],
+                                      draft=a.draft or None) for a in added],
                      deliveries=sum(a.deliveries for a in added))
 
 
@@ -555,7 +592,7 @@ def _notice_row(row: dict[str, Any]) -> NoticeRow:
                      deliveries=Counts(**{s: row[s] for s in desk.STATES}))
 
 
-@router.post("/notices/{ref}:correct", response_model=Corrected, tags=["notices"],
+@router.post("/notices/{ref}:correct", response_model=Corrected, response_model_exclude_none=True, tags=["notices"],
              summary="Correct a notice (editor): the body is its new version, with correction_note",
              openapi_extra=NOTICE_BODY, responses=_problems(404, 409, 413, 422))
 async def correct(request: Request, ref: Annotated[str, Path(max_length=64)], caller: Actor = editor) -> Corrected:
@@ -572,10 +609,10 @@ async def correct(request: Request, ref: Annotated[str, Path(max_length=64)], ca
         raise Problem(404 if "no notice" in str(exc) else 409, str(exc)) from None
     except ReviewConflict as exc:
         raise Problem(409, str(exc)) from None
-    return Corrected(ref=ref, version=added.version, deliveries=added.deliveries, draft=added.draft)
+    return Corrected(ref=ref, version=added.version, deliveries=added.deliveries, draft=added.draft or None)
 
 
-@router.post("/notices/{ref}:retract", response_model=Retracted, tags=["notices"],
+@router.post("/notices/{ref}:retract", response_model=Retracted, response_model_exclude_none=True, tags=["notices"],
              summary="Retract a notice (editor): cancel what is unsent, send the retraction where it went",
              responses=_problems(400, 404))
 def retract(request: Request, ref: Annotated[str, Path(max_length=64)], body: RetractBody,
@@ -584,7 +621,7 @@ def retract(request: Request, ref: Annotated[str, Path(max_length=64)], body: Re
     try:
         if site.store.review.stages:
             waits = site.store.review.request_retraction(ref, body.reason, caller)
-            return Retracted(ref=ref, cancelled=0, retractions=0, draft=waits)
+            return Retracted(ref=ref, cancelled=0, retractions=0, draft=waits or None)
         done = site.store.lifecycle.retract(ref, body.reason, caller)
     except ReviewConflict as exc:
         raise Problem(409, str(exc)) from None
@@ -599,10 +636,11 @@ def retract(request: Request, ref: Annotated[str, Path(max_length=64)], body: Re
             summary="A notice's versions and their differences, its retraction, each outlet's timeline (viewer)",
             responses=_problems(404))
 def notice_history(request: Request, ref: Annotated[str, Path(max_length=64)], caller: Actor = viewer) -> History:
-    found = site_of(request).store.lifecycle.history(ref)
+    store = site_of(request).store
+    found = store.lifecycle.history(ref)
     if found is None:
         raise Problem(404, f"no notice with ref {ref!r}")
-    return History(**found)
+    return History(**found, reviews=[review_doc(s) for s in store.review.all_of(ref)])
 
 
 @router.post("/outlets/{outlet_id}:backfill", response_model=Backfilled, tags=["outlets"],
@@ -824,40 +862,6 @@ class ReleaseBody(BaseModel):
     reason: str = Field(min_length=1, max_length=2000, description="why it cannot wait for every stage (紧急发布)")
 
 
-class ReviewDecision(BaseModel):
-    round: int = Field(description="a send-back or an edit starts a new round; only the current round's count")
-    stage: int
-    stage_name: str = Field(description="初审, 复审, 终审 (from the message catalogue)")
-    decision: Literal["sign", "return", "release", "urgent-release"]
-    actor: str
-    role: str
-    at: datetime
-    comment: str | None
-    content_hash: str = Field(description="SHA-256 of the content the person saw")
-    counts: bool = Field(description="a decision of the current round (an earlier round's were voided)")
-
-
-class ReviewDoc(BaseModel):
-    ref: str
-    kind: Literal["notice", "correction", "retraction"]
-    state: Literal["draft", "returned", "released", "withdrawn"]
-    stages: int
-    waiting_for: int | None = Field(description="the stage it waits for; null once released")
-    waiting_for_name: str | None
-    round: int
-    content_hash: str = Field(description="SHA-256 of what the reviewers read now")
-    authors: list[str] = Field(description="who submitted or edited it: they sign no stage")
-    submitted_at: datetime
-    waiting_since: datetime
-    released_at: datetime | None
-    released_by: str | None
-    urgent: bool = Field(description="released by an operator before every stage was signed (紧急发布)")
-    urgent_reason: str | None
-    notice: Notice | None = Field(description="the notice (a correction: its new version; a retraction: as stored)")
-    retraction_reason: str | None
-    decisions: list[ReviewDecision]
-
-
 class ReviewQueue(BaseModel):
     reviews: list[ReviewDoc]
 
@@ -898,7 +902,7 @@ def _reviewed(call: Any, *args: Any) -> ReviewState:
 
 @router.post("/notices/{ref}/review", status_code=201, response_model=ReviewDoc, tags=["review"],
              summary="Sign a review stage of a draft, or send it back with a comment (reviewer); the last stage "
-                     "releases it", responses=_problems(404, 409))
+                     "releases it", responses=_problems(400, 404, 409))
 def review(request: Request, ref: Annotated[str, Path(max_length=64)], body: ReviewBody,
            caller: Actor = reviewer) -> ReviewDoc:
     site = site_of(request)
@@ -912,7 +916,7 @@ def review(request: Request, ref: Annotated[str, Path(max_length=64)], body: Rev
 
 @router.post("/notices/{ref}:release", response_model=ReviewDoc, tags=["review"],
              summary="Release an urgent draft before every stage is signed, with a reason (operator; 紧急发布)",
-             responses=_problems(404, 409))
+             responses=_problems(400, 404, 409))
 def release(request: Request, ref: Annotated[str, Path(max_length=64)], body: ReleaseBody,
             caller: Actor = operator) -> ReviewDoc:
     site = site_of(request)

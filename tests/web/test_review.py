@@ -160,7 +160,7 @@ async def test_an_edit_after_one_sign_off_voids_it_and_the_notice_starts_again(r
     assert (await desk.sign("审核甲", 1)).status_code == 201
     edited = await submit(desk, truth="经核实，目前长江重庆段水位平稳，未见异常上涨。")
     assert edited.json()["notices"][0] == {"ref": "cq-test-001", "created": True, "deliveries": 0,
-                                                "version": 1, "draft": True}
+                                           "version": 1, "draft": True}
     shown = (await desk.get("访客", "/notices/cq-test-001/review")).json()
     assert shown["waiting_for"] == 1 and shown["round"] == 2 and shown["state"] == "draft"
     assert [d["counts"] for d in shown["decisions"]] == [False]

@@ -196,7 +196,8 @@ def correct(
         console.print(Text(f"{ref}: the file is the version already stored; nothing changed"))
         return
     if added.draft:
-        console.print(Text.assemble(("ok", "green"), f" {ref}: the correction waits for review (debunkbot review list)"))
+        console.print(Text.assemble(("ok", "green"),
+                                    f" {ref}: the correction waits for review (debunkbot review list)"))
         return
     console.print(Text.assemble(("ok", "green"), f" {ref} corrected to version {added.version}: "
                                 f"{_count(added.deliveries, 'delivery')} to make"))
@@ -768,7 +769,8 @@ class RoleName(StrEnum):
 
 @token_app.command("create")
 def token_create(
-    role: Annotated[RoleName, typer.Option("--role", metavar="ROLE", help="viewer, editor, reviewer, operator or admin")],
+    role: Annotated[RoleName, typer.Option("--role", metavar="ROLE",
+                                           help="viewer, editor, reviewer, operator or admin")],
     name: Annotated[str, typer.Option("--name", metavar="NAME", help="who holds it (a person or a system)")],
 ) -> None:
     """Make a token and print it, once: only its hash is kept."""

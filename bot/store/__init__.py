@@ -66,7 +66,8 @@ from bot.store.tables import (
 __all__ = [
     "RETRACTED", "STORE_FAULTS", "WORK_CHANNEL", "Access", "Actor", "Added", "AttemptRecord", "AuditLog", "AuditPage", "Caller",
     "Claim", "Cluster", "DeliveryLog", "Figures", "Lifecycle", "MatrixRecord", "Metrics", "NotCorrectable", "Outbox", "OutletHealth", "Page", "Queue",
-    "RefConflict", "Review", "ReviewConflict", "ReviewRefused", "ReviewState", "Role", "Store", "StoreErrors", "UTCDateTime", "alert_sends", "alerts", "api_tokens", "attempts",
+    "RefConflict", "Review", "ReviewConflict", "ReviewRefused", "ReviewState",
+    "Role", "Store", "StoreErrors", "UTCDateTime", "alert_sends", "alerts", "api_tokens", "attempts",
     "audit", "clean_text", "deliveries", "describe_fault", "dumps", "is_disk_full", "make_engine", "matrix_reloads",
     "metadata", "new_message_id", "notices", "outlet_health", "utcnow", "webhook_id",
 ]

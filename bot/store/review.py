@@ -162,7 +162,8 @@ class Review:
                     continue
                 conn.execute(r.insert().values(
                     ref=notice.ref, kind=kind, state="draft", stages=self.stages, round=1,
-                    payload=notice.canonical_json(), reason=clean_text(notice.correction_note), content_hash=digest, authors=_names([_who(actor, source)]),
+                    payload=notice.canonical_json(), reason=clean_text(notice.correction_note), content_hash=digest,
+                    authors=_names([_who(actor, source)]),
                     source=source[:500], created_at=now, waiting_since=now))
                 record(conn, actor, "notice.submit" if kind == NOTICE else "notice.correct", notice.ref, now,
                        draft=True, stages=self.stages, content_hash=digest, source=source, title=notice.title,

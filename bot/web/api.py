@@ -668,6 +668,10 @@ def notice(request: Request, ref: Annotated[str, Path(max_length=64)], caller: A
     site = site_of(request)
     status = desk.notice_status(site.store, ref)
     if status is None:
+        draft = site.store.review.get(ref) if site.store.review.stages else None
+        if draft is not None and draft.kind == "notice" and draft.state in ("draft", "returned"):
+            raise Problem(404, f"{ref!r} is a draft waiting for review, not yet released: GET "
+                               f"/api/v1/notices/{ref}/review shows it")
         raise Problem(404, f"no notice with ref {ref!r}")
     row = site.store.log.notice_row(ref)
     return NoticeDetail(

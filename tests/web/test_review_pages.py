@@ -59,7 +59,8 @@ async def test_signing_from_the_page_needs_the_csrf_token_and_records_the_stage(
     page = await reviewer.get("/review/cq-test-001")
     digest = re.search(r'name="content_hash" value="([0-9a-f]{64})"', page.text).group(1)  # type: ignore[union-attr]
     forged = await reviewer.post("/review/cq-test-001/sign", data={"stage": "1", "comment": "同意"})
-    assert forged.status_code == 403 and reviewed.store.review.get("cq-test-001").signed == []  # type: ignore[union-attr]
+    assert forged.status_code == 403
+    assert reviewed.store.review.get("cq-test-001").signed == []  # type: ignore[union-attr]
     signed = await reviewer.post("/review/cq-test-001/sign", data={"csrf": csrf_of(page), "stage": "1",
                                                                    "comment": "文字无误", "content_hash": digest})
     assert signed.status_code == 303

@@ -231,13 +231,27 @@ def history(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON document")] = False,
 ) -> None:
     """A notice's versions with what each changed, its retraction, and each outlet's timeline."""
-    found = _store(_settings()).lifecycle.history(ref)
+    store = _store(_settings())
+    found = store.lifecycle.history(ref)
     if found is None:
         errors.print(Text(f"no notice with ref {ref!r}", style="red"))
         raise typer.Exit(EXIT_BAD_INPUT)
+    reviews = store.review.all_of(ref)
     if as_json:
+        if reviews:
+            from bot.web.api import review_doc
+
+            found["reviews"] = [review_doc(r).model_dump(mode="json") for r in reviews]
         console.print_json(json.dumps(found, ensure_ascii=False, default=str))
         return
+    for r in reviews:
+        signed = "、".join(f"{d.actor}" for d in r.signed)
+        console.print(Text(f"review of the {r.kind}: {r.state}" + (f" {_when(r.released_at, wide=True)} by "
+                           f"{r.released_by}" if r.released_at else "") + (f"; signed by {signed}" if signed else ""),
+                           style="yellow" if r.urgent_reason else ""))
+        if r.urgent_reason:
+            console.print(Text(f"  紧急发布 urgent release after {len(r.signed)} of {r.stages} stage(s): "
+                               f"{r.urgent_reason}", style="yellow"))
     for v in found["versions"]:
         console.print(Text(f"version {v['version']}  {_when(v['at'], wide=True)}  by {v['by']}"
                            + (f"  note: {v['correction_note']}" if v["correction_note"] else "")))

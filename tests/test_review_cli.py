@@ -88,3 +88,5 @@ async def test_a_local_user_given_the_operator_role_releases_an_urgent_draft_wit
     assert len(outlets.delivered()) == 2
     code, out, _ = await debunkbot(env, "review", "show", "cq-test-001")
     assert "紧急发布 urgent release by" in out and "汛情紧急" in out
+    code, out, _ = await debunkbot(env, "history", "cq-test-001")
+    assert code == 0 and "紧急发布 urgent release after 1 of 3 stage(s): 汛情紧急" in out

@@ -265,3 +265,22 @@ async def test_a_draft_waiting_too_long_alerts_the_operators_once(review_desk: D
     assert "cq-test-001" in text and "debunkbot review show cq-test-001" in text
     queue = (await desk.get("访客", "/reviews")).json()["reviews"]
     assert [(r["ref"], r["waiting_for_name"]) for r in queue] == [("cq-test-001", "初审")]
+
+
+async def test_the_alerter_tells_the_operators_once_of_a_draft_waiting_too_long(
+    review_desk: Desk, regions: RegionTable, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from bot.alerts import Alerter
+    from bot.model import Notice
+
+    desk = review_desk
+    long_ago = datetime.now(UTC) - timedelta(hours=5)
+    notice = Notice.model_validate(notice_data(), context={"regions": regions})
+    desk.store.review.submit([notice], "api:编辑王五", Actor("编辑王五", "editor", "t"), now=long_ago)
+    settings = desk.settings.model_copy(update={"alert_interval": 0, "review_alert_after": 240.0})
+    async with make_sender(settings) as sender:  # no operator channel: alerts go to the log
+        for _ in range(2):
+            await Alerter(desk.store, desk.matrix, settings, sender).tick()
+    said = [r.getMessage() for r in caplog.records if "has waited for review" in r.getMessage()]
+    assert len(said) == 1 and "cq-test-001 has waited for review" in said[0]
+

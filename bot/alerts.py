@@ -4,7 +4,9 @@ The store raises alerts into an outbox, in the transaction that saw the event, d
 - ``exhausted``: a delivery ran out of retries (once per outlet per run of failures);
 - ``paused``: an outlet was paused (410, or failing for the whole auto-pause window);
 - ``recovered``: an outlet whose breaker had opened delivers again;
-- ``urgent-late``: an urgent notice is not everywhere ``DEBUNKBOT_URGENT_DEADLINE`` minutes after release.
+- ``urgent-late``: an urgent notice is not everywhere ``DEBUNKBOT_URGENT_DEADLINE`` minutes after release;
+- ``review-waiting``: a draft has waited for its next review stage over ``DEBUNKBOT_REVIEW_ALERT_AFTER`` minutes
+  (once per draft and round: a send-back or an edit starts a new wait).
 
 The ``Alerter`` sends what is waiting as one digest message to each operator channel (the top-level
 ``operators:`` list of the outlet matrix), at most one message per channel per ``DEBUNKBOT_ALERT_INTERVAL``
@@ -67,6 +69,8 @@ class Alerter:
         now = utcnow()
         outbox = self.store.outbox
         await self.db(outbox.flag_late_urgent, timedelta(minutes=self.settings.urgent_deadline))
+        if self.settings.review_stages:
+            await self.db(self.store.review.flag_waiting, timedelta(minutes=self.settings.review_alert_after))
         if not self.matrix.operators:
             if not await self._due(None, now):
                 return 0

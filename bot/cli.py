@@ -1,4 +1,4 @@
-"""The ``debunkbot`` command: submit, run, web, status, log, outlets, retry, render, demo, token, audit.
+"""The ``debunkbot`` command: submit, run, web, status, log, outlets, retry, render, demo, token, audit, review.
 
 Exit codes: 0 done; 2 bad input (a notice file, the matrix, a setting, an argument); 3 the store refused a
 write (full, locked, down: submit again later); 4 configuration is incomplete (outlet secrets missing from the
@@ -95,10 +95,12 @@ def _store(settings: Settings) -> Store:
     from bot.schema import SchemaOutdated
 
     try:
-        return Store.open(settings.database_url)
+        store = Store.open(settings.database_url)
     except SchemaOutdated as exc:
         errors.print(f"[red]store refused:[/] {escape(str(exc))}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    store.review.stages = settings.review_stages  # submitted notices are drafts when reviewed
+    return store
 
 
 def _secrets(matrix: OutletMatrix) -> list[str | None]:
@@ -157,7 +159,8 @@ def submit(
     for result in results:
         if result.ok:
             for added in result.added:
-                what = (f"corrected to version {added.version}, {_count(added.deliveries, 'delivery')} to make"
+                what = ("kept as a draft for review (debunkbot review list)" if added.created and added.draft else
+                        f"corrected to version {added.version}, {_count(added.deliveries, 'delivery')} to make"
                         if added.created and added.version > 1 else
                         f"stored, {_count(added.deliveries, 'delivery')}" if added.created
                         else "already stored, unchanged")
@@ -194,6 +197,10 @@ def correct(
     if not added.created:
         console.print(Text(f"{ref}: the file is the version already stored; nothing changed"))
         return
+    if added.draft:
+        console.print(Text.assemble(("ok", "green"),
+                                    f" {ref}: the correction waits for review (debunkbot review list)"))
+        return
     console.print(Text.assemble(("ok", "green"), f" {ref} corrected to version {added.version}: "
                                 f"{_count(added.deliveries, 'delivery')} to make"))
 
@@ -207,6 +214,11 @@ def retract(
     received it gets the retraction. Exit 2 for an unknown ref or an empty reason."""
     store = _store(_settings())
     try:
+        if store.review.stages:
+            waits = store.review.request_retraction(ref, reason, Actor.local())
+            console.print(Text(f"{ref}: the retraction waits for review (debunkbot review list)" if waits
+                               else f"{ref}: nothing to retract (a draft never released is withdrawn)"))
+            return
         done = store.lifecycle.retract(ref, reason, Actor.local())
     except (LookupError, ValueError) as exc:
         errors.print(Text(str(exc).strip("'\""), style="red"))
@@ -221,13 +233,27 @@ def history(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON document")] = False,
 ) -> None:
     """A notice's versions with what each changed, its retraction, and each outlet's timeline."""
-    found = _store(_settings()).lifecycle.history(ref)
+    store = _store(_settings())
+    found = store.lifecycle.history(ref)
     if found is None:
         errors.print(Text(f"no notice with ref {ref!r}", style="red"))
         raise typer.Exit(EXIT_BAD_INPUT)
+    reviews = store.review.all_of(ref)
     if as_json:
+        if reviews:
+            from bot.web.api import review_doc
+
+            found["reviews"] = [review_doc(r).model_dump(mode="json") for r in reviews]
         console.print_json(json.dumps(found, ensure_ascii=False, default=str))
         return
+    for r in reviews:
+        signed = "、".join(f"{d.actor}" for d in r.signed)
+        console.print(Text(f"review of the {r.kind}: {r.state}" + (f" {_when(r.released_at, wide=True)} by "
+                           f"{r.released_by}" if r.released_at else "") + (f"; signed by {signed}" if signed else ""),
+                           style="yellow" if r.urgent_reason else ""))
+        if r.urgent_reason:
+            console.print(Text(f"  紧急发布 urgent release after {len(r.signed)} of {r.stages} stage(s): "
+                               f"{r.urgent_reason}", style="yellow"))
     for v in found["versions"]:
         console.print(Text(f"version {v['version']}  {_when(v['at'], wide=True)}  by {v['by']}"
                            + (f"  note: {v['correction_note']}" if v["correction_note"] else "")))
@@ -814,20 +840,22 @@ def regions(on: Annotated[str | None, typer.Option(metavar="DATE", help="a date,
 
 
 token_app = typer.Typer(help="Tokens for the HTTP API: each has a holder's name and a role "
-                        "(viewer < editor < operator < admin).", no_args_is_help=True)
+                        "(viewer < editor < reviewer < operator < admin).", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 
 
 class RoleName(StrEnum):
     viewer = "viewer"
     editor = "editor"
+    reviewer = "reviewer"
     operator = "operator"
     admin = "admin"
 
 
 @token_app.command("create")
 def token_create(
-    role: Annotated[RoleName, typer.Option("--role", metavar="ROLE", help="viewer, editor, operator or admin")],
+    role: Annotated[RoleName, typer.Option("--role", metavar="ROLE",
+                                           help="viewer, editor, reviewer, operator or admin")],
     name: Annotated[str, typer.Option("--name", metavar="NAME", help="who holds it (a person or a system)")],
 ) -> None:
     """Make a token and print it, once: only its hash is kept."""
@@ -886,3 +914,173 @@ def audit_(
            ("detail", FREE)],
           [[_when(r["at"]), r["actor"], r["role"], r["action"], r["subject"] or "", r["source"],
             json.dumps(r["detail"], ensure_ascii=False)] for r in rows], title=f"{_count(len(rows), 'change')}")
+
+
+# -- review before release (先审后发) ------------------------------------------------------------------------
+
+review_app = typer.Typer(help="Review before release (先审后发, DEBUNKBOT_REVIEW_STAGES): what waits, sign a stage, "
+                         "send back. You act as DEBUNKBOT_TOKEN's holder, or as the local user with the role "
+                         "DEBUNKBOT_LOCAL_ROLES gives them.", no_args_is_help=True)
+app.add_typer(review_app, name="review")
+
+
+def _reviewer(settings: Settings, store: Store) -> Actor:
+    """Who the CLI acts as for reviews: the holder of ``DEBUNKBOT_TOKEN`` (its name and role), else the local
+    user with the role ``DEBUNKBOT_LOCAL_ROLES`` maps their name to (``zhang=reviewer,li=operator``); a local user
+    not listed has no review role."""
+    import getpass
+    import socket
+
+    where = f"cli@{socket.gethostname()}"
+    if settings.token is not None:
+        found = store.access.authenticate(settings.token.get_secret_value().strip())
+        if found is None:
+            errors.print(Text("DEBUNKBOT_TOKEN is unknown or revoked; nothing was changed (ask an admin for a token: "
+                              "debunkbot token create --role reviewer --name NAME)", style="red"))
+            raise typer.Exit(EXIT_BAD_INPUT)
+        return Actor(found.name, found.role.name, where)
+    local = Actor.local()
+    roles = {}
+    for pair in settings.local_roles.split(","):
+        name, _, role = pair.partition("=")
+        if name.strip():
+            try:
+                roles[name.strip()] = Role.named(role.strip())
+            except ValueError as exc:
+                errors.print(Text(f"DEBUNKBOT_LOCAL_ROLES: {exc}; nothing was changed", style="red"))
+                raise typer.Exit(EXIT_BAD_INPUT) from None
+    role = roles.get(local.name)
+    return Actor(local.name, role.name if role else local.role, where)
+
+
+def _review_outcome(call: object, *args: object) -> object:
+    from bot.store import ReviewConflict, ReviewRefused
+
+    try:
+        return call(*args)  # type: ignore[operator]
+    except (ReviewRefused, ReviewConflict, LookupError, ValueError) as exc:
+        errors.print(Text.assemble(("refused", "red"), f" {str(exc).strip(chr(39) + chr(34))}"))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _stage_words(stages: int, stage: int | None) -> str:
+    from bot.web.pages.i18n import translations
+    from bot.web.pages.stages import stage_name
+
+    return "-" if stage is None else f"{stage_name(stages, stage, translations('zh_Hans'))} ({stage}/{stages})"
+
+
+@review_app.command("list")
+def review_list(as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False) -> None:
+    """What waits for review (or was sent back), the longest waiting first, with the stage each waits for."""
+    rows = _store(_settings()).review.waiting()
+    if as_json:
+        for s in rows:
+            sys.stdout.write(dumps({"ref": s.ref, "kind": s.kind, "state": s.state, "waiting_for": s.waiting_for,
+                                    "stages": s.stages, "waiting_since": s.waiting_since,
+                                    "authors": list(s.authors)}) + "\n")
+        return
+    _show([("ref", ID), ("kind", VALUE), ("title", FREE), ("waits for", VALUE), ("state", VALUE), ("since", VALUE),
+           ("by", ID)],
+          [[s.ref, s.kind, s.notice.title if s.notice else "", _stage_words(s.stages, s.waiting_for), s.state,
+            _when(s.waiting_since), "、".join(s.authors)] for s in rows],
+          title=f"{_count(len(rows), 'review')} waiting (times in Chongqing)")
+
+
+@review_app.command("show")
+def review_show(ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's ref")],
+                as_json: Annotated[bool, typer.Option("--json", help="one JSON document")] = False) -> None:
+    """A notice's review: what waits, every sign-off, send-back and release, with the hash each person saw."""
+    store = _store(_settings())
+    found = store.review.all_of(ref)
+    if not found:
+        errors.print(Text(f"{ref!r} has no review", style="red"))
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if as_json:
+        from bot.web.api import review_doc
+
+        console.print_json(json.dumps([review_doc(s).model_dump(mode="json") for s in found], ensure_ascii=False))
+        return
+    for s in found:
+        console.print(Text(f"{s.kind} {s.ref}: {s.state}, {s.stages} stage(s), waits for "
+                           f"{_stage_words(s.stages, s.waiting_for)}; by {'、'.join(s.authors)}; content "
+                           f"{s.content_hash[:16]}…"))
+        if s.urgent_reason:
+            console.print(Text(f"紧急发布 urgent release by {s.released_by}: {s.urgent_reason}", style="yellow"))
+        _show([("stage", VALUE), ("decision", VALUE), ("by", ID), ("at", VALUE), ("comment", FREE), ("saw", EXTRA)],
+              [[_stage_words(s.stages, d.stage), d.decision + ("" if d.counts else " (void)"), d.actor, _when(d.at),
+                d.comment or "", d.content_hash[:12]] for d in s.decisions])
+
+
+@review_app.command("sign")
+def review_sign(
+    ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's ref")],
+    stage: Annotated[int, typer.Option("--stage", metavar="N", help="the stage it waits for (review list)")],
+    comment: Annotated[str, typer.Option("--comment", metavar="TEXT", help="what you checked")] = "",
+) -> None:
+    """Sign stage N of REF; the last stage releases it to every outlet it concerns. Exit 2 when refused."""
+    settings = _settings()
+    store = _store(settings)
+    matrix = _matrix(settings, _regions(settings), require_secrets=False)  # a release stores, it sends nothing
+    state = _review_outcome(store.review.sign, ref, stage, _reviewer(settings, store), comment, matrix.concerned_by)
+    released = getattr(state, "state", "") == "released"
+    console.print(Text.assemble(("ok", "green"), f" {ref}: stage {stage} signed"
+                                + ("; released to the outlets" if released else "")))
+
+
+@review_app.command("return")
+def review_return(
+    ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's ref")],
+    comment: Annotated[str, typer.Option("--comment", metavar="TEXT", help="what to change (required)")],
+) -> None:
+    """Send REF back to its author with a comment: its sign-offs stop counting. Exit 2 when refused."""
+    settings = _settings()
+    store = _store(settings)
+    _review_outcome(store.review.return_, ref, _reviewer(settings, store), comment)
+    console.print(Text.assemble(("ok", "green"), f" {ref}: sent back to its author"))
+
+
+@app.command("release")
+def release(
+    ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's ref")],
+    reason: Annotated[str, typer.Option("--reason", metavar="TEXT", help="why it cannot wait (紧急发布)")],
+) -> None:
+    """Release an urgent draft before every review stage is signed (operator; at least one stage signed)."""
+    settings = _settings()
+    store = _store(settings)
+    matrix = _matrix(settings, _regions(settings), require_secrets=False)
+    _review_outcome(store.review.release, ref, _reviewer(settings, store), reason, matrix.concerned_by)
+    console.print(Text.assemble(("紧急发布 released", "yellow"), f" {ref}: {reason}"))
+
+
+@app.command("review-sheet")
+def review_sheet(
+    ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's ref")],
+    pdf: Annotated[Path | None, typer.Option("--pdf", metavar="FILE", help="print it to this PDF (A4) with "
+                                             "headless Chromium")] = None,
+    html: Annotated[Path | None, typer.Option("--html", metavar="FILE", help="write the HTML here (else "
+                                              "standard output)")] = None,
+    language: Annotated[str, typer.Option("--language", metavar="LANG", help="zh_Hans or en")] = "zh_Hans",
+    chromium: Annotated[str, typer.Option("--chromium", metavar="PATH")] = "/usr/bin/chromium",
+) -> None:
+    """The 审批表 of REF: the notice, each stage (name, reviewer, time, comment), the release; one A4 page."""
+    from bot.web.pages.i18n import translations
+    from bot.web.pages.review import sheet_html, sheet_pdf
+
+    found = _store(_settings()).review.get(ref)
+    if found is None:
+        errors.print(Text(f"{ref!r} has no review", style="red"))
+        raise typer.Exit(EXIT_BAD_INPUT)
+    page = sheet_html(found, translations(language), standalone=True)
+    if pdf is not None:
+        try:
+            sheet_pdf(page, pdf, chromium)
+        except (OSError, RuntimeError) as exc:
+            errors.print(Text(f"no PDF written: {exc}", style="red"))
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        errors.print(Text(f"wrote {pdf}", style="green"))
+    if html is not None:
+        html.write_text(page, encoding="utf-8")
+        errors.print(Text(f"wrote {html}", style="green"))
+    elif pdf is None:
+        sys.stdout.write(page)

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from bot.model import Notice
 from bot.outlets import OutletMatrix
 from bot.regions import RegionTable
-from bot.store import STORE_FAULTS, Actor, Added, NotCorrectable, RefConflict, Store, describe_fault
+from bot.store import STORE_FAULTS, Actor, Added, NotCorrectable, RefConflict, ReviewConflict, Store, describe_fault
 
 MAX_FILE_BYTES = 1024 * 1024
 MAX_NOTICES = 1000  # per file; the setting DEBUNKBOT_MAX_NOTICES_PER_FILE
@@ -216,7 +216,11 @@ def check_notices(
 def store_notices(
     notices: Sequence[Notice], store: Store, matrix: OutletMatrix, source: str, actor: Actor | None = None,
 ) -> list[Added]:
-    """Store notices, each with a delivery for every outlet it concerns, all or nothing (RefConflict: none)."""
+    """Store notices, each with a delivery for every outlet it concerns, all or nothing (RefConflict: none).
+    With review on (``store.review.stages`` > 0) they are kept as drafts instead, without deliveries: those are made
+    for the outlets they concern when they are released (``bot.store.review``)."""
+    if store.review.stages:
+        return store.review.submit(notices, source, actor)
     return store.queue.add_notices([(n, matrix.concerned_by(n)) for n in notices], source=source, actor=actor)
 
 
@@ -274,7 +278,7 @@ def store_files(
             refs_in_run.update({n.ref: path for n in notices})
         except IntakeError as exc:
             result.error = str(exc)
-        except (RefConflict, NotCorrectable) as exc:
+        except (RefConflict, NotCorrectable, ReviewConflict) as exc:
             result.error = f"{path}: field 'ref': {exc}"
         except STORE_FAULTS as exc:
             result.deferred = True

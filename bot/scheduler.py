@@ -79,6 +79,7 @@ class Daemon:
         self.cluster_jobs = cluster_jobs  # False for `debunkbot worker`: dispatch only
         self.settings = settings
         self.store = store
+        store.review.stages = settings.review_stages  # the inbox keeps drafts when notices are reviewed
         self.regions = regions
         self.today = today
         self.on_recorded = on_recorded

@@ -98,6 +98,14 @@ class Settings(BaseSettings):
     session_secret: SecretStr | None = Field(default=None, description="the key that signs the pages' session "
                                              "cookies; without it a random one (sessions end at a restart)")
     session_hours: float = Field(default=12.0, gt=0, description="hours a pages login lasts")
+    review_stages: int = Field(default=0, ge=0, le=3, description="sign-offs by different reviewers a notice "
+                               "needs before it is sent (先审后发: 初审, 复审, 终审); 0: a submitted notice is approved")
+    review_alert_after: float = Field(default=240.0, gt=0, description="minutes a notice may wait for its next "
+                                      "review stage before it is flagged and the operators are alerted")
+    local_roles: str = Field(default="", description="roles of local users for the CLI's review commands, "
+                             "name=role separated by commas (zhang=reviewer,li=operator); DEBUNKBOT_TOKEN wins")
+    token: SecretStr | None = Field(default=None, description="an API token the CLI acts with (its holder's name "
+                                    "and role), instead of the local user")
     log_format: Literal["text", "json"] = Field(default="text", description="the log on stderr: readable "
                                                 "lines, or one JSON object per line")
 

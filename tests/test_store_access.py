@@ -38,10 +38,9 @@ def test_a_token_is_kept_as_its_sha256_only_and_works_until_it_is_revoked(store:
     assert store.access.revoke(row["id"]) is None  # already revoked: nothing changes
 
 
-def test_roles_are_ordered_with_room_for_one_between_editor_and_operator() -> None:
-    assert Role.viewer < Role.editor < Role.operator < Role.admin
-    assert Role.operator - Role.editor > 1
-    with pytest.raises(ValueError, match="unknown role 'boss'; roles: viewer, editor, operator, admin"):
+def test_roles_are_ordered_with_the_reviewer_between_editor_and_operator() -> None:
+    assert Role.viewer < Role.editor < Role.reviewer < Role.operator < Role.admin
+    with pytest.raises(ValueError, match="unknown role 'boss'; roles: viewer, editor, reviewer, operator, admin"):
         Role.named("boss")
 
 

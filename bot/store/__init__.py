@@ -15,6 +15,7 @@ PostgreSQL for scale-out. Every call is synchronous and short; the dispatcher ma
 - ``store.access``: the HTTP API's tokens and roles (hashes only);
 - ``store.audit``: who changed what; each change's row is written in its transaction (``Actor``);
 - ``store.receipts``: receipts (回执): confirmations, the one reminder and one escalation, the report.
+- ``store.review``: review before release (先审后发): drafts, sign-offs, send-backs, releases.
 
     >>> store = Store.open("sqlite:///var/debunkbot.sqlite3")              # doctest: +SKIP
     >>> store.queue.add_notices([(notice, outlets)], source="cli")       # doctest: +SKIP
@@ -49,6 +50,7 @@ from bot.store.metrics import Figures, Metrics, StoreErrors
 from bot.store.outbox import Outbox
 from bot.store.queue import Added, AttemptRecord, Claim, Queue, RefConflict, new_message_id
 from bot.store.receipts import Confirmed, Published, ReceiptRefused, Receipts, Reminder, ReportRow, Windows
+from bot.store.review import Review, ReviewConflict, ReviewRefused, ReviewState
 from bot.store.tables import (
     UTCDateTime,
     alert_sends,
@@ -67,7 +69,8 @@ __all__ = [
     "RETRACTED", "STORE_FAULTS", "WORK_CHANNEL", "Access", "Actor", "Added", "AttemptRecord", "AuditLog", "AuditPage", "Caller",
     "Claim", "Cluster", "DeliveryLog", "Figures", "Lifecycle", "MatrixRecord", "Metrics", "NotCorrectable", "Outbox", "OutletHealth", "Page", "Queue",
     "Confirmed", "Published", "ReceiptRefused", "Receipts", "Reminder", "ReportRow", "Windows",
-    "RefConflict", "Role", "Store", "StoreErrors", "UTCDateTime", "alert_sends", "alerts", "api_tokens", "attempts",
+    "RefConflict", "Review", "ReviewConflict", "ReviewRefused", "ReviewState",
+    "Role", "Store", "StoreErrors", "UTCDateTime", "alert_sends", "alerts", "api_tokens", "attempts",
     "audit", "clean_text", "deliveries", "describe_fault", "dumps", "is_disk_full", "make_engine", "matrix_reloads",
     "metadata", "new_message_id", "notices", "outlet_health", "utcnow", "webhook_id",
 ]
@@ -92,6 +95,7 @@ class Store:
         self.access = Access(self.db)
         self.audit = AuditLog(self.db)
         self.receipts = Receipts(self.db)
+        self.review = Review(self.db, self.queue, self.lifecycle)
 
     @property
     def owner(self) -> str:

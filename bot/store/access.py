@@ -4,6 +4,7 @@ Roles are ordered; each can do what the ones below it can:
 
 - ``viewer``: read;
 - ``editor``: submit and preview notices;
+- ``reviewer``: sign a review stage of a notice or send it back (先审后发, ``bot.store.review``);
 - ``operator``: retry deliveries, pause and resume outlets, reload the matrix, read the audit trail;
 - ``admin``: manage tokens.
 
@@ -40,6 +41,7 @@ class Role(IntEnum):
 
     viewer = 10
     editor = 20
+    reviewer = 30
     operator = 40
     admin = 50
 

@@ -160,31 +160,36 @@ class Lifecycle:
         if not reason:
             raise ValueError("a retraction needs a reason")
         with self.db.tx() as conn:
-            now = now or self.db.now(conn)
-            row = conn.execute(sa.select(n.c.id, n.c.retracted_at).where(n.c.ref == ref).with_for_update()).first()
-            if row is None:
-                raise LookupError(f"no notice with ref {ref!r}")
-            if row.retracted_at is not None:
-                return {"cancelled": 0, "retractions": 0}
-            conn.execute(n.update().where(n.c.id == row.id).values(
-                retracted_at=now, retraction_reason=clean_text(reason),
-                retracted_by=clean_text((actor.name if actor else "daemon")[:100])))
-            live = sa.or_(d.c.lease_expires_at.is_(None), d.c.lease_expires_at <= now)
-            cancelled = conn.execute(d.update().where(
-                d.c.notice_id == row.id, d.c.sent_version.is_(None), d.c.status.in_(("pending", "held", "failed")),
-                live).values(status="cancelled", cancel_reason=RETRACTED, next_attempt_at=None, lease_owner=None,
-                             lease_expires_at=None, updated_at=now)).rowcount
-            conn.execute(d.update().where(d.c.notice_id == row.id, d.c.sent_version.is_not(None))
-                         .values(carries=RETRACTION))
-            retractions = conn.execute(d.update().where(
-                d.c.notice_id == row.id, d.c.sent_version.is_not(None),
-                sa.or_(d.c.status.in_(("delivered", "failed", "cancelled")), live))
-                .values(status="pending", next_attempt_at=now, schedule_start=d.c.attempts, lease_owner=None,
-                        lease_expires_at=None, delivered_at=None, http_status=None, error=None, cancel_reason=None,
-                        expires_at=None, updated_at=now)).rowcount
-            record(conn, actor, "notice.retract", ref, now, reason=reason, cancelled=cancelled,
-                   retractions=retractions)
+            done = self.retract_in(conn, ref, reason, actor, now or self.db.now(conn))
             self.db.notify(conn)
+        return done
+
+    def retract_in(self, conn: sa.Connection, ref: str, reason: str, actor: Actor | None, now: datetime
+                   ) -> dict[str, int]:
+        """``retract`` in the caller's transaction (the review releases a retraction with it); no notify."""
+        row = conn.execute(sa.select(n.c.id, n.c.retracted_at).where(n.c.ref == ref).with_for_update()).first()
+        if row is None:
+            raise LookupError(f"no notice with ref {ref!r}")
+        if row.retracted_at is not None:
+            return {"cancelled": 0, "retractions": 0}
+        conn.execute(n.update().where(n.c.id == row.id).values(
+            retracted_at=now, retraction_reason=clean_text(reason),
+            retracted_by=clean_text((actor.name if actor else "daemon")[:100])))
+        live = sa.or_(d.c.lease_expires_at.is_(None), d.c.lease_expires_at <= now)
+        cancelled = conn.execute(d.update().where(
+            d.c.notice_id == row.id, d.c.sent_version.is_(None), d.c.status.in_(("pending", "held", "failed")),
+            live).values(status="cancelled", cancel_reason=RETRACTED, next_attempt_at=None, lease_owner=None,
+                         lease_expires_at=None, updated_at=now)).rowcount
+        conn.execute(d.update().where(d.c.notice_id == row.id, d.c.sent_version.is_not(None))
+                     .values(carries=RETRACTION))
+        retractions = conn.execute(d.update().where(
+            d.c.notice_id == row.id, d.c.sent_version.is_not(None),
+            sa.or_(d.c.status.in_(("delivered", "failed", "cancelled")), live))
+            .values(status="pending", next_attempt_at=now, schedule_start=d.c.attempts, lease_owner=None,
+                    lease_expires_at=None, delivered_at=None, http_status=None, error=None, cancel_reason=None,
+                    expires_at=None, updated_at=now)).rowcount
+        record(conn, actor, "notice.retract", ref, now, reason=reason, cancelled=cancelled,
+               retractions=retractions)
         return {"cancelled": cancelled, "retractions": retractions}
 
     # -- backfill -------------------------------------------------------------------------------------

@@ -94,6 +94,7 @@ class Added:
     created: bool  # False: the identical notice was already stored (a no-op)
     deliveries: int
     version: int = 1  # 2 and on: stored as a correction
+    draft: bool = False  # stored for review (DEBUNKBOT_REVIEW_STAGES): no delivery until it is released
 
 
 @dataclass(frozen=True)
@@ -178,42 +179,47 @@ class Queue:
 
         Raises RefConflict, storing nothing, when a ref is already stored with other content.
         """
-        results: list[Added] = []
         with self.db.tx() as conn:
-            now = now or self.db.now(conn)
-            for notice, outlets in batch:
-                digest = notice.content_hash()
-                existing = conn.execute(sa.select(notices).where(notices.c.ref == notice.ref)).first()
-                if existing is not None:
-                    if existing.content_hash == digest:
-                        results.append(Added(notice.ref, created=False, deliveries=0, version=existing.version))
-                        continue
-                    if not notice.correct:
-                        raise RefConflict(notice.ref)
-                    version, count = self.lifecycle.correct_in(conn, existing, notice, outlets, now, actor, source)
-                    results.append(Added(notice.ref, created=True, deliveries=count, version=version))
-                    continue
-                if notice.correct:
-                    raise NotCorrectable(notice.ref, "no notice is stored under it; submit it without correct: true")
-                held = notice.publish_at is not None and notice.publish_at > now
-                notice_id = conn.execute(
-                    notices.insert().values(
-                        ref=notice.ref, content_hash=digest, payload=notice.canonical_json(),
-                        title=notice.title, urgency=notice.urgency.value, publish_at=notice.publish_at,
-                        expires_at=notice.expires_at, submitted_at=now, released_at=None if held else now,
-                        source=source,
-                    )
-                ).inserted_primary_key[0]
-                conn.execute(notice_versions.insert().values(
-                    notice_id=notice_id, version=1, content_hash=digest, payload=notice.canonical_json(),
-                    created_at=now, created_by=clean_text((actor.name if actor else source)[:100])))
-                if outlets:
-                    # every outlet with deliveries has a health row: the claim goes outlet by outlet
-                    add_deliveries(conn, notice_id, outlets, 1, now, held, notice)
-                results.append(Added(notice.ref, created=True, deliveries=len(outlets)))
-                record(conn, actor, "notice.submit", notice.ref, now, deliveries=len(outlets), source=source,
-                       title=notice.title, urgency=notice.urgency.value)
+            results = self.add_in(conn, batch, source, now or self.db.now(conn), actor)
             self.db.notify(conn)
+        return results
+
+    def add_in(self, conn: sa.Connection, batch: Sequence[tuple[Notice, Sequence[Outlet]]], source: str,
+               now: datetime, actor: Actor | None) -> list[Added]:
+        """``add_notices`` in the caller's transaction (the review releases a draft with it); no notify."""
+        results: list[Added] = []
+        for notice, outlets in batch:
+            digest = notice.content_hash()
+            existing = conn.execute(sa.select(notices).where(notices.c.ref == notice.ref)).first()
+            if existing is not None:
+                if existing.content_hash == digest:
+                    results.append(Added(notice.ref, created=False, deliveries=0, version=existing.version))
+                    continue
+                if not notice.correct:
+                    raise RefConflict(notice.ref)
+                version, count = self.lifecycle.correct_in(conn, existing, notice, outlets, now, actor, source)
+                results.append(Added(notice.ref, created=True, deliveries=count, version=version))
+                continue
+            if notice.correct:
+                raise NotCorrectable(notice.ref, "no notice is stored under it; submit it without correct: true")
+            held = notice.publish_at is not None and notice.publish_at > now
+            notice_id = conn.execute(
+                notices.insert().values(
+                    ref=notice.ref, content_hash=digest, payload=notice.canonical_json(),
+                    title=notice.title, urgency=notice.urgency.value, publish_at=notice.publish_at,
+                    expires_at=notice.expires_at, submitted_at=now, released_at=None if held else now,
+                    source=source,
+                )
+            ).inserted_primary_key[0]
+            conn.execute(notice_versions.insert().values(
+                notice_id=notice_id, version=1, content_hash=digest, payload=notice.canonical_json(),
+                created_at=now, created_by=clean_text((actor.name if actor else source)[:100])))
+            if outlets:
+                # every outlet with deliveries has a health row: the claim goes outlet by outlet
+                add_deliveries(conn, notice_id, outlets, 1, now, held, notice)
+            results.append(Added(notice.ref, created=True, deliveries=len(outlets)))
+            record(conn, actor, "notice.submit", notice.ref, now, deliveries=len(outlets), source=source,
+                   title=notice.title, urgency=notice.urgency.value)
         return results
 
     def release_due(self, now: datetime | None = None) -> int:

@@ -247,3 +247,46 @@ receipts = sa.Table(
     sa.Column("escalated_at", UTCDateTime, nullable=True),
     sa.Index("ix_receipts_published", "published_at"),
 )
+
+# Review before release (先审后发, DEBUNKBOT_REVIEW_STAGES > 0): each notice, correction or retraction waits here as
+# a draft until its stages are signed (or an operator releases an urgent one); only then is it stored in
+# ``notices`` with its deliveries (bot/store/review.py). ``round`` goes up when a send-back or an edit voids the
+# sign-offs: only sign-offs of the current round count.
+reviews = sa.Table(
+    "reviews", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("ref", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # notice | correction | retraction
+    sa.Column("state", sa.String(16), nullable=False),  # draft | returned | released
+    sa.Column("stages", sa.SmallInteger, nullable=False),  # sign-offs it needs (the setting when it was submitted)
+    sa.Column("round", sa.Integer, nullable=False, default=1, server_default="1"),
+    sa.Column("payload", sa.Text, nullable=True),  # the notice (its canonical JSON); a retraction: none
+    sa.Column("reason", sa.Text, nullable=True),  # a retraction's reason; a correction's note
+    sa.Column("content_hash", sa.String(64), nullable=False),  # SHA-256 of what the reviewers read
+    sa.Column("authors", sa.Text, nullable=False),  # JSON list: who submitted or edited it (they sign no stage)
+    sa.Column("source", sa.String(500), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("waiting_since", UTCDateTime, nullable=False),  # since its last sign-off, send-back or edit
+    sa.Column("released_at", UTCDateTime, nullable=True),
+    sa.Column("released_by", sa.String(100), nullable=True),
+    sa.Column("urgent_reason", sa.Text, nullable=True),  # set when an operator released it early (紧急发布)
+    sa.Index("ix_reviews_ref", "ref", "state"),
+    sa.Index("ix_reviews_waiting", "state", "waiting_since"),
+)
+
+# Every sign-off (sign), send-back (return) and release of a review, kept for good (the 审批表), beside its
+# audit row written in the same transaction.
+review_decisions = sa.Table(
+    "review_decisions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("review_id", sa.Integer, sa.ForeignKey("reviews.id"), nullable=False, index=True),
+    sa.Column("round", sa.Integer, nullable=False),
+    sa.Column("stage", sa.SmallInteger, nullable=False),  # 1..3; a release: the stages signed before it
+    sa.Column("decision", sa.String(16), nullable=False),  # sign | return | release | urgent-release
+    sa.Column("actor", sa.String(100), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("comment", sa.Text, nullable=True),
+    sa.Column("content_hash", sa.String(64), nullable=False),  # what they saw
+    sa.UniqueConstraint("review_id", "round", "stage", "decision"),
+)

@@ -48,6 +48,7 @@ class Site:
 
     def __post_init__(self) -> None:
         self.live = LiveMatrix.of(self.live)
+        self.store.review.stages = self.settings.review_stages  # submitted notices are drafts when reviewed
 
     @property
     def matrix(self) -> OutletMatrix:

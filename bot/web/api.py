@@ -38,9 +38,9 @@ from bot.model import Notice, Urgency
 from bot.outlets import Outlet, OutletMatrix, Tier
 from bot.outlets import reach as matrix_reach
 from bot.regions import CITYWIDE
-from bot.store import Actor, NotCorrectable, RefConflict, Role
+from bot.store import Actor, NotCorrectable, RefConflict, ReviewConflict, ReviewRefused, ReviewState, Role
 from bot.web import PROBLEM, Problem, Site, problem, site_of
-from bot.web.auth import admin, editor, operator, viewer
+from bot.web.auth import admin, editor, operator, reviewer, viewer
 
 
 def _iso_time(value: Any) -> Any:
@@ -94,6 +94,8 @@ class Created(BaseModel):
     deliveries: int = Field(description="deliveries created for it: one per outlet it concerns (a correction: the "
                                         "deliveries it makes)")
     version: int = Field(1, description="2 and on: stored as a correction (correct: true with a correction_note)")
+    draft: bool | None = Field(None, description="true: kept as a draft for review (DEBUNKBOT_REVIEW_STAGES > 0), no "
+                               "delivery until its stages are signed (GET /notices/{ref}/review); absent otherwise")
 
 
 class Submitted(BaseModel):
@@ -235,12 +237,50 @@ class Retracted(BaseModel):
     ref: str
     cancelled: int = Field(description="deliveries not yet made, now cancelled with reason retracted")
     retractions: int = Field(description="outlets that received the notice and will get the retraction")
+    draft: bool | None = Field(None, description="true: the retraction waits for review (DEBUNKBOT_REVIEW_STAGES > 0), "
+                               "nothing changes until its stages are signed; absent otherwise")
 
 
 class Corrected(BaseModel):
     ref: str
     version: int
     deliveries: int = Field(description="deliveries to make: corrections, and the latest version to those waiting")
+    draft: bool | None = Field(None, description="true: the correction waits for review (DEBUNKBOT_REVIEW_STAGES > 0); "
+                               "absent otherwise")
+
+
+class ReviewDecision(BaseModel):
+    round: int = Field(description="a send-back or an edit starts a new round; only the current round's count")
+    stage: int
+    stage_name: str = Field(description="初审, 复审, 终审 (from the message catalogue)")
+    decision: Literal["sign", "return", "release", "urgent-release"]
+    actor: str
+    role: str
+    at: datetime
+    comment: str | None
+    content_hash: str = Field(description="SHA-256 of the content the person saw")
+    counts: bool = Field(description="a decision of the current round (an earlier round's were voided)")
+
+
+class ReviewDoc(BaseModel):
+    ref: str
+    kind: Literal["notice", "correction", "retraction"]
+    state: Literal["draft", "returned", "released", "withdrawn"]
+    stages: int
+    waiting_for: int | None = Field(description="the stage it waits for; null once released")
+    waiting_for_name: str | None
+    round: int
+    content_hash: str = Field(description="SHA-256 of what the reviewers read now")
+    authors: list[str] = Field(description="who submitted or edited it: they sign no stage")
+    submitted_at: datetime
+    waiting_since: datetime
+    released_at: datetime | None
+    released_by: str | None
+    urgent: bool = Field(description="released by an operator before every stage was signed (紧急发布)")
+    urgent_reason: str | None
+    notice: Notice | None = Field(description="the notice (a correction: its new version; a retraction: as stored)")
+    retraction_reason: str | None
+    decisions: list[ReviewDecision]
 
 
 class History(BaseModel):
@@ -249,6 +289,8 @@ class History(BaseModel):
     versions: list[dict[str, Any]] = Field(description="each version: at, by, correction_note, its changes")
     retraction: Retraction | None
     outlets: list[dict[str, Any]] = Field(description="each outlet's status, the version it has, every try")
+    reviews: list[ReviewDoc] = Field(default_factory=list, description="its reviews (DEBUNKBOT_REVIEW_STAGES > 0): "
+                                     "the notice's, its corrections' and retraction's, urgent releases marked")
 
 
 class BackfillBody(BaseModel):
@@ -372,6 +414,7 @@ class Resumed(BaseModel):
 class RoleName(StrEnum):
     viewer = "viewer"
     editor = "editor"
+    reviewer = "reviewer"
     operator = "operator"
     admin = "admin"
 
@@ -490,7 +533,7 @@ async def _read_notices(request: Request, site: Site) -> tuple[list[Notice], boo
     return notices, isinstance(raw, list)
 
 
-@router.post("/notices", status_code=201, response_model=Submitted, tags=["notices"],
+@router.post("/notices", status_code=201, response_model=Submitted, response_model_exclude_none=True, tags=["notices"],
              summary="Submit one notice or a list (editor): all are stored, or none",
              openapi_extra=NOTICE_BODY, responses=_problems(409, 413, 422))
 async def submit(request: Request, caller: Actor = editor) -> Submitted:
@@ -498,13 +541,15 @@ async def submit(request: Request, caller: Actor = editor) -> Submitted:
     notices, many = await _read_notices(request, site)
     try:
         added = await run_in_threadpool(store_notices, notices, site.store, site.matrix, f"api:{caller.name}", caller)
+    except ReviewConflict as exc:
+        raise Problem(409, f"{exc}; nothing of this request was stored") from None
     except (RefConflict, NotCorrectable) as exc:
         index = next(i for i, n in enumerate(notices) if n.ref == exc.ref)
         field = f"notices[{index}].ref" if many else "notice.ref"
         raise Problem(409, f"{field}: {exc}; nothing of this request was stored",
                       errors=[{"field": field, "message": str(exc)}]) from None
-    return Submitted(notices=[Created(ref=a.ref, created=a.created, deliveries=a.deliveries, version=a.version)
-                              for a in added],
+    return Submitted(notices=[Created(ref=a.ref, created=a.created, deliveries=a.deliveries, version=a.version,
+                                      draft=a.draft or None) for a in added],
                      deliveries=sum(a.deliveries for a in added))
 
 
@@ -528,8 +573,8 @@ async def preview(request: Request, caller: Actor = editor,
 
 
 def render_previews(matrix: OutletMatrix, notice: Notice, targets: list[Outlet]) -> list[OutletPreview]:
-    """How ``notice`` looks at each of ``targets``, and whether it would go there: the API's preview and the
-    editor's form both show this. Rendering never adds an outlet's URL or secret (``build()`` does)."""
+    """How ``notice`` looks at each of ``targets``, and whether it would go there: the API's preview, the
+    editor's form and the review page show this. Rendering never adds an outlet's URL or secret (``build()`` does)."""
     published_at = notice.publish_at or datetime.now(UTC)
     shown = []
     for target in targets:
@@ -573,7 +618,7 @@ def _notice_row(row: dict[str, Any]) -> NoticeRow:
                      deliveries=Counts(**{s: row[s] for s in desk.STATES}))
 
 
-@router.post("/notices/{ref}:correct", response_model=Corrected, tags=["notices"],
+@router.post("/notices/{ref}:correct", response_model=Corrected, response_model_exclude_none=True, tags=["notices"],
              summary="Correct a notice (editor): the body is its new version, with correction_note",
              openapi_extra=NOTICE_BODY, responses=_problems(404, 409, 413, 422))
 async def correct(request: Request, ref: Annotated[str, Path(max_length=64)], caller: Actor = editor) -> Corrected:
@@ -588,17 +633,24 @@ async def correct(request: Request, ref: Annotated[str, Path(max_length=64)], ca
                                            caller)
     except NotCorrectable as exc:
         raise Problem(404 if "no notice" in str(exc) else 409, str(exc)) from None
-    return Corrected(ref=ref, version=added.version, deliveries=added.deliveries)
+    except ReviewConflict as exc:
+        raise Problem(409, str(exc)) from None
+    return Corrected(ref=ref, version=added.version, deliveries=added.deliveries, draft=added.draft or None)
 
 
-@router.post("/notices/{ref}:retract", response_model=Retracted, tags=["notices"],
+@router.post("/notices/{ref}:retract", response_model=Retracted, response_model_exclude_none=True, tags=["notices"],
              summary="Retract a notice (editor): cancel what is unsent, send the retraction where it went",
              responses=_problems(400, 404))
 def retract(request: Request, ref: Annotated[str, Path(max_length=64)], body: RetractBody,
             caller: Actor = editor) -> Retracted:
     site = site_of(request)
     try:
+        if site.store.review.stages:
+            waits = site.store.review.request_retraction(ref, body.reason, caller)
+            return Retracted(ref=ref, cancelled=0, retractions=0, draft=waits or None)
         done = site.store.lifecycle.retract(ref, body.reason, caller)
+    except ReviewConflict as exc:
+        raise Problem(409, str(exc)) from None
     except LookupError:
         raise Problem(404, f"no notice with ref {ref!r}") from None
     except ValueError as exc:
@@ -610,10 +662,11 @@ def retract(request: Request, ref: Annotated[str, Path(max_length=64)], body: Re
             summary="A notice's versions and their differences, its retraction, each outlet's timeline (viewer)",
             responses=_problems(404))
 def notice_history(request: Request, ref: Annotated[str, Path(max_length=64)], caller: Actor = viewer) -> History:
-    found = site_of(request).store.lifecycle.history(ref)
+    store = site_of(request).store
+    found = store.lifecycle.history(ref)
     if found is None:
         raise Problem(404, f"no notice with ref {ref!r}")
-    return History(**found)
+    return History(**found, reviews=[review_doc(s) for s in store.review.all_of(ref)])
 
 
 @router.post("/outlets/{outlet_id}:backfill", response_model=Backfilled, tags=["outlets"],
@@ -641,6 +694,10 @@ def notice(request: Request, ref: Annotated[str, Path(max_length=64)], caller: A
     site = site_of(request)
     status = desk.notice_status(site.store, ref)
     if status is None:
+        draft = site.store.review.get(ref) if site.store.review.stages else None
+        if draft is not None and draft.kind == "notice" and draft.state in ("draft", "returned"):
+            raise Problem(404, f"{ref!r} is a draft waiting for review, not yet released: GET "
+                               f"/api/v1/notices/{ref}/review shows it")
         raise Problem(404, f"no notice with ref {ref!r}")
     row = site.store.log.notice_row(ref)
     return NoticeDetail(
@@ -838,6 +895,102 @@ def _scrubbed(site: Site, detail: dict[str, Any]) -> dict[str, Any]:
     except ValueError:
         return {"scrubbed": clean}
     return value if isinstance(value, dict) else {"scrubbed": clean}
+
+
+# -- review before release (先审后发) ------------------------------------------------------------------------
+
+class ReviewBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stage: int = Field(ge=1, le=3, description="the stage signed or sent back: the one the notice waits for")
+    decision: Literal["sign", "return"]
+    comment: str | None = Field(None, max_length=2000, description="required to send back: what to change")
+    content_hash: str | None = Field(None, min_length=64, max_length=64, description="the content_hash of the "
+                                     "review you read (GET …/review): refused (409) if the draft changed since")
+
+
+class ReleaseBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=2000, description="why it cannot wait for every stage (紧急发布)")
+
+
+class ReviewQueue(BaseModel):
+    reviews: list[ReviewDoc]
+
+
+def review_doc(state: ReviewState) -> ReviewDoc:
+    from bot.web.pages.i18n import translations
+    from bot.web.pages.stages import stage_name
+
+    zh = translations("zh_Hans")
+    waiting = state.waiting_for
+    return ReviewDoc(
+        ref=state.ref, kind=state.kind, state=state.state, stages=state.stages,  # type: ignore[arg-type]
+        waiting_for=waiting, waiting_for_name=stage_name(state.stages, waiting, zh) if waiting else None,
+        round=state.round, content_hash=state.content_hash, authors=list(state.authors),
+        submitted_at=state.created_at, waiting_since=state.waiting_since, released_at=state.released_at,
+        released_by=state.released_by, urgent=state.urgent_reason is not None, urgent_reason=state.urgent_reason,
+        notice=state.notice, retraction_reason=state.reason,
+        decisions=[ReviewDecision(round=d.round, stage=d.stage, stage_name=stage_name(state.stages, d.stage, zh),
+                                  decision=d.decision, actor=d.actor, role=d.role, at=d.at,  # type: ignore[arg-type]
+                                  comment=d.comment, content_hash=d.content_hash, counts=d.counts)
+                   for d in state.decisions])
+
+
+def _reviewed(call: Any, *args: Any) -> ReviewState:
+    """A review decision, its refusals as problems: 403 (who), 409 (when), 404, 422 (a missing comment)."""
+    try:
+        found: ReviewState = call(*args)
+    except ReviewRefused as exc:
+        raise Problem(403, str(exc)) from None
+    except ReviewConflict as exc:
+        raise Problem(409, str(exc)) from None
+    except LookupError as exc:
+        raise Problem(404, str(exc).strip("'\"")) from None
+    except ValueError as exc:
+        raise Problem(422, str(exc), errors=[{"field": "comment", "message": str(exc)}]) from None
+    return found
+
+
+@router.post("/notices/{ref}/review", status_code=201, response_model=ReviewDoc, tags=["review"],
+             summary="Sign a review stage of a draft, or send it back with a comment (reviewer); the last stage "
+                     "releases it", responses=_problems(400, 404, 409))
+def review(request: Request, ref: Annotated[str, Path(max_length=64)], body: ReviewBody,
+           caller: Actor = reviewer) -> ReviewDoc:
+    site = site_of(request)
+    if body.decision == "sign":
+        state = _reviewed(site.store.review.sign, ref, body.stage, caller, body.comment, site.matrix.concerned_by,
+                          body.content_hash)
+    else:
+        state = _reviewed(site.store.review.return_, ref, caller, body.comment or "", body.stage, body.content_hash)
+    return review_doc(state)
+
+
+@router.post("/notices/{ref}:release", response_model=ReviewDoc, tags=["review"],
+             summary="Release an urgent draft before every stage is signed, with a reason (operator; 紧急发布)",
+             responses=_problems(400, 404, 409))
+def release(request: Request, ref: Annotated[str, Path(max_length=64)], body: ReleaseBody,
+            caller: Actor = operator) -> ReviewDoc:
+    site = site_of(request)
+    return review_doc(_reviewed(site.store.review.release, ref, caller, body.reason, site.matrix.concerned_by))
+
+
+@router.get("/notices/{ref}/review", response_model=ReviewDoc, tags=["review"],
+            summary="A notice's review: what waits (or was released), every sign-off, send-back and release (viewer)",
+            responses=_problems(404))
+def review_of(request: Request, ref: Annotated[str, Path(max_length=64)], caller: Actor = viewer) -> ReviewDoc:
+    found = site_of(request).store.review.get(ref)
+    if found is None:
+        raise Problem(404, f"{ref!r} has no review (it was submitted with DEBUNKBOT_REVIEW_STAGES at 0, or not at all)")
+    return review_doc(found)
+
+
+@router.get("/reviews", response_model=ReviewQueue, tags=["review"],
+            summary="Every draft waiting for review or sent back, the longest waiting first (viewer)",
+            responses=_problems())
+def reviews(request: Request, caller: Actor = viewer) -> ReviewQueue:
+    return ReviewQueue(reviews=[review_doc(s) for s in site_of(request).store.review.waiting()])
 
 
 def install(app: FastAPI) -> None:

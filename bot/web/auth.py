@@ -48,5 +48,6 @@ def require(role: Role) -> Callable[..., Actor]:
 # what routes take as their caller: ``def retry(..., caller: Actor = operator)``
 viewer = Depends(require(Role.viewer))
 editor = Depends(require(Role.editor))
+reviewer = Depends(require(Role.reviewer))
 operator = Depends(require(Role.operator))
 admin = Depends(require(Role.admin))

@@ -272,9 +272,10 @@ def install(app: FastAPI) -> None:
     app.state.sessions = Sessions(_secret(settings), settings.session_hours * 3600)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(router)
-    from bot.web.pages import audit, editor, log, matrix, notices, outlets
+    from bot.web.pages import audit, editor, log, matrix, notices, outlets, review
 
     app.include_router(editor.router)  # before the matrix's /notices/{ref}: /notices/new is not a ref
+    app.include_router(review.router)
     for part in (notices, matrix, log, outlets, audit):
         app.include_router(part.router)
 

@@ -928,7 +928,6 @@ def _reviewer(settings: Settings, store: Store) -> Actor:
     """Who the CLI acts as for reviews: the holder of ``DEBUNKBOT_TOKEN`` (its name and role), else the local
     user with the role ``DEBUNKBOT_LOCAL_ROLES`` maps their name to (``zhang=reviewer,li=operator``); a local user
     not listed has no review role."""
-    import getpass
     import socket
 
     where = f"cli@{socket.gethostname()}"

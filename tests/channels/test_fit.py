@@ -174,6 +174,12 @@ def _shows_title(rendered: Rendered, notice: Notice, channel: str, word: str = "
     haystack = [rendered.text] + ([] if channel == "weibo" else _strings(json.loads(rendered.body)))
     if any(form in text for form in forms for text in haystack):
         return True
+    body = json.loads(rendered.body) if channel == "wecom" else {}
+    if body.get("msgtype") == "news":
+        # a news card's title is at most 128 bytes (WeCom cuts it): a long title's head is kept, whole characters
+        shown = body["news"]["articles"][0]["title"]
+        head = shown.split(word, 1)[-1]
+        return len(shown.encode()) <= 128 and head != "" and any(form.startswith(head) for form in forms)
     # Weibo: 140 characters cannot always hold a 120-character title and the link; its head is kept, cut.
     head = rendered.text.split(word, 1)[-1].split("…", 1)[0]
     if word == "【撤回】":

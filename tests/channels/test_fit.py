@@ -178,7 +178,7 @@ def _shows_title(rendered: Rendered, notice: Notice, channel: str, word: str = "
     if body.get("msgtype") == "news":
         # a news card's title is at most 128 bytes (WeCom cuts it): a long title's head is kept, whole characters
         shown = body["news"]["articles"][0]["title"]
-        head = shown.split(word, 1)[-1]
+        head = shown.split(word, 1)[-1].removesuffix("…")
         return len(shown.encode()) <= 128 and head != "" and any(form.startswith(head) for form in forms)
     # Weibo: 140 characters cannot always hold a 120-character title and the link; its head is kept, cut.
     head = rendered.text.split(word, 1)[-1].split("…", 1)[0]

@@ -44,6 +44,7 @@ from bot.testing.chaos import (
 from tests.conftest import chaos_matrix, whsec
 
 TIMEOUT = 1.0  # the total deadline of one send, in these tests
+SLACK_MS = 1000  # "at the deadline": cut off then, not at twice it (a loaded 2-core machine once took 818 ms more)
 SCHEDULE = (0.05, 0.1)  # two retries: three tries at most
 
 
@@ -150,7 +151,7 @@ async def test_an_outlet_that_accepts_and_never_answers_is_cut_off_at_the_deadli
     first, second = run.tries()
     assert (first["outcome"], first["http_status"], second["outcome"]) == ("retry", None, "delivered")
     assert first["error"] == f"timed out after {TIMEOUT:g}s"
-    assert TIMEOUT * 1000 <= first["latency_ms"] < TIMEOUT * 1000 + 500  # timing class "at the deadline"
+    assert TIMEOUT * 1000 <= first["latency_ms"] < TIMEOUT * 1000 + SLACK_MS  # timing class "at the deadline"
 
 
 async def test_a_slow_drip_of_bytes_hits_the_total_deadline(chaos_run: Callable[..., Any]) -> None:
@@ -160,7 +161,7 @@ async def test_a_slow_drip_of_bytes_hits_the_total_deadline(chaos_run: Callable[
     # the status line said 200, but an answer that never ends is not a delivery
     assert (first["outcome"], first["http_status"], second["outcome"]) == ("retry", 200, "delivered")
     assert "timed out" in first["error"]
-    assert TIMEOUT * 1000 <= first["latency_ms"] < TIMEOUT * 1000 + 500
+    assert TIMEOUT * 1000 <= first["latency_ms"] < TIMEOUT * 1000 + SLACK_MS
 
 
 async def test_a_connection_reset_is_retried(chaos_run: Callable[..., Any]) -> None:

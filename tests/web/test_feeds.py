@@ -216,6 +216,14 @@ async def test_a_wrong_token_an_outlet_that_is_no_feed_and_a_page_out_of_range_a
     assert {r["status"] for r in store.log.deliveries()} == {"pending"} and store.log.attempts() == []
 
 
+def open_feed_matrix(tmp_path: Path, regions: RegionTable) -> OutletMatrix:
+    """A matrix of one open feed outlet, n-open."""
+    path = tmp_path / "outlets.yaml"
+    path.write_text(yaml.safe_dump({"outlets": [{"id": "n-open", "name": "公开订阅", "tier": "other",
+                                                 "channel": "feed"}]}, allow_unicode=True))
+    return load_matrix(path, regions, environ={})
+
+
 async def until(condition: Callable[[], bool], timeout: float = 20) -> None:
     """Wait for what a fetch records once its answer has gone (a background task of the response)."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -227,10 +235,7 @@ async def until(condition: Callable[[], bool], timeout: float = 20) -> None:
 async def test_a_fetch_recorded_after_a_correction_does_not_count_the_correction_as_delivered(
     store: Store, tmp_path: Path, regions: RegionTable, make_notice: Callable[..., Notice]
 ) -> None:
-    path = tmp_path / "outlets.yaml"
-    path.write_text(yaml.safe_dump({"outlets": [{"id": "n-open", "name": "公开订阅", "tier": "other",
-                                                 "channel": "feed"}]}, allow_unicode=True))
-    matrix = load_matrix(path, regions, environ={})
+    matrix = open_feed_matrix(tmp_path, regions)
     store.queue.add_notices([(make_notice(), matrix.outlets)], source="t")
     (listed,) = [(delivery_id, change) for delivery_id, status, _, _, change in store.log.feed_entries("n-open")]
     assert listed[1] is None  # the feed shows version 1
@@ -246,10 +251,7 @@ async def test_a_fetch_recorded_after_a_correction_does_not_count_the_correction
 async def test_a_correction_updates_the_feed_entry_in_place_and_a_retraction_replaces_it(
     store: Store, tmp_path: Path, regions: RegionTable, make_notice: Callable[..., Notice]
 ) -> None:
-    path = tmp_path / "outlets.yaml"
-    path.write_text(yaml.safe_dump({"outlets": [{"id": "n-open", "name": "公开订阅", "tier": "other",
-                                                 "channel": "feed"}]}, allow_unicode=True))
-    matrix = load_matrix(path, regions, environ={})
+    matrix = open_feed_matrix(tmp_path, regions)
     store.queue.add_notices([(make_notice(), matrix.outlets)], source="t")
     async with serving(store, matrix, regions) as feeds:
         (first,) = await read_feed(feeds.url("n-open"))

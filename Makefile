@@ -10,6 +10,9 @@ $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@# pip compiles what it installs, but not an editable project: compile ours once, or (with PYTHONDONTWRITEBYTECODE
+	@# set, as on these machines) every command compiles it again before it answers.
+	$(PY) -m compileall -q bot channels >/dev/null
 	touch $@
 
 demo: $(STAMP)

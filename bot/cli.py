@@ -7,12 +7,10 @@ environment). Nothing a user wrote is read as console markup: it is escaped or p
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 from datetime import date, datetime
 from enum import StrEnum
@@ -28,15 +26,12 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from bot import desk
-from bot.intake import IntakeError, expand, submit_files
-from bot.outlets import IncompleteMatrix, MatrixError, OutletMatrix, Tier, load_matrix, reach
-from bot.regions import CHONGQING, RegionTable, chongqing_today
-from bot.settings import Settings
-from bot.store import Actor, NotCorrectable, Role, Store, dumps, utcnow
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the commands import what each needs when it runs: `--help`, `log` and `status` start fast
     from bot.matrix import LiveMatrix
+    from bot.outlets import OutletMatrix
+    from bot.regions import RegionTable
+    from bot.settings import Settings
+    from bot.store import Actor, Store
 
 EXIT_BAD_INPUT, EXIT_STORE_REFUSED, EXIT_INCOMPLETE = 2, 3, 4
 
@@ -63,6 +58,7 @@ class LogStatus(StrEnum):
 
 
 def _settings() -> Settings:
+    from bot.settings import Settings
     try:
         return Settings()
     except Exception as exc:  # pydantic's ValidationError names the setting
@@ -71,6 +67,7 @@ def _settings() -> Settings:
 
 
 def _regions(settings: Settings) -> RegionTable:
+    from bot.regions import RegionTable
     try:
         return RegionTable.load(settings.regions)
     except ValueError as exc:
@@ -79,6 +76,7 @@ def _regions(settings: Settings) -> RegionTable:
 
 
 def _matrix(settings: Settings, regions: RegionTable, require_secrets: bool = True) -> OutletMatrix:
+    from bot.outlets import IncompleteMatrix, MatrixError, load_matrix
     try:
         return load_matrix(settings.outlets, regions, require_secrets=require_secrets,
                            public_ip=settings.public_ip)
@@ -93,6 +91,7 @@ def _matrix(settings: Settings, regions: RegionTable, require_secrets: bool = Tr
 
 def _store(settings: Settings) -> Store:
     from bot.schema import SchemaOutdated
+    from bot.store import Store
 
     try:
         store = Store.open(settings.database_url)
@@ -144,6 +143,8 @@ def submit(
     field; the valid files are stored all the same); 3 when the store refused the write (disk full,
     locked, down: nothing of that file was stored, submit it again); 4 when outlet secrets are missing.
     """
+    from bot.intake import expand, submit_files
+    from bot.store import Actor
     settings = _settings()
     regions = _regions(settings)
     matrix = _matrix(settings, regions, require_secrets=not dry_run)  # a dry run sends nothing
@@ -180,7 +181,8 @@ def correct(
 ) -> None:
     """Store a correction (更正): version 2 (3, …) of REF. Outlets that received an earlier version get the
     correction; outlets still waiting get only the latest version. Exit 2 when the file or ref is wrong."""
-    from bot.intake import correction_of, read_notices, store_notices
+    from bot.intake import IntakeError, correction_of, read_notices, store_notices
+    from bot.store import Actor, NotCorrectable
 
     settings = _settings()
     regions = _regions(settings)
@@ -212,6 +214,7 @@ def retract(
 ) -> None:
     """Retract a notice (撤回): deliveries not yet made are cancelled (reason "retracted"), and every outlet that
     received it gets the retraction. Exit 2 for an unknown ref or an empty reason."""
+    from bot.store import Actor
     store = _store(_settings())
     try:
         if store.review.stages:
@@ -277,6 +280,8 @@ def backfill(
 ) -> None:
     """Send OUTLET (typically one just added) the live notices of the period that it has not had: not retracted,
     not expired, their latest version; oldest first, within its rate limit, logged with trigger backfill."""
+    from bot.outlets import reach
+    from bot.store import Actor
     settings = _settings()
     matrix = _matrix(settings, _regions(settings), require_secrets=False)
     outlet = matrix.by_id.get(outlet_id)
@@ -294,6 +299,7 @@ def backfill(
 def _dry_run(files: Sequence[Path], matrix: OutletMatrix, regions: RegionTable, settings: Settings) -> int:
     """Each notice's reach over the matrix, outlet by outlet (those it reaches first), and nothing stored."""
     from bot.intake import read_files
+    from bot.regions import Tier
 
     read = read_files(files, regions, settings.max_notices_per_file)
     for result, notices in read:
@@ -322,6 +328,8 @@ def _dry_run(files: Sequence[Path], matrix: OutletMatrix, regions: RegionTable, 
 @contextlib.contextmanager
 def _say_if_waiting(message: str, after: float = 1.0) -> Iterator[None]:
     """Say what we are waiting for when a store call takes longer than ``after`` seconds (a lock, a server)."""
+    import threading
+
     timer = threading.Timer(after, lambda: errors.print(Text(f"{message} …", style="yellow")))
     timer.daemon = True
     timer.start()
@@ -388,6 +396,8 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
     """The long-running commands: the dispatcher (``send``) and the web server (``serve``) in one event loop; the
     failure of either stops both, with a non-zero exit. ``processes`` > 1: as many send-only processes less one
     beside them (bot.processes), stopped with them."""
+    import asyncio
+
     from bot.http import make_sender
     from bot.scheduler import Daemon, install_signal_handlers, open_store
     from bot.web.server import BindError, WebServerFailed
@@ -531,6 +541,7 @@ def _show(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Text | str
 
 def _when(value: datetime | None, wide: bool = False) -> str:
     """A time as operators read it: Chongqing's, to the second (ISO 8601 with the zone when ``wide``)."""
+    from bot.regions import CHONGQING
     if value is None:
         return ""
     local = value.astimezone(CHONGQING)
@@ -540,6 +551,8 @@ def _when(value: datetime | None, wide: bool = False) -> str:
 @app.command()
 def status(ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's ref")]) -> None:
     """Who has notice REF: a summary per tier and the outlets not yet delivered."""
+    from bot import desk
+    from bot.store import utcnow
     found = desk.notice_status(_store(_settings()), ref)
     if found is None:
         errors.print(Text(f"no notice with ref {ref!r}", style="red"))
@@ -591,6 +604,8 @@ def log_(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
 ) -> None:
     """The delivery log: one row per notice x outlet, or with --attempts every try (times in Chongqing)."""
+    from bot import desk
+    from bot.store import dumps
     store = _store(_settings())
     if attempts:
         rows = store.log.attempts(ref=notice, outlet_id=outlet)
@@ -639,6 +654,8 @@ def report(
     """Receipts (回执) per district: notices received, published, median time to publish, reminders needed."""
     import dataclasses
 
+    from bot import desk
+
     settings = _settings()
     try:
         start = desk.since(since_)
@@ -677,6 +694,8 @@ def outlets(
 ) -> None:
     """Every outlet of the matrix (and any the store still knows), with its health: ok, degraded (failing,
     breaker maybe open) or paused."""
+    from bot import desk
+    from bot.store import dumps
     if ctx.invoked_subcommand:
         return
     settings = _settings()
@@ -702,6 +721,7 @@ def outlets(
 @outlets_app.command()
 def resume(outlet_id: Annotated[str, typer.Argument(metavar="ID", help="outlet id")]) -> None:
     """Resume a paused outlet (or close its open breaker): its held deliveries go out at once."""
+    from bot.store import Actor
     store = _store(_settings())
     held = store.health.resume(outlet_id, actor=Actor.local())
     if held is None:
@@ -716,6 +736,7 @@ def pause(
     reason: Annotated[str, typer.Option("--reason", metavar="TEXT", help="why, for the other operators")],
 ) -> None:
     """Pause an outlet: its deliveries are held, never dropped, until `debunkbot outlets resume ID`."""
+    from bot.store import Actor
     settings = _settings()
     matrix = _matrix(settings, _regions(settings), require_secrets=False)
     store = _store(settings)
@@ -746,6 +767,8 @@ def retry(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be requeued, change nothing")] = False,
 ) -> None:
     """Requeue failed deliveries: due at once, with a fresh retry schedule, next try logged as "manual"."""
+    from bot import desk
+    from bot.store import Actor
     cutoff = _since_option(since)
     retried = desk.retry(_store(_settings()), ref=notice, outlet_id=outlet, since=cutoff, status=status.value,
                          dry_run=dry_run, actor=Actor.local())
@@ -773,6 +796,7 @@ def retry(
 
 def _since_option(text: str | None) -> datetime | None:
     """``--since T`` as a time, or a one-line error and exit 2."""
+    from bot import desk
     try:
         return desk.since(text) if text else None
     except ValueError as exc:
@@ -817,6 +841,8 @@ def demo(keep: Annotated[Path | None, typer.Option(
         "--keep", metavar="FOLDER", help="then stay up: the outlets, a store and an inbox in FOLDER (emptied first), "
         "and the daemon, for you to submit to and watch (`make try`)")] = None) -> None:
     """The main job end to end on the embedded default: SQLite and simulated outlets on loopback."""
+    import asyncio
+
     from bot.demo import run_demo
 
     if keep is not None:
@@ -828,6 +854,7 @@ def demo(keep: Annotated[Path | None, typer.Option(
 def regions(on: Annotated[str | None, typer.Option(metavar="DATE", help="a date, YYYY-MM-DD "
                                                    "(default: today in Chongqing)")] = None) -> None:
     """The district-level units that exist on a date."""
+    from bot.regions import chongqing_today
     table = _regions(_settings())
     try:
         day = date.fromisoformat(on) if on else chongqing_today()
@@ -859,6 +886,7 @@ def token_create(
     name: Annotated[str, typer.Option("--name", metavar="NAME", help="who holds it (a person or a system)")],
 ) -> None:
     """Make a token and print it, once: only its hash is kept."""
+    from bot.store import Actor, Role
     store = _store(_settings())
     try:
         token, row = store.access.create(name, Role[role.value], actor=Actor.local())
@@ -873,6 +901,7 @@ def token_create(
 @token_app.command("list")
 def token_list(as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False) -> None:
     """Every token made, revoked ones too (never the token itself)."""
+    from bot.store import dumps
     rows = _store(_settings()).access.all()
     if as_json:
         for row in rows:
@@ -886,6 +915,7 @@ def token_list(as_json: Annotated[bool, typer.Option("--json", help="JSON lines"
 @token_app.command("revoke")
 def token_revoke(token_id: Annotated[int, typer.Argument(metavar="ID", help="the token's id (`token list`)")]) -> None:
     """Revoke a token: every call with it is refused from now on."""
+    from bot.store import Actor
     row = _store(_settings()).access.revoke(token_id, actor=Actor.local())
     if row is None:
         errors.print(Text.assemble((f"no token {token_id} that is not already revoked", "red"),
@@ -904,6 +934,7 @@ def audit_(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
 ) -> None:
     """Who changed what, when and from where: submits, retries, pauses, resumes, tokens (times in Chongqing)."""
+    from bot.store import dumps
     cutoff = _since_option(since)
     rows = _store(_settings()).audit.page(actor=actor, subject=subject, since=cutoff, limit=None).rows
     if as_json:
@@ -929,6 +960,8 @@ def _reviewer(settings: Settings, store: Store) -> Actor:
     user with the role ``DEBUNKBOT_LOCAL_ROLES`` maps their name to (``zhang=reviewer,li=operator``); a local user
     not listed has no review role."""
     import socket
+
+    from bot.store import Actor, Role
 
     where = f"cli@{socket.gethostname()}"
     if settings.token is not None:
@@ -972,6 +1005,7 @@ def _stage_words(stages: int, stage: int | None) -> str:
 @review_app.command("list")
 def review_list(as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False) -> None:
     """What waits for review (or was sent back), the longest waiting first, with the stage each waits for."""
+    from bot.store import dumps
     rows = _store(_settings()).review.waiting()
     if as_json:
         for s in rows:

@@ -36,8 +36,8 @@ from rich.text import Text
 from bot.http import make_sender
 from bot.intake import expand, submit_files
 from bot.matrix import LiveMatrix
-from bot.outlets import OutletMatrix, Tier, load_matrix
-from bot.regions import RegionTable, chongqing_today
+from bot.outlets import OutletMatrix, load_matrix
+from bot.regions import RegionTable, Tier, chongqing_today
 from bot.scheduler import Daemon
 from bot.settings import CONFIG, Settings
 from bot.store import Store

@@ -11,12 +11,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bot.model import Notice
-from bot.outlets import OutletMatrix, Tier
-from bot.regions import CHONGQING
-from bot.store import Actor, Store
+from bot.regions import CHONGQING, Tier
+
+if TYPE_CHECKING:  # the read commands import this: only what they run is imported (bot.cli)
+    from bot.model import Notice
+    from bot.outlets import OutletMatrix
+    from bot.store import Actor, Store
 
 STATES = ("delivered", "pending", "held", "failed", "cancelled")
 

@@ -21,7 +21,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -30,16 +29,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from bot.model import Notice, RegionName, Text
-from bot.regions import CITYWIDE, RegionTable, chongqing_today
+from bot.regions import CITYWIDE, RegionTable, Tier, chongqing_today
 from channels import CHANNELS, AlertChannel, AnyChannel, RateLimit
 
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in: a big matrix loads ~10x faster
-
-
-class Tier(StrEnum):
-    city = "city"
-    district = "district"
-    other = "other"
 
 
 class MatrixError(ValueError):

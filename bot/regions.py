@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,6 +30,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 CITYWIDE = "全市"
 """The pseudo-region of a notice or outlet that concerns the whole city."""
+
+
+class Tier(StrEnum):
+    """An outlet's level in the 5+41+N matrix: the city's platforms, the district-level media centres, the others."""
+
+    city = "city"
+    district = "district"
+    other = "other"
 
 CHONGQING = timezone(timedelta(hours=8), "Asia/Shanghai")
 """Chongqing's time: UTC+8 all year (China has had no daylight saving time since 1991), so a fixed offset

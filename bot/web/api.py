@@ -35,9 +35,9 @@ from bot.intake import (
 )
 from bot.logs import Redactor
 from bot.model import Notice, Urgency
-from bot.outlets import Outlet, OutletMatrix, Tier
+from bot.outlets import Outlet, OutletMatrix
 from bot.outlets import reach as matrix_reach
-from bot.regions import CITYWIDE
+from bot.regions import CITYWIDE, Tier
 from bot.store import Actor, NotCorrectable, RefConflict, ReviewConflict, ReviewRefused, ReviewState, Role
 from bot.web import PROBLEM, Problem, Site, problem, site_of
 from bot.web.auth import admin, editor, operator, reviewer, viewer

@@ -24,7 +24,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from bot import desk
-from bot.outlets import Tier
+from bot.regions import Tier
 from bot.store import Role
 from bot.web import Site, site_of
 from bot.web.api import scrub

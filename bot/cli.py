@@ -553,10 +553,17 @@ def status(ref: Annotated[str, typer.Argument(metavar="REF", help="the notice's 
     """Who has notice REF: a summary per tier and the outlets not yet delivered."""
     from bot import desk
     from bot.store import utcnow
-    found = desk.notice_status(_store(_settings()), ref)
+    store = _store(_settings())
+    found = desk.notice_status(store, ref)
     if found is None:
-        errors.print(Text(f"no notice with ref {ref!r}", style="red"))
-        raise typer.Exit(EXIT_BAD_INPUT)
+        draft = store.review.get(ref)
+        if draft is None or draft.state == "released":
+            errors.print(Text(f"no notice with ref {ref!r}", style="red"))
+            raise typer.Exit(EXIT_BAD_INPUT)
+        console.print(Text(f"{ref} is a draft ({'sent back to its authors' if draft.state == 'returned' else 'waiting'}"
+                           f" for stage {draft.waiting_for} of {draft.stages}): not sent to any outlet until it is "
+                           f"released; debunkbot review show {ref} shows its sign-offs", style="yellow"))
+        return
     if found.version > 1:
         console.print(Text(f"{ref} is at version {found.version} (corrected); debunkbot history {ref} shows what changed"))
     if found.retraction:

@@ -27,6 +27,8 @@ async def test_reviewers_sign_from_the_cli_and_the_notice_reaches_the_outlets_on
     code, out, err = await debunkbot(env, "submit", str(notice))
     assert code == 0, err
     assert "cq-test-001 kept as a draft for review" in out
+    code, out, err = await debunkbot(env, "status", "cq-test-001")  # a draft is a notice all the same
+    assert code == 0 and "cq-test-001 is a draft (waiting for stage 1 of 2)" in out, err
     store = Store.open(database_url)
     try:
         first = store.access.create("审核甲", Role.reviewer)[0]
@@ -41,6 +43,7 @@ async def test_reviewers_sign_from_the_cli_and_the_notice_reaches_the_outlets_on
     code, out, err = await debunkbot(env | {"DEBUNKBOT_TOKEN": first}, "review", "sign", "cq-test-001",
                                      "--stage", "1", "--comment", "文字无误")
     assert code == 0, err
+    assert "waiting for stage 2 of 2" in (await debunkbot(env, "status", "cq-test-001"))[1]
     code, _, err = await debunkbot(env | {"DEBUNKBOT_TOKEN": first}, "review", "sign", "cq-test-001", "--stage", "2")
     assert code == 2 and "signed stage 1 of cq-test-001 already" in err
     assert (await debunkbot(env, "run", "--until-idle"))[0] == 0

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the commands import what each needs when it runs: `--help`,
     from bot.regions import RegionTable
     from bot.settings import Settings
     from bot.store import Actor, Store
+    from bot.store.review import Concerned
 
 EXIT_BAD_INPUT, EXIT_STORE_REFUSED, EXIT_INCOMPLETE = 2, 3, 4
 
@@ -992,6 +993,16 @@ def _reviewer(settings: Settings, store: Store) -> Actor:
     return Actor(local.name, role.name if role else local.role, where)
 
 
+def _reviewing(releases: bool = True) -> tuple[Store, Actor, Concerned | None]:
+    """What a review decision needs: the store, who decides, and (when the decision may release the notice)
+    which outlets a notice concerns, from the matrix; a release stores deliveries, it sends nothing, so no
+    outlet secret is needed."""
+    settings = _settings()
+    store = _store(settings)
+    concerned = _matrix(settings, _regions(settings), require_secrets=False).concerned_by if releases else None
+    return store, _reviewer(settings, store), concerned
+
+
 def _review_outcome(call: object, *args: object) -> object:
     from bot.store import ReviewConflict, ReviewRefused
 
@@ -1059,10 +1070,8 @@ def review_sign(
     comment: Annotated[str, typer.Option("--comment", metavar="TEXT", help="what you checked")] = "",
 ) -> None:
     """Sign stage N of REF; the last stage releases it to every outlet it concerns. Exit 2 when refused."""
-    settings = _settings()
-    store = _store(settings)
-    matrix = _matrix(settings, _regions(settings), require_secrets=False)  # a release stores, it sends nothing
-    state = _review_outcome(store.review.sign, ref, stage, _reviewer(settings, store), comment, matrix.concerned_by)
+    store, reviewer, concerned = _reviewing()
+    state = _review_outcome(store.review.sign, ref, stage, reviewer, comment, concerned)
     released = getattr(state, "state", "") == "released"
     console.print(Text.assemble(("ok", "green"), f" {ref}: stage {stage} signed"
                                 + ("; released to the outlets" if released else "")))
@@ -1074,9 +1083,8 @@ def review_return(
     comment: Annotated[str, typer.Option("--comment", metavar="TEXT", help="what to change (required)")],
 ) -> None:
     """Send REF back to its author with a comment: its sign-offs stop counting. Exit 2 when refused."""
-    settings = _settings()
-    store = _store(settings)
-    _review_outcome(store.review.return_, ref, _reviewer(settings, store), comment)
+    store, reviewer, _ = _reviewing(releases=False)
+    _review_outcome(store.review.return_, ref, reviewer, comment)
     console.print(Text.assemble(("ok", "green"), f" {ref}: sent back to its author"))
 
 
@@ -1086,10 +1094,8 @@ def release(
     reason: Annotated[str, typer.Option("--reason", metavar="TEXT", help="why it cannot wait (紧急发布)")],
 ) -> None:
     """Release an urgent draft before every review stage is signed (operator; at least one stage signed)."""
-    settings = _settings()
-    store = _store(settings)
-    matrix = _matrix(settings, _regions(settings), require_secrets=False)
-    _review_outcome(store.review.release, ref, _reviewer(settings, store), reason, matrix.concerned_by)
+    store, reviewer, concerned = _reviewing()
+    _review_outcome(store.review.release, ref, reviewer, reason, concerned)
     console.print(Text.assemble(("紧急发布 released", "yellow"), f" {ref}: {reason}"))
 
 

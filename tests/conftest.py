@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -107,6 +109,24 @@ def store(database_url: str) -> Iterator[Store]:
 def settings(tmp_path: Path, store: Store) -> Settings:
     return Settings(database_url=str(store.engine.url), retry_schedule="0.05,0.05,0.05", retry_jitter=0,
                     http_timeout=2, scan_interval=0.05, outlets=tmp_path / "outlets.yaml")
+
+
+async def until(condition: Callable[[], object], timeout: float = 60, *, proc: asyncio.subprocess.Process | None = None,
+                what: str | Callable[[], str] = "the outcome") -> float:
+    """Poll ``condition`` until it holds: a bound, not a timing assertion. Fails when ``timeout`` seconds pass first,
+    or when the daemon ``proc`` exits first; ``what`` says what was waited for (a callable is read only then: the
+    daemon's log, say). Returns the seconds it took, to report, never to assert on.
+
+        await until(lambda: len(outlets.delivered()) == 3, proc=proc, what="every outlet")
+    """
+    started = time.monotonic()
+    while not condition():
+        if proc is not None and proc.returncode is not None:
+            raise AssertionError(f"the daemon exited ({proc.returncode}) first: {what() if callable(what) else what}")
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout:g} s: {what() if callable(what) else what}")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
 
 
 def whsec() -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import notice_data
+from tests.conftest import notice_data, until
 
 LOG_KEYS = {"notice", "outlet", "status", "reason", "attempts", "http_status", "error", "delivered_at",
             "published_at", "published_url"}
@@ -126,10 +126,7 @@ async def test_the_daemon_takes_inbox_files_and_stops_cleanly_on_sigterm(
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "run", env=os.environ | env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     (inbox / "n.yaml").write_text(yaml.safe_dump(notice_data(), allow_unicode=True), encoding="utf-8")
-    for _ in range(600):
-        if len(outlets.delivered()) == 4 or proc.returncode is not None:
-            break
-        await asyncio.sleep(0.05)  # polling for an outcome, not timing it
+    await until(lambda: len(outlets.delivered()) == 4, proc=proc, what="the notice at every outlet")
     proc.send_signal(signal.SIGTERM)
     _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
     assert proc.returncode == 0, err.decode()

@@ -20,7 +20,7 @@ from bot.regions import RegionTable
 from bot.settings import Settings
 from bot.store import Store
 from bot.testing import HANG, ChaosOutlets, chaos
-from tests.conftest import chaos_matrix, whsec
+from tests.conftest import chaos_matrix, until, whsec
 
 
 async def fan_out(store: Store, matrix: Any, settings: Settings, *notices: Notice) -> None:
@@ -318,16 +318,13 @@ async def test_an_urgent_notice_overtakes_a_backlog_of_10000_normal_deliveries_w
     async with make_sender(settings) as client:
         dispatcher = Dispatcher(store, matrix, settings, client)
         run = asyncio.create_task(dispatcher.run(stop))
-        deadline = time.monotonic() + 60
-        while len(outlets.posts) < 200 and time.monotonic() < deadline:  # the backlog is being worked through
-            await asyncio.sleep(0.01)
+        await until(lambda: len(outlets.posts) >= 200, what="the backlog being worked through")
         await asyncio.to_thread(store.queue.add_notices, [(make_notice(ref="urgent", title="紧急", urgency="urgent"),
                                                            matrix.outlets)], "test")
         mark = len(outlets.posts)  # the urgent notice is stored: from here the claims can see it
         dispatcher.wake()
-        while time.monotonic() < deadline and len({p.outlet for p in outlets.posts[mark:]
-                                                   if p.payload["data"]["ref"] == "urgent"}) < 20:
-            await asyncio.sleep(0.01)
+        await until(lambda: len({p.outlet for p in outlets.posts[mark:] if p.payload["data"]["ref"] == "urgent"}) == 20,
+                    what="the urgent notice at every outlet")
         stop.set()
         await run
         await dispatcher.close()
@@ -354,9 +351,7 @@ async def test_urgent_deliveries_retry_on_the_urgent_schedule(
     async with make_sender(settings) as client:
         dispatcher = Dispatcher(store, matrix, settings, client)
         run = asyncio.create_task(dispatcher.run(stop))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and store.log.counts("urgent") != {"delivered": 1}:
-            await asyncio.sleep(0.02)
+        await until(lambda: store.log.counts("urgent") == {"delivered": 1}, 30, what="the urgent notice delivered")
         stop.set()
         await run
         await dispatcher.close()

@@ -19,7 +19,7 @@ from bot.settings import Settings
 from bot.store import Store
 from bot.testing import ChaosOutlets
 from bot.testing.chaos import Status
-from tests.conftest import chaos_matrix, whsec
+from tests.conftest import chaos_matrix, until, whsec
 
 GUARD = 120  # seconds: only so that a dispatcher that never ends fails the test instead of hanging it
 
@@ -133,17 +133,14 @@ async def test_a_background_task_that_fails_is_logged_and_started_again(
             dispatcher = Dispatcher(store, matrix, settings, sender)
             stop = asyncio.Event()
             run = asyncio.create_task(dispatcher.run(stop))
-            deadline = asyncio.get_running_loop().time() + GUARD
-            while "the store watcher failed; starting it again" not in caplog.text:
-                assert asyncio.get_running_loop().time() < deadline and not run.done()
-                await asyncio.sleep(0.01)
+            await until(lambda: "the store watcher failed; starting it again" in caplog.text or run.done(), GUARD)
+            assert not run.done(), run
             # started again: a notice another process stores is seen by the watcher, well before the 5 s poll
             other = Store.open(str(store.engine.url))
             other.queue.add_notices([(make_notice(), matrix.outlets)], source="test")
             other.close()
-            while not chaos.seen("o"):
-                assert asyncio.get_running_loop().time() < deadline and not run.done()
-                await asyncio.sleep(0.01)
+            await until(lambda: chaos.seen("o") or run.done(), GUARD)
+            assert not run.done(), run
             stop.set()
             await run
             await dispatcher.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +19,7 @@ from bot.model import Notice
 from bot.settings import Settings
 from bot.store import Store
 from bot.testing import ChaosOutlets
-from tests.conftest import chaos_matrix, whsec
+from tests.conftest import chaos_matrix, until, whsec
 
 
 @contextmanager
@@ -33,13 +32,6 @@ def locked(path: Path) -> Iterator[None]:
     finally:
         conn.execute("COMMIT")
         conn.close()
-
-
-async def until(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.01)
 
 
 def warnings_about(caplog: pytest.LogCaptureFixture, words: str) -> int:

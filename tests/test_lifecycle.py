@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,7 +19,7 @@ from bot.store import AttemptRecord, Store, deliveries
 from bot.store.lifecycle import settle, webhook_id
 from bot.store.queue import RefConflict
 from channels.base import RateLimit
-from tests.conftest import chaos_matrix, whsec
+from tests.conftest import chaos_matrix, until, whsec
 
 
 @pytest.fixture
@@ -42,11 +41,8 @@ async def dispatch_until(store: Store, matrix: OutletMatrix, settings: Settings,
     async with make_sender(settings) as client:
         dispatcher = Dispatcher(store, matrix, settings, client)
         task = asyncio.create_task(dispatcher.run(stop))
-        deadline = time.monotonic() + timeout
-        while not done():
-            assert time.monotonic() < deadline, "the dispatcher did not get there in time"
-            assert not task.done(), task
-            await asyncio.sleep(0.02)
+        await until(lambda: done() or task.done(), timeout, what="the dispatcher to get there")
+        assert done(), task
         stop.set()
         await task
         await dispatcher.close()

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,17 +20,10 @@ from bot.outlets import load_matrix
 from bot.regions import RegionTable
 from bot.store import Store, deliveries
 from bot.testing import ChaosOutlets
-from tests.conftest import notice_data, whsec
+from tests.conftest import notice_data, until, whsec
 
 OUTLETS = 120
 V1, V2 = "经核实，水位平稳（第一版）。", "经核实，水位平稳，较昨日上涨0.3米（第二版）。"
-
-
-async def until(condition: Any, timeout: float, proc: asyncio.subprocess.Process) -> None:
-    """Poll for an outcome, with a bound (not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline and proc.returncode is None:
-        await asyncio.sleep(0.005)
 
 
 async def test_a_sigkill_during_a_corrections_fan_out_loses_nothing_and_no_outlet_gets_v1_afterwards(
@@ -70,8 +62,8 @@ async def test_a_sigkill_during_a_corrections_fan_out_loses_nothing_and_no_outle
         async def kill_after(posts: int) -> None:
             proc = await start()
             target = accepted() + posts
-            await until(lambda: accepted() >= target, 30, proc)
-            assert proc.returncode is None, (tmp_path / "daemon.log").read_text()[-3000:]
+            await until(lambda: accepted() >= target, 30, proc=proc, what=lambda: f"{posts} posts; the daemon's log:\n"
+                        + (tmp_path / "daemon.log").read_text()[-3000:])
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
 

@@ -26,8 +26,8 @@ from bot.regions import RegionTable
 from bot.settings import Settings
 from bot.store import Actor, Store
 from bot.testing import WebhookOutlets
-from tests.conftest import outlet_entries, whsec
-from tests.test_scheduler import DEADLINE, RunningBot, stop, until
+from tests.conftest import outlet_entries, until, whsec
+from tests.test_scheduler import DEADLINE, RunningBot, stop
 
 OUTLETS = 4  # the loopback outlets; the matrix starts with the first three
 
@@ -92,17 +92,17 @@ async def test_sighup_with_a_good_file_adds_an_outlet_that_gets_new_notices_but_
 ) -> None:
     proc = await bot.start()
     bot.write_notice(bot.inbox, "cq-before-reload")
-    await until(lambda: len(delivered_to(bot, "cq-before-reload")) == 3, proc)
+    await until(lambda: len(delivered_to(bot, "cq-before-reload")) == 3, proc=proc, what=bot.log)
     assert delivered_to(bot, "cq-before-reload") == set(ids(0, 1, 2)), bot.log()
 
     bot.write_matrix(ids(0, 1, 2, 3))
     proc.send_signal(signal.SIGHUP)
-    await until(lambda: bool(bot.lines("outlet matrix reloaded")), proc)
+    await until(lambda: bool(bot.lines("outlet matrix reloaded")), proc=proc, what=bot.log)
     (line,) = bot.lines("outlet matrix reloaded")
     assert "asked by SIGHUP" in line and "generation 1, 4 outlets: added outlet-0003" in line, bot.log()
 
     bot.write_notice(bot.inbox, "cq-after-reload")
-    await until(lambda: len(delivered_to(bot, "cq-after-reload")) == 4, proc)
+    await until(lambda: len(delivered_to(bot, "cq-after-reload")) == 4, proc=proc, what=bot.log)
     assert delivered_to(bot, "cq-after-reload") == set(ids(0, 1, 2, 3)), bot.log()
     assert "outlet-0003" not in delivered_to(bot, "cq-before-reload")
     store = bot.store()
@@ -114,19 +114,19 @@ async def test_sighup_with_a_good_file_adds_an_outlet_that_gets_new_notices_but_
 async def test_sighup_with_a_bad_file_changes_nothing_and_the_log_names_outlet_and_field(bot: ReloadableBot) -> None:
     proc = await bot.start()
     bot.write_notice(bot.inbox, "cq-warm-up")
-    await until(lambda: len(delivered_to(bot, "cq-warm-up")) == 3, proc)
+    await until(lambda: len(delivered_to(bot, "cq-warm-up")) == 3, proc=proc, what=bot.log)
     assert len(delivered_to(bot, "cq-warm-up")) == 3, bot.log()
 
     # a file that would remove outlet-0002 and add outlet-0003, but outlet-0003's tier is wrong: none of it
     bot.write_matrix(ids(0, 1, 3), **{"outlet-0003": {"tier": "capital"}})
     proc.send_signal(signal.SIGHUP)
-    await until(lambda: bool(bot.lines("reload (asked by SIGHUP")), proc)
+    await until(lambda: bool(bot.lines("reload (asked by SIGHUP")), proc=proc, what=bot.log)
     (line,) = bot.lines("reload (asked by SIGHUP")
     assert "refused; still running with the matrix as it was" in line
     assert "outlet 'outlet-0003' field 'tier'" in line, bot.log()
 
     bot.write_notice(bot.inbox, "cq-after-bad-file")
-    await until(lambda: len(delivered_to(bot, "cq-after-bad-file")) == 3, proc)
+    await until(lambda: len(delivered_to(bot, "cq-after-bad-file")) == 3, proc=proc, what=bot.log)
     assert delivered_to(bot, "cq-after-bad-file") == set(ids(0, 1, 2)), bot.log()
     assert not bot.lines("outlet matrix reloaded")
     store = bot.store()
@@ -143,12 +143,13 @@ async def test_a_removed_outlets_pending_deliveries_are_held_and_go_out_when_it_
     proc = await bot.start(env={"DEBUNKBOT_RETRY_SCHEDULE": ",".join(["0.5"] * 200),
                                 "DEBUNKBOT_BREAKER_THRESHOLD": "1000"})
     bot.write_notice(bot.inbox, "cq-while-down")
-    await until(lambda: len(delivered_to(bot, "cq-while-down")) == 2 and bot.outlets.tries["outlet-0002"] > 0, proc)
+    await until(lambda: len(delivered_to(bot, "cq-while-down")) == 2 and bot.outlets.tries["outlet-0002"] > 0,
+                proc=proc, what=bot.log)
     assert delivered_to(bot, "cq-while-down") == set(ids(0, 1)), bot.log()
 
     bot.write_matrix(ids(0, 1))
     proc.send_signal(signal.SIGHUP)
-    await until(lambda: bool(bot.lines("outlet matrix reloaded")), proc)
+    await until(lambda: bool(bot.lines("outlet matrix reloaded")), proc=proc, what=bot.log)
     assert "removed outlet-0002" in bot.lines("outlet matrix reloaded")[0], bot.log()
     store = bot.store()
     (row,) = store.log.deliveries(ref="cq-while-down", outlet_id="outlet-0002")
@@ -157,7 +158,7 @@ async def test_a_removed_outlets_pending_deliveries_are_held_and_go_out_when_it_
     assert store.log.counts("cq-while-down") == {"delivered": 2, "held": 1}
 
     bot.write_notice(bot.inbox, "cq-after-removal")
-    await until(lambda: len(delivered_to(bot, "cq-after-removal")) == 2, proc)
+    await until(lambda: len(delivered_to(bot, "cq-after-removal")) == 2, proc=proc, what=bot.log)
     assert {r["outlet"] for r in store.log.deliveries(ref="cq-after-removal")} == set(ids(0, 1))
 
     bot.outlets.script["outlet-0002"] = []  # it works again, and is back in the file
@@ -167,7 +168,7 @@ async def test_a_removed_outlets_pending_deliveries_are_held_and_go_out_when_it_
     def back() -> list[dict[str, Any]]:
         return store.log.deliveries(ref="cq-while-down", outlet_id="outlet-0002", status="delivered")
 
-    await until(lambda: bool(back()), proc)  # the post is recorded after the outlet has it
+    await until(lambda: bool(back()), proc=proc, what=bot.log)  # the post is recorded after the outlet has it
     assert "outlet-0002" in delivered_to(bot, "cq-while-down") and back(), bot.log()
     assert "added outlet-0002" in bot.lines("outlet matrix reloaded")[1]
     assert "outlet-0002" not in delivered_to(bot, "cq-after-removal")
@@ -179,22 +180,22 @@ async def test_a_run_and_a_worker_on_one_store_both_follow_one_reload(bot: Reloa
     run = await bot.start()
     worker = await bot.start(command="worker", log="worker.log")
     following = "following its reloads from generation 0"
-    await until(lambda: bool(bot.lines(following) and bot.lines(following, "worker.log")), run)
+    await until(lambda: bool(bot.lines(following) and bot.lines(following, "worker.log")), proc=run, what=bot.log)
     assert bot.lines(following, "worker.log"), bot.log("worker.log")
 
     bot.write_matrix(ids(0, 1, 2, 3))
     worker.send_signal(signal.SIGHUP)  # asked in one process: the other follows
-    await until(lambda: bool(bot.lines("reloaded to follow generation 1")), run)
+    await until(lambda: bool(bot.lines("reloaded to follow generation 1")), proc=run, what=bot.log)
     assert bot.lines("outlet matrix reloaded (asked by SIGHUP", "worker.log"), bot.log("worker.log")
     (line,) = bot.lines("reloaded to follow generation 1")
     assert "added outlet-0003" in line
     bot.write_notice(bot.inbox, "cq-after-worker-reload")  # the run's intake uses the matrix it followed
-    await until(lambda: len(delivered_to(bot, "cq-after-worker-reload")) == 4, run)
+    await until(lambda: len(delivered_to(bot, "cq-after-worker-reload")) == 4, proc=run, what=bot.log)
     assert delivered_to(bot, "cq-after-worker-reload") == set(ids(0, 1, 2, 3)), bot.log() + bot.log("worker.log")
 
     bot.write_matrix(ids(1, 2, 3))
     run.send_signal(signal.SIGHUP)  # and the other way round
-    await until(lambda: bool(bot.lines("reloaded to follow generation 2", "worker.log")), worker)
+    await until(lambda: bool(bot.lines("reloaded to follow generation 2", "worker.log")), proc=worker, what=bot.log)
     (line,) = bot.lines("reloaded to follow generation 2", "worker.log")
     assert "removed outlet-0000" in line
     assert await stop(run) == 0, bot.log()
@@ -270,14 +271,11 @@ async def test_a_process_without_a_daemon_follows_reloads_while_it_keeps_followi
     stopping = asyncio.Event()
     following = asyncio.create_task(web.keep_following(store, 0.05, stopping))
     try:
-        while web.generation is None:
-            await asyncio.sleep(0.01)
+        await until(lambda: web.generation is not None, what="the web following the store")
         for path in (here_path, there_path):  # both machines' copies get the same edit
             path.write_text(yaml.safe_dump({"outlets": entries[:2]}, allow_unicode=True), encoding="utf-8")
         await here.reload(store, by=Actor.local())
-        deadline = asyncio.get_running_loop().time() + 30
-        while len(web.matrix) != 2 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        await until(lambda: len(web.matrix) == 2, 30, what="the web to follow the reload")
         assert [o.id for o in web.matrix.outlets] == ["outlet-0000", "outlet-0001"] and web.generation == 1
     finally:
         stopping.set()
@@ -357,9 +355,7 @@ async def test_the_dispatcher_follows_the_rate_limits_of_a_new_matrix_at_once(
         live.replace(dataclasses.replace(matrix, outlets=(outlet.model_copy(update={"rate_limits": ("1/h",)}),)))
         stopping = asyncio.Event()
         task = asyncio.create_task(dispatcher.run(stopping))
-        deadline = asyncio.get_running_loop().time() + 30
-        while store.log.counts().get("held", 0) < 2 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+        await until(lambda: store.log.counts().get("held", 0) >= 2, 30, what="two deliveries held")
         stopping.set()
         await task
         await dispatcher.close()

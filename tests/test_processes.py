@@ -14,7 +14,7 @@ from typing import Any
 from bot.model import Notice
 from bot.processes import SendOnlyProcesses, default_processes
 from bot.store import Store
-from tests.conftest import notice_data
+from tests.conftest import notice_data, until
 
 
 def env_for(url: str, tmp_path: Path, matrix: Any, **settings: str) -> dict[str, str]:
@@ -48,13 +48,6 @@ def children_of(pid: int) -> set[int]:
         if int(fields[1]) == pid and fields[0] != "Z":
             found.add(int(entry))
     return found
-
-
-async def until(check: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 def settled(url: str) -> tuple[list[dict[str, Any]], int]:

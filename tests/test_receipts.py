@@ -24,6 +24,7 @@ from bot.settings import Settings
 from bot.store import Role, Store, Windows
 from bot.store.tables import audit, receipts
 from bot.web import Site, create_app
+from tests.conftest import until
 
 KEY = "receipt-key-for-tests-0123456789abcdef"
 PUBLIC = "https://piyao.example.gov.cn"
@@ -363,8 +364,7 @@ async def test_in_a_browser_a_district_opens_its_receipt_link_confirms_and_sees_
                                            port=port, log_level="warning", lifespan="off"))
     serving = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            await asyncio.sleep(0.02)
+        await until(lambda: server.started, what="the web server")
         link = f"http://127.0.0.1:{port}" + path_of(links["outlet-0002"])
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])

@@ -9,7 +9,6 @@ import asyncio
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +24,11 @@ from bot.store import Store
 from bot.store.tables import alerts, receipts
 from bot.testing import WebhookOutlets
 from bot.web import Site, create_app
-from tests.conftest import notice_data, whsec
+from tests.conftest import notice_data, until, whsec
 
 KEY = "receipt-key-for-daemon-tests-0123456789"
 PUBLIC = "https://piyao.example.gov.cn"
 WINDOW = 10.0  # seconds: a reminder at 5 s, the escalation at 10 s
-
-
-async def until(condition: Any, timeout: float, what: str) -> None:
-    """Wait for an outcome, with a bound (not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def test_a_silent_district_gets_one_reminder_and_the_operators_one_alert_across_a_restart_and_two_processes(
@@ -88,23 +79,24 @@ async def test_a_silent_district_gets_one_reminder_and_the_operators_one_alert_a
             return on is not None and (tmp_path / "daemon.log").read_text().count("outlet matrix: 4 outlets") == 2
 
         first, second = await start(), await start()
-        await until(started, 60, "both processes up")  # the window starts at the release
+        await until(started, 60, what="both processes up")  # the window starts at the release
         submit("cq-rx-001")
-        await until(lambda: len(posts("notice.published", "cq-rx-001")) == 4, 30, "the notice everywhere")
+        await until(lambda: len(posts("notice.published", "cq-rx-001")) == 4, 30, what="the notice everywhere")
         link = next(p.payload["data"]["receipt_url"] for p in posts("notice.published") if p.outlet == "dist-a")
         app = create_app(Site(settings, store, regions, matrix))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url=PUBLIC) as client:
             confirmed = await client.post(link.removeprefix(PUBLIC), json={"published_url": "https://a.example/1"})
         assert confirmed.status_code == 200, confirmed.text
 
-        await until(lambda: len(posts("notice.reminder")) >= 2, 30, "the reminders")
+        await until(lambda: len(posts("notice.reminder")) >= 2, 30, what="the reminders")
         await stop(first, second)  # restarted between the reminder and the escalation
         first, second = await start(), await start()
         await until(lambda: any("cq-rx-001" in p.payload["data"]["text"] for p in posts("operator.alert")), 30,
-                    "the escalation")
+                    what="the escalation")
         # a barrier, not a sleep: a second notice's reminders come only after both processes ran many more ticks
         submit("cq-rx-002")
-        await until(lambda: len(posts("notice.reminder", "cq-rx-002")) == 3, 30, "the second notice's reminders")
+        await until(lambda: len(posts("notice.reminder", "cq-rx-002")) == 3, 30,
+                    what="the second notice's reminders")
         await stop(first, second)
 
         with store.engine.connect() as conn:

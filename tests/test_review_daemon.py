@@ -9,7 +9,6 @@ import asyncio
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,19 +16,10 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import notice_data
+from tests.conftest import notice_data, until
 from tests.test_cli import bot_env, debunkbot
 
 EMBARGO = 3.0  # seconds after the drop into the inbox: passed long before the embargoed notice is released
-
-
-async def until(condition: Callable[[], bool], proc: asyncio.subprocess.Process, what: str, timeout: float = 60) -> None:
-    """Wait for an outcome, with a bound (not a timing assertion), failing at once if the daemon died."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc.returncode is None, f"the daemon exited ({proc.returncode}) waiting for {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def test_the_running_daemon_sends_an_inbox_notice_only_after_both_stages_and_an_embargo_only_after_release(
@@ -62,20 +52,20 @@ async def test_the_running_daemon_sends_an_inbox_notice_only_after_both_stages_a
                            ("b.yaml", notice_data(ref="cq-rv-b")),
                            ("c.yaml", notice_data(ref="cq-rv-c", publish_at=embargo.isoformat()))]:
             (inbox / name).write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-        await until(lambda: len(list((inbox / "accepted").glob("*.yaml"))) == 3, proc, "the inbox taken")
+        await until(lambda: len(list((inbox / "accepted").glob("*.yaml"))) == 3, proc=proc, what="the inbox taken")
         code, out, err = await debunkbot(env, "review", "list")
         assert code == 0 and all(ref in out for ref in ("cq-rv-a", "cq-rv-b", "cq-rv-c")), err
 
         await sign("cq-rv-a", 1, "审核甲")
-        await until(lambda: datetime.now(UTC) > embargo, proc, "the embargo of cq-rv-c to pass")
+        await until(lambda: datetime.now(UTC) > embargo, proc=proc, what="the embargo of cq-rv-c to pass")
         assert "released to the outlets" in await sign("cq-rv-b", 1, "审核甲") + await sign("cq-rv-b", 2, "审核乙")
         # a barrier, not a sleep: the daemon sent b everywhere, so it would have sent a and c had they been due
-        await until(lambda: len(sent("cq-rv-b")) == 3, proc, "cq-rv-b at every outlet")
+        await until(lambda: len(sent("cq-rv-b")) == 3, proc=proc, what="cq-rv-b at every outlet")
         assert sent("cq-rv-a") == [] and sent("cq-rv-c") == [], "a draft reached an outlet before its release"
 
         assert "released to the outlets" in await sign("cq-rv-a", 2, "审核乙")
         assert "released to the outlets" in await sign("cq-rv-c", 1, "审核乙") + await sign("cq-rv-c", 2, "审核甲")
-        await until(lambda: len(sent("cq-rv-a")) == 3 and len(sent("cq-rv-c")) == 3, proc, "a and c at every outlet")
+        await until(lambda: len(sent("cq-rv-a")) == len(sent("cq-rv-c")) == 3, proc=proc, what="a and c everywhere")
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)

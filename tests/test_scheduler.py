@@ -11,7 +11,6 @@ import asyncio
 import os
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,7 +21,7 @@ import pytest
 import yaml
 
 from bot.testing import WebhookOutlets
-from tests.conftest import notice_data
+from tests.conftest import notice_data, until
 
 SCAN_INTERVAL = 0.5
 # A bound for polling, not a timing assertion: a healthy daemon needs two scan intervals, a broken one never
@@ -97,17 +96,6 @@ async def bot(tmp_path: Path, loopback: Callable[..., Any]) -> AsyncIterator[Run
             await proc.wait()
 
 
-async def until(condition: Callable[[], bool], proc: asyncio.subprocess.Process, timeout: float = DEADLINE) -> float:
-    """Poll for an outcome while the daemon runs; returns the seconds it took (a bound, not an assertion)."""
-    started = time.monotonic()
-    while not condition():
-        assert proc.returncode is None, "the daemon exited"
-        if time.monotonic() - started > timeout:
-            break
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
-
-
 async def stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> int:
     proc.send_signal(sig)
     return await asyncio.wait_for(proc.wait(), timeout=60)
@@ -116,14 +104,12 @@ async def stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> i
 async def test_a_file_dropped_into_the_inbox_of_a_running_daemon_is_delivered(bot: RunningBot) -> None:
     bot.write_notice(bot.inbox, "cq-before-start")
     proc = await bot.start()
-    await until(lambda: bot.refs_delivered().get("cq-before-start") == 3, proc)
-    assert bot.refs_delivered().get("cq-before-start") == 3, bot.log()  # the daemon is up and has scanned once
+    await until(lambda: bot.refs_delivered().get("cq-before-start") == 3, proc=proc, what=bot.log)  # up, scanned once
 
     for n in range(2):  # not once more, but at every scan
         ref = f"cq-while-running-{n}"
         bot.write_notice(bot.inbox, ref)
-        took = await until(lambda r=ref: bot.refs_delivered().get(r) == 3, proc)
-        assert bot.refs_delivered().get(ref) == 3, f"{ref} still not delivered after {took:.0f}s:\n{bot.log()}"
+        took = await until(lambda r=ref: bot.refs_delivered().get(r) == 3, proc=proc, what=bot.log)
         assert (bot.inbox / "accepted" / f"{ref}.yaml").exists()
         print(f"\n{ref}: delivered {took:.2f}s after it was dropped (scan interval {SCAN_INTERVAL}s)")
     assert await stop(proc) == 0, bot.log()
@@ -132,13 +118,11 @@ async def test_a_file_dropped_into_the_inbox_of_a_running_daemon_is_delivered(bo
 async def test_an_embargo_that_falls_due_while_the_daemon_runs_is_released_and_delivered(bot: RunningBot) -> None:
     bot.write_notice(bot.inbox, "cq-warm-up")
     proc = await bot.start()
-    await until(lambda: bot.refs_delivered().get("cq-warm-up") == 3, proc)
-    assert bot.refs_delivered().get("cq-warm-up") == 3, bot.log()
+    await until(lambda: bot.refs_delivered().get("cq-warm-up") == 3, proc=proc, what=bot.log)
 
     publish_at = datetime.now(UTC) + timedelta(seconds=2)
     await bot.submit(bot.write_notice(bot.tmp, "cq-embargoed", publish_at=publish_at.isoformat()))
-    took = await until(lambda: bot.refs_delivered().get("cq-embargoed") == 3, proc)
-    assert bot.refs_delivered().get("cq-embargoed") == 3, f"still held after {took:.0f}s:\n{bot.log()}"
+    await until(lambda: bot.refs_delivered().get("cq-embargoed") == 3, proc=proc, what=bot.log)
     first_post = min(p.received_at for p in bot.outlets.posts if p.payload["data"]["ref"] == "cq-embargoed")
     assert first_post >= publish_at.timestamp(), "not before its publish_at"
     print(f"\nembargo: delivered {first_post - publish_at.timestamp():.2f}s after publish_at "
@@ -151,9 +135,7 @@ async def test_an_embargo_that_falls_due_while_the_daemon_runs_is_released_and_d
 
 async def run_daemon_until(daemon: Any, condition: Callable[[], bool], timeout: float = 60) -> None:
     task = asyncio.create_task(daemon.run())
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline and not task.done():
-        await asyncio.sleep(0.01)
+    await until(lambda: condition() or task.done(), timeout)
     daemon.stop.set()
     await asyncio.wait_for(task, timeout=60)
 
@@ -246,8 +228,7 @@ async def test_regions_are_resolved_again_when_the_date_changes_in_chongqing(
 
 async def test_a_store_that_is_down_at_start_is_waited_for_and_sigterm_still_stops_cleanly(bot: RunningBot) -> None:
     proc = await bot.start(env={"DEBUNKBOT_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:9/nowhere"})
-    await until(lambda: bot.log().count("waiting for the store, try") >= 2, proc)
-    assert "waiting for the store, try 2" in bot.log(), bot.log()
+    await until(lambda: "waiting for the store, try 2" in bot.log(), proc=proc, what=bot.log)
     assert await stop(proc) == 0, bot.log()
     assert "Traceback" not in bot.log()
 
@@ -255,8 +236,7 @@ async def test_a_store_that_is_down_at_start_is_waited_for_and_sigterm_still_sto
 async def test_sigint_stops_the_daemon_as_cleanly_as_sigterm(bot: RunningBot) -> None:
     bot.write_notice(bot.inbox, "cq-before-sigint")
     proc = await bot.start()
-    await until(lambda: bot.refs_delivered().get("cq-before-sigint") == 3, proc)
-    assert bot.refs_delivered().get("cq-before-sigint") == 3, bot.log()
+    await until(lambda: bot.refs_delivered().get("cq-before-sigint") == 3, proc=proc, what=bot.log)
     assert await stop(proc, signal.SIGINT) == 0, bot.log()
     assert "stopped (" in bot.log() and "Traceback" not in bot.log() and "KeyboardInterrupt" not in bot.log()
 
@@ -345,11 +325,10 @@ async def test_operator_alerts_go_out_again_and_again_while_the_daemon_runs(bot:
 
     bot.write_notice(bot.inbox, "cq-alert-1")
     proc = await bot.start(env={"DEBUNKBOT_ALERT_INTERVAL": "0", "DEBUNKBOT_RETRY_SCHEDULE": "0.1"})
-    await until(lambda: any("outlet-0001" in text for text in alerts()), proc)
-    assert any("outlet-0001" in text for text in alerts()), bot.log()
+    await until(lambda: any("outlet-0001" in text for text in alerts()), proc=proc, what=bot.log)
     bot.write_notice(bot.inbox, "cq-alert-2")
-    await until(lambda: any("outlet-0000" in text for text in alerts()), proc)
-    assert any("outlet-0000" in text for text in alerts()), f"no second digest:\n{bot.log()}"
+    await until(lambda: any("outlet-0000" in text for text in alerts()), proc=proc,
+                what=lambda: f"no second digest:\n{bot.log()}")
     assert await stop(proc) == 0, bot.log()
 
 
@@ -373,14 +352,12 @@ async def test_a_running_daemon_cancels_an_expired_notices_retries_and_sends_not
         expires = datetime.now(UTC) + timedelta(seconds=10)  # room for the daemon to start and scan
         bot.write_notice(inbox, "cq-expiring", expires_at=expires.isoformat())
         said = "notice cq-expiring expired: 1 unsent delivery cancelled"
-        await until(lambda: said in bot.log(), proc)
-        assert said in bot.log(), bot.log()
+        await until(lambda: said in bot.log(), proc=proc, what=bot.log)
         tried = outlets.tries["outlet-0001"]  # every request outlet-0001 got so far was for cq-expiring
         assert tried >= 2 and bot.refs_delivered().get("cq-expiring") == 2
 
         bot.write_notice(inbox, "cq-after")  # the daemon keeps claiming and sending after the cancellation
-        await until(lambda: bot.refs_delivered().get("cq-after") == 2, proc)
-        assert bot.refs_delivered().get("cq-after") == 2, bot.log()
+        await until(lambda: bot.refs_delivered().get("cq-after") == 2, proc=proc, what=bot.log)
 
         log = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot", "log", "--attempts", "--json", "--notice", "cq-expiring",

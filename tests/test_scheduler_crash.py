@@ -31,7 +31,7 @@ from bot.regions import RegionTable
 from bot.store import Store, deliveries, notices
 from bot.testing import ChaosOutlets
 from bot.testing.chaos import HANG
-from tests.conftest import notice_data, whsec
+from tests.conftest import notice_data, until, whsec
 
 OUTLETS = 500
 NOTICES = 3
@@ -97,15 +97,6 @@ async def bot(tmp_path: Path, regions: RegionTable, request: pytest.FixtureReque
         yield Bot(tmp_path, env, chaos, db_url)
 
 
-async def until(condition: Any, timeout: float, proc: asyncio.subprocess.Process | None = None) -> None:
-    """Poll for an outcome, with a bound (not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        if proc is not None and proc.returncode is not None:
-            return
-        await asyncio.sleep(0.005)
-
-
 def assert_every_outlet_has_every_notice_once_by_webhook_id(bot: Bot) -> tuple[int, int]:
     """Returns (posts the outlets accepted, of which duplicates)."""
     rows = bot.rows()
@@ -136,13 +127,11 @@ async def test_sigkill_at_random_points_loses_nothing_and_duplicates_share_one_w
         first = len(bot.chaos.requests)
         proc = await bot.start()
         if rng.random() < 0.3:  # a random instant after start, maybe before the first send
-            started = time.monotonic()
-            wait = rng.uniform(0.2, 2.0)
-            await until(lambda w=wait, s=started: time.monotonic() - s >= w, 5, proc)
+            await asyncio.sleep(rng.uniform(0.2, 2.0))
+            assert proc.returncode is None, f"the daemon exited before the kill:\n{bot.log_tail()}"
         else:  # after a random number of posts
             target = min(bot.accepted() + rng.randint(10, 200), total)
-            await until(lambda t=target: bot.accepted() >= t, 30, proc)
-        assert proc.returncode is None, f"the daemon exited before the kill:\n{bot.log_tail()}"
+            await until(lambda t=target: bot.accepted() >= t, 30, proc=proc, what=bot.log_tail)
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
         await until(lambda f=first: all(r.accepted or not r.verified for r in bot.chaos.requests[f:]), 5)  # answered
@@ -168,8 +157,7 @@ HUNG = [f"o{i:03d}" for i in range(0, OUTLETS, 50)]
                          indirect=True)
 async def test_sigterm_drains_within_the_grace_period_exits_0_and_leaves_nothing_claimed(bot: Bot) -> None:
     proc = await bot.start()
-    await until(lambda: bot.accepted() >= 300, 30, proc)
-    assert proc.returncode is None, bot.log_tail()
+    await until(lambda: bot.accepted() >= 300, 30, proc=proc, what=bot.log_tail)
     hung = {r.outlet: r.message_id for r in bot.chaos.requests if r.outlet in HUNG}
     assert hung, "some sends are hanging when SIGTERM comes"
     stopping = time.monotonic()

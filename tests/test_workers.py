@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bot.store import Store
-from tests.conftest import notice_data
+from tests.conftest import notice_data, until
 
 
 async def start_workers(n: int, env: dict[str, str]) -> list[asyncio.subprocess.Process]:
@@ -93,10 +93,7 @@ async def test_killing_a_worker_mid_run_loses_nothing(
     submit(postgres_url, matrix, "one")
     env = worker_env(postgres_url, tmp_path, matrix, http_timeout="1", lease_seconds="1")
     workers = await start_workers(3, env)
-    for _ in range(400):  # wait until the fan-out is under way, then kill one worker outright
-        if len(outlets.posts) >= 60:
-            break
-        await asyncio.sleep(0.025)
+    await until(lambda: len(outlets.posts) >= 60, what="the fan-out under way")  # then kill one worker outright
     sent_before_kill = len(outlets.posts)
     workers[0].kill()
     await finish(workers)
@@ -127,10 +124,7 @@ async def test_workers_ride_out_a_postgres_restart_under_load_and_lose_nothing(
     outlets, matrix = await loopback(600, delay=0.02)
     submit(postgres_url, matrix, "one")
     workers = await start_workers(2, worker_env(postgres_url, tmp_path, matrix, concurrency="10"))
-    for _ in range(400):
-        if len(outlets.posts) >= 100:
-            break
-        await asyncio.sleep(0.025)
+    await until(lambda: len(outlets.posts) >= 100, what="the fan-out under way")
     sent_before = len(outlets.posts)
     await asyncio.to_thread(restart_postgres)  # every connection is cut; new ones are refused for a moment
     await finish(workers)

@@ -3,7 +3,6 @@ attempt. Served for real on loopback (uvicorn), as outlets fetch them."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import xml.etree.ElementTree as ET
@@ -26,6 +25,7 @@ from bot.store import Store
 from bot.testing import read_feed
 from bot.web import PROBLEM, Site, create_app
 from bot.web.server import WebServer
+from tests.conftest import until
 
 
 class Feeds:
@@ -114,16 +114,6 @@ def _valid_json_feed(body: bytes) -> dict[str, Any]:
     return feed
 
 
-async def _recorded(condition: Callable[[], bool]) -> None:
-    """The server records a fetch after the last byte is written, so a reader may see the body first: wait for it
-    (bounded generously: a loaded machine only makes this slower, never wrong)."""
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    assert condition()
-
-
 def _feed_matrix(tmp_path: Path, regions: RegionTable) -> Any:
     path = tmp_path / "outlets.yaml"
     path.write_text(yaml.safe_dump({"outlets": [
@@ -173,9 +163,9 @@ async def test_sixty_notices_are_paged_and_each_fetch_delivers_exactly_what_it_l
             listed = root.findall(f"{ATOM}entry")
             next_url = root.find(f"{ATOM}link[@rel='next']").get("href")  # type: ignore[union-attr]
         assert len(listed) == 50 and TOKEN not in next_url
-        await _recorded(lambda: statuses() == {"pending": 10, "delivered": 50})
+        await until(lambda: statuses() == {"pending": 10, "delivered": 50})
         second = await client.get(next_url)
-        await _recorded(lambda: statuses() == {"pending": 0, "delivered": 60})
+        await until(lambda: statuses() == {"pending": 0, "delivered": 60})
     if kind == "json":
         last = _valid_json_feed(second.content)
         assert len(last["items"]) == 10 and "next_url" not in last
@@ -196,7 +186,7 @@ async def test_a_head_request_delivers_nothing(
         assert (await client.get(feeds.url("n-feed"))).status_code == 401
         assert {r["status"] for r in store.log.deliveries()} == {"pending"} and store.log.attempts() == []
         await read_feed(feeds.url("n-feed"), token=TOKEN)
-        await _recorded(lambda: {r["status"] for r in store.log.deliveries()} == {"delivered"})
+        await until(lambda: {r["status"] for r in store.log.deliveries()} == {"delivered"})
 
 
 async def test_a_wrong_token_an_outlet_that_is_no_feed_and_a_page_out_of_range_are_problems_that_deliver_nothing(
@@ -222,14 +212,6 @@ def open_feed_matrix(tmp_path: Path, regions: RegionTable) -> OutletMatrix:
     path.write_text(yaml.safe_dump({"outlets": [{"id": "n-open", "name": "公开订阅", "tier": "other",
                                                  "channel": "feed"}]}, allow_unicode=True))
     return load_matrix(path, regions, environ={})
-
-
-async def until(condition: Callable[[], bool], timeout: float = 20) -> None:
-    """Wait for what a fetch records once its answer has gone (a background task of the response)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_fetch_recorded_after_a_correction_does_not_count_the_correction_as_delivered(

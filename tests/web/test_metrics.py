@@ -25,6 +25,7 @@ from bot.settings import Settings
 from bot.store import STORE_FAULTS, Store, make_engine
 from bot.store.metrics import BUCKETS
 from bot.web import Site, create_app
+from tests.conftest import until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -232,13 +233,6 @@ async def test_a_workers_store_errors_reach_any_servers_scrape_once_the_store_is
         holder.close()
         worker.close()
         server.close()
-
-
-async def until(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
-        await asyncio.sleep(0.02)
 
 
 async def test_pruning_old_attempts_never_takes_a_count_back(

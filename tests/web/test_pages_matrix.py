@@ -13,6 +13,7 @@ from bot.store import Role
 from bot.web.pages import SESSION_COOKIE
 from bot.web.pages.live import CellWatch
 from bot.web.server import WebServer
+from tests.conftest import until
 from tests.web.conftest import Newsroom, csrf_of
 
 DEADLINE = 10.0
@@ -142,11 +143,7 @@ async def test_the_stream_sends_a_cell_when_its_delivery_changes_and_coalesces_m
             assert seen == {ids[o]: "failed" for o in ("dist-yuzhong", "dist-nanan", "n-group")}
             assert updates < 3
             assert len(watch.feeds) == 1  # one poller for the notice, however many viewers
-    for _ in range(100):  # the viewer left: its poller ends
-        if not watch.feeds:
-            break
-        await asyncio.sleep(0.05)
-    assert watch.feeds == {}
+    await until(lambda: watch.feeds == {}, 5, what="the poller to end once the viewer left")
 
 
 async def test_the_matrix_speaks_english_when_the_person_chose_it(newsroom: Newsroom) -> None:

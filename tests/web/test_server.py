@@ -16,7 +16,8 @@ from fastapi import FastAPI
 from bot.store import Store
 from bot.testing import read_feed
 from bot.web.server import BindError, WebServer, WebServerFailed, listen
-from tests.test_scheduler import DEADLINE, RunningBot, bot, stop, until, with_feed_outlet
+from tests.conftest import until
+from tests.test_scheduler import DEADLINE, RunningBot, bot, stop, with_feed_outlet
 
 __all__ = ["bot"]  # the fixture, shared with the daemon's tests
 
@@ -25,7 +26,7 @@ SERVING = re.compile(r"web server at (http://\S+) \(")
 
 async def served_at(bot: RunningBot, proc: asyncio.subprocess.Process) -> str:
     """The URL the process logged it serves on (the port the system gave: it was asked for port 0)."""
-    await until(lambda: SERVING.search(bot.log()) is not None, proc)
+    await until(lambda: SERVING.search(bot.log()) is not None, proc=proc, what=bot.log)
     found = SERVING.search(bot.log())
     assert found, bot.log()
     return found[1]
@@ -51,13 +52,14 @@ async def test_run_answers_healthz_and_serves_a_feed_that_delivers_on_its_one_po
     async with httpx.AsyncClient(base_url=url, trust_env=False) as client:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         assert (await client.get("/readyz")).json() == {"status": "ready"}
-    await until(lambda: bot.refs_delivered().get("cq-served") == 3, proc)  # pushed: released, so listed
+    await until(lambda: bot.refs_delivered().get("cq-served") == 3, proc=proc, what=bot.log)  # pushed, so listed
 
     entries = await read_feed(f"{url}/feeds/feed-open.atom")
     assert [e["id"].rsplit(":", 1)[-1] for e in entries] == ["cq-served"]
     store = Store.open(bot.env["DEBUNKBOT_DATABASE_URL"])
     try:
-        await until(lambda: [r["status"] for r in store.log.deliveries(outlet_id="feed-open")] == ["delivered"], proc)
+        await until(lambda: [r["status"] for r in store.log.deliveries(outlet_id="feed-open")] == ["delivered"],
+                    proc=proc, what=bot.log)
         assert [(t["trigger"], t["outcome"]) for t in store.log.attempts(outlet_id="feed-open")] == [
             ("fetch", "delivered")]
     finally:
@@ -70,7 +72,7 @@ async def test_run_with_no_web_sends_but_serves_nothing(bot: RunningBot) -> None
     port = free_port()
     bot.write_notice(bot.inbox, "cq-no-web")
     proc = await bot.start("--no-web", env={"DEBUNKBOT_HTTP_BIND": f"127.0.0.1:{port}"})
-    await until(lambda: bot.refs_delivered().get("cq-no-web") == 3, proc)
+    await until(lambda: bot.refs_delivered().get("cq-no-web") == 3, proc=proc, what=bot.log)
     assert bot.refs_delivered().get("cq-no-web") == 3, bot.log()
     assert refused(f"http://127.0.0.1:{port}") and "web server at" not in bot.log()
     assert await stop(proc) == 0, bot.log()

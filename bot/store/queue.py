@@ -435,19 +435,17 @@ class Queue:
                 self.health.after_attempts(conn, tried, now, policy)
             add_latencies(conn, ((r.channel, r.latency_ms) for r in tried))
 
-    def record_fetch(self, outlet_id: str, listed: Mapping[int, tuple[int, bool]] | Sequence[int],
-                     latency_ms: float = 0.0, now: datetime | None = None) -> int:
+    def record_fetch(self, outlet_id: str, listed: Mapping[int, tuple[int, bool]], latency_ms: float = 0.0,
+                     now: datetime | None = None) -> int:
         """A feed fetch was answered: the pending deliveries it listed are delivered, the fetch recorded as their
         attempt. ``listed``: delivery id -> (the version the feed showed, whether it showed the retraction); a
-        delivery corrected or retracted since the feed was read stays pending (the next fetch lists the change).
-        A plain sequence of ids trusts whatever each delivery now carries."""
-        shown = listed if isinstance(listed, Mapping) else None
+        delivery corrected or retracted since the feed was read stays pending (the next fetch lists the change)."""
         with self.db.tx() as conn:
             now = now or self.db.now(conn)
             rows = [r for r in conn.execute(
                 sa.select(d.c.id, d.c.attempts, d.c.version, d.c.carries).where(
                     d.c.id.in_(list(listed)), d.c.outlet_id == outlet_id, d.c.status == "pending")
-            ).all() if shown is None or shown[r.id] == (r.version, r.carries == "retraction")]
+            ).all() if listed[r.id] == (r.version, r.carries == "retraction")]
             if not rows:
                 return 0
             conn.execute(attempts.insert(), [

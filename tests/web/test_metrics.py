@@ -257,7 +257,7 @@ async def test_a_feed_fetch_counts_as_an_attempt_of_the_feed_channel(
     _, matrix = await loopback(2)
     store.queue.add_notices([(make_notice(), matrix.outlets)], source="test")
     (row,) = store.log.deliveries(outlet_id="outlet-0000")
-    assert store.queue.record_fetch("outlet-0000", [row["id"]], latency_ms=30.0) == 1
+    assert store.queue.record_fetch("outlet-0000", {row["id"]: (1, False)}, latency_ms=30.0) == 1
 
     samples = await scrape(store, matrix, regions, settings)
     feed = (("channel", "feed"),)

@@ -501,3 +501,28 @@ def test_a_failed_delivery_of_an_expired_notice_is_not_requeued(
     later = now + timedelta(minutes=10)
     assert [r["notice"] for r in store.queue.requeue(now=later)] == ["lasting"]
     assert store.log.deliveries(ref="brief")[0]["status"] == "failed"
+
+
+def test_the_notices_list_counts_the_deliveries_of_the_notices_it_shows_and_no_others(
+    store: Store, make_notice: Callable[..., Notice]
+) -> None:
+    import sqlalchemy as sa
+
+    for n in range(3):
+        store.queue.add_notices([(make_notice(ref=f"n{n}", title=f"第{n}条"), OUTLETS[:n + 1])], source="t")
+    ids = {ref: store.log.notice(ref)[0] for ref in ("n0", "n1", "n2")}  # type: ignore[index]
+    statements: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        statements.append((statement, params))
+
+    sa.event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        page = store.log.notices(limit=2, newest_first=True)
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", seen)
+    assert [(r["ref"], r["state"], r["pending"], r["delivered"]) for r in page.rows] == [
+        ("n2", "pending", 3, 0), ("n1", "pending", 2, 0)]
+    grouped = [params for statement, params in statements if "GROUP BY" in statement.upper()]
+    assert len(grouped) == 1, statements  # one count, of the page's notices: not every delivery in the store
+    assert set(grouped[0].values() if isinstance(grouped[0], dict) else grouped[0]) == {ids["n2"], ids["n1"]}

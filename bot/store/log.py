@@ -134,20 +134,17 @@ class DeliveryLog:
 
         A notice's state: ``retracted`` (撤回: whatever its deliveries say), ``held`` (embargoed, not released), ``failed`` (some outlet's delivery failed),
         ``pending`` (some outlet does not have it yet), ``cancelled`` (it expired before some outlet had it:
-        nothing more goes out) or ``delivered`` (every outlet has it). ``notice_id``: that one notice only (its
-        deliveries alone are counted).
+        nothing more goes out) or ``delivered`` (every outlet has it). ``notice_id``: that one notice only. Only the
+        deliveries of the notices returned are counted, never the whole store's.
         """
-        counted = sa.select(d.c.notice_id, *(sa.func.sum(sa.case((d.c.status == s, 1), else_=0)).label(s)
-                                             for s in STATES))
-        if notice_id is not None:
-            counted = counted.where(d.c.notice_id == notice_id)
-        counts = counted.group_by(d.c.notice_id).subquery("counts")
-        waiting = sa.func.coalesce(counts.c.pending, 0) + sa.func.coalesce(counts.c.held, 0)
-        notice_state = sa.case((n.c.retracted_at.is_not(None), "retracted"), (n.c.released_at.is_(None), "held"), (counts.c.failed > 0, "failed"),
-                               (waiting > 0, "pending"), (counts.c.cancelled > 0, "cancelled"), else_="delivered")
+        def some(*statuses: str) -> Any:  # one of the notice's deliveries is in one of these (it stops at the first)
+            return sa.exists().where(d.c.notice_id == n.c.id, d.c.status.in_(statuses))
+
+        notice_state = sa.case((n.c.retracted_at.is_not(None), "retracted"), (n.c.released_at.is_(None), "held"),
+                               (some("failed"), "failed"), (some("pending", "held"), "pending"),
+                               (some("cancelled"), "cancelled"), else_="delivered")
         query = (sa.select(n.c.id, n.c.ref, n.c.payload, n.c.submitted_at, n.c.released_at,
-                           notice_state.label("state"), *(counts.c[s] for s in STATES))
-                 .select_from(n.outerjoin(counts, counts.c.notice_id == n.c.id))
+                           notice_state.label("state"))
                  .order_by(n.c.id.desc() if newest_first else n.c.id))
         if notice_id is not None:
             query = query.where(n.c.id == notice_id)
@@ -176,14 +173,25 @@ class DeliveryLog:
                     notice = Notice.from_stored(row.payload)
                     if region is None or region in notice.regions:
                         rows.append({"id": row.id, "ref": row.ref, "notice": notice, "state": row.state,
-                                     "submitted_at": row.submitted_at, "released_at": row.released_at,
-                                     **{s: row._mapping[s] or 0 for s in STATES}})
+                                     "submitted_at": row.submitted_at, "released_at": row.released_at})
                 if len(batch) <= limit:
                     break
                 cursor = batch[-1].id
-        more = len(rows) > limit
-        rows = rows[:limit]
+            more = len(rows) > limit
+            rows = rows[:limit]
+            counts = self._status_counts(conn, [r["id"] for r in rows])  # the page's notices only
+        for row in rows:
+            row.update({s: counts.get((row["id"], s), 0) for s in STATES})
         return Page(rows, rows[-1]["id"] if more else None)
+
+    @staticmethod
+    def _status_counts(conn: sa.Connection, notice_ids: list[int]) -> dict[tuple[int, str], int]:
+        """(notice id, stored status) -> how many of its deliveries have it, for these notices."""
+        if not notice_ids:
+            return {}
+        return {(r.notice_id, r.status): r.n for r in conn.execute(
+            sa.select(d.c.notice_id, d.c.status, sa.func.count().label("n"))
+            .where(d.c.notice_id.in_(notice_ids)).group_by(d.c.notice_id, d.c.status))}
 
     def tier_counts(self, notice_ids: Collection[int]) -> dict[int, dict[str, dict[str, int]]]:
         """notice id -> tier -> its deliveries by stored status and in all (``total``), for a page of notices:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -377,6 +377,16 @@ class Review:
         with self.db.read() as conn:
             return [self._state(conn, row) for row in conn.execute(
                 sa.select(r).where(r.c.ref == ref).order_by(r.c.id))]
+
+    def urgent_releases(self, refs: Collection[str]) -> dict[str, str]:
+        """ref -> the reason of its latest urgent release (紧急发布: released by an operator before every stage
+        was signed), for those of these refs that had one."""
+        if not refs:
+            return {}
+        with self.db.read() as conn:
+            return {row.ref: row.urgent_reason for row in conn.execute(
+                sa.select(r.c.ref, r.c.urgent_reason).where(r.c.ref.in_(list(refs)), r.c.state == "released",
+                                                            r.c.urgent_reason.is_not(None)).order_by(r.c.id))}
 
     def waiting(self, limit: int = 200) -> list[ReviewState]:
         """Every draft and sent-back review, the longest waiting first."""

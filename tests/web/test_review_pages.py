@@ -86,6 +86,29 @@ async def test_an_editor_cannot_sign_and_a_send_back_from_the_page_needs_a_comme
     assert reviewed.store.review.get("cq-test-001").state == "returned"  # type: ignore[union-attr]
 
 
+async def test_an_urgent_release_is_marked_in_words_on_the_notices_list_and_on_its_matrix_page(
+    reviewed: Newsroom, regions: RegionTable
+) -> None:
+    concerned = reviewed.site.matrix.concerned_by
+    reviewed.store.review.sign("cq-test-001", 1, Actor("审核甲", "reviewer", "203.0.113.8"), None, concerned)
+    reviewed.store.review.release("cq-test-001", Actor("值班员", "operator", "203.0.113.8"), "汛情紧急", concerned)
+    plain = Notice.model_validate(notice_data(ref="cq-plain", urgency="urgent"), context={"regions": regions})
+    reviewed.store.review.submit([plain], "api:编辑王五", Actor("编辑王五", "editor", "203.0.113.9"))
+    for stage, name in enumerate(("审核甲", "审核乙", "审核丙"), start=1):  # every stage signed: not urgent
+        reviewed.store.review.sign("cq-plain", stage, Actor(name, "reviewer", "203.0.113.8"), None, concerned)
+    viewer = await reviewed.login(Role.viewer)
+
+    listed = (await viewer.get("/notices")).text
+    rows = {ref: row for row in listed.split("<tr>") for ref in ("cq-test-001", "cq-plain") if f">{ref}<" in row}
+    assert "紧急发布" in rows["cq-test-001"] and "紧急" in rows["cq-plain"] and "紧急发布" not in rows["cq-plain"]
+    page = (await viewer.get("/notices/cq-test-001")).text
+    assert "紧急发布" in page and "未经全部审核环节签批即发布：汛情紧急" in page
+    assert "紧急发布" not in (await viewer.get("/notices/cq-plain")).text
+    english = await reviewed.login(Role.viewer)
+    english.headers["accept-language"] = "en"
+    assert "Urgent release" in (await english.get("/notices")).text
+
+
 @pytest.fixture
 async def served(reviewed: Newsroom) -> AsyncIterator[tuple[Newsroom, str]]:
     async with WebServer(reviewed.app, "127.0.0.1:0") as web:  # type: ignore[arg-type]

@@ -169,7 +169,7 @@ def _matrix(site: Site, ref: str, t: Translations) -> dict[str, Any]:
     rows = site.store.log.cells(ref)
     latest = max((r["updated_at"] for r in rows), default=datetime.now(UTC))
     return {"row": notice, "blocks": layout(site, rows, t), "counts": counts_of(rows), "total": len(rows),
-            "since": (latest - MARGIN).isoformat()}
+            "since": (latest - MARGIN).isoformat(), "urgent_release": site.store.review.urgent_releases([ref]).get(ref)}
 
 
 @router.get("/notices/{ref}", response_class=HTMLResponse)

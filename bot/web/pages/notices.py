@@ -51,7 +51,9 @@ def _notices(site: Site, filters: dict[str, Any], after: int | None) -> dict[str
         until=start_of(until + timedelta(days=1)) if until else None, after=after, limit=PAGE, newest_first=True)
     tiers = site.store.log.tier_counts([r["id"] for r in found.rows])
     regions = [CITYWIDE, *(u.name for u in site.regions.units_on(datetime.now(CHONGQING).date()))]
-    return {"rows": found.rows, "next": found.next, "tiers": tiers, "regions": regions}
+    urgent_released = site.store.review.urgent_releases([r["ref"] for r in found.rows])
+    return {"rows": found.rows, "next": found.next, "tiers": tiers, "regions": regions,
+            "urgent_released": urgent_released}
 
 
 @router.get("/notices", response_class=HTMLResponse)

@@ -33,7 +33,7 @@ import yaml
 
 from bot.settings import ROOT
 from bot.testing import DingTalkRobots, FeishuBots, WebhookOutlets, WeComRobots
-from tests.conftest import notice_data, whsec
+from tests.conftest import notice_data, until, whsec
 
 CHROMIUM = Path("/usr/bin/chromium")
 AXE = Path(__file__).resolve().parent / "axe" / "node_modules" / "axe-core" / "axe.min.js"
@@ -238,7 +238,7 @@ async def test_an_editor_submits_through_the_form_and_sees_the_matrix_turn_green
     await page.evaluate("() => { document.activeElement.blur(); window.scrollTo(0, 0); }")
     await page.screenshot(path=str(SCREENSHOTS / "editor-desktop.png"))
 
-    await page.click("#notice-form button[type=submit]")  # the ref is refused: the form comes back with its message
+    await page.click("#submit-notice")  # the ref is refused: the form comes back with its message
     message = page.locator("#ref-error")
     await message.wait_for()
     assert "notice.ref" in await message.inner_text()
@@ -247,7 +247,7 @@ async def test_an_editor_submits_through_the_form_and_sees_the_matrix_turn_green
     assert await axe_findings(page) == []
 
     await page.fill("#ref", data["ref"])
-    await page.click("#notice-form button[type=submit]")
+    await page.click("#submit-notice")
     await page.wait_for_url(f"{newsroom.url}/notices/{data['ref']}")
     await page.evaluate("window.sameDocument = true")  # gone if the page reloads
 
@@ -287,10 +287,35 @@ async def test_the_pages_read_well_on_a_360_pixel_phone(newsroom: Newsroom, brow
     assert await phone.page.evaluate("document.documentElement.scrollWidth") <= 360  # no sideways scrolling
     await phone.page.evaluate("() => { document.activeElement.blur(); window.scrollTo(0, 0); }")
     await phone.page.screenshot(path=str(SCREENSHOTS / "editor-phone.png"))
-    await phone.page.click("#notice-form button[type=submit]")
+    await phone.page.click("#submit-notice")
     await phone.page.wait_for_url(f"{newsroom.url}/notices/{data['ref']}")
     await expect(phone.page.locator("#matrix .cell.state-pending")).to_have_count(0, timeout=DEADLINE * 1000)
     assert await phone.page.locator("#matrix .cell.state-delivered").count() >= 4  # city-shangyou: if fixed by now
     assert await phone.page.evaluate("document.documentElement.scrollWidth") <= 360
     await phone.page.screenshot(path=str(SCREENSHOTS / "matrix-phone.png"), full_page=True)
     assert phone.problems == []
+
+
+async def test_an_editor_adds_a_source_row_and_enter_in_a_field_still_submits_the_notice(
+        newsroom: Newsroom, browser: Browser) -> None:
+    desk = await watched(browser)
+    page = desk.page
+    await log_in(page, newsroom, "editor", "/notices/new")
+    data = notice_data(ref="cq-sources-001")
+    await fill_form(page, **{k: data[k] for k in ("ref", "title", "rumour", "truth", "authority")},
+                    source_title_2="重庆市水利局通报", source_url_2="https://slj.cq.gov.cn/notice/3")
+    assert await page.locator("#source_title_3").count() == 0
+    await page.click("button[name=more_sources]")  # a plain submit: it works without JavaScript too
+    await page.locator("#source_title_3").wait_for()
+    assert await page.evaluate("document.activeElement.id") == "source_title_3"  # the new row, ready to type in
+    assert await page.input_value("#title") == data["title"]  # nothing typed is lost
+    assert await page.input_value("#source_url_2") == "https://slj.cq.gov.cn/notice/3"
+    await fill_form(page, source_title_3="长江水文网", source_url_3="https://cjh.example.cn/4")
+    assert await axe_findings(page) == []
+    await page.press("#source_url_3", "Enter")  # the form's default button: the notice, not yet another row
+    await page.wait_for_url(f"{newsroom.url}/notices/{data['ref']}")
+    await until(lambda: bool(newsroom.delivered_to(data["ref"])), DEADLINE, what="the notice at a webhook outlet")
+    post = next(p for p in newsroom.webhooks.posts if p.payload.get("data", {}).get("ref") == data["ref"])
+    said = json.dumps(post.payload, ensure_ascii=False)
+    assert "重庆市水利局通报" in said and "长江水文网" in said  # both rows became the notice's sources
+    assert desk.problems == []

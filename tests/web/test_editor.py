@@ -63,6 +63,29 @@ async def test_a_good_notice_is_stored_as_the_editor_and_the_browser_goes_to_its
     assert [(a["actor"], a["source"]) for a in audit][-1][0] == "editor-李四"
 
 
+async def test_add_another_source_brings_the_form_back_a_row_longer_and_a_notice_keeps_every_row(
+        newsroom: Newsroom) -> None:
+    editor = await newsroom.login(Role.editor)
+    csrf = csrf_of(await editor.get("/notices/new"))
+    typed = form_of(csrf=csrf, source_rows="3", source_title_2="市水利局通报", source_url_2="https://slj.cq.gov.cn/1")
+    longer = await editor.post("/notices/new", data=typed | {"more_sources": "1"})  # no JavaScript: the form again
+    assert longer.status_code == 200 and newsroom.store.log.notices(limit=5).rows == []  # nothing checked, stored
+    page = unescape(longer.text)
+    assert 'name="source_rows" value="4"' in page and re.search(r'id="source_title_3"[^>]*autofocus', page)
+    assert 'value="市水利局通报"' in page and f'value="{typed["title"]}"' in page and "field-error" not in page
+    assert page.count('name="source_title_') == 4
+
+    sources = {f"source_{part}_{row}": f"来源{row}" if part == "title" else f"https://cq.example/{row}"
+               for row in range(20) for part in ("title", "url")}
+    full = await editor.post("/notices/new", data=typed | {"source_rows": "20"} | sources | {"more_sources": "1"})
+    assert unescape(full.text).count('name="source_title_') == 20  # a notice holds at most 20: no 21st row
+    assert "more_sources" not in full.text
+    stored = await editor.post("/notices/new", data=typed | {"source_rows": "20"} | sources)
+    assert stored.status_code == 303
+    (row,) = newsroom.store.log.notices(limit=5).rows
+    assert [s.title for s in row["notice"].sources] == [f"来源{n}" for n in range(20)]
+
+
 async def test_the_embargo_is_read_as_chongqing_time(newsroom: Newsroom) -> None:
     editor = await newsroom.login(Role.editor)
     csrf = csrf_of(await editor.get("/notices/new"))

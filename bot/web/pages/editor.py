@@ -10,7 +10,9 @@ last keystroke and swaps in the preview: one per kind of channel (and its option
 listed with whether the notice reaches them, rendered by the API's preview code (``render_previews``).
 
     GET  /notices/new                the form (editor)
-    POST /notices/new                store it, or the form again with each refused field's message
+    POST /notices/new                store it, or the form again with each refused field's message; with
+                                     ``more_sources`` (the "add another source" button) the form again with one
+                                     more source row, nothing checked or stored
     POST /notices/new/preview        the preview fragment (htmx; CSRF in the X-CSRF-Token header)
 """
 
@@ -41,7 +43,8 @@ from channels.fit import Limit
 
 router = APIRouter(include_in_schema=False)
 
-SOURCE_ROWS = 3  # source rows the form offers; a notice may hold up to 20 through a file or the API
+SOURCE_ROWS = 3  # source rows the form offers at first; "add another source" adds one, up to MAX_SOURCES
+MAX_SOURCES = 20  # as many as a notice may hold (Notice.sources)
 VERDICT_WORDS = {"false": N_("False (谣言)"), "misleading": N_("Misleading (不实)"),
                  "misconception": N_("Misconception (误区)"), "unproven": N_("Unproven (未经证实)")}
 URGENCY_WORDS = {"normal": N_("Normal"), "urgent": N_("Urgent")}
@@ -80,7 +83,9 @@ def read_form(form: FormData) -> Draft:
         if text[name]:
             data[name] = chongqing_input(text[name])
     sources, rows = [], []
-    for row in range(SOURCE_ROWS):
+    shown = str(form.get("source_rows") or "")
+    values["source_rows"] = min(max(int(shown) if shown.isdigit() else 0, SOURCE_ROWS), MAX_SOURCES)
+    for row in range(values["source_rows"]):
         title = str(form.get(f"source_title_{row}") or "").strip()
         url = str(form.get(f"source_url_{row}") or "").strip()
         values[f"source_title_{row}"], values[f"source_url_{row}"] = title, url
@@ -213,7 +218,8 @@ def _form(request: Request, visitor: Visitor, draft: Draft, errors: dict[str, li
     site = site_of(request)
     return render(request, visitor, "editor.html", values=draft.values, errors=errors,
                   region_groups=region_groups(site.regions), citywide=CITYWIDE, verdicts=VERDICT_WORDS,
-                  urgencies=URGENCY_WORDS, source_rows=range(SOURCE_ROWS), previews=previews,
+                  urgencies=URGENCY_WORDS, source_rows=range(draft.values.get("source_rows", SOURCE_ROWS)),
+                  max_sources=MAX_SOURCES, previews=previews,
                   channel_words=CHANNEL_WORDS, unit_words=UNIT_WORDS,
                   verdict_values=[v.value for v in Verdict], urgency_values=[u.value for u in Urgency])
 
@@ -227,7 +233,12 @@ async def new_notice(request: Request, visitor: Visitor = page(Role.editor)) -> 
 @router.post("/notices/new", response_class=HTMLResponse)
 async def submit_notice(request: Request, visitor: Visitor = form_page(Role.editor)) -> Response:
     site = site_of(request)
-    draft = read_form(await request.form())
+    form = await request.form()
+    draft = read_form(form)
+    if form.get("more_sources"):  # "add another source": the same form, a row longer, the new row in focus
+        draft.values["source_rows"] = min(draft.values["source_rows"] + 1, MAX_SOURCES)
+        draft.values["focus"] = f"source_title_{draft.values['source_rows'] - 1}"
+        return _form(request, visitor, draft, {})
     notice, errors = await run_in_threadpool(check, draft, site.regions)
     if notice is None:
         return _form(request, visitor, draft, errors)  # 200: a 4xx page is a console error in browsers

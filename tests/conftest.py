@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import os
 import secrets
 import time
@@ -112,20 +113,25 @@ def settings(tmp_path: Path, store: Store) -> Settings:
 
 
 async def until(condition: Callable[[], object], timeout: float = 60, *, proc: asyncio.subprocess.Process | None = None,
-                what: str | Callable[[], str] = "the outcome") -> float:
-    """Poll ``condition`` until it holds: a bound, not a timing assertion. Fails when ``timeout`` seconds pass first,
-    or when the daemon ``proc`` exits first; ``what`` says what was waited for (a callable is read only then: the
-    daemon's log, say). Returns the seconds it took, to report, never to assert on.
+                what: str | Callable[[], str] = "the outcome", every: float = 0.01) -> float:
+    """Poll ``condition`` (a function, or a coroutine function) every ``every`` seconds until it holds: a bound,
+    not a timing assertion. Fails when ``timeout`` seconds pass first, or when the daemon ``proc`` exits first;
+    ``what`` says what was waited for (a callable is read only then: the daemon's log, say). Returns the seconds
+    it took, to report, never to assert on.
 
         await until(lambda: len(outlets.delivered()) == 3, proc=proc, what="every outlet")
     """
+    async def holds() -> object:
+        found = condition()
+        return await found if inspect.isawaitable(found) else found
+
     started = time.monotonic()
-    while not condition():
+    while not await holds():
         if proc is not None and proc.returncode is not None:
             raise AssertionError(f"the daemon exited ({proc.returncode}) first: {what() if callable(what) else what}")
         if time.monotonic() - started > timeout:
             raise AssertionError(f"timed out after {timeout:g} s: {what() if callable(what) else what}")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(every)
     return time.monotonic() - started
 
 

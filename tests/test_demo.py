@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from bot.settings import CONFIG
+from tests.conftest import until
 from tests.test_cli import debunkbot
 
 
@@ -47,14 +48,15 @@ async def test_try_leaves_a_running_setup_that_takes_a_notice_from_its_inbox_and
         sample = (CONFIG / "samples" / "2026-11-27-citywide.yaml").read_text(encoding="utf-8")
         (work / "inbox" / "mine.yaml").write_text(sample.replace("cq-2026-1127-001", "my-first"), encoding="utf-8")
         rows: list[dict[str, object]] = []
-        for _ in range(600):  # polling for an outcome, not timing it
+
+        async def everywhere() -> bool:
             _, out, _ = await debunkbot(env, "log", "--json", "--notice", "my-first")
-            rows = [json.loads(line) for line in out.splitlines()]
-            if len(rows) == 50 and all(r["status"] == "delivered" for r in rows if r["outlet"] not in (
-                    "other-partner-site", "other-open-feed")):
-                break
-            await asyncio.sleep(0.2)
-        assert len(rows) == 50, rows
+            rows[:] = [json.loads(line) for line in out.splitlines()]
+            return len(rows) == 50 and all(r["status"] == "delivered" for r in rows if r["outlet"] not in (
+                "other-partner-site", "other-open-feed"))
+
+        await until(everywhere, 180, proc=proc, what=lambda: f"my-first at every pushed outlet: {rows}",
+                    every=0.2)
         assert (work / "inbox" / "accepted" / "mine.yaml").exists()
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -15,13 +15,11 @@ they fail instead.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,22 +143,20 @@ def _token(output: str) -> str:
 
 async def _until_up(room: Newsroom) -> None:
     """Wait for the daemon's web server: its log says where it listens (it took a free port)."""
-    started = time.monotonic()
     async with httpx.AsyncClient() as client:
-        while time.monotonic() - started < DEADLINE:
+        async def answers() -> bool:
             assert room.proc.poll() is None, room.log.read_text(errors="replace")
             found = re.search(r"web server at (http://127\.0\.0\.1:\d+)", room.log.read_text(errors="replace"))
             if not found:
-                await asyncio.sleep(0.1)
-                continue
+                return False
             room.url = found.group(1)
             try:
-                if (await client.get(room.url + "/healthz")).status_code < 500:
-                    return
+                return (await client.get(room.url + "/healthz")).status_code < 500
             except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("the daemon's web server did not answer: " + room.log.read_text(errors="replace"))
+                return False
+
+        await until(answers, DEADLINE, every=0.1,
+                    what=lambda: "the daemon's web server to answer: " + room.log.read_text(errors="replace"))
 
 
 @dataclass

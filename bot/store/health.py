@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 h, d = outlet_health, deliveries
 COLUMNS = [h.c[name] for name in Health.__dataclass_fields__]
+FIELDS = [name for name in Health.__dataclass_fields__ if name != "outlet_id"]
 
 
 class OutletHealth:
@@ -84,7 +85,7 @@ class OutletHealth:
         outlet_ids = sorted({r.outlet_id for r in records})
         # every outlet gets its row first, so two workers recording the same new outlet cannot collide
         insert_new(conn, h, [{"outlet_id": o} for o in outlet_ids], "outlet_id")
-        before = {row.outlet_id: Health(**row._mapping) for row in conn.execute(
+        before = {row.outlet_id: Health(*row) for row in conn.execute(  # COLUMNS are in Health's order
             sa.select(*COLUMNS).where(h.c.outlet_id.in_(outlet_ids)).with_for_update()
         )}
         after = dict(before)
@@ -102,11 +103,16 @@ class OutletHealth:
                     f"See `debunkbot log --outlet {r.outlet_id} --status failed`; requeue with "
                     f"`debunkbot retry --outlet {r.outlet_id}`", now))
         raised += [alert(f"{e.kind}:{e.outlet_id}:{e.at.isoformat()}", e.kind, e.text, now) for e in events]
-        updates = [vars(health) for oid, health in after.items() if before[oid] != health]
-        if updates:
-            conn.execute(
-                h.update().where(h.c.outlet_id == sa.bindparam("b_outlet_id")).values(
-                    {c.name: sa.bindparam(f"b_{c.name}") for c in COLUMNS if c.name != "outlet_id"}),
-                [{f"b_{k}": v for k, v in row.items()} for row in updates],
-            )
+        # only the columns that changed, outlets alike in one statement: a delivery to a healthy outlet moves
+        # last_success_at alone (the rows are this transaction's, locked above: the rest is as read)
+        changed: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for oid, health in after.items():
+            was = before[oid]
+            if was != health:
+                names = tuple(n for n in FIELDS if getattr(was, n) != getattr(health, n))
+                changed.setdefault(names, []).append(
+                    {"b_outlet_id": oid} | {f"b_{n}": getattr(health, n) for n in names})
+        for names, rows in changed.items():
+            conn.execute(h.update().where(h.c.outlet_id == sa.bindparam("b_outlet_id")).values(
+                {n: sa.bindparam(f"b_{n}") for n in names}), rows)
         raise_alerts(conn, raised)

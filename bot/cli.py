@@ -441,17 +441,19 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
                     log.info("--no-web: the feed outlets' feeds are not served here (`debunkbot web` serves them)")
                 if send:  # made before the send-only processes start: it reports their first tries from then on
                     daemon = Daemon(settings, store, live, regions, client, cluster_jobs=cluster_jobs, stop=stop)
+                others = None
                 if processes > 1:  # they send until stopped: this process decides when --until-idle is idle
                     from bot.processes import SendOnlyProcesses
 
-                    await serving.enter_async_context(SendOnlyProcesses(
-                        processes - 1, ["-v"] if verbose else [], grace=settings.shutdown_grace))
+                    others = await serving.enter_async_context(SendOnlyProcesses(
+                        processes - 1, ["-v"] if verbose else [], grace=settings.shutdown_grace, stop=stop))
                 if send:
                     from bot.processes import stop_with_parent
 
                     orphaned = asyncio.create_task(stop_with_parent(stop))  # a send-only process of `run`
                     try:
-                        await daemon.run(until_idle=until_idle, max_wait=max_wait)
+                        await daemon.run(until_idle=until_idle, max_wait=max_wait,
+                                         others_stop=others.stop if others else None)
                     finally:
                         orphaned.cancel()
                         with contextlib.suppress(asyncio.CancelledError):

@@ -58,13 +58,16 @@ def _ended(code: int) -> str:
 
 
 class SendOnlyProcesses:
-    """``count`` children running ``debunkbot worker`` with ``args``, kept running until the block ends.
+    """``count`` children running ``debunkbot worker`` with ``args``, kept running until they are stopped: when
+    ``stop`` is set (the parent's SIGTERM: they drain beside it, not after it), by ``stop()``, or when the block
+    ends.
 
     ``grace``: on stop, how long children get to finish their sends before they are killed (they give their
     claims back within it; a kill leaves them to their leases' end, as any crash does).
     """
 
-    def __init__(self, count: int, args: Sequence[str] = (), grace: float = 10.0) -> None:
+    def __init__(self, count: int, args: Sequence[str] = (), grace: float = 10.0,
+                 stop: asyncio.Event | None = None) -> None:
         self.count = count
         self.command = [sys.executable, "-m", "bot", "worker", *args]
         self.env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
@@ -73,6 +76,8 @@ class SendOnlyProcesses:
         self.restarts = 0
         self._stopping = asyncio.Event()
         self._watchers: list[asyncio.Task[None]] = []
+        self._stop = stop
+        self._stop_follower: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> SendOnlyProcesses:
         for slot in range(self.count):
@@ -81,10 +86,24 @@ class SendOnlyProcesses:
         if self.count:
             log.info("%d send-only process(es) started beside this one (pids %s)", self.count,
                      ", ".join(str(p.pid) for p in self.running.values()))
+        if self._stop is not None:
+            self._stop_follower = asyncio.create_task(self._follow(self._stop), name="send-only processes' stop")
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def _follow(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._stopping.set()
+        self.terminate()
+
+    async def stop(self) -> None:
+        """SIGTERM to every child, and wait until they have drained and exited (killed if they take longer than
+        the grace and 10 s more). Once is enough; again, it returns at once."""
+        if self._stop_follower is not None:
+            self._stop_follower.cancel()
         self._stopping.set()
         self.terminate()  # until-idle too: this process found nothing left to send, so they have nothing left
         try:
@@ -95,9 +114,10 @@ class SendOnlyProcesses:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
             await self.wait()
-        for task in self._watchers:
+        tasks = [*self._watchers, *([self._stop_follower] if self._stop_follower else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._watchers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def terminate(self) -> None:
         """SIGTERM to every child still running: each drains (bot.scheduler) and exits 0."""

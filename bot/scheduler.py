@@ -106,9 +106,12 @@ class Daemon:
     def matrix(self, matrix: OutletMatrix) -> None:
         self.live.replace(matrix)
 
-    async def run(self, until_idle: bool = False, max_wait: float | None = None) -> None:
+    async def run(self, until_idle: bool = False, max_wait: float | None = None,
+                  others_stop: Callable[[], Awaitable[None]] | None = None) -> None:
         """Send until stopped, or (``until_idle``) until nothing is due; ``max_wait``: an until-idle run stops
-        instead of waiting longer than that for the next thing due (an open breaker, the retry schedule)."""
+        instead of waiting longer than that for the next thing due (an open breaker, the retry schedule).
+        ``others_stop``: once an until-idle run is idle, stops the processes sending beside this one (`run
+        --processes`), before the last lines: what they did is in them, and the last line comes last."""
         # APScheduler's own rules: one run of a job at a time, missed runs coalesced into one, and a run that
         # comes late still runs. APScheduler 3 pauses a job added with next_run_time=None, so it is given only
         # to run a job at once.
@@ -157,6 +160,8 @@ class Daemon:
                         log.exception("job %s failed at start-up; it runs again at its next interval", job.__name__)
             await self.dispatcher.run(self.stop, until_idle=until_idle)
             if until_idle:
+                if others_stop is not None:
+                    await others_stop()
                 await self.report_attempts()  # the last sends' lines come before the last line
                 left = await self.dispatcher.db(self.outstanding)
                 if self.gave_up:

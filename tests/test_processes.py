@@ -107,6 +107,7 @@ async def test_with_two_processes_the_fan_out_line_counts_each_outlet_once_and_t
     assert re.search(r"one fanned out to 100 outlet\(s\) in \d+\.\d\ds: 90 delivered, 5 to retry, 5 failed$", fanned)
     (idle,) = [line for line in log.splitlines() if "idle:" in line]
     assert idle.endswith("idle: nothing left to send") and log.index(fanned) < log.index(idle)
+    assert log.splitlines()[-2] == idle and "stopped (" in log.splitlines()[-1]  # the child had stopped before it
     rows, claimed = settled(url)  # the retries were sent before it stopped, whichever process sent them
     assert Counter(r["status"] for r in rows) == {"delivered": 95, "failed": 5} and claimed == 0
 

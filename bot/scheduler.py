@@ -200,12 +200,10 @@ class Daemon:
         if not self.cluster_jobs:
             return
         with contextlib.suppress(*STORE_FAULTS):  # looked at again at the next run
-            for fan_out in await self.dispatcher.db(self.fan_outs.look, self.store, self.dispatcher.pulled):
-                took = (fan_out.ended - fan_out.started).total_seconds() if fan_out.started and fan_out.ended else 0.0
-                log.info("%s fanned out to %d outlet(s) in %.2fs: %d delivered, %d to retry, %d failed", fan_out.ref,
-                         fan_out.outlets, took, fan_out.outcomes.get("delivered", 0), fan_out.outcomes.get("retry", 0),
-                         fan_out.outcomes.get("failed", 0),
-                         extra=log_fields(notice_ref=fan_out.ref, duration_ms=took * 1000))
+            for f in await self.dispatcher.db(self.fan_outs.look, self.store, self.dispatcher.pulled):
+                log.info("%s fanned out to %d outlet(s) in %.2fs: %d delivered, %d to retry, %d failed", f.ref,
+                         f.outlets, f.seconds, f.outcomes.get("delivered", 0), f.outcomes.get("retry", 0),
+                         f.outcomes.get("failed", 0), extra=log_fields(notice_ref=f.ref, duration_ms=f.seconds * 1000))
 
     async def save_store_errors(self) -> None:
         """Add the store errors this process saw to the store's count (/metrics), once it answers again. With
@@ -425,9 +423,10 @@ class FanOutReport:
         self.seen = max(recent, default=self.seen or 0)
         self.done = {i for i in self.done if i > self.seen - NOTICES_LOOKED_BACK}
         settled = self.watching - store.log.fanning_out(self.watching, pulled) if self.watching else set()
-        self.watching -= settled
+        complete = [f for f in store.log.fan_outs(settled, pulled) if f.outlets and f.tried >= f.outlets]
+        self.watching -= settled  # only now: a store fault above leaves them to the next look
         self.done |= settled
-        return [f for f in store.log.fan_outs(settled, pulled) if f.outlets and f.tried >= f.outlets]
+        return complete
 
 
 def _n(count: int, one: str, many: str) -> str:

@@ -52,6 +52,11 @@ class FanOut:
     def tried(self) -> int:
         return sum(self.outcomes.values())
 
+    @property
+    def seconds(self) -> float:
+        """From the start of the first try to the end of the last."""
+        return (self.ended - self.started).total_seconds() if self.started and self.ended else 0.0
+
     def add(self, outcome: str, started: datetime, latency_ms: float) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         ended = started + timedelta(milliseconds=latency_ms)

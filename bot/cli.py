@@ -366,17 +366,20 @@ NoWeb = Annotated[bool, typer.Option("--no-web", help="leave the web server out 
                                      "/metrics): send only, for example when `debunkbot web` serves elsewhere")]
 
 
-Processes = Annotated[int, typer.Option(
-    "--processes", metavar="N", min=1, help="this process and N - 1 send-only processes beside it, sharing the "
-    "store (SQLite too), up to one a core (at most 4) as a rule; a child that dies is started again")]
+Processes = Annotated[int | None, typer.Option(
+    "--processes", metavar="N", min=1, show_default="one a core, at most 4", help="this process and N - 1 "
+    "send-only processes beside it, sharing the store (SQLite too); a child that dies is started again")]
 
 
 @app.command()
 def run(until_idle: UntilIdle = False, max_wait: MaxWait = None, no_web: NoWeb = False,
-        verbose: Verbose = False, processes: Processes = 1) -> None:
+        verbose: Verbose = False, processes: Processes = None) -> None:
     """Run the bot: watch the inbox, release embargoes, send and retry, and serve the web server (the API, the
     feeds, health and metrics) on DEBUNKBOT_HTTP_BIND. Stops on SIGINT/SIGTERM, with its send-only processes."""
-    _daemon(until_idle, verbose, cluster_jobs=True, max_wait=max_wait, serve=not no_web, processes=processes)
+    from bot.processes import default_processes
+
+    _daemon(until_idle, verbose, cluster_jobs=True, max_wait=max_wait, serve=not no_web,
+            processes=processes or default_processes())
 
 
 @app.command()
@@ -436,20 +439,21 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
                         threads=THREADS_BESIDE_DISPATCHER if send else None))
                 elif send and any(o.channel == "feed" for o in matrix.outlets):
                     log.info("--no-web: the feed outlets' feeds are not served here (`debunkbot web` serves them)")
-                if processes > 1:
+                if send:  # made before the send-only processes start: it reports their first tries from then on
+                    daemon = Daemon(settings, store, live, regions, client, cluster_jobs=cluster_jobs, stop=stop)
+                others = None
+                if processes > 1:  # they send until stopped: this process decides when --until-idle is idle
                     from bot.processes import SendOnlyProcesses
 
-                    args = [*(["--until-idle"] if until_idle else []), *(["-v"] if verbose else []),
-                            *(["--max-wait", str(max_wait)] if max_wait is not None else [])]
-                    await serving.enter_async_context(SendOnlyProcesses(
-                        processes - 1, args, until_idle=until_idle, grace=settings.shutdown_grace))
+                    others = await serving.enter_async_context(SendOnlyProcesses(
+                        processes - 1, ["-v"] if verbose else [], grace=settings.shutdown_grace, stop=stop))
                 if send:
                     from bot.processes import stop_with_parent
 
-                    daemon = Daemon(settings, store, live, regions, client, cluster_jobs=cluster_jobs, stop=stop)
                     orphaned = asyncio.create_task(stop_with_parent(stop))  # a send-only process of `run`
                     try:
-                        await daemon.run(until_idle=until_idle, max_wait=max_wait)
+                        await daemon.run(until_idle=until_idle, max_wait=max_wait,
+                                         others_stop=others.stop if others else None)
                     finally:
                         orphaned.cancel()
                         with contextlib.suppress(asyncio.CancelledError):

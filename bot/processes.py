@@ -12,7 +12,11 @@ server.
 a crash) after a back-off that doubles up to 30 s, and on the parent's stop sends each SIGTERM, so each
 finishes its sends in flight within the shutdown grace or gives its claims back, and exits 0.
 
-    >>> async with SendOnlyProcesses(2, ["--until-idle"], until_idle=True, grace=10):   # doctest: +SKIP
+The children send until they are stopped: the leading process alone decides that an `--until-idle` run is idle
+(nothing left to send in the store, whichever process claimed it), and alone logs each notice's fan-out
+summary, counted from the store (bot.scheduler.FanOutReport).
+
+    >>> async with SendOnlyProcesses(2, grace=10):                                  # doctest: +SKIP
     ...     await daemon.run(until_idle=True)
 """
 
@@ -37,8 +41,7 @@ STEADY_AFTER = 30.0  # a child that ran this long before dying starts again at o
 
 
 def default_processes() -> int:
-    """The cores this process may run on, at most ``MAX_PROCESSES``: how many processes to run as a rule (`run`'s
-    default stays 1 until the fan-out summary line is counted across processes, README)."""
+    """The cores this process may run on, at most ``MAX_PROCESSES``: `run --processes`'s default."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -55,23 +58,26 @@ def _ended(code: int) -> str:
 
 
 class SendOnlyProcesses:
-    """``count`` children running ``debunkbot worker`` with ``args``, kept running until the block ends.
+    """``count`` children running ``debunkbot worker`` with ``args``, kept running until they are stopped: when
+    ``stop`` is set (the parent's SIGTERM: they drain beside it, not after it), by ``stop()``, or when the block
+    ends.
 
-    ``until_idle``: a child that exits 0 has found nothing left to send and is not started again.
     ``grace``: on stop, how long children get to finish their sends before they are killed (they give their
     claims back within it; a kill leaves them to their leases' end, as any crash does).
     """
 
-    def __init__(self, count: int, args: Sequence[str] = (), until_idle: bool = False, grace: float = 10.0) -> None:
+    def __init__(self, count: int, args: Sequence[str] = (), grace: float = 10.0,
+                 stop: asyncio.Event | None = None) -> None:
         self.count = count
         self.command = [sys.executable, "-m", "bot", "worker", *args]
         self.env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
-        self.until_idle = until_idle
         self.grace = grace
         self.running: dict[int, asyncio.subprocess.Process] = {}  # slot -> its process now
         self.restarts = 0
         self._stopping = asyncio.Event()
         self._watchers: list[asyncio.Task[None]] = []
+        self._stop = stop
+        self._stop_follower: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> SendOnlyProcesses:
         for slot in range(self.count):
@@ -80,12 +86,26 @@ class SendOnlyProcesses:
         if self.count:
             log.info("%d send-only process(es) started beside this one (pids %s)", self.count,
                      ", ".join(str(p.pid) for p in self.running.values()))
+        if self._stop is not None:
+            self._stop_follower = asyncio.create_task(self._follow(self._stop), name="send-only processes' stop")
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def _follow(self, stop: asyncio.Event) -> None:
+        await stop.wait()
         self._stopping.set()
-        self.terminate()  # until-idle too: this process found nothing due nor claimed, so they have nothing left
+        self.terminate()
+
+    async def stop(self) -> None:
+        """SIGTERM to every child, and wait until they have drained and exited (killed if they take longer than
+        the grace and 10 s more). Once is enough; again, it returns at once."""
+        if self._stop_follower is not None:
+            self._stop_follower.cancel()
+        self._stopping.set()
+        self.terminate()  # until-idle too: this process found nothing left to send, so they have nothing left
         try:
             await asyncio.wait_for(self.wait(), timeout=self.grace + 10.0)
         except TimeoutError:
@@ -94,9 +114,10 @@ class SendOnlyProcesses:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
             await self.wait()
-        for task in self._watchers:
+        tasks = [*self._watchers, *([self._stop_follower] if self._stop_follower else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._watchers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def terminate(self) -> None:
         """SIGTERM to every child still running: each drains (bot.scheduler) and exits 0."""
@@ -133,8 +154,6 @@ class SendOnlyProcesses:
                 if code != 0:
                     log.warning("send-only process %d (pid %d) %s while stopping", slot + 1, proc.pid, _ended(code))
                 return
-            if self.until_idle and code == 0:
-                return  # nothing left to send
             if time.monotonic() - started >= STEADY_AFTER:
                 backoff = BACKOFF_FIRST
             log.warning("send-only process %d (pid %d) %s; starting it again in %gs (its claims come free when "

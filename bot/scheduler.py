@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -49,6 +49,7 @@ from bot.settings import Settings
 from bot.store import (
     STORE_FAULTS,
     AttemptRecord,
+    FanOut,
     Store,
     describe_fault,
     utcnow,
@@ -85,11 +86,11 @@ class Daemon:
         self.on_recorded = on_recorded
         self.live = LiveMatrix.of(matrix)  # the one matrix every part of the daemon reads
         self.dispatcher = Dispatcher(store, self.live, settings, client, on_recorded=self._recorded)
-        self.report = AttemptReport(self.dispatcher.pulled)
+        self.report = AttemptReport()
+        self.fan_outs = FanOutReport(since=utcnow())
         self.alerter = Alerter(store, self.live, settings, client, db=self.dispatcher.db)
         links = self.dispatcher.receipts
         self.reminders = Reminders(store, self.live, settings, client, links, self.dispatcher.db) if links else None
-        self.live.on_change(self._matrix_changed)
         self.regions_day: date | None = None
         self.stop = stop or asyncio.Event()
         self.scheduler: AsyncIOScheduler | None = None
@@ -105,12 +106,12 @@ class Daemon:
     def matrix(self, matrix: OutletMatrix) -> None:
         self.live.replace(matrix)
 
-    def _matrix_changed(self, matrix: OutletMatrix) -> None:
-        self.report.pulled = self.dispatcher.pulled
-
-    async def run(self, until_idle: bool = False, max_wait: float | None = None) -> None:
+    async def run(self, until_idle: bool = False, max_wait: float | None = None,
+                  others_stop: Callable[[], Awaitable[None]] | None = None) -> None:
         """Send until stopped, or (``until_idle``) until nothing is due; ``max_wait``: an until-idle run stops
-        instead of waiting longer than that for the next thing due (an open breaker, the retry schedule)."""
+        instead of waiting longer than that for the next thing due (an open breaker, the retry schedule).
+        ``others_stop``: once an until-idle run is idle, stops the processes sending beside this one (`run
+        --processes`), before the last lines: what they did is in them, and the last line comes last."""
         # APScheduler's own rules: one run of a job at a time, missed runs coalesced into one, and a run that
         # comes late still runs. APScheduler 3 pauses a job added with next_run_time=None, so it is given only
         # to run a job at once.
@@ -159,6 +160,8 @@ class Daemon:
                         log.exception("job %s failed at start-up; it runs again at its next interval", job.__name__)
             await self.dispatcher.run(self.stop, until_idle=until_idle)
             if until_idle:
+                if others_stop is not None:
+                    await others_stop()
                 await self.report_attempts()  # the last sends' lines come before the last line
                 left = await self.dispatcher.db(self.outstanding)
                 if self.gave_up:
@@ -182,17 +185,25 @@ class Daemon:
             self.on_recorded(batch)
 
     async def report_attempts(self) -> None:
-        """Log what the recorded attempts did: each failed attempt, each delivery that ends failed, each notice
-        once every outlet had its first try, and with -v every attempt."""
+        """Log what this process's recorded attempts did: each failed attempt, each delivery that ends failed,
+        and with -v every attempt; then, in the leading process, each notice once every outlet had its first
+        try, whichever process made it."""
         batch, self.report.unreported = self.report.unreported, []
         unknown = {r.delivery_id for r in batch} - self.report.refs.keys()
-        if unknown:
-            try:
+        try:
+            if unknown:
                 await self.dispatcher.db(self.report.look_up, self.store, unknown)
-            except STORE_FAULTS:  # the dispatcher says the store is sick; these are logged at the next run
-                self.report.unreported[:0] = batch
-                return
+        except STORE_FAULTS:  # the dispatcher says the store is sick; these are logged at the next run
+            self.report.unreported[:0] = batch
+            return
         self.report.log(batch)
+        if not self.cluster_jobs:
+            return
+        with contextlib.suppress(*STORE_FAULTS):  # looked at again at the next run
+            for f in await self.dispatcher.db(self.fan_outs.look, self.store, self.dispatcher.pulled):
+                log.info("%s fanned out to %d outlet(s) in %.2fs: %d delivered, %d to retry, %d failed", f.ref,
+                         f.outlets, f.seconds, f.outcomes.get("delivered", 0), f.outcomes.get("retry", 0),
+                         f.outcomes.get("failed", 0), extra=log_fields(notice_ref=f.ref, duration_ms=f.seconds * 1000))
 
     async def save_store_errors(self) -> None:
         """Add the store errors this process saw to the store's count (/metrics), once it answers again. With
@@ -203,7 +214,7 @@ class Daemon:
 
     def outstanding(self) -> Outstanding:
         """Store thread: what is left, and what each part waits for."""
-        return outstanding(self.store, self.report.pulled, utcnow())
+        return outstanding(self.store, self.dispatcher.pulled, utcnow())
 
     async def report_waiting(self) -> None:
         """An until-idle run says what it waits for, when that changes, and stops at max_wait."""
@@ -343,33 +354,16 @@ class Daemon:
 
 
 @dataclasses.dataclass
-class _FanOut:
-    ref: str
-    outlets: int  # deliveries to outlets we push to (feeds fetch, they are not attempted)
-    first_tries: int = 0
-    outcomes: Counter[str] = dataclasses.field(default_factory=Counter)
-    started: datetime | None = None
-    ended: datetime | None = None
-
-
-@dataclasses.dataclass
 class AttemptReport:
-    """Turns batches of recorded attempts into log lines, naming each notice by its ref."""
+    """Turns batches of this process's recorded attempts into log lines, naming each notice by its ref."""
 
-    pulled: frozenset[str]
     unreported: list[AttemptRecord] = dataclasses.field(default_factory=list)
     refs: OrderedDict[int, tuple[int, str]] = dataclasses.field(default_factory=OrderedDict)  # delivery -> notice
-    fanouts: dict[int, _FanOut] = dataclasses.field(default_factory=dict)
 
     def look_up(self, store: Store, delivery_ids: set[int]) -> None:
-        """Store thread: the notice and ref of these deliveries, and how many outlets a new notice goes to."""
-        rows = store.log.notices_of(delivery_ids)
-        new = {r.notice_id for r in rows} - self.fanouts.keys()
-        counts = store.log.fan_out_sizes(new, self.pulled)
-        for r in rows:
+        """Store thread: the notice and ref of these deliveries."""
+        for r in store.log.notices_of(delivery_ids):
             self.refs[r.id] = (r.notice_id, r.ref)
-            if r.notice_id in new:
-                self.fanouts[r.notice_id] = _FanOut(r.ref, counts.get(r.notice_id, 0))
         while len(self.refs) > 100_000:
             self.refs.popitem(last=False)
 
@@ -388,26 +382,51 @@ class AttemptReport:
                           extra=fields)
             elif r.outcome == "cancelled":
                 log.info("%s: not sent, cancelled (%s)", where, r.error, extra=fields)
-                continue
             elif r.outcome == "retry":
                 when = r.next_attempt_at.isoformat(timespec="seconds") if r.next_attempt_at else "later"
                 log.warning("%s: attempt %d failed: %s; next try at %s", where, r.attempt, reason, when, extra=fields)
             else:
                 log.error("%s: delivery failed after %d attempt(s): %s", where, r.attempt, reason, extra=fields)
-            fanout = self.fanouts.get(notice_id)
-            if fanout is None or r.attempt != 1:
-                continue
-            fanout.first_tries += 1
-            fanout.outcomes[r.outcome] += 1
-            end = r.started_at + timedelta(milliseconds=r.latency_ms)
-            fanout.started = min(fanout.started or r.started_at, r.started_at)
-            fanout.ended = max(fanout.ended or end, end)
-            if fanout.first_tries >= fanout.outlets:
-                del self.fanouts[notice_id]
-                took = (fanout.ended - fanout.started).total_seconds()
-                log.info("%s fanned out to %d outlet(s) in %.2fs: %d delivered, %d to retry, %d failed", fanout.ref,
-                         fanout.outlets, took, fanout.outcomes["delivered"], fanout.outcomes["retry"],
-                         fanout.outcomes["failed"], extra=log_fields(notice_ref=fanout.ref, duration_ms=took * 1000))
+
+
+NOTICES_LOOKED_BACK = 100  # PostgreSQL hands out ids before commit: a notice may show up after one with a higher id
+
+
+@dataclasses.dataclass
+class FanOutReport:
+    """The leading process's `REF fanned out to N outlet(s) in T s: …` lines, counted from the store: each
+    delivery's first attempt once, whichever process made it (`run --processes N`, workers), and a notice's line
+    once every outlet of it has had its first try.
+
+    A notice is watched from when it is added until none of its deliveries waits for a first try; at the first
+    look (and after taking over the lead) it watches those still fanning out and those tried since ``since``.
+    """
+
+    since: datetime  # first tries before this were reported by whoever led then
+    seen: int | None = None  # the newest notice looked at; None: not leading
+    watching: set[int] = dataclasses.field(default_factory=set)
+    done: set[int] = dataclasses.field(default_factory=set)  # settled notices among the newest ones looked at
+
+    def look(self, store: Store, pulled: frozenset[str]) -> list[FanOut]:
+        """Store thread: the fan-outs complete since the last look (``pulled``: outlets that fetch instead)."""
+        if not store.cluster.lead():
+            self.seen, self.since = None, utcnow()
+            return []
+        if self.seen is None:
+            recent = set(store.log.notices_after(store.log.last_notice_id() - NOTICES_LOOKED_BACK))
+            self.watching = (store.log.fanning_out(None, pulled)
+                             | store.log.first_tried_since(store.db.to_store_time(self.since), pulled))
+            self.done = recent - self.watching
+        else:
+            recent = set(store.log.notices_after(self.seen - NOTICES_LOOKED_BACK))
+            self.watching |= recent - self.done
+        self.seen = max(recent, default=self.seen or 0)
+        self.done = {i for i in self.done if i > self.seen - NOTICES_LOOKED_BACK}
+        settled = self.watching - store.log.fanning_out(self.watching, pulled) if self.watching else set()
+        complete = [f for f in store.log.fan_outs(settled, pulled) if f.outlets and f.tried >= f.outlets]
+        self.watching -= settled  # only now: a store fault above leaves them to the next look
+        self.done |= settled
+        return complete
 
 
 def _n(count: int, one: str, many: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 from collections import Counter
@@ -77,6 +78,31 @@ async def test_three_processes_on_sqlite_deliver_each_of_600_deliveries_once_wit
     assert len(set(ids)) == 600 and outlets.refused == []
     rows, claimed = settled(url)
     assert {r["status"] for r in rows} == {"delivered"} and len(rows) == 600 and claimed == 0
+
+
+async def test_with_two_processes_the_fan_out_line_counts_each_outlet_once_and_the_idle_line_comes_once(
+    tmp_path: Path, loopback: Callable[..., Any]
+) -> None:
+    failing = {f"outlet-{i:04d}": [400] for i in range(5)}
+    retried = {f"outlet-{i:04d}": [503] for i in range(5, 10)}
+    outlets, matrix = await loopback(100, script=failing | retried, delay=0.3)
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    submit(url, matrix, "one")
+    # 5 sends at a time a process, never more (no slow lane): more than 5 at once at the outlets means both sent
+    env = env_for(url, tmp_path, matrix, concurrency="5", slow_send_after="30")
+    run = await start(env, "--processes", "2", "--until-idle")
+    _, err = await asyncio.wait_for(run.communicate(), timeout=120)
+    log = err.decode()
+    assert run.returncode == 0, log[-3000:]
+    assert outlets.most_at_once > 5, "the send-only process sent too"
+
+    (fanned,) = [line for line in log.splitlines() if "fanned out" in line]
+    assert re.search(r"one fanned out to 100 outlet\(s\) in \d+\.\d\ds: 90 delivered, 5 to retry, 5 failed$", fanned)
+    (idle,) = [line for line in log.splitlines() if "idle:" in line]
+    assert idle.endswith("idle: nothing left to send") and log.index(fanned) < log.index(idle)
+    assert log.splitlines()[-2] == idle and "stopped (" in log.splitlines()[-1]  # the child had stopped before it
+    rows, claimed = settled(url)  # the retries were sent before it stopped, whichever process sent them
+    assert Counter(r["status"] for r in rows) == {"delivered": 95, "failed": 5} and claimed == 0
 
 
 async def test_a_child_killed_mid_fan_out_is_started_again_and_every_outlet_gets_the_notice(

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,6 +34,34 @@ STATES = ("pending", "held", "delivered", "failed", "cancelled")
 class Page:
     rows: list[dict[str, Any]]
     next: int | None  # pass as ``after`` for the next page; None: this was the last
+
+
+@dataclass
+class FanOut:
+    """A notice's first tries: how many outlets it goes to, what each delivery's first attempt did, and when the
+    first of them began and the last ended."""
+
+    notice_id: int
+    ref: str
+    outlets: int
+    outcomes: dict[str, int] = field(default_factory=dict)  # delivered | retry | failed -> deliveries
+    started: datetime | None = None
+    ended: datetime | None = None
+
+    @property
+    def tried(self) -> int:
+        return sum(self.outcomes.values())
+
+    @property
+    def seconds(self) -> float:
+        """From the start of the first try to the end of the last."""
+        return (self.ended - self.started).total_seconds() if self.started and self.ended else 0.0
+
+    def add(self, outcome: str, started: datetime, latency_ms: float) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        ended = started + timedelta(milliseconds=latency_ms)
+        self.started = min(self.started or started, started)
+        self.ended = max(self.ended or ended, ended)
 
 
 def _hold(now: datetime) -> tuple[Any, Any]:
@@ -324,15 +352,54 @@ class DeliveryLog:
                     for row in conn.execute(sa.select(d.c.id, d.c.notice_id, n.c.ref).join(n, n.c.id == d.c.notice_id)
                                             .where(d.c.id.in_(ids[start:start + 500])))]
 
-    def fan_out_sizes(self, notice_ids: Collection[int], skip_outlets: Collection[str] = ()) -> dict[int, int]:
-        """notice id -> how many outlets it is sent to (``skip_outlets``, the feeds, fetch it instead)."""
-        if not notice_ids:
-            return {}
+    def last_notice_id(self) -> int:
+        """The id of the newest notice (0: none yet)."""
         with self.db.read() as conn:
-            return dict(conn.execute(  # type: ignore[arg-type]
-                sa.select(d.c.notice_id, sa.func.count()).where(d.c.notice_id.in_(list(notice_ids)),
-                                                                d.c.outlet_id.not_in(list(skip_outlets)))
-                .group_by(d.c.notice_id)).all())
+            return conn.execute(sa.select(sa.func.max(n.c.id))).scalar_one() or 0
+
+    def notices_after(self, after: int) -> list[int]:
+        """The ids of the notices added after notice ``after``."""
+        with self.db.read() as conn:
+            return list(conn.execute(sa.select(n.c.id).where(n.c.id > after)).scalars())
+
+    def fanning_out(self, notice_ids: Collection[int] | None, skip_outlets: Collection[str] = ()) -> set[int]:
+        """The notices (of ``notice_ids``; None: of all) with a delivery not tried yet: pending or embargoed, no
+        attempt made. ``skip_outlets``, the feeds, fetch instead."""
+        untried = sa.and_(d.c.status.in_(("pending", "held")), d.c.attempts == 0,
+                          d.c.outlet_id.not_in(list(skip_outlets)))
+        if notice_ids is None:
+            query = sa.select(d.c.notice_id).where(untried).distinct()
+        else:  # one notice at a time, each looked at until its first untried delivery
+            query = sa.select(n.c.id).where(n.c.id.in_(list(notice_ids)),
+                                            sa.exists().where(d.c.notice_id == n.c.id, untried))
+        with self.db.read() as conn:
+            return set(conn.execute(query).scalars())
+
+    def first_tried_since(self, since: datetime, skip_outlets: Collection[str] = ()) -> set[int]:
+        """The notices with a delivery whose first attempt started at ``since`` or later."""
+        with self.db.read() as conn:
+            return set(conn.execute(
+                sa.select(d.c.notice_id).select_from(a.join(d, d.c.id == a.c.delivery_id))
+                .where(a.c.started_at >= since, a.c.number == 1, d.c.outlet_id.not_in(list(skip_outlets)))
+                .distinct()).scalars())
+
+    def fan_outs(self, notice_ids: Collection[int], skip_outlets: Collection[str] = ()) -> list[FanOut]:
+        """Each notice's first tries, whichever process made them: one a delivery (the earliest, should a process
+        have died before it recorded its own and another tried again), to the outlets ``skip_outlets`` leaves."""
+        ids = list(notice_ids)
+        if not ids:
+            return []
+        pushed = sa.and_(d.c.notice_id.in_(ids), d.c.outlet_id.not_in(list(skip_outlets)))
+        first = (sa.select(sa.func.min(a.c.id)).select_from(a.join(d, d.c.id == a.c.delivery_id))
+                 .where(pushed, a.c.number == 1).group_by(a.c.delivery_id))
+        with self.db.read() as conn:
+            fan_outs = {row.id: FanOut(row.id, row.ref, row.outlets) for row in conn.execute(
+                sa.select(n.c.id, n.c.ref, sa.func.count(d.c.id).label("outlets"))
+                .select_from(n.join(d, d.c.notice_id == n.c.id)).where(pushed).group_by(n.c.id, n.c.ref))}
+            for row in conn.execute(sa.select(d.c.notice_id, a.c.outcome, a.c.started_at, a.c.latency_ms)
+                                    .select_from(a.join(d, d.c.id == a.c.delivery_id)).where(a.c.id.in_(first))):
+                fan_outs[row.notice_id].add(row.outcome, row.started_at, row.latency_ms)
+        return list(fan_outs.values())
 
     def unsettled(self) -> list[Any]:
         """Deliveries not yet settled, counted per outlet, stored status and embargo (one grouped query):

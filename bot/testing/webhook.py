@@ -42,6 +42,8 @@ class WebhookOutlets:
     posts: list[Post] = field(default_factory=list)  # every verified post, duplicates included
     refused: list[tuple[str, str]] = field(default_factory=list)  # (outlet, why) for posts that failed to verify
     tries: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    most_at_once: int = 0  # the most posts being answered at one moment, all outlets together
+    _answering: int = 0
     _runner: web.AppRunner | None = None
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
     _ports: dict[str, int] = field(default_factory=dict)
@@ -73,6 +75,14 @@ class WebhookOutlets:
             await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self._answering += 1
+        self.most_at_once = max(self.most_at_once, self._answering)
+        try:
+            return await self._answer(request)
+        finally:
+            self._answering -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         outlet = request.match_info["outlet"]
         body = await request.read()
         self.tries[outlet] += 1

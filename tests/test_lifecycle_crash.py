@@ -62,8 +62,7 @@ async def test_a_sigkill_during_a_corrections_fan_out_loses_nothing_and_no_outle
         async def kill_after(posts: int) -> None:
             proc = await start()
             target = accepted() + posts
-            await until(lambda: accepted() >= target, 30, proc=proc, what=lambda: f"{posts} posts; the daemon's log:
-"
+            await until(lambda: accepted() >= target, 30, proc=proc, what=lambda: f"{posts} posts; the daemon's log:\n"
                         + (tmp_path / "daemon.log").read_text()[-3000:])
             os.killpg(proc.pid, signal.SIGKILL)  # the daemon and its send-only processes
             await proc.wait()

@@ -132,8 +132,7 @@ async def test_sigkill_at_random_points_loses_nothing_and_duplicates_share_one_w
         else:  # after a random number of posts
             target = min(bot.accepted() + rng.randint(10, 200), total)
             await until(lambda t=target: bot.accepted() >= t, 30, proc=proc, what=bot.log_tail)
-        assert proc.returncode is None, f"the daemon exited before the kill:
-{bot.log_tail()}"
+        assert proc.returncode is None, f"the daemon exited before the kill:\n{bot.log_tail()}"
         os.killpg(proc.pid, signal.SIGKILL)  # the daemon and its send-only processes, as a crash of the machine
         await proc.wait()
         await until(lambda f=first: all(r.accepted or not r.verified for r in bot.chaos.requests[f:]), 5)  # answered

@@ -43,28 +43,6 @@ class _Uvicorn(uvicorn.Server):
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
         self.ready = asyncio.Event()
-        self.exit_now = asyncio.Event()  # set with should_exit: the stop is seen at once
-
-    async def main_loop(self) -> None:
-        """uvicorn's ticks (every 0.1 s), but a stop ends the wait for the next one: uvicorn alone sees it up
-        to 0.1 s late, and a `run --until-idle` waited for that before it could exit."""
-        counter = 0
-        while not await self.on_tick(counter):
-            counter = (counter + 1) % 864000
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.exit_now.wait(), 0.1)
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """uvicorn's shutdown, without its fixed 0.1 s pause for open connections to close when none is open."""
-        if self.server_state.connections or self.server_state.tasks:
-            await super().shutdown(sockets)
-            return
-        for server in self.servers:
-            server.close()
-        for sock in sockets or []:
-            sock.close()
-        if not self.force_exit:
-            await self.lifespan.shutdown()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -176,7 +154,6 @@ class WebServer:
         self._stopping = True
         assert self.server is not None and self._task is not None
         self.server.should_exit = True
-        self.server.exit_now.set()
         with contextlib.suppress(Exception):  # a failure was logged when it happened
             await self._task
         if self.failure is not None and exc_type is None:

@@ -90,7 +90,7 @@ def delivered_to(bot: RunningBot, ref: str) -> set[str]:
 async def test_sighup_with_a_good_file_adds_an_outlet_that_gets_new_notices_but_not_old_ones(
     bot: ReloadableBot,
 ) -> None:
-    proc = await bot.start()
+    proc = await bot.start("--processes", "1")  # one process: its log's reload line is the one that takes notices
     bot.write_notice(bot.inbox, "cq-before-reload")
     await until(lambda: len(delivered_to(bot, "cq-before-reload")) == 3, proc=proc, what=bot.log)
     assert delivered_to(bot, "cq-before-reload") == set(ids(0, 1, 2)), bot.log()
@@ -112,7 +112,7 @@ async def test_sighup_with_a_good_file_adds_an_outlet_that_gets_new_notices_but_
 
 
 async def test_sighup_with_a_bad_file_changes_nothing_and_the_log_names_outlet_and_field(bot: ReloadableBot) -> None:
-    proc = await bot.start()
+    proc = await bot.start("--processes", "1")
     bot.write_notice(bot.inbox, "cq-warm-up")
     await until(lambda: len(delivered_to(bot, "cq-warm-up")) == 3, proc=proc, what=bot.log)
     assert len(delivered_to(bot, "cq-warm-up")) == 3, bot.log()
@@ -177,7 +177,9 @@ async def test_a_removed_outlets_pending_deliveries_are_held_and_go_out_when_it_
 
 
 async def test_a_run_and_a_worker_on_one_store_both_follow_one_reload(bot: ReloadableBot) -> None:
-    run = await bot.start()
+    # one run process: a send-only process beside it would log the same follow line, maybe before the leader
+    # (which takes the inbox) had followed
+    run = await bot.start("--processes", "1")
     worker = await bot.start(command="worker", log="worker.log")
     following = "following its reloads from generation 0"
     await until(lambda: bool(bot.lines(following) and bot.lines(following, "worker.log")), proc=run, what=bot.log)

@@ -404,8 +404,12 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
 
     from bot.http import make_sender
     from bot.scheduler import Daemon, install_signal_handlers, open_store
-    from bot.web.server import BindError, WebServerFailed
 
+    web_failed: tuple[type[Exception], ...] = ()  # a send-only process imports none of the web server
+    if serve:
+        from bot.web.server import BindError, WebServerFailed
+
+        web_failed = (BindError, WebServerFailed)
     settings = _settings()
     regions = _regions(settings)
     matrix = _matrix(settings, regions)
@@ -429,6 +433,15 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
             return 0
         try:
             async with make_sender(settings) as client, contextlib.AsyncExitStack() as serving:
+                if send:  # made before the send-only processes start: it reports their first tries from then on
+                    daemon = Daemon(settings, store, live, regions, client, cluster_jobs=cluster_jobs, stop=stop)
+                others = None
+                if processes > 1:  # they send until stopped: this process decides when --until-idle is idle
+                    from bot.processes import SendOnlyProcesses
+
+                    # started as soon as the store is ready: they start up while this process builds its web server
+                    others = await serving.enter_async_context(SendOnlyProcesses(
+                        processes - 1, ["-v"] if verbose else [], grace=settings.shutdown_grace, stop=stop))
                 if serve:
                     from bot.web import Site, create_app
                     from bot.web.server import THREADS_BESIDE_DISPATCHER, WebServer
@@ -439,14 +452,6 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
                         threads=THREADS_BESIDE_DISPATCHER if send else None))
                 elif send and any(o.channel == "feed" for o in matrix.outlets):
                     log.info("--no-web: the feed outlets' feeds are not served here (`debunkbot web` serves them)")
-                if send:  # made before the send-only processes start: it reports their first tries from then on
-                    daemon = Daemon(settings, store, live, regions, client, cluster_jobs=cluster_jobs, stop=stop)
-                others = None
-                if processes > 1:  # they send until stopped: this process decides when --until-idle is idle
-                    from bot.processes import SendOnlyProcesses
-
-                    others = await serving.enter_async_context(SendOnlyProcesses(
-                        processes - 1, ["-v"] if verbose else [], grace=settings.shutdown_grace, stop=stop))
                 if send:
                     from bot.processes import stop_with_parent
 
@@ -460,10 +465,9 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
                             await orphaned
                 else:  # a web node follows the matrix's reloads itself; a daemon does it in its jobs
                     await live.keep_following(store, settings.scan_interval, stop)
-        except BindError as exc:
-            log.error("%s", exc)
-            return 1
-        except WebServerFailed:  # logged when it stopped
+        except web_failed as exc:  # a bind refused is said here; a server that failed was logged when it stopped
+            if not isinstance(exc, web_failed[1]):
+                log.error("%s", exc)
             return 1
         finally:
             store.close()

@@ -18,6 +18,7 @@ to warnings.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import traceback
@@ -41,6 +42,9 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"whsec_[A-Za-z0-9+/=]+"), "whsec_[redacted]"),
     (re.compile(r"(://[^/\s:@]+:)[^@\s/]+@"), r"\1[redacted]@"),  # scheme://user:password@host
 )
+# This process's name in every line, when it is one of several writing to the same stderr: `run --processes N`
+# names its send-only processes "send-only process 1"…; the leading process's lines carry none.
+PROCESS_NAME_ENV = "DEBUNKBOT_PROCESS_NAME"
 MIN_SECRET = 6  # shorter values would redact ordinary words
 # what every LogRecord has; anything else on a record came from ``extra=``
 _RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -102,10 +106,12 @@ class Redactor(logging.Filter):
 
 
 class IsoFormatter(logging.Formatter):
-    """``2026-11-28T14:05:09.123+08:00 WARNING debunkbot: …``: the machine's zone, always written out."""
+    """``2026-11-28T14:05:09.123+08:00 WARNING debunkbot: …``: the machine's zone, always written out; a named
+    process's lines say whose they are: ``… INFO debunkbot [send-only process 1]: …``."""
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    def __init__(self, process_name: str | None = None) -> None:
+        named = f" [{process_name.replace('%', '%%')}]" if process_name else ""
+        super().__init__(f"%(asctime)s %(levelname)s %(name)s{named}: %(message)s")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return datetime.fromtimestamp(record.created, UTC).astimezone().isoformat(timespec="milliseconds")
@@ -115,9 +121,10 @@ class JsonLines(JsonFormatter):
     """``{"time": "2026-11-28T14:05:09.123+08:00", "level": "WARNING", "logger": "debunkbot", "message": …,
     "outlet_id": …}``: one object a line, UTF-8 as it is (no \\u escapes), the ``extra=`` fields included."""
 
-    def __init__(self) -> None:
+    def __init__(self, process_name: str | None = None) -> None:
         super().__init__("{asctime}{levelname}{name}{message}", style="{", json_ensure_ascii=False,
-                         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"})
+                         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                         static_fields={"process_name": process_name} if process_name else None)
 
     formatTime = IsoFormatter.formatTime
 
@@ -125,12 +132,13 @@ class JsonLines(JsonFormatter):
 def setup_logging(verbose: bool, secrets: Iterable[str | None] = (), stream: object = None,
                   log_format: str = "text") -> logging.Handler:
     """Log to stderr: JSON lines with ``log_format="json"``; else Rich's columns on a terminal, plain unwrapped
-    lines otherwise (a file, a pipe, journald)."""
+    lines otherwise (a file, a pipe, journald). Each names the process when ``PROCESS_NAME_ENV`` does."""
     out = stream or sys.stderr
+    process_name = os.environ.get(PROCESS_NAME_ENV) or None
     handler: logging.Handler
     if log_format == "json":
         handler = logging.StreamHandler(out)  # type: ignore[arg-type]
-        handler.setFormatter(JsonLines())
+        handler.setFormatter(JsonLines(process_name))
         logging.captureWarnings(True)  # a Python warning is a JSON line too, not a bare one
     elif getattr(out, "isatty", lambda: False)():
         from rich.console import Console
@@ -139,9 +147,11 @@ def setup_logging(verbose: bool, secrets: Iterable[str | None] = (), stream: obj
 
         handler = RichHandler(console=Console(file=out, soft_wrap=True), show_path=False, omit_repeated_times=False,
                               log_time_format=lambda when: Text(when.astimezone().isoformat(timespec="seconds")))
+        if process_name:
+            handler.setFormatter(logging.Formatter(f"[{process_name.replace('%', '%%')}] %(message)s"))
     else:
         handler = logging.StreamHandler(out)  # type: ignore[arg-type]
-        handler.setFormatter(IsoFormatter())
+        handler.setFormatter(IsoFormatter(process_name))
     handler.addFilter(Redactor(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -32,6 +32,8 @@ import time
 from collections.abc import Sequence
 from types import TracebackType
 
+from bot.logs import PROCESS_NAME_ENV
+
 log = logging.getLogger("debunkbot")
 
 MAX_PROCESSES = 4
@@ -139,8 +141,9 @@ class SendOnlyProcesses:
         stops = {signal.SIGINT, signal.SIGTERM}
         before = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
         try:
-            self.running[slot] = await asyncio.create_subprocess_exec(*self.command, stdin=asyncio.subprocess.DEVNULL,
-                                                                      env=self.env)
+            self.running[slot] = await asyncio.create_subprocess_exec(
+                *self.command, stdin=asyncio.subprocess.DEVNULL,
+                env=self.env | {PROCESS_NAME_ENV: f"send-only process {slot + 1}"})  # named in its log lines
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, before)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bot.logs import Redactor, setup_logging
+from bot.logs import PROCESS_NAME_ENV, Redactor, setup_logging
 from bot.testing import DingTalkRobots, WebhookOutlets, WeChatMPAPI, WeComRobots
 from tests.conftest import notice_data, whsec
 
@@ -178,3 +178,23 @@ async def test_an_unknown_log_format_is_refused_at_start_naming_the_setting(tmp_
                                    "run", "--until-idle")
     assert code == 2
     assert "bad setting" in err and "log_format" in err and "'text' or 'json'" in err
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_named_process_says_whose_line_it_is_in_either_format(
+    monkeypatch: pytest.MonkeyPatch, log_format: str
+) -> None:
+    # `run --processes N` names its send-only processes: they share the leading process's stderr
+    monkeypatch.setenv(PROCESS_NAME_ENV, "send-only process 2")
+    out = io.StringIO()
+    handler = setup_logging(verbose=False, stream=out, log_format=log_format)
+    try:
+        logging.getLogger("debunkbot").info("stopped (%s)", "vm-1-ab")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    line = out.getvalue().strip()
+    if log_format == "json":
+        record = json.loads(line)
+        assert (record["process_name"], record["message"]) == ("send-only process 2", "stopped (vm-1-ab)")
+    else:
+        assert line.endswith(" INFO debunkbot [send-only process 2]: stopped (vm-1-ab)")

@@ -101,6 +101,10 @@ async def test_with_two_processes_the_fan_out_line_counts_each_outlet_once_and_t
     (idle,) = [line for line in log.splitlines() if "idle:" in line]
     assert idle.endswith("idle: nothing left to send") and log.index(fanned) < log.index(idle)
     assert log.splitlines()[-2] == idle and "stopped (" in log.splitlines()[-1]  # the child had stopped before it
+    # both write to the same stderr: the child's lines say whose they are, the leader's as ever
+    follows = [line for line in log.splitlines() if "outlet matrix: 100 outlets; following" in line]
+    assert sorted(" debunkbot.matrix [send-only process 1]: " in line for line in follows) == [False, True]
+    assert " debunkbot [send-only process 1]: stopped (" in log and "[send-only process 1]" not in idle
     rows, claimed = settled(url)  # the retries were sent before it stopped, whichever process sent them
     assert Counter(r["status"] for r in rows) == {"delivered": 95, "failed": 5} and claimed == 0
 

@@ -26,6 +26,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from bot.roles import RoleName
+
 if TYPE_CHECKING:  # the commands import what each needs when it runs: `--help`, `log` and `status` start fast
     from bot.matrix import LiveMatrix
     from bot.outlets import OutletMatrix
@@ -885,14 +887,6 @@ def regions(on: Annotated[str | None, typer.Option(metavar="DATE", help="a date,
 token_app = typer.Typer(help="Tokens for the HTTP API: each has a holder's name and a role "
                         "(viewer < editor < reviewer < operator < admin).", no_args_is_help=True)
 app.add_typer(token_app, name="token")
-
-
-class RoleName(StrEnum):
-    viewer = "viewer"
-    editor = "editor"
-    reviewer = "reviewer"
-    operator = "operator"
-    admin = "admin"
 
 
 @token_app.command("create")

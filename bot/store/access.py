@@ -22,11 +22,11 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
-from enum import IntEnum
 from typing import Any
 
 import sqlalchemy as sa
 
+from bot.roles import Role
 from bot.store.audit import Actor, record
 from bot.store.engine import Db, clean_text
 from bot.store.tables import api_tokens
@@ -34,23 +34,6 @@ from bot.store.tables import api_tokens
 t = api_tokens
 PREFIX = "dbk_"
 TOUCH_EVERY = timedelta(minutes=1)  # last_used_at is written at most this often per token: reads stay reads
-
-
-class Role(IntEnum):
-    """Ordered: a role can do everything the roles below it can (room is left for more between them)."""
-
-    viewer = 10
-    editor = 20
-    reviewer = 30
-    operator = 40
-    admin = 50
-
-    @classmethod
-    def named(cls, name: str) -> Role:
-        try:
-            return cls[name]
-        except KeyError:
-            raise ValueError(f"unknown role {name!r}; roles: {', '.join(r.name for r in cls)}") from None
 
 
 @dataclass(frozen=True)

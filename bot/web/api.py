@@ -38,6 +38,7 @@ from bot.model import Notice, Urgency
 from bot.outlets import Outlet, OutletMatrix
 from bot.outlets import reach as matrix_reach
 from bot.regions import CITYWIDE, Tier
+from bot.roles import RoleName
 from bot.store import Actor, NotCorrectable, RefConflict, ReviewConflict, ReviewRefused, ReviewState, Role
 from bot.web import PROBLEM, Problem, Site, problem, site_of
 from bot.web.auth import admin, editor, operator, reviewer, viewer
@@ -409,14 +410,6 @@ class Resumed(BaseModel):
     outlet: str
     status: str
     due: int = Field(description="its held deliveries, due now")
-
-
-class RoleName(StrEnum):
-    viewer = "viewer"
-    editor = "editor"
-    reviewer = "reviewer"
-    operator = "operator"
-    admin = "admin"
 
 
 class TokenRequest(BaseModel):

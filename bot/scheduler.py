@@ -397,13 +397,13 @@ EDITIONS_KEPT = 10_000  # reported editions remembered: their first tries leave 
 
 @dataclasses.dataclass
 class FanOutReport:
-    """The leading process's `REF fanned out to N outlet(s) in T s: …` lines, one an edition of a notice: the notice
-    as first published (`REF fanned out …`), each correction (`REF correction v2 fanned out …`) and its retraction
-    (`REF retraction fanned out …`). Counted from the store: each delivery's first try of the edition once,
-    whichever process made it (`run --processes N`, workers); an edition's line once no outlet waits for its first
-    try of it. A correction counts the outlets that had an earlier version and those that get the new one as their
-    first post; a retraction, the outlets that received a version. An outlet never tried (cancelled: expired, or
-    retracted first) is in no line.
+    """The leading process's `REF fanned out to N outlet(s) in T s: …` lines, one for each edition of a notice: the
+    notice as first published (`REF fanned out …`), each correction (`REF correction v2 fanned out …`) and its
+    retraction (`REF retraction fanned out …`). Counted from the store: each delivery's first try of the edition
+    once, whichever process made it (`run --processes N`, workers); an edition's line once no outlet waits for its
+    first try of it. A correction counts the outlets that had an earlier version and those that get the new one as
+    their first post; a retraction, the outlets that received a version. An outlet never tried (cancelled: expired,
+    or retracted first) is in no line.
 
     An edition is watched from a first try of it (found by attempt id: each look reads the attempts recorded since
     the last) until no delivery waits for its first try of it; at the first look (and after taking over the lead) it
@@ -424,7 +424,7 @@ class FanOutReport:
         if self.after is None:
             self.watching = (store.log.fanning_out(None, pulled)
                              | store.log.first_tried_since(store.db.to_store_time(self.since), pulled))
-            # the next look reads these tries again (the look-back): their editions were whoever led then's
+            # tries the next look reads again (the look-back): what is not watched now was for whoever led to report
             self._remember(store.log.first_tried_after(newest - ATTEMPTS_LOOKED_BACK, pulled) - self.watching)
         else:
             self.watching |= store.log.first_tried_after(self.after - ATTEMPTS_LOOKED_BACK, pulled) - self.done.keys()

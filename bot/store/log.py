@@ -96,13 +96,13 @@ def _sent(attempt: Any) -> tuple[Any, Any]:
 
 
 def _first_of_its_edition() -> Any:
-    """The attempt is its delivery's first try of what it sent: no earlier attempt of the delivery sent the same
-    (looked up by the attempts' index on delivery_id)."""
+    """The attempt is its delivery's first try of what it sent: its first try at all, or no earlier attempt of the
+    delivery sent the same (looked up by the attempts' index on delivery_id)."""
     earlier = a.alias("earlier")
     version, retraction = _sent(a)
     earlier_version, earlier_retraction = _sent(earlier)
-    return ~sa.exists().where(earlier.c.delivery_id == a.c.delivery_id, earlier.c.id < a.c.id,
-                              earlier_version == version, earlier_retraction == retraction)
+    return sa.or_(a.c.number == 1, ~sa.exists().where(earlier.c.delivery_id == a.c.delivery_id, earlier.c.id < a.c.id,
+                                                      earlier_version == version, earlier_retraction == retraction))
 
 
 def _starts_fan_out() -> Any:
@@ -158,6 +158,20 @@ def _reason(row: dict[str, Any]) -> str | None:
     if kind == "outlet paused":
         return f"outlet paused: {why}" if why else kind
     return f"{kind} until {until.isoformat(timespec='seconds')}" if until else kind
+
+
+def _first_tries(where: Any) -> Any:
+    """The editions with a first try among the attempts ``where`` picks, to the outlets the parameter ``skip``
+    leaves (built once: the daemon's leader runs these every scan interval)."""
+    version, retraction = _sent(a)
+    return (sa.select(d.c.notice_id, version, retraction).select_from(a.join(d, d.c.id == a.c.delivery_id))
+            .where(where, _starts_fan_out(), d.c.outlet_id.not_in(sa.bindparam("skip", expanding=True)),
+                   _first_of_its_edition())
+            .distinct())
+
+
+_FIRST_TRIED_SINCE = _first_tries(a.c.started_at >= sa.bindparam("since"))
+_FIRST_TRIED_AFTER = _first_tries(a.c.id > sa.bindparam("after"))
 
 
 class DeliveryLog:
@@ -435,21 +449,17 @@ class DeliveryLog:
                     for i, e in enumerate(chunk)))).scalars()}
             return found
 
-    def _first_tried(self, where: Any, skip_outlets: Collection[str]) -> set[Edition]:
-        version, retraction = _sent(a)
-        with self.db.read() as conn:
-            return {Edition(row[0], row[1], bool(row[2])) for row in conn.execute(
-                sa.select(d.c.notice_id, version, retraction).select_from(a.join(d, d.c.id == a.c.delivery_id))
-                .where(where, _starts_fan_out(), d.c.outlet_id.not_in(list(skip_outlets)), _first_of_its_edition())
-                .distinct())}
-
     def first_tried_since(self, since: datetime, skip_outlets: Collection[str] = ()) -> set[Edition]:
         """The editions a delivery had its first try of at ``since`` or later."""
-        return self._first_tried(a.c.started_at >= since, skip_outlets)
+        return self._editions(_FIRST_TRIED_SINCE, since=since, skip=list(skip_outlets))
 
     def first_tried_after(self, after: int, skip_outlets: Collection[str] = ()) -> set[Edition]:
         """The editions a delivery had its first try of in an attempt after attempt ``after``."""
-        return self._first_tried(a.c.id > after, skip_outlets)
+        return self._editions(_FIRST_TRIED_AFTER, after=after, skip=list(skip_outlets))
+
+    def _editions(self, query: Any, **params: Any) -> set[Edition]:
+        with self.db.read() as conn:
+            return {Edition(row[0], row[1], bool(row[2])) for row in conn.execute(query, params)}
 
     def fan_outs(self, editions: Collection[Edition], skip_outlets: Collection[str] = ()) -> list[FanOut]:
         """Each edition's first tries, whichever process made them: one a delivery (its earliest try of the edition,

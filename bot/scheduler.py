@@ -49,6 +49,7 @@ from bot.settings import Settings
 from bot.store import (
     STORE_FAULTS,
     AttemptRecord,
+    Edition,
     FanOut,
     Store,
     describe_fault,
@@ -186,8 +187,8 @@ class Daemon:
 
     async def report_attempts(self) -> None:
         """Log what this process's recorded attempts did: each failed attempt, each delivery that ends failed,
-        and with -v every attempt; then, in the leading process, each notice once every outlet had its first
-        try, whichever process made it."""
+        and with -v every attempt; then, in the leading process, each notice, correction and retraction once every
+        outlet concerned had its first try of it, whichever process made it."""
         batch, self.report.unreported = self.report.unreported, []
         unknown = {r.delivery_id for r in batch} - self.report.refs.keys()
         try:
@@ -201,9 +202,10 @@ class Daemon:
             return
         with contextlib.suppress(*STORE_FAULTS):  # looked at again at the next run
             for f in await self.dispatcher.db(self.fan_outs.look, self.store, self.dispatcher.pulled):
-                log.info("%s fanned out to %d outlet(s) in %.2fs: %d delivered, %d to retry, %d failed", f.ref,
+                log.info("%s fanned out to %d outlet(s) in %.2fs: %d delivered, %d to retry, %d failed", f.subject,
                          f.outlets, f.seconds, f.outcomes.get("delivered", 0), f.outcomes.get("retry", 0),
-                         f.outcomes.get("failed", 0), extra=log_fields(notice_ref=f.ref, duration_ms=f.seconds * 1000))
+                         f.outcomes.get("failed", 0), extra=log_fields(notice_ref=f.ref, duration_ms=f.seconds * 1000,
+                                                                       version=f.edition.version, carries=f.carries))
 
     async def save_store_errors(self) -> None:
         """Add the store errors this process saw to the store's count (/metrics), once it answers again. With
@@ -389,44 +391,54 @@ class AttemptReport:
                 log.error("%s: delivery failed after %d attempt(s): %s", where, r.attempt, reason, extra=fields)
 
 
-NOTICES_LOOKED_BACK = 100  # PostgreSQL hands out ids before commit: a notice may show up after one with a higher id
+ATTEMPTS_LOOKED_BACK = 500  # PostgreSQL hands out ids before commit: a try may show up after one with a higher id
+EDITIONS_KEPT = 10_000  # reported editions remembered: their first tries leave the look-back long before
 
 
 @dataclasses.dataclass
 class FanOutReport:
-    """The leading process's `REF fanned out to N outlet(s) in T s: …` lines, counted from the store: each
-    delivery's first attempt once, whichever process made it (`run --processes N`, workers), and a notice's line
-    once every outlet of it has had its first try.
+    """The leading process's `REF fanned out to N outlet(s) in T s: …` lines, one for each edition of a notice: the
+    notice as first published (`REF fanned out …`), each correction (`REF correction v2 fanned out …`) and its
+    retraction (`REF retraction fanned out …`). Counted from the store: each delivery's first try of the edition
+    once, whichever process made it (`run --processes N`, workers); an edition's line once no outlet waits for its
+    first try of it. A correction counts the outlets that had an earlier version and those that get the new one as
+    their first post; a retraction, the outlets that received a version. An outlet never tried (cancelled: expired,
+    or retracted first) is in no line.
 
-    A notice is watched from when it is added until none of its deliveries waits for a first try; at the first
-    look (and after taking over the lead) it watches those still fanning out and those tried since ``since``.
+    An edition is watched from a first try of it (found by attempt id: each look reads the attempts recorded since
+    the last) until no delivery waits for its first try of it; at the first look (and after taking over the lead) it
+    watches those still fanning out and those first tried since ``since``.
     """
 
     since: datetime  # first tries before this were reported by whoever led then
-    seen: int | None = None  # the newest notice looked at; None: not leading
-    watching: set[int] = dataclasses.field(default_factory=set)
-    done: set[int] = dataclasses.field(default_factory=set)  # settled notices among the newest ones looked at
+    after: int | None = None  # the newest attempt at the last look; None: not leading
+    watching: set[Edition] = dataclasses.field(default_factory=set)
+    done: dict[Edition, None] = dataclasses.field(default_factory=dict)  # reported (or before ``since``), oldest first
 
     def look(self, store: Store, pulled: frozenset[str]) -> list[FanOut]:
         """Store thread: the fan-outs complete since the last look (``pulled``: outlets that fetch instead)."""
         if not store.cluster.lead():
-            self.seen, self.since = None, utcnow()
+            self.after, self.since = None, utcnow()
             return []
-        if self.seen is None:
-            recent = set(store.log.notices_after(store.log.last_notice_id() - NOTICES_LOOKED_BACK))
+        newest = store.log.last_attempt_id()
+        if self.after is None:
             self.watching = (store.log.fanning_out(None, pulled)
                              | store.log.first_tried_since(store.db.to_store_time(self.since), pulled))
-            self.done = recent - self.watching
+            # tries the next look reads again (the look-back): what is not watched now was for whoever led to report
+            self._remember(store.log.first_tried_after(newest - ATTEMPTS_LOOKED_BACK, pulled) - self.watching)
         else:
-            recent = set(store.log.notices_after(self.seen - NOTICES_LOOKED_BACK))
-            self.watching |= recent - self.done
-        self.seen = max(recent, default=self.seen or 0)
-        self.done = {i for i in self.done if i > self.seen - NOTICES_LOOKED_BACK}
+            self.watching |= store.log.first_tried_after(self.after - ATTEMPTS_LOOKED_BACK, pulled) - self.done.keys()
+        self.after = newest
         settled = self.watching - store.log.fanning_out(self.watching, pulled) if self.watching else set()
-        complete = [f for f in store.log.fan_outs(settled, pulled) if f.outlets and f.tried >= f.outlets]
+        complete = store.log.fan_outs(settled, pulled)
         self.watching -= settled  # only now: a store fault above leaves them to the next look
-        self.done |= settled
+        self._remember(settled)
         return complete
+
+    def _remember(self, editions: set[Edition]) -> None:
+        self.done.update(dict.fromkeys(editions))
+        while len(self.done) > EDITIONS_KEPT:
+            del self.done[next(iter(self.done))]
 
 
 def _n(count: int, one: str, many: str) -> str:

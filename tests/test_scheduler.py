@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -371,3 +372,62 @@ async def test_a_running_daemon_cancels_an_expired_notices_retries_and_sends_not
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_correction_and_a_retraction_each_get_a_fanned_out_line_once_every_outlet_had_its_first_try(
+    tmp_path: Path, loopback: Callable[..., Any], database_url: str
+) -> None:
+    from tests.test_cli import bot_env, debunkbot
+
+    # outlet-0001 answers the correction's first try 503 (retried), outlet-0002 refuses the retraction for good,
+    # and outlet-0003 is paused until after the correction: version 2 is the first post it gets
+    outlets, env = await bot_env(tmp_path, loopback, 4, database_url,
+                                 **{"outlet-0001": [200, 503], "outlet-0002": [200, 200, 400]})
+    assert (await debunkbot(env, "outlets", "pause", "outlet-0003", "--reason", "对方系统升级"))[0] == 0
+    (tmp_path / "v1.yaml").write_text(yaml.safe_dump(notice_data(), allow_unicode=True), encoding="utf-8")
+    (tmp_path / "v2.yaml").write_text(yaml.safe_dump(notice_data(truth="经核实，水位较昨日上涨0.3米。"),
+                                                     allow_unicode=True), encoding="utf-8")
+    assert (await debunkbot(env, "submit", str(tmp_path / "v1.yaml")))[0] == 0
+    log = tmp_path / "daemon.log"
+    with log.open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "run", "--no-web", "--processes", "2", env=os.environ | env,
+            stdout=out, stderr=out, start_new_session=True)
+
+    def fanned_out() -> list[str]:
+        return [line for line in log.read_text(encoding="utf-8").splitlines() if "fanned out" in line]
+
+    def posts(kind: str) -> set[str]:
+        return {p.outlet for p in outlets.posts if p.payload["type"] == kind}
+
+    def read_log() -> str:
+        return log.read_text(encoding="utf-8")[-3000:]
+
+    try:
+        await until(lambda: len(posts("notice.published")) == 3, proc=proc, what=read_log)
+        code, _, err = await debunkbot(env, "correct", "cq-test-001", str(tmp_path / "v2.yaml"), "--note", "水位数据有误")
+        assert code == 0, err
+        # version 1 went to the three outlets that had it before the correction; the paused one will get version 2
+        await until(lambda: fanned_out(), proc=proc, what=read_log)
+        (first,) = fanned_out()  # the correction waits for the paused outlet
+        assert re.search(r"cq-test-001 fanned out to 3 outlet\(s\) in \d+\.\d\ds: 3 delivered, 0 to retry, 0 failed$",
+                         first), first
+
+        assert (await debunkbot(env, "outlets", "resume", "outlet-0003"))[0] == 0
+        await until(lambda: len(fanned_out()) == 2, proc=proc, what=read_log)
+        assert re.search(r"cq-test-001 correction v2 fanned out to 4 outlet\(s\) in \d+\.\d\ds: 3 delivered, "
+                         r"1 to retry, 0 failed$", fanned_out()[1]), fanned_out()
+        await until(lambda: len(posts("notice.corrected")) == 3, proc=proc, what=read_log)  # the retry went out
+        assert posts("notice.published") == {f"outlet-{i:04d}" for i in range(4)}  # outlet-0003: version 2
+
+        code, _, err = await debunkbot(env, "retract", "cq-test-001", "--reason", "经复核撤回")
+        assert code == 0, err
+        await until(lambda: len(fanned_out()) == 3, proc=proc, what=read_log)
+        assert re.search(r"cq-test-001 retraction fanned out to 4 outlet\(s\) in \d+\.\d\ds: 3 delivered, "
+                         r"0 to retry, 1 failed$", fanned_out()[2]), fanned_out()
+        await until(lambda: len(posts("notice.retracted")) == 3, proc=proc, what=read_log)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), timeout=60) == 0, read_log()
+    assert len(fanned_out()) == 3, fanned_out()  # each once

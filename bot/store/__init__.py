@@ -44,7 +44,7 @@ from bot.store.engine import (
 )
 from bot.store.health import OutletHealth
 from bot.store.lifecycle import RETRACTED, Lifecycle, NotCorrectable, webhook_id
-from bot.store.log import DeliveryLog, FanOut, Page, dumps
+from bot.store.log import DeliveryLog, Edition, FanOut, Page, dumps
 from bot.store.matrix import MatrixRecord
 from bot.store.metrics import Figures, Metrics, StoreErrors
 from bot.store.outbox import Outbox
@@ -67,7 +67,7 @@ from bot.store.tables import (
 
 __all__ = [
     "RETRACTED", "STORE_FAULTS", "WORK_CHANNEL", "Access", "Actor", "Added", "AttemptRecord", "AuditLog", "AuditPage", "Caller",
-    "Claim", "Cluster", "DeliveryLog", "FanOut", "Figures", "Lifecycle", "MatrixRecord", "Metrics", "NotCorrectable", "Outbox", "OutletHealth", "Page", "Queue",
+    "Claim", "Cluster", "DeliveryLog", "Edition", "FanOut", "Figures", "Lifecycle", "MatrixRecord", "Metrics", "NotCorrectable", "Outbox", "OutletHealth", "Page", "Queue",
     "Confirmed", "Published", "ReceiptRefused", "Receipts", "Reminder", "ReportRow", "Windows",
     "RefConflict", "Review", "ReviewConflict", "ReviewRefused", "ReviewState",
     "Role", "Store", "StoreErrors", "UTCDateTime", "alert_sends", "alerts", "api_tokens", "attempts",

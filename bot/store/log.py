@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from bot.model import Change, Notice
 from bot.store.engine import Db
-from bot.store.lifecycle import Lifecycle
+from bot.store.lifecycle import CORRECTION, NOTICE, RETRACTION, Lifecycle
 from bot.store.tables import UTCDateTime, attempts, deliveries, notices, outlet_health, receipts
 
 d, n, a, h = deliveries, notices, attempts, outlet_health
@@ -36,21 +36,46 @@ class Page:
     next: int | None  # pass as ``after`` for the next page; None: this was the last
 
 
-@dataclass
-class FanOut:
-    """A notice's first tries: how many outlets it goes to, what each delivery's first attempt did, and when the
-    first of them began and the last ended."""
+@dataclass(frozen=True)
+class Edition:
+    """What one fan-out of a notice sends: a version of it (1: the notice as first published; 2 and on: a
+    correction, 更正), or its retraction (撤回). An outlet that had received nothing when the notice was corrected
+    gets the new version as its first post: that post is part of the correction's fan-out, since the editor who
+    corrected the notice expects the correction's line to mean every outlet has the corrected text."""
 
     notice_id: int
+    version: int
+    retraction: bool = False
+
+
+@dataclass
+class FanOut:
+    """An edition's first tries: what each delivery's first try of it did (one an outlet), and when the first of
+    them began and the last ended."""
+
+    edition: Edition
     ref: str
-    outlets: int
     outcomes: dict[str, int] = field(default_factory=dict)  # delivered | retry | failed -> deliveries
     started: datetime | None = None
     ended: datetime | None = None
 
     @property
-    def tried(self) -> int:
+    def outlets(self) -> int:
         return sum(self.outcomes.values())
+
+    @property
+    def carries(self) -> str:
+        if self.edition.retraction:
+            return RETRACTION
+        return CORRECTION if self.edition.version > 1 else NOTICE
+
+    @property
+    def subject(self) -> str:
+        """How its line names it: ``cq-1`` (the notice as first published), ``cq-1 correction v2``,
+        ``cq-1 retraction``."""
+        if self.carries == NOTICE:
+            return self.ref
+        return f"{self.ref} {self.carries}" + (f" v{self.edition.version}" if self.carries == CORRECTION else "")
 
     @property
     def seconds(self) -> float:
@@ -62,6 +87,39 @@ class FanOut:
         ended = started + timedelta(milliseconds=latency_ms)
         self.started = min(self.started or started, started)
         self.ended = max(self.ended or ended, ended)
+
+
+def _sent(attempt: Any) -> tuple[Any, Any]:
+    """The edition an attempt sent: its version, and whether it was the retraction (an attempt stored before
+    versions existed sent version 1 of the notice)."""
+    return sa.func.coalesce(attempt.c.version, 1), sa.func.coalesce(attempt.c.carries, NOTICE) == RETRACTION
+
+
+def _first_of_its_edition() -> Any:
+    """The attempt is its delivery's first try of what it sent: its first try at all, or no earlier attempt of the
+    delivery sent the same (looked up by the attempts' index on delivery_id)."""
+    earlier = a.alias("earlier")
+    version, retraction = _sent(a)
+    earlier_version, earlier_retraction = _sent(earlier)
+    return sa.or_(a.c.number == 1, ~sa.exists().where(earlier.c.delivery_id == a.c.delivery_id, earlier.c.id < a.c.id,
+                                                      earlier_version == version, earlier_retraction == retraction))
+
+
+def _starts_fan_out() -> Any:
+    """A try that can start an edition's fan-out: not an operator's retry, nor a backfill's post to an outlet that
+    joined later (a single outlet's try, whose attempt lines say what it did)."""
+    return sa.and_(a.c.trigger != "manual", sa.or_(a.c.trigger != "backfill", a.c.carries != NOTICE))
+
+
+def _awaiting(skip_outlets: Collection[str]) -> Any:
+    """A delivery waiting for its first try of the edition it carries now: pending or embargoed, to an outlet
+    ``skip_outlets`` leaves, and no attempt of it sent that version (or, when it carries the retraction, the
+    retraction) yet."""
+    version, retraction = _sent(a)
+    tried = sa.exists().where(a.c.delivery_id == d.c.id, version == d.c.version,
+                              retraction == (d.c.carries == RETRACTION))
+    return sa.and_(d.c.status.in_(("pending", "held")), d.c.outlet_id.not_in(list(skip_outlets)),
+                   sa.or_(d.c.attempts == 0, ~tried))
 
 
 def _hold(now: datetime) -> tuple[Any, Any]:
@@ -100,6 +158,20 @@ def _reason(row: dict[str, Any]) -> str | None:
     if kind == "outlet paused":
         return f"outlet paused: {why}" if why else kind
     return f"{kind} until {until.isoformat(timespec='seconds')}" if until else kind
+
+
+def _first_tries(where: Any) -> Any:
+    """The editions with a first try among the attempts ``where`` picks, to the outlets the parameter ``skip``
+    leaves (built once: the daemon's leader runs these every scan interval)."""
+    version, retraction = _sent(a)
+    return (sa.select(d.c.notice_id, version, retraction).select_from(a.join(d, d.c.id == a.c.delivery_id))
+            .where(where, _starts_fan_out(), d.c.outlet_id.not_in(sa.bindparam("skip", expanding=True)),
+                   _first_of_its_edition())
+            .distinct())
+
+
+_FIRST_TRIED_SINCE = _first_tries(a.c.started_at >= sa.bindparam("since"))
+_FIRST_TRIED_AFTER = _first_tries(a.c.id > sa.bindparam("after"))
 
 
 class DeliveryLog:
@@ -352,54 +424,65 @@ class DeliveryLog:
                     for row in conn.execute(sa.select(d.c.id, d.c.notice_id, n.c.ref).join(n, n.c.id == d.c.notice_id)
                                             .where(d.c.id.in_(ids[start:start + 500])))]
 
-    def last_notice_id(self) -> int:
-        """The id of the newest notice (0: none yet)."""
+    def last_attempt_id(self) -> int:
+        """The id of the newest attempt (0: none yet)."""
         with self.db.read() as conn:
-            return conn.execute(sa.select(sa.func.max(n.c.id))).scalar_one() or 0
+            return conn.execute(sa.select(sa.func.max(a.c.id))).scalar_one() or 0
 
-    def notices_after(self, after: int) -> list[int]:
-        """The ids of the notices added after notice ``after``."""
+    def fanning_out(self, editions: Collection[Edition] | None, skip_outlets: Collection[str] = ()) -> set[Edition]:
+        """The editions (of ``editions``; None: of all) with a delivery waiting for its first try of it.
+        ``skip_outlets``, the feeds, fetch instead."""
+        awaiting = _awaiting(skip_outlets)
         with self.db.read() as conn:
-            return list(conn.execute(sa.select(n.c.id).where(n.c.id > after)).scalars())
+            if editions is None:
+                return {Edition(row.notice_id, row.version, bool(row.retraction)) for row in conn.execute(
+                    sa.select(d.c.notice_id, d.c.version, (d.c.carries == RETRACTION).label("retraction"))
+                    .where(awaiting).distinct())}
+            wanted, found = list(editions), set()
+            for start in range(0, len(wanted), 100):  # SQLite caps the terms of a compound select
+                chunk = wanted[start:start + 100]
+                # one edition at a time, each looked at until its first delivery waiting
+                found |= {chunk[i] for i in conn.execute(sa.union_all(*(
+                    sa.select(sa.literal_column(str(i))).where(sa.exists().where(
+                        awaiting, d.c.notice_id == e.notice_id, d.c.version == e.version,
+                        d.c.carries == RETRACTION if e.retraction else d.c.carries != RETRACTION))
+                    for i, e in enumerate(chunk)))).scalars()}
+            return found
 
-    def fanning_out(self, notice_ids: Collection[int] | None, skip_outlets: Collection[str] = ()) -> set[int]:
-        """The notices (of ``notice_ids``; None: of all) with a delivery not tried yet: pending or embargoed, no
-        attempt made. ``skip_outlets``, the feeds, fetch instead."""
-        untried = sa.and_(d.c.status.in_(("pending", "held")), d.c.attempts == 0,
-                          d.c.outlet_id.not_in(list(skip_outlets)))
-        if notice_ids is None:
-            query = sa.select(d.c.notice_id).where(untried).distinct()
-        else:  # one notice at a time, each looked at until its first untried delivery
-            query = sa.select(n.c.id).where(n.c.id.in_(list(notice_ids)),
-                                            sa.exists().where(d.c.notice_id == n.c.id, untried))
+    def first_tried_since(self, since: datetime, skip_outlets: Collection[str] = ()) -> set[Edition]:
+        """The editions a delivery had its first try of at ``since`` or later."""
+        return self._editions(_FIRST_TRIED_SINCE, since=since, skip=list(skip_outlets))
+
+    def first_tried_after(self, after: int, skip_outlets: Collection[str] = ()) -> set[Edition]:
+        """The editions a delivery had its first try of in an attempt after attempt ``after``."""
+        return self._editions(_FIRST_TRIED_AFTER, after=after, skip=list(skip_outlets))
+
+    def _editions(self, query: Any, **params: Any) -> set[Edition]:
         with self.db.read() as conn:
-            return set(conn.execute(query).scalars())
+            return {Edition(row[0], row[1], bool(row[2])) for row in conn.execute(query, params)}
 
-    def first_tried_since(self, since: datetime, skip_outlets: Collection[str] = ()) -> set[int]:
-        """The notices with a delivery whose first attempt started at ``since`` or later."""
-        with self.db.read() as conn:
-            return set(conn.execute(
-                sa.select(d.c.notice_id).select_from(a.join(d, d.c.id == a.c.delivery_id))
-                .where(a.c.started_at >= since, a.c.number == 1, d.c.outlet_id.not_in(list(skip_outlets)))
-                .distinct()).scalars())
-
-    def fan_outs(self, notice_ids: Collection[int], skip_outlets: Collection[str] = ()) -> list[FanOut]:
-        """Each notice's first tries, whichever process made them: one a delivery (the earliest, should a process
-        have died before it recorded its own and another tried again), to the outlets ``skip_outlets`` leaves."""
-        ids = list(notice_ids)
-        if not ids:
+    def fan_outs(self, editions: Collection[Edition], skip_outlets: Collection[str] = ()) -> list[FanOut]:
+        """Each edition's first tries, whichever process made them: one a delivery (its earliest try of the edition,
+        should a process have died before it recorded its own and another tried again), to the outlets
+        ``skip_outlets`` leaves; an edition not tried yet is left out."""
+        wanted = set(editions)
+        if not wanted:
             return []
+        version, retraction = _sent(a)
+        ids = list({e.notice_id for e in wanted})
         pushed = sa.and_(d.c.notice_id.in_(ids), d.c.outlet_id.not_in(list(skip_outlets)))
         first = (sa.select(sa.func.min(a.c.id)).select_from(a.join(d, d.c.id == a.c.delivery_id))
-                 .where(pushed, a.c.number == 1).group_by(a.c.delivery_id))
+                 .where(pushed).group_by(a.c.delivery_id, version, retraction))
         with self.db.read() as conn:
-            fan_outs = {row.id: FanOut(row.id, row.ref, row.outlets) for row in conn.execute(
-                sa.select(n.c.id, n.c.ref, sa.func.count(d.c.id).label("outlets"))
-                .select_from(n.join(d, d.c.notice_id == n.c.id)).where(pushed).group_by(n.c.id, n.c.ref))}
-            for row in conn.execute(sa.select(d.c.notice_id, a.c.outcome, a.c.started_at, a.c.latency_ms)
+            refs = {r.id: r.ref for r in conn.execute(sa.select(n.c.id, n.c.ref).where(n.c.id.in_(ids)))}
+            fan_outs = {e: FanOut(e, refs[e.notice_id]) for e in wanted}
+            for row in conn.execute(sa.select(d.c.notice_id, version, retraction, a.c.outcome, a.c.started_at,
+                                              a.c.latency_ms)
                                     .select_from(a.join(d, d.c.id == a.c.delivery_id)).where(a.c.id.in_(first))):
-                fan_outs[row.notice_id].add(row.outcome, row.started_at, row.latency_ms)
-        return list(fan_outs.values())
+                fan_out = fan_outs.get(Edition(row[0], row[1], bool(row[2])))
+                if fan_out is not None:
+                    fan_out.add(row.outcome, row.started_at, row.latency_ms)
+        return [f for f in fan_outs.values() if f.outlets]
 
     def unsettled(self) -> list[Any]:
         """Deliveries not yet settled, counted per outlet, stored status and embargo (one grouped query):

@@ -95,9 +95,10 @@ class Db:
         """A time this process measured, on the store's clock."""
         return None if when is None else when + self.skew
 
-    def among(self, column: Any, values: Collection[str]) -> Any:
+    def among(self, column: Any, values: Collection[str] | Collection[int]) -> Any:
         """``column IN values``. On SQLite the values go as one JSON array (``json_each``), not one parameter
-        each: a claim names every outlet of the matrix, and a thousand parameters were a third of its CPU."""
+        each: a claim names every outlet of the matrix, and a thousand parameters were a third of its CPU (a
+        list of parameters is also compiled again for each length)."""
         if self.postgres:
             return column.in_(list(values))
         listed = sa.func.json_each(sa.bindparam("among", json.dumps(list(values)), type_=sa.Text)).table_valued("value")

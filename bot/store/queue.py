@@ -330,7 +330,7 @@ class Queue:
             ).all()
             claimed = {r.outlet_id for r in rows}
             if claimed:  # a probe shuts a cooled-down breaker to everyone else until it is recorded or its lease ends
-                conn.execute(h.update().where(h.c.outlet_id.in_(claimed), h.c.open_until <= now)
+                conn.execute(h.update().where(self.db.among(h.c.outlet_id, claimed), h.c.open_until <= now)
                              .values(open_until=now + lease))
             if window is not None:
                 self._wait_for_rate_windows(conn, window, busy, now)
@@ -393,7 +393,7 @@ class Queue:
             rows = {row.id: row for row in conn.execute(
                 sa.select(d.c.id, d.c.version, d.c.sent_version, notices.c.retracted_at)
                 .select_from(d.join(notices, notices.c.id == d.c.notice_id))
-                .where(d.c.id.in_({r.delivery_id for r in records})))}
+                .where(self.db.among(d.c.id, {r.delivery_id for r in records})))}
             settled = {r.delivery_id: settle(STATUS_AFTER[r.outcome], r.version, r.carries, rows[r.delivery_id].version,
                                              rows[r.delivery_id].sent_version, rows[r.delivery_id].retracted_at is not None)
                        for r in records if r.delivery_id in rows}

@@ -6,11 +6,12 @@ clock and NOTIFY); the parts write portable SQLAlchemy Core against ``bot.store.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -93,6 +94,15 @@ class Db:
     def to_store_time(self, when: datetime | None) -> datetime | None:
         """A time this process measured, on the store's clock."""
         return None if when is None else when + self.skew
+
+    def among(self, column: Any, values: Collection[str] | Collection[int]) -> Any:
+        """``column IN values``. On SQLite the values go as one JSON array (``json_each``), not one parameter
+        each: a claim names every outlet of the matrix, and a thousand parameters were a third of its CPU (a
+        list of parameters is also compiled again for each length)."""
+        if self.postgres:
+            return column.in_(list(values))
+        listed = sa.func.json_each(sa.bindparam("among", json.dumps(list(values)), type_=sa.Text)).table_valued("value")
+        return column.in_(sa.select(listed.c.value))
 
     def notify(self, conn: Connection) -> None:
         """Wake idle workers at once (PostgreSQL NOTIFY, sent on commit); elsewhere they poll."""

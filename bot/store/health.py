@@ -82,6 +82,19 @@ class OutletHealth:
         self, conn: Connection, records: Sequence[AttemptRecord], now: datetime, policy: HealthPolicy
     ) -> None:
         """Apply the attempts' outcomes to their outlets' health, raising alerts, in the caller's transaction."""
+        # the bulk of a fan-out: outlets whose tries were all delivered and whose row is clean (ok, no failures,
+        # breaker shut, not paused) move last_success_at alone and raise nothing, in one statement
+        delivered = {r.outlet_id for r in records} - {r.outlet_id for r in records if r.outcome != "delivered"}
+        if delivered:
+            done = set(conn.execute(
+                h.update().where(self.db.among(h.c.outlet_id, sorted(delivered)), h.c.status == "ok",
+                                 h.c.consecutive_failures == 0, h.c.failing_since.is_(None), h.c.open_until.is_(None),
+                                 h.c.paused_at.is_(None))
+                .values(last_success_at=now).returning(h.c.outlet_id)
+            ).scalars())
+            records = [r for r in records if r.outlet_id not in done]
+            if not records:
+                return
         outlet_ids = sorted({r.outlet_id for r in records})
         # every outlet gets its row first, so two workers recording the same new outlet cannot collide
         insert_new(conn, h, [{"outlet_id": o} for o in outlet_ids], "outlet_id")

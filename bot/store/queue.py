@@ -295,7 +295,7 @@ class Queue:
             room_left = cap - sa.func.coalesce(busy.c.n, 0)
             room = (sa.select(h.c.outlet_id, room_left.label("room")).select_from(joined)
                     .where(outlet_takes_sends(now), room_left > 0,
-                           *([self._among(h.c.outlet_id, outlets)] if outlets is not None
+                           *([self.db.among(h.c.outlet_id, outlets)] if outlets is not None
                              else [h.c.outlet_id.not_in(list(skip_outlets))] if skip_outlets else []))
                     .cte("room"))
             # each such outlet's oldest claimable deliveries (an index search per outlet: flat under any backlog)
@@ -330,7 +330,7 @@ class Queue:
             ).all()
             claimed = {r.outlet_id for r in rows}
             if claimed:  # a probe shuts a cooled-down breaker to everyone else until it is recorded or its lease ends
-                conn.execute(h.update().where(h.c.outlet_id.in_(claimed), h.c.open_until <= now)
+                conn.execute(h.update().where(self.db.among(h.c.outlet_id, claimed), h.c.open_until <= now)
                              .values(open_until=now + lease))
             if window is not None:
                 self._wait_for_rate_windows(conn, window, busy, now)
@@ -338,14 +338,6 @@ class Queue:
         return [Claim(r.id, r.notice_id, r.outlet_id, r.message_id, r.attempts + 1, r.schedule_start,
                       json.loads(r.channel_state) if r.channel_state else None, r.lane == URGENT_LANE,
                       r.expires_at, r.version, r.carries, r.sent_version, r.origin) for r in rows]
-
-    def _among(self, column: Any, values: Collection[str]) -> Any:
-        """``column IN values``. On SQLite the values go as one JSON array (``json_each``), not one parameter
-        each: a claim names every outlet of the matrix, and a thousand parameters were a third of its CPU."""
-        if self.db.postgres:
-            return column.in_(list(values))
-        listed = sa.func.json_each(sa.bindparam("among", json.dumps(list(values)), type_=sa.Text)).table_valued("value")
-        return column.in_(sa.select(listed.c.value))
 
     def cancel_expired(self, now: datetime | None = None) -> dict[str, int]:
         """Cancel, with reason "expired", the unsent deliveries of notices past their ``expires_at``: pending
@@ -401,7 +393,7 @@ class Queue:
             rows = {row.id: row for row in conn.execute(
                 sa.select(d.c.id, d.c.version, d.c.sent_version, notices.c.retracted_at)
                 .select_from(d.join(notices, notices.c.id == d.c.notice_id))
-                .where(d.c.id.in_({r.delivery_id for r in records})))}
+                .where(self.db.among(d.c.id, {r.delivery_id for r in records})))}
             settled = {r.delivery_id: settle(STATUS_AFTER[r.outcome], r.version, r.carries, rows[r.delivery_id].version,
                                              rows[r.delivery_id].sent_version, rows[r.delivery_id].retracted_at is not None)
                        for r in records if r.delivery_id in rows}
@@ -594,7 +586,7 @@ class Queue:
                 sa.select(sa.func.min(due)).select_from(d.outerjoin(h, h.c.outlet_id == d.c.outlet_id)).where(
                     d.c.status == "pending", h.c.paused_at.is_(None), h.c.removed_at.is_(None),
                     *([d.c.outlet_id.not_in(list(skip_outlets))] if skip_outlets else []),
-                    *([self._among(d.c.outlet_id, outlets)] if outlets is not None else []),
+                    *([self.db.among(d.c.outlet_id, outlets)] if outlets is not None else []),
                 )
             ).scalar_one_or_none()
         return None if when is None else when - self.db.skew

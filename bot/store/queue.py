@@ -321,8 +321,10 @@ class Queue:
                       .order_by(ranked.c.lane, ranked.c.next_attempt_at, ranked.c.id).limit(limit))
             # PostgreSQL: rows another worker is writing right now (recording an attempt) are skipped, not waited for
             free = sa.select(d.c.id).where(d.c.id.in_(chosen)).with_for_update(skip_locked=True)
+            # SQLite holds the write lock (BEGIN IMMEDIATE) and chose claimable rows only: checked again here, its
+            # planner walked every due delivery (ix_deliveries_due) instead of looking the chosen up by id
             rows = conn.execute(
-                d.update().where(d.c.id.in_(free), claimable(now))
+                d.update().where(d.c.id.in_(free), *([claimable(now)] if self.db.postgres else []))
                 .values(lease_owner=self.db.owner, lease_expires_at=now + lease, updated_at=now)
                 .returning(d.c.id, d.c.notice_id, d.c.outlet_id, d.c.message_id, d.c.attempts, d.c.schedule_start,
                            d.c.channel_state, d.c.lane, d.c.expires_at, d.c.version, d.c.carries, d.c.sent_version,

@@ -98,10 +98,11 @@ class Db:
     def among(self, column: Any, values: Collection[str] | Collection[int]) -> Any:
         """``column IN values``. On SQLite the values go as one JSON array (``json_each``), not one parameter
         each: a claim names every outlet of the matrix, and a thousand parameters were a third of its CPU (a
-        list of parameters is also compiled again for each length)."""
+        list of parameters is also compiled again for each length). Unique: one statement may hold several."""
         if self.postgres:
             return column.in_(list(values))
-        listed = sa.func.json_each(sa.bindparam("among", json.dumps(list(values)), type_=sa.Text)).table_valued("value")
+        listed = sa.func.json_each(sa.bindparam("among", json.dumps(list(values)), type_=sa.Text, unique=True))
+        listed = listed.table_valued("value")
         return column.in_(sa.select(listed.c.value))
 
     def notify(self, conn: Connection) -> None:

@@ -153,6 +153,46 @@ async def test_a_server_that_ends_on_its_own_stops_its_owner_and_fails_its_block
     assert stopping.is_set()
 
 
+def _recording_lifespan(seen: list[str]):  # type: ignore[no-untyped-def]
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        seen.append("started")
+        yield
+        seen.append("stopped")
+    return lifespan
+
+
+async def test_a_stop_with_nothing_connected_closes_the_port_and_ends_the_apps_lifespan() -> None:
+    seen: list[str] = []
+    async with WebServer(FastAPI(lifespan=_recording_lifespan(seen)), "127.0.0.1:0") as web:
+        async with httpx.AsyncClient() as client:  # a request answered, its connection closed before the stop
+            assert (await client.get(web.url + "/nowhere")).status_code == 404
+        url = web.url
+    assert seen == ["started", "stopped"]
+    assert refused(url)
+
+
+async def test_a_request_in_flight_when_the_server_is_stopped_still_gets_its_answer() -> None:
+    arrived, answer = asyncio.Event(), asyncio.Event()
+    seen: list[str] = []
+    app = FastAPI(lifespan=_recording_lifespan(seen))
+
+    @app.get("/slow")
+    async def slow() -> dict[str, str]:
+        arrived.set()
+        await answer.wait()
+        return {"answered": "after the stop"}
+
+    async with httpx.AsyncClient() as client:
+        async with WebServer(app, "127.0.0.1:0") as web:
+            request = asyncio.create_task(client.get(web.url + "/slow"))
+            await asyncio.wait_for(arrived.wait(), timeout=DEADLINE)
+            asyncio.get_running_loop().call_later(0.2, answer.set)  # answered while the server stops
+        response = await asyncio.wait_for(request, timeout=DEADLINE)
+    assert response.status_code == 200 and response.json() == {"answered": "after the stop"}
+    assert seen == ["started", "stopped"]
+
+
 @pytest.mark.parametrize("bind", ["8700", "::1:8700", "127.0.0.1:99999"])
 async def test_a_bind_that_is_not_host_and_port_is_refused_at_start_naming_the_setting(
     bot: RunningBot, bind: str

@@ -29,10 +29,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from bot.model import Notice, RegionName, Text
-from bot.regions import CITYWIDE, RegionTable, Tier, chongqing_today
+from bot.regions import CITYWIDE, RegionTable, SafeLoader, Tier, chongqing_today
 from channels import CHANNELS, AlertChannel, AnyChannel, RateLimit
-
-SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in: a big matrix loads ~10x faster
 
 
 class MatrixError(ValueError):

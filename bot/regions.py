@@ -28,6 +28,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+# libyaml's loader when PyYAML has it built in (its wheels do): the same documents, ~10x faster to read
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 CITYWIDE = "全市"
 """The pseudo-region of a notice or outlet that concerns the whole city."""
 
@@ -140,7 +143,7 @@ class RegionTable:
         '石柱土家族自治县'
         """
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=SafeLoader)
         except FileNotFoundError:
             raise RegionTableError(f"{path}: region table not found (set DEBUNKBOT_REGIONS)") from None
         # PyYAML raises a bare ValueError for an impossible unquoted date such as 2026-02-30.

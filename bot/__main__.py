@@ -1,3 +1,3 @@
-from bot.cli import app
+from bot.cli import main
 
-app(prog_name="debunkbot")
+main()

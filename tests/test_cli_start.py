@@ -24,14 +24,16 @@ HEAVY = ("httpx", "jinja2", "aiohttp", "fastapi", "starlette", "uvicorn", "apsch
 NEEDS = {"--help": (), "log": ("store",), "status": ("store",), "outlets": ("store", "matrix"), "regions": ()}
 LIBRARY = {"store": ("sqlalchemy",), "matrix": ("channels",), "settings": ("pydantic_settings",)}
 
-# Runs the command in this interpreter as `debunkbot` does, then says which of HEAVY it loaded.
+# Runs the command in this interpreter as `debunkbot` does, then says which of HEAVY it loaded, and whether the
+# garbage collector is on (bot.cli.main keeps it off for a command's start; only a long-running one turns it on).
 PROBE = f"""
-import sys
-from bot.cli import app
+import gc, sys
+from bot.cli import main
 try:
-    app(sys.argv[1:], prog_name="debunkbot")
+    main()
 except SystemExit as exit:
     code = exit.code
+print("GC", "on" if gc.isenabled() else "off", file=sys.stderr)
 print("LOADED", *sorted(m for m in {HEAVY + tuple(m for ms in LIBRARY.values() for m in ms)!r} if m in sys.modules),
       "EXIT", code, file=sys.stderr)
 """
@@ -59,6 +61,7 @@ def test_a_read_command_answers_loading_only_what_it_needs(argv: list[str], stor
     needs = NEEDS[argv[0]] + (() if argv == ["--help"] else ("settings",))
     allowed = {m for need in needs for m in LIBRARY[need]}
     assert set(loaded[:-2]) <= allowed, f"{' '.join(argv)} loaded {sorted(set(loaded[:-2]) - allowed)}"
+    assert "GC off" in done.stderr, "a read command ends before the collector would have anything to do"
 
 
 def test_the_schema_head_read_from_the_migration_files_is_alembics() -> None:

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from bot.logs import PROCESS_NAME_ENV, Redactor, setup_logging
+from bot.processes import default_processes
 from bot.testing import DingTalkRobots, WebhookOutlets, WeChatMPAPI, WeComRobots
 from tests.conftest import notice_data, whsec
 
@@ -131,6 +132,10 @@ async def test_nothing_the_daemon_writes_contains_a_credential_of_any_channel(tm
     assert [line for line in lines if "cq-log-001 to hook: delivery failed after 1 attempt(s): HTTP 400" in line]
     delivered = [line for line in lines if ": attempt" in line and "delivered" in line]
     assert len(delivered) == (3 if verbose else 0), "-v adds one line per attempt"
+    # -v: each process says once that its start-up is built and the garbage collector runs again (bot.cli)
+    settled = [line for line in lines if "start-up done:" in line and "garbage collector" in line]
+    leader = [line for line in settled if "debunkbot: start-up done" in line]
+    assert (len(leader), len(settled)) == ((1, default_processes()) if verbose else (0, 0)), settled
     assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d ", line) for line in lines), text
 
 

@@ -319,12 +319,21 @@ class Queue:
             # the urgent, then the oldest of those, up to the limit, each outlet within its room
             chosen = (sa.select(ranked.c.id).where(ranked.c.rank <= ranked.c.room)
                       .order_by(ranked.c.lane, ranked.c.next_attempt_at, ranked.c.id).limit(limit))
-            # PostgreSQL: rows another worker is writing right now (recording an attempt) are skipped, not waited for
-            free = sa.select(d.c.id).where(d.c.id.in_(chosen)).with_for_update(skip_locked=True)
-            # SQLite holds the write lock (BEGIN IMMEDIATE) and chose claimable rows only: checked again here, its
-            # planner walked every due delivery (ix_deliveries_due) instead of looking the chosen up by id
+            # PostgreSQL: rows another worker is writing right now (recording an attempt) are skipped, not waited for,
+            # and each row locked is checked again as it is now (a lock re-reads the row's newest version). Locked
+            # once, from the chosen ids (both CTEs computed once), then leased by id. With the check in the UPDATE,
+            # on tables not analyzed yet (a fan-out just stored) the planner walked every due delivery and locked the
+            # chosen again for each: 1.8 s a claim at 10,000 due. SQLite holds the write lock (BEGIN IMMEDIATE) and
+            # chose claimable rows only.
+            if self.db.postgres:
+                picked = chosen.cte("picked").prefix_with("MATERIALIZED")
+                locked = (sa.select(d.c.id).select_from(picked.join(d, d.c.id == picked.c.id)).where(claimable(now))
+                          .with_for_update(of=d, skip_locked=True).cte("locked").prefix_with("MATERIALIZED"))
+                free: Any = sa.select(locked.c.id)
+            else:
+                free = chosen
             rows = conn.execute(
-                d.update().where(d.c.id.in_(free), *([claimable(now)] if self.db.postgres else []))
+                d.update().where(d.c.id.in_(free))
                 .values(lease_owner=self.db.owner, lease_expires_at=now + lease, updated_at=now)
                 .returning(d.c.id, d.c.notice_id, d.c.outlet_id, d.c.message_id, d.c.attempts, d.c.schedule_start,
                            d.c.channel_state, d.c.lane, d.c.expires_at, d.c.version, d.c.carries, d.c.sent_version,

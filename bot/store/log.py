@@ -111,15 +111,24 @@ def _starts_fan_out() -> Any:
     return sa.and_(a.c.trigger != "manual", sa.or_(a.c.trigger != "backfill", a.c.carries != NOTICE))
 
 
-def _awaiting(skip_outlets: Collection[str]) -> Any:
-    """A delivery waiting for its first try of the edition it carries now: pending or embargoed, to an outlet
-    ``skip_outlets`` leaves, and no attempt of it sent that version (or, when it carries the retraction, the
-    retraction) yet."""
+def _awaiting() -> Any:
+    """A delivery waiting for its first try of the edition it carries now: pending or embargoed, to an outlet the
+    parameter ``skip`` (the feeds: they fetch) leaves, and no attempt of it sent that version (or, when it carries
+    the retraction, the retraction) yet."""
     version, retraction = _sent(a)
     tried = sa.exists().where(a.c.delivery_id == d.c.id, version == d.c.version,
                               retraction == (d.c.carries == RETRACTION))
-    return sa.and_(d.c.status.in_(("pending", "held")), d.c.outlet_id.not_in(list(skip_outlets)),
+    return sa.and_(d.c.status.in_(("pending", "held")), d.c.outlet_id.not_in(sa.bindparam("skip", expanding=True)),
                    sa.or_(d.c.attempts == 0, ~tried))
+
+
+_FANNING_OUT = (sa.select(d.c.notice_id, d.c.version, (d.c.carries == RETRACTION).label("retraction"))
+                .where(_awaiting()).distinct())
+# One edition, looked at until its first delivery waiting; one statement for every edition (built once: a statement
+# shaped by how many editions were asked about was compiled again, and kept, for each count: 10 MB at F4's 200).
+_EDITION_FANNING_OUT = (sa.select(sa.literal(1)).where(
+    _awaiting(), d.c.notice_id == sa.bindparam("notice_id"), d.c.version == sa.bindparam("version"),
+    (d.c.carries == RETRACTION) == sa.bindparam("retraction", type_=sa.Boolean)).limit(1))
 
 
 def _hold(now: datetime) -> tuple[Any, Any]:
@@ -432,22 +441,13 @@ class DeliveryLog:
     def fanning_out(self, editions: Collection[Edition] | None, skip_outlets: Collection[str] = ()) -> set[Edition]:
         """The editions (of ``editions``; None: of all) with a delivery waiting for its first try of it.
         ``skip_outlets``, the feeds, fetch instead."""
-        awaiting = _awaiting(skip_outlets)
+        skip = list(skip_outlets)
         with self.db.read() as conn:
             if editions is None:
-                return {Edition(row.notice_id, row.version, bool(row.retraction)) for row in conn.execute(
-                    sa.select(d.c.notice_id, d.c.version, (d.c.carries == RETRACTION).label("retraction"))
-                    .where(awaiting).distinct())}
-            wanted, found = list(editions), set()
-            for start in range(0, len(wanted), 100):  # SQLite caps the terms of a compound select
-                chunk = wanted[start:start + 100]
-                # one edition at a time, each looked at until its first delivery waiting
-                found |= {chunk[i] for i in conn.execute(sa.union_all(*(
-                    sa.select(sa.literal_column(str(i))).where(sa.exists().where(
-                        awaiting, d.c.notice_id == e.notice_id, d.c.version == e.version,
-                        d.c.carries == RETRACTION if e.retraction else d.c.carries != RETRACTION))
-                    for i, e in enumerate(chunk)))).scalars()}
-            return found
+                return {Edition(row.notice_id, row.version, bool(row.retraction))
+                        for row in conn.execute(_FANNING_OUT, {"skip": skip})}
+            return {e for e in editions if conn.execute(_EDITION_FANNING_OUT, {
+                "skip": skip, "notice_id": e.notice_id, "version": e.version, "retraction": e.retraction}).first()}
 
     def first_tried_since(self, since: datetime, skip_outlets: Collection[str] = ()) -> set[Edition]:
         """The editions a delivery had its first try of at ``since`` or later."""

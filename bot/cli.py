@@ -66,6 +66,7 @@ def _started() -> None:
     logging.getLogger("debunkbot").debug("start-up done: %d objects kept out of the garbage collector's passes; "
                                          "it runs again", gc.get_freeze_count())
 
+
 STATUS_WORDS = {"delivered": "已送达 delivered", "pending": "待发送 pending", "failed": "失败 failed",
                 "held": "暂缓 held", "cancelled": "已取消 cancelled"}
 

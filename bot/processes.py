@@ -76,6 +76,7 @@ class SendOnlyProcesses:
         self.grace = grace
         self.running: dict[int, asyncio.subprocess.Process] = {}  # slot -> its process now
         self.restarts = 0
+        self._told_to_stop: set[int] = set()  # pids sent their SIGTERM
         self._stopping = asyncio.Event()
         self._watchers: list[asyncio.Task[None]] = []
         self._stop = stop
@@ -122,9 +123,11 @@ class SendOnlyProcesses:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def terminate(self) -> None:
-        """SIGTERM to every child still running: each drains (bot.scheduler) and exits 0."""
+        """SIGTERM, once, to every child still running: each drains (bot.scheduler) and exits 0. Once: a child that
+        has drained and left its event loop has its default handler back, and a second SIGTERM would kill it."""
         for proc in self.running.values():
-            if proc.returncode is None:
+            if proc.returncode is None and proc.pid not in self._told_to_stop:
+                self._told_to_stop.add(proc.pid)
                 with contextlib.suppress(ProcessLookupError):
                     proc.terminate()
 

@@ -151,7 +151,7 @@ async def test_sigterm_to_the_leading_process_drains_every_process_and_nothing_i
     run.send_signal(signal.SIGTERM)
     _, err = await asyncio.wait_for(run.communicate(), timeout=60)
     assert run.returncode == 0, err.decode()[-3000:]
-    assert "while stopping" not in err.decode()  # every child exited 0
+    assert "while stopping" not in err.decode(), err.decode()  # every child exited 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in children)  # waited for, before the parent exited
     rows, claimed = settled(url)
     delivered = {r["outlet"] for r in rows if r["status"] == "delivered"}
@@ -187,6 +187,33 @@ async def test_the_supervisor_starts_a_child_that_dies_again_and_stops_them_all(
     async with supervisor:
         await until(lambda: supervisor.restarts >= 1, timeout=10)
     assert all(p.returncode is not None for p in supervisor.running.values())
+
+
+CHILD_COUNTING_SIGTERMS = """
+import pathlib, signal, sys, time
+told = []
+def on_term(*_):
+    told.append(1)
+    if len(told) > 1:
+        sys.exit(7)  # a second SIGTERM: what the default handler, back after a child's loop has ended, would kill
+    pathlib.Path(sys.argv[1]).touch()
+signal.signal(signal.SIGTERM, on_term)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+while not told:
+    time.sleep(0.01)
+time.sleep(0.5)  # draining
+"""
+
+
+async def test_a_child_is_sent_sigterm_once_however_the_stop_comes(tmp_path: Path) -> None:
+    stop, told = asyncio.Event(), tmp_path / "told"
+    supervisor = SendOnlyProcesses(1, grace=5, stop=stop)
+    supervisor.command = [sys.executable, "-c", CHILD_COUNTING_SIGTERMS, str(told)]
+    async with supervisor:
+        stop.set()  # the parent's SIGTERM: the children are told at once...
+        await until(told.exists, timeout=10)
+    # ...and leaving the block (the parent's own drain done) waits for them: it does not signal them again
+    assert supervisor.running[0].returncode == 0
 
 
 def test_the_default_is_one_process_a_core_and_at_most_four() -> None:

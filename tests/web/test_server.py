@@ -188,6 +188,7 @@ async def test_a_request_in_flight_when_the_server_is_stopped_still_gets_its_ans
             request = asyncio.create_task(client.get(web.url + "/slow"))
             await asyncio.wait_for(arrived.wait(), timeout=DEADLINE)
             asyncio.get_running_loop().call_later(0.2, answer.set)  # answered while the server stops
+        assert answer.is_set(), "the server's stop waited for the request in flight"
         response = await asyncio.wait_for(request, timeout=DEADLINE)
     assert response.status_code == 200 and response.json() == {"answered": "after the stop"}
     assert seen == ["started", "stopped"]

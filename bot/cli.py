@@ -424,19 +424,27 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
     import asyncio
 
     from bot.http import make_sender
+    from bot.processes import FORKS, Forked, fork_send_only, wait_for_go
     from bot.scheduler import Daemon, install_signal_handlers, open_store
 
+    settings = _settings()
+    regions = _regions(settings)
+    matrix = _matrix(settings, regions)
+    slot, forked = 0, list[Forked]()
+    if processes > 1 and FORKS:  # the first send-only processes start with what this one has made so far
+        slot, forked = fork_send_only(processes - 1)
+    if slot:  # this is one of them: a `debunkbot worker` beside its parent, which stops it
+        until_idle, cluster_jobs, max_wait, serve, processes = False, False, None, False, 1
     web_failed: tuple[type[Exception], ...] = ()  # a send-only process imports none of the web server
     if serve:
         from bot.web.server import BindError, WebServerFailed
 
         web_failed = (BindError, WebServerFailed)
-    settings = _settings()
-    regions = _regions(settings)
-    matrix = _matrix(settings, regions)
     _logging(verbose, matrix, settings.log_format)
     live = _live(settings, regions, matrix)
     log = logging.getLogger("debunkbot")
+    if slot and not wait_for_go():  # its parent stopped before its store was open
+        raise typer.Exit(0)
 
     async def main() -> int:
         from bot.schema import SchemaOutdated
@@ -460,9 +468,11 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
                 if processes > 1:  # they send until stopped: this process decides when --until-idle is idle
                     from bot.processes import SendOnlyProcesses
 
-                    # started as soon as the store is ready: they start up while this process builds its web server
+                    # their go (or their start, where this system cannot fork) comes as soon as the store is ready:
+                    # they start up while this process builds its web server
                     others = await serving.enter_async_context(SendOnlyProcesses(
-                        processes - 1, ["-v"] if verbose else [], grace=settings.shutdown_grace, stop=stop))
+                        processes - 1, ["-v"] if verbose else [], grace=settings.shutdown_grace, stop=stop,
+                        forked=forked))
                 if serve:
                     from bot.web import Site, create_app
                     from bot.web.server import THREADS_BESIDE_DISPATCHER, WebServer
@@ -501,6 +511,9 @@ def _daemon(until_idle: bool, verbose: bool, cluster_jobs: bool, max_wait: float
     except Exception:  # logged, so it goes through the redaction of the log, then a non-zero exit
         log.exception("the daemon stopped on an unexpected error")
         code = 1
+    finally:
+        for child in forked:  # stopped with this process's send-only processes; if it stopped before, now
+            child.reap()
     raise typer.Exit(code)
 
 

@@ -12,6 +12,12 @@ server.
 a crash) after a back-off that doubles up to 30 s, and on the parent's stop sends each SIGTERM, so each
 finishes its sends in flight within the shutdown grace or gives its claims back, and exits 0.
 
+The first children are forked (``fork_send_only``) once the parent has imported its code and read its matrix, before
+its event loop and any thread start: a child starts with all that made, where a `debunkbot worker` started anew
+spends some 0.6 s of a core importing and reading it again. Each waits for its go (its parent's store is open)
+before it starts its own event loop. A child started again later, beside the parent's running threads, is a new
+`debunkbot worker` instead: forking then could copy a lock some other thread holds.
+
 The children send until they are stopped: the leading process alone decides that an `--until-idle` run is idle
 (nothing left to send in the store, whichever process claimed it), and alone logs each notice's fan-out
 summary, counted from the store (bot.scheduler.FanOutReport).
@@ -31,6 +37,7 @@ import sys
 import time
 from collections.abc import Sequence
 from types import TracebackType
+from typing import Protocol
 
 from bot.logs import PROCESS_NAME_ENV
 
@@ -59,6 +66,120 @@ def _ended(code: int) -> str:
     return f"exited with code {code}"
 
 
+class Child(Protocol):
+    """A send-only process as the supervisor sees it: asyncio's ``Process``, or a ``Forked`` one."""
+
+    pid: int
+    returncode: int | None
+
+    async def wait(self) -> int: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+class Forked:
+    """A send-only process forked from this one (``fork_send_only``); ``go()`` lets it start sending."""
+
+    def __init__(self, pid: int, go: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._go: int | None = go  # the write end of the pipe it waits on
+
+    def go(self) -> None:
+        """Tell it this process's store is open: it starts its event loop and sends."""
+        self.release(b"go")
+
+    def release(self, word: bytes = b"") -> None:
+        """Close its pipe (after ``word``); one that never got its go reads the end of it and exits 0."""
+        if self._go is not None:
+            if word:
+                with contextlib.suppress(BrokenPipeError):  # it is gone already: its watcher sees that
+                    os.write(self._go, word)
+            os.close(self._go)
+            self._go = None
+
+    async def wait(self) -> int:
+        if self.returncode is None:  # its pidfd is readable once it has exited; then it is reaped here
+            loop = asyncio.get_running_loop()
+            exited = loop.create_future()
+            pidfd = os.pidfd_open(self.pid)
+            loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+            try:
+                await exited
+            finally:
+                loop.remove_reader(pidfd)
+                os.close(pidfd)
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
+
+    def reap(self) -> None:
+        """Wait, blocking, for a child that was never handed to the supervisor (its parent stopped first)."""
+        self.release()
+        if self.returncode is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.returncode is None:  # not reaped: the pid is still its own
+            os.kill(self.pid, sig)
+
+
+FORKS = hasattr(os, "pidfd_open")  # Linux: a forked child's exit is waited for on its pidfd
+
+
+def fork_send_only(count: int) -> tuple[int, list[Forked]]:
+    """Fork ``count`` send-only processes from this one, which must have no thread and no event loop yet.
+
+    Returns ``(0, children)`` in this process, and ``(n, [])`` in the n-th child, which is named for its log
+    lines, has this process as the parent it stops with (``stop_with_parent``), reads nothing from stdin, and
+    must call ``wait_for_go`` before its event loop starts. SIGINT and SIGTERM stay blocked in a child until its
+    handlers are installed (bot.scheduler.install_signal_handlers), as for a `debunkbot worker` started anew.
+    """
+    stops = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    children: list[Forked] = []
+    parent = os.getpid()
+    for slot in range(count):
+        read, write = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:  # no process to be had: this one stops, and SIGINT and SIGTERM reach it again
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+            raise
+        if pid == 0:
+            os.close(write)
+            for sibling in children:
+                sibling.release()
+            _go[:] = [read]
+            os.environ |= {PARENT_ENV: str(parent), PROCESS_NAME_ENV: f"send-only process {slot + 1}"}
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
+            return slot + 1, []
+        os.close(read)
+        children.append(Forked(pid, write))
+    signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    return 0, children
+
+
+_go: list[int] = []  # in a forked child: the pipe its go comes on
+
+
+def wait_for_go() -> bool:
+    """In a forked child: wait until the parent's store is open. False when the parent stopped first."""
+    (pipe,) = _go
+    word = os.read(pipe, 2)
+    os.close(pipe)
+    return word == b"go"
+
+
 class SendOnlyProcesses:
     """``count`` children running ``debunkbot worker`` with ``args``, kept running until they are stopped: when
     ``stop`` is set (the parent's SIGTERM: they drain beside it, not after it), by ``stop()``, or when the block
@@ -69,12 +190,13 @@ class SendOnlyProcesses:
     """
 
     def __init__(self, count: int, args: Sequence[str] = (), grace: float = 10.0,
-                 stop: asyncio.Event | None = None) -> None:
+                 stop: asyncio.Event | None = None, forked: Sequence[Forked] = ()) -> None:
         self.count = count
         self.command = [sys.executable, "-m", "bot", "worker", *args]
         self.env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
         self.grace = grace
-        self.running: dict[int, asyncio.subprocess.Process] = {}  # slot -> its process now
+        self.forked = forked  # the first children, forked already (fork_send_only): they get their go
+        self.running: dict[int, Child] = {}  # slot -> its process now
         self.restarts = 0
         self._told_to_stop: set[int] = set()  # pids sent their SIGTERM
         self._stopping = asyncio.Event()
@@ -84,7 +206,11 @@ class SendOnlyProcesses:
 
     async def __aenter__(self) -> SendOnlyProcesses:
         for slot in range(self.count):
-            await self._start(slot)
+            if slot < len(self.forked):
+                self.running[slot] = self.forked[slot]
+                self.forked[slot].go()
+            else:
+                await self._start(slot)
             self._watchers.append(asyncio.create_task(self._watch(slot), name=f"send-only process {slot + 1}"))
         if self.count:
             log.info("%d send-only process(es) started beside this one (pids %s)", self.count,

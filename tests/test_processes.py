@@ -51,6 +51,10 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
+def command_of(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+
+
 def settled(url: str) -> tuple[list[dict[str, Any]], int]:
     """The delivery log's rows, and how many deliveries are still claimed by someone."""
     store = Store.open(url)
@@ -117,10 +121,15 @@ async def test_a_child_killed_mid_fan_out_is_started_again_and_every_outlet_gets
     submit(url, matrix, "one")
     run = await start(env_for(url, tmp_path, matrix, http_timeout="1", lease_seconds="1"), "--processes", "3")
     await until(lambda: len(children_of(run.pid)) == 2 and len(outlets.posts) >= 60)
-    victim = min(children_of(run.pid))
+    # the first children were forked from the leading process (bot.processes.fork_send_only): its command line
+    firsts = children_of(run.pid)
+    assert [command_of(pid) for pid in firsts] == [command_of(run.pid)] * 2
+    victim = min(firsts)
     os.kill(victim, signal.SIGKILL)
     sent_before_kill = len(outlets.posts)
     await until(lambda: len(children_of(run.pid) - {victim}) == 2)  # started again
+    (again,) = children_of(run.pid) - firsts
+    assert command_of(again)[-3:] == ["-m", "bot", "worker"]  # beside running threads: a new process, not a fork
     await until(lambda: len({p.outlet for p in outlets.posts}) == 600)
     await until(lambda: settled(url)[1] == 0 and {r["status"] for r in settled(url)[0]} == {"delivered"})
     run.send_signal(signal.SIGTERM)
@@ -178,6 +187,24 @@ async def test_a_send_only_process_stops_by_itself_when_the_leading_process_is_k
     run.kill()
     await run.wait()
     await until(lambda: not Path(f"/proc/{child}").exists())  # it noticed, drained and exited
+
+
+async def test_a_leading_process_stopped_while_it_waits_for_its_store_leaves_no_send_only_process_behind(
+    tmp_path: Path, loopback: Callable[..., Any]
+) -> None:
+    _, matrix = await loopback(2)
+    url = "postgresql+psycopg://postgres@127.0.0.1:9/nowhere"  # refused: it waits for the store, retrying
+    run = await start(env_for(url, tmp_path, matrix), "--processes", "3")
+    assert run.stderr is not None
+    waiting = await asyncio.wait_for(run.stderr.readline(), timeout=30)
+    assert b"waiting for the store, try 1" in waiting, waiting
+    children = children_of(run.pid)
+    assert len(children) == 2  # forked already, each waiting for its go
+    run.send_signal(signal.SIGTERM)
+    rest = await asyncio.wait_for(run.stderr.read(), timeout=30)
+    assert await run.wait() == 0, rest.decode()
+    assert "stopped before the store was reachable" in rest.decode()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children)  # they exited, and were waited for
 
 
 async def test_the_supervisor_starts_a_child_that_dies_again_and_stops_them_all() -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from bot.model import Notice
 from bot.outlets import Outlet
@@ -150,6 +153,32 @@ def test_a_write_from_another_process_is_seen_by_the_next_look(
         other.close()
     assert store.cluster.changed_since_last_look() is True
     assert store.cluster.changed_since_last_look() is False
+
+
+def test_a_write_transaction_holds_the_writers_lock_file_from_its_start_to_its_commit(
+    store: Store, make_notice: Callable[..., Notice]
+) -> None:
+    if store.postgres:
+        pytest.skip("SQLite's writers queue on a lock file; PostgreSQL's take row locks")
+    # another process asks for the writers' turn (bot.store.engine.Db._writer_turn) during a write and after it
+    probe = ("import fcntl, sys\nf = open(sys.argv[1])\ntry:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+             "except BlockingIOError:\n    print('waits')\nelse:\n    print('its turn')")
+
+    def other_writer() -> str:
+        return subprocess.run([sys.executable, "-c", probe, f"{store.engine.url.database}-writers"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    store.queue.add_notices([(make_notice(ref="before"), OUTLETS)], source="t")
+    with store.db.tx() as conn:
+        conn.execute(sa.text("UPDATE notices SET source = 'edited' WHERE ref = 'before'"))
+        assert other_writer() == "waits"
+    assert other_writer() == "its turn"
+    with pytest.raises(RuntimeError), store.db.tx() as conn:  # a rolled-back write gives its turn up too
+        conn.execute(sa.text("UPDATE notices SET source = 'lost' WHERE ref = 'before'"))
+        raise RuntimeError("refused")
+    assert other_writer() == "its turn"
+    with store.db.read() as conn:
+        assert conn.execute(sa.text("SELECT source FROM notices WHERE ref = 'before'")).scalar_one() == "edited"
 
 
 def test_requeue_makes_failed_deliveries_due_with_a_fresh_schedule_and_a_dry_run_changes_nothing(

@@ -145,10 +145,17 @@ def insert_new(conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]
     rows = list({tuple(r[k] for k in keys): r for r in rows}.values())
     if not rows:
         return
-    from sqlalchemy.dialects import postgresql, sqlite
+    conn.execute(upsert(conn, table).on_conflict_do_nothing(index_elements=keys), rows)
 
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    conn.execute(dialect.insert(table).on_conflict_do_nothing(index_elements=keys), rows)
+
+def upsert(conn: Connection, table: sa.Table) -> Any:
+    """An INSERT that can say ON CONFLICT, in the backend's dialect (only that one is imported: PostgreSQL's
+    costs a SQLite process 23 ms)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
 
 
 def clean_text(text: str | None) -> str | None:

@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from bot.store.engine import STORE_FAULTS, Db, is_disk_full
+from bot.store.engine import STORE_FAULTS, Db, is_disk_full, upsert
 from bot.store.log import _hold, _state
 from bot.store.outbox import late_urgent
 from bot.store.tables import attempt_latency, deliveries, notices, outlet_health, store_errors
@@ -59,9 +59,7 @@ def _add(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], k
     """INSERT … ON CONFLICT DO UPDATE: counters added to, on SQLite and PostgreSQL."""
     if not rows:
         return
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+    insert = upsert(conn, table)
     conn.execute(insert.on_conflict_do_update(
         index_elements=list(key),
         set_={**{c: table.c[c] + insert.excluded[c] for c in summed}, **{c: insert.excluded[c] for c in replaced}},

@@ -146,6 +146,8 @@ def fork_send_only(count: int) -> tuple[int, list[Forked]]:
     before = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     children: list[Forked] = []
     parent = os.getpid()
+    sys.stdout.flush()  # or what waits in a buffer would be written once by each process
+    sys.stderr.flush()
     for slot in range(count):
         read, write = os.pipe()
         try:

@@ -319,15 +319,16 @@ def scan_inbox(
 
 
 async def scan_inbox_off_loop(
-    inbox: Path, store: Store, matrix: OutletMatrix, regions: RegionTable, max_notices: int,
+    inbox: Path, store: Store, matrix: Callable[[], OutletMatrix], regions: RegionTable, max_notices: int,
     db: Callable[..., Awaitable[Any]],
 ) -> list[FileResult]:
     """``scan_inbox`` for the daemon: files are claimed, read and filed in a worker thread, so neither the
     event loop (signals, sends) nor the store's thread (``db``, recording attempts) waits while a file is
-    parsed; only storing runs through ``db``."""
+    parsed; only storing runs through ``db``. The files go to the outlets of ``matrix()`` as it is once they are
+    read: a file dropped after a reload reaches the outlets it added, even when the scan began before it."""
     taken, refused = await asyncio.to_thread(claim_inbox, inbox)
     read = await asyncio.to_thread(read_files, list(taken), regions, max_notices)
-    results = await db(store_files, read, store, matrix, Actor.inbox())
+    results = await db(store_files, read, store, matrix(), Actor.inbox())
     return await asyncio.to_thread(file_away, inbox, taken, refused, results)
 
 

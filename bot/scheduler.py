@@ -294,7 +294,7 @@ class Daemon:
         try:
             if not await self.dispatcher.db(self.store.cluster.lead):
                 return []
-            results = await scan_inbox_off_loop(self.settings.inbox, self.store, self.matrix, self.regions,
+            results = await scan_inbox_off_loop(self.settings.inbox, self.store, lambda: self.matrix, self.regions,
                                                 self.settings.max_notices_per_file, self.dispatcher.db)
         except STORE_FAULTS as exc:
             log.warning("inbox not scanned: %s; files stay in the inbox", describe_fault(exc))

@@ -353,11 +353,34 @@ async def test_the_daemons_scan_parses_off_the_event_loop_and_only_stores_throug
         assert threading.get_ident() == loop_thread
         return fn(*args)
 
-    results = await scan_inbox_off_loop(inbox, store, matrix, regions, 1000, db)
+    results = await scan_inbox_off_loop(inbox, store, lambda: matrix, regions, 1000, db)
 
     assert through_db == ["store_files"]  # parsing ran in a worker thread, not on the loop nor the store's thread
     assert sorted(r.ok for r in results) == [False, True] and (inbox / "accepted" / "good.yaml").exists()
     assert (inbox / "rejected" / "laughs.yaml.error.txt").exists()
+
+
+async def test_the_daemons_scan_targets_a_file_with_the_matrix_as_it_is_once_the_file_is_taken(
+    tmp_path: Path, store: Store, matrix: OutletMatrix, regions: RegionTable
+) -> None:
+    # a scan that began before a reload must not file a notice dropped after it with the matrix of before
+    # (tests/test_matrix.py's SIGHUP test caught that once in CI: the new outlet was left out)
+    from bot.intake import scan_inbox_off_loop
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    write(inbox / "late.yaml", notice_data(ref="late"))
+    asked_while_in_inbox: list[bool] = []
+
+    def current() -> OutletMatrix:
+        asked_while_in_inbox.append((inbox / "late.yaml").exists())
+        return matrix
+
+    async def db(fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    (result,) = await scan_inbox_off_loop(inbox, store, current, regions, 1000, db)
+    assert result.ok and asked_while_in_inbox == [False]  # asked once, after the file was taken and read
 
 
 def test_a_notice_read_back_from_the_store_is_taken_as_stored_even_if_todays_rules_refuse_it() -> None:

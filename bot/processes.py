@@ -111,11 +111,13 @@ class Forked:
             finally:
                 loop.remove_reader(pidfd)
                 os.close(pidfd)
-            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+            self.reap()
+        assert self.returncode is not None  # reaped
         return self.returncode
 
     def reap(self) -> None:
-        """Wait, blocking, for a child that was never handed to the supervisor (its parent stopped first)."""
+        """Wait, blocking, for its exit and collect its code; for a child that was never handed to the supervisor
+        (its parent stopped first), once its pipe is closed: it then reads the end of it and exits."""
         self.release()
         if self.returncode is None:
             self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])

@@ -126,11 +126,21 @@ class Db:
         """``column IN values``. On SQLite the values go as one JSON array (``json_each``), not one parameter
         each: a claim names every outlet of the matrix, and a thousand parameters were a third of its CPU (a
         list of parameters is also compiled again for each length). Unique: one statement may hold several."""
+        return self._among(column, sa.bindparam("among", self.among_value(values), unique=True,
+                                                expanding=self.postgres, type_=None if self.postgres else sa.Text))
+
+    def among_param(self, column: Any, name: str) -> Any:
+        """``among`` for a statement built once: its values are bound at execution, as ``name``: ``among_value``."""
+        return self._among(column, sa.bindparam(name, expanding=self.postgres,
+                                                type_=None if self.postgres else sa.Text))
+
+    def among_value(self, values: Collection[str] | Collection[int]) -> Any:
+        return list(values) if self.postgres else json.dumps(list(values))
+
+    def _among(self, column: Any, values: Any) -> Any:
         if self.postgres:
-            return column.in_(list(values))
-        listed = sa.func.json_each(sa.bindparam("among", json.dumps(list(values)), type_=sa.Text, unique=True))
-        listed = listed.table_valued("value")
-        return column.in_(sa.select(listed.c.value))
+            return column.in_(values)
+        return column.in_(sa.select(sa.func.json_each(values).table_valued("value").c.value))
 
     def notify(self, conn: Connection) -> None:
         """Wake idle workers at once (PostgreSQL NOTIFY, sent on commit); elsewhere they poll."""

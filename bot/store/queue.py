@@ -165,6 +165,7 @@ EXPIRED = "expired"  # the cancel_reason of a delivery whose notice expired befo
 class Queue:
     def __init__(self, db: Db, health: OutletHealth, lifecycle: Lifecycle | None = None) -> None:
         self.db = db
+        self._claims: dict[bool, Any] = {}  # the claim statements without rate limits, by whether outlets are named
         self.health = health
         self.lifecycle = lifecycle or Lifecycle(db)
 
@@ -280,65 +281,21 @@ class Queue:
             now = now or self.db.now(conn)
             if cancelled is not None:
                 cancelled.update(_cancel_expired(conn, now))
-            busy = (sa.select(d.c.outlet_id, sa.func.count().label("n")).where(leased(now))
-                    .group_by(d.c.outlet_id).cte("busy"))
+            values = {"claim_now": now, "claim_owner": self.db.owner, "claim_lease_until": now + lease,
+                      "claim_per_outlet": per_outlet, "claim_limit": limit}
+            if outlets is not None:
+                values["claim_outlets"] = self.db.among_value(outlets)
             window = _rate_windows(limits, now)
-            rate = (sa.select(window.c.outlet_id, sa.func.min(window.c.left).label("left"))
-                    .group_by(window.c.outlet_id).cte("rate")) if window is not None else None
-            # how many more sends each outlet takes now: the per-outlet cap (one probe when its breaker has
-            # cooled down), within its rate limit, less its sends in flight
-            cap: Any = sa.case((h.c.open_until.is_not(None), 1), else_=per_outlet)
-            joined = h.outerjoin(busy, busy.c.outlet_id == h.c.outlet_id)
-            if rate is not None:
-                cap = sa.case((sa.func.coalesce(rate.c.left, cap) < cap, rate.c.left), else_=cap)
-                joined = joined.outerjoin(rate, rate.c.outlet_id == h.c.outlet_id)
-            room_left = cap - sa.func.coalesce(busy.c.n, 0)
-            room = (sa.select(h.c.outlet_id, room_left.label("room")).select_from(joined)
-                    .where(outlet_takes_sends(now), room_left > 0,
-                           *([self.db.among(h.c.outlet_id, outlets)] if outlets is not None
-                             else [h.c.outlet_id.not_in(list(skip_outlets))] if skip_outlets else []))
-                    .cte("room"))
-            # each such outlet's oldest claimable deliveries (an index search per outlet: flat under any backlog)
-            e = d.alias("e")
-            head = (sa.select(e.c.id, e.c.lane, e.c.next_attempt_at)
-                    # naming the lanes lets SQLite search ix_deliveries_outlet_due on all four columns; without
-                    # it (no statistics) it took ix_deliveries_due, every due delivery once per outlet: 1.3 s a
-                    # claim at 5,000 due across 1,000 outlets
-                    .where(e.c.outlet_id == room.c.outlet_id, e.c.lane.in_((URGENT_LANE, NORMAL_LANE)),
-                           claimable(now, e))
-                    .order_by(e.c.lane, e.c.next_attempt_at, e.c.id).limit(per_outlet))
-            if self.db.postgres:
-                per_outlet_head = head.lateral("head")
-                source, chosen_from = room.join(per_outlet_head, sa.true()), per_outlet_head
-            else:  # SQLite has no LATERAL; it runs this correlated list once per outlet
-                source, chosen_from = room.join(d, d.c.id.in_(head.with_only_columns(e.c.id))), d
-            c = chosen_from.c
-            ranked = (sa.select(c.id, c.lane, c.next_attempt_at, room.c.room, sa.func.row_number().over(
-                partition_by=room.c.outlet_id, order_by=(c.lane, c.next_attempt_at, c.id)).label("rank"))
-                .select_from(source).cte("ranked"))
-            # the urgent, then the oldest of those, up to the limit, each outlet within its room
-            chosen = (sa.select(ranked.c.id).where(ranked.c.rank <= ranked.c.room)
-                      .order_by(ranked.c.lane, ranked.c.next_attempt_at, ranked.c.id).limit(limit))
-            # PostgreSQL: rows another worker is writing right now (recording an attempt) are skipped, not waited for,
-            # and each row locked is checked again as it is now (a lock re-reads the row's newest version). Locked
-            # once, from the chosen ids (both CTEs computed once), then leased by id. With the check in the UPDATE,
-            # on tables not analyzed yet (a fan-out just stored) the planner walked every due delivery and locked the
-            # chosen again for each: 1.8 s a claim at 10,000 due. SQLite holds the write lock (BEGIN IMMEDIATE) and
-            # chose claimable rows only.
-            if self.db.postgres:
-                picked = chosen.cte("picked").prefix_with("MATERIALIZED")
-                locked = (sa.select(d.c.id).select_from(picked.join(d, d.c.id == picked.c.id)).where(claimable(now))
-                          .with_for_update(of=d, skip_locked=True).cte("locked").prefix_with("MATERIALIZED"))
-                free: Any = sa.select(locked.c.id)
+            if window is None and (outlets is not None or not skip_outlets):
+                # the same statement every claim without rate limits: built and keyed for the statement cache
+                # once, not inside every claim's write transaction (they were most of its time)
+                key = outlets is not None
+                statement = self._claims.get(key)
+                if statement is None:
+                    statement = self._claims[key] = self._claim_statement(outlets is not None, (), None)[0]
             else:
-                free = chosen
-            rows = conn.execute(
-                d.update().where(d.c.id.in_(free))
-                .values(lease_owner=self.db.owner, lease_expires_at=now + lease, updated_at=now)
-                .returning(d.c.id, d.c.notice_id, d.c.outlet_id, d.c.message_id, d.c.attempts, d.c.schedule_start,
-                           d.c.channel_state, d.c.lane, d.c.expires_at, d.c.version, d.c.carries, d.c.sent_version,
-                           d.c.origin)
-            ).all()
+                statement, busy = self._claim_statement(outlets is not None, skip_outlets, window)
+            rows = conn.execute(statement, values).all()
             claimed = {r.outlet_id for r in rows}
             if claimed:  # a probe shuts a cooled-down breaker to everyone else until it is recorded or its lease ends
                 conn.execute(h.update().where(self.db.among(h.c.outlet_id, claimed), h.c.open_until <= now)
@@ -350,6 +307,73 @@ class Queue:
                       json.loads(r.channel_state) if r.channel_state else None, r.lane == URGENT_LANE,
                       r.expires_at, r.version, r.carries, r.sent_version, r.origin) for r in rows]
 
+    def _claim_statement(self, among: bool, skip_outlets: Collection[str], window: Any) -> tuple[Any, Any]:
+        """The claim's UPDATE ... RETURNING, and its ``busy`` CTE. Its values are bound by name at execution:
+        ``claim_now``, ``claim_owner``, ``claim_lease_until``, ``claim_per_outlet``, ``claim_limit`` and (``among``)
+        the outlets it may claim for, ``claim_outlets``; a rate ``window`` (``_rate_windows``) carries its own."""
+        now = sa.bindparam("claim_now", type_=UTCDateTime)
+        per_outlet = sa.bindparam("claim_per_outlet", type_=sa.Integer)
+        busy = (sa.select(d.c.outlet_id, sa.func.count().label("n")).where(leased(now))
+                .group_by(d.c.outlet_id).cte("busy"))
+        rate = (sa.select(window.c.outlet_id, sa.func.min(window.c.left).label("left"))
+                .group_by(window.c.outlet_id).cte("rate")) if window is not None else None
+        # how many more sends each outlet takes now: the per-outlet cap (one probe when its breaker has
+        # cooled down), within its rate limit, less its sends in flight
+        cap: Any = sa.case((h.c.open_until.is_not(None), 1), else_=per_outlet)
+        joined = h.outerjoin(busy, busy.c.outlet_id == h.c.outlet_id)
+        if rate is not None:
+            cap = sa.case((sa.func.coalesce(rate.c.left, cap) < cap, rate.c.left), else_=cap)
+            joined = joined.outerjoin(rate, rate.c.outlet_id == h.c.outlet_id)
+        room_left = cap - sa.func.coalesce(busy.c.n, 0)
+        room = (sa.select(h.c.outlet_id, room_left.label("room")).select_from(joined)
+                .where(outlet_takes_sends(now), room_left > 0,
+                       *([self.db.among_param(h.c.outlet_id, "claim_outlets")] if among
+                         else [h.c.outlet_id.not_in(list(skip_outlets))] if skip_outlets else []))
+                .cte("room"))
+        # each such outlet's oldest claimable deliveries (an index search per outlet: flat under any backlog)
+        e = d.alias("e")
+        head = (sa.select(e.c.id, e.c.lane, e.c.next_attempt_at)
+                # naming the lanes lets SQLite search ix_deliveries_outlet_due on all four columns; without
+                # it (no statistics) it took ix_deliveries_due, every due delivery once per outlet: 1.3 s a
+                # claim at 5,000 due across 1,000 outlets
+                .where(e.c.outlet_id == room.c.outlet_id, e.c.lane.in_((URGENT_LANE, NORMAL_LANE)),
+                       claimable(now, e))
+                .order_by(e.c.lane, e.c.next_attempt_at, e.c.id).limit(per_outlet))
+        if self.db.postgres:
+            per_outlet_head = head.lateral("head")
+            source, chosen_from = room.join(per_outlet_head, sa.true()), per_outlet_head
+        else:  # SQLite has no LATERAL; it runs this correlated list once per outlet
+            source, chosen_from = room.join(d, d.c.id.in_(head.with_only_columns(e.c.id))), d
+        c = chosen_from.c
+        ranked = (sa.select(c.id, c.lane, c.next_attempt_at, room.c.room, sa.func.row_number().over(
+            partition_by=room.c.outlet_id, order_by=(c.lane, c.next_attempt_at, c.id)).label("rank"))
+            .select_from(source).cte("ranked"))
+        # the urgent, then the oldest of those, up to the limit, each outlet within its room
+        chosen = (sa.select(ranked.c.id).where(ranked.c.rank <= ranked.c.room)
+                  .order_by(ranked.c.lane, ranked.c.next_attempt_at, ranked.c.id)
+                  .limit(sa.bindparam("claim_limit", type_=sa.Integer)))
+        # PostgreSQL: rows another worker is writing right now (recording an attempt) are skipped, not waited for,
+        # and each row locked is checked again as it is now (a lock re-reads the row's newest version). Locked
+        # once, from the chosen ids (both CTEs computed once), then leased by id. With the check in the UPDATE,
+        # on tables not analyzed yet (a fan-out just stored) the planner walked every due delivery and locked the
+        # chosen again for each: 1.8 s a claim at 10,000 due. SQLite holds the write lock (BEGIN IMMEDIATE) and
+        # chose claimable rows only.
+        if self.db.postgres:
+            picked = chosen.cte("picked").prefix_with("MATERIALIZED")
+            locked = (sa.select(d.c.id).select_from(picked.join(d, d.c.id == picked.c.id)).where(claimable(now))
+                      .with_for_update(of=d, skip_locked=True).cte("locked").prefix_with("MATERIALIZED"))
+            free: Any = sa.select(locked.c.id)
+        else:
+            free = chosen
+        statement = (
+            d.update().where(d.c.id.in_(free))
+            .values(lease_owner=sa.bindparam("claim_owner", type_=sa.String),
+                    lease_expires_at=sa.bindparam("claim_lease_until", type_=UTCDateTime), updated_at=now)
+            .returning(d.c.id, d.c.notice_id, d.c.outlet_id, d.c.message_id, d.c.attempts, d.c.schedule_start,
+                       d.c.channel_state, d.c.lane, d.c.expires_at, d.c.version, d.c.carries, d.c.sent_version,
+                       d.c.origin))
+        return statement, busy
+
     def cancel_expired(self, now: datetime | None = None) -> dict[str, int]:
         """Cancel, with reason "expired", the unsent deliveries of notices past their ``expires_at``: pending
         (due, or waiting for a retry) and held, but not those under a live lease (their claimer cancels them
@@ -359,13 +383,15 @@ class Queue:
             return _cancel_expired(conn, now or self.db.now(conn))
 
     def _wait_for_rate_windows(self, conn: sa.Connection, window: Any, busy: Any, now: datetime) -> None:
-        """Outlets with due deliveries and no room left in a rate window wait until the window frees."""
+        """Outlets with due deliveries and no room left in a rate window wait until the window frees. (``busy``
+        is the claim statement's: its time is bound as ``claim_now``.)"""
         full = conn.execute(
             sa.select(window.c.outlet_id, window.c.oldest, window.c.seconds)
             .select_from(window.outerjoin(busy, busy.c.outlet_id == window.c.outlet_id)
                          .outerjoin(h, h.c.outlet_id == window.c.outlet_id))
             .where(window.c.left - sa.func.coalesce(busy.c.n, 0) <= 0, outlet_takes_sends(now),
-                   sa.exists().where(d.c.outlet_id == window.c.outlet_id, claimable(now)))
+                   sa.exists().where(d.c.outlet_id == window.c.outlet_id, claimable(now))),
+            {"claim_now": now},
         ).all()
         frees: dict[str, datetime] = {}
         for row in full:

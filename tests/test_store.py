@@ -47,6 +47,22 @@ def test_a_claim_respects_the_per_outlet_limit_across_notices(store: Store, make
     assert len(store.queue.claim(100, per_outlet=3, lease=LEASE)) == 2
 
 
+def test_each_claim_takes_its_own_outlets_limits_and_lease(store: Store, make_notice: Callable[..., Notice]) -> None:
+    """One store builds its claim statement once and binds each claim's values: none keeps an earlier claim's."""
+    for n in range(3):
+        store.queue.add_notices([(make_notice(ref=f"n{n}", title=f"第{n}条"), OUTLETS[:3])], source="t")
+    now = datetime.now(UTC)
+    assert [c.outlet_id for c in store.queue.claim(1, 2, LEASE, now=now, outlets=["o0"])] == ["o0"]
+    short = store.queue.claim(10, 1, timedelta(seconds=5), now=now, outlets=["o1", "o2"])
+    assert sorted(c.outlet_id for c in short) == ["o1", "o2"]
+    # o0 has one in flight: room for two more of its three
+    assert [c.outlet_id for c in store.queue.claim(10, 3, LEASE, now=now, outlets=["o0"])] == ["o0", "o0"]
+    # the short leases have run out, the others have not
+    later = store.queue.claim(10, 3, LEASE, now=now + timedelta(seconds=6), outlets=["o0", "o1", "o2"])
+    assert sorted(c.outlet_id for c in later) == ["o1"] * 3 + ["o2"] * 3
+    assert {c.delivery_id for c in short} <= {c.delivery_id for c in later}
+
+
 def test_an_expired_lease_is_claimed_again_after_a_crash(store: Store, make_notice: Callable[..., Notice]) -> None:
     store.queue.add_notices([(make_notice(), OUTLETS[:1])], source="t")
     now = datetime.now(UTC)

@@ -166,6 +166,7 @@ class Queue:
     def __init__(self, db: Db, health: OutletHealth, lifecycle: Lifecycle | None = None) -> None:
         self.db = db
         self._claims: dict[bool, Any] = {}  # the claim statements without rate limits, by whether outlets are named
+        self._record_statements: tuple[Any, Any] | None = None
         self.health = health
         self.lifecycle = lifecycle or Lifecycle(db)
 
@@ -427,34 +428,17 @@ class Queue:
                     for r in tried
                 ])
             # what each delivery carries now: a correction or retraction may have come while its try was in flight
+            carried, moved = self._recording()
             rows = {row.id: row for row in conn.execute(
-                sa.select(d.c.id, d.c.version, d.c.sent_version, notices.c.retracted_at)
-                .select_from(d.join(notices, notices.c.id == d.c.notice_id))
-                .where(self.db.among(d.c.id, {r.delivery_id for r in records})))}
+                carried, {"b_ids": self.db.among_value({r.delivery_id for r in records})})}
             settled = {r.delivery_id: settle(STATUS_AFTER[r.outcome], r.version, r.carries, rows[r.delivery_id].version,
                                              rows[r.delivery_id].sent_version, rows[r.delivery_id].retracted_at is not None)
                        for r in records if r.delivery_id in rows}
             conn.execute(
-                d.update()
-                .where(d.c.id == sa.bindparam("b_id"), d.c.status == "pending", d.c.lease_owner == self.db.owner)
-                .values(
-                    status=sa.bindparam("b_status"), attempts=sa.bindparam("b_attempts"),
-                    next_attempt_at=sa.bindparam("b_next"), lease_owner=None, lease_expires_at=None,
-                    sent_version=sa.bindparam("b_sent", type_=sa.Integer), carries=sa.bindparam("b_carries"),
-                    # a newer version or the retraction is a new message: its own retry schedule
-                    schedule_start=sa.case((sa.bindparam("b_again", type_=sa.Boolean), sa.bindparam("b_attempts")),
-                                           else_=d.c.schedule_start),
-                    # a cancellation keeps the last try's answer: why it had not gone out before it expired
-                    http_status=sa.case((sa.bindparam("b_status") == "cancelled", d.c.http_status),
-                                        else_=sa.bindparam("b_http")),
-                    error=sa.case((sa.bindparam("b_status") == "cancelled", d.c.error), else_=sa.bindparam("b_error")),
-                    delivered_at=sa.bindparam("b_delivered"), updated_at=now,
-                    cancel_reason=sa.bindparam("b_cancel", type_=sa.String),
-                    # kept across versions: a channel tells its messages apart (wechat_mp updates an unpublished draft)
-                    channel_state=sa.func.coalesce(sa.bindparam("b_state", type_=sa.Text), d.c.channel_state),
-                ),
+                moved,
                 [
-                    {"b_id": r.delivery_id, "b_status": settled[r.delivery_id].status,
+                    {"b_id": r.delivery_id, "b_owner": self.db.owner, "b_now": now,
+                     "b_status": settled[r.delivery_id].status,
                      "b_attempts": r.attempt - 1 if r.outcome == "cancelled" else r.attempt,
                      "b_next": now if settled[r.delivery_id].again else (
                          at(r.next_attempt_at) if settled[r.delivery_id].status == "pending" else None),
@@ -471,6 +455,36 @@ class Queue:
             if tried:
                 self.health.after_attempts(conn, tried, now, policy)
             add_latencies(conn, ((r.channel, r.latency_ms) for r in tried))
+
+    def _recording(self) -> tuple[Any, Any]:
+        """``record``'s look-up of what each delivery carries and its UPDATE, built once per store (SQLAlchemy
+        took longer to build and key them than SQLite to run them), their values bound at each execution."""
+        if self._record_statements is None:
+            carried = (sa.select(d.c.id, d.c.version, d.c.sent_version, notices.c.retracted_at)
+                       .select_from(d.join(notices, notices.c.id == d.c.notice_id))
+                       .where(self.db.among_param(d.c.id, "b_ids")))
+            moved = (
+                d.update()
+                .where(d.c.id == sa.bindparam("b_id"), d.c.status == "pending",
+                       d.c.lease_owner == sa.bindparam("b_owner", type_=sa.String))
+                .values(
+                    status=sa.bindparam("b_status"), attempts=sa.bindparam("b_attempts"),
+                    next_attempt_at=sa.bindparam("b_next"), lease_owner=None, lease_expires_at=None,
+                    sent_version=sa.bindparam("b_sent", type_=sa.Integer), carries=sa.bindparam("b_carries"),
+                    # a newer version or the retraction is a new message: its own retry schedule
+                    schedule_start=sa.case((sa.bindparam("b_again", type_=sa.Boolean), sa.bindparam("b_attempts")),
+                                           else_=d.c.schedule_start),
+                    # a cancellation keeps the last try's answer: why it had not gone out before it expired
+                    http_status=sa.case((sa.bindparam("b_status") == "cancelled", d.c.http_status),
+                                        else_=sa.bindparam("b_http")),
+                    error=sa.case((sa.bindparam("b_status") == "cancelled", d.c.error), else_=sa.bindparam("b_error")),
+                    delivered_at=sa.bindparam("b_delivered"), updated_at=sa.bindparam("b_now", type_=UTCDateTime),
+                    cancel_reason=sa.bindparam("b_cancel", type_=sa.String),
+                    # kept across versions: a channel tells its messages apart (wechat_mp updates an unpublished draft)
+                    channel_state=sa.func.coalesce(sa.bindparam("b_state", type_=sa.Text), d.c.channel_state),
+                ))
+            self._record_statements = (carried, moved)
+        return self._record_statements
 
     def record_fetch(self, outlet_id: str, listed: Mapping[int, tuple[int, bool]], latency_ms: float = 0.0,
                      now: datetime | None = None) -> int:

@@ -7,6 +7,7 @@ clock and NOTIFY); the parts write portable SQLAlchemy Core against ``bot.store.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import re
@@ -155,13 +156,18 @@ def insert_new(conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]
     rows = list({tuple(r[k] for k in keys): r for r in rows}.values())
     if not rows:
         return
-    conn.execute(upsert(conn, table).on_conflict_do_nothing(index_elements=keys), rows)
+    conn.execute(_inserting_new(conn.dialect.name, table, tuple(keys)), rows)
 
 
-def upsert(conn: Connection, table: sa.Table) -> Any:
-    """An INSERT that can say ON CONFLICT, in the backend's dialect (only that one is imported: PostgreSQL's
-    costs a SQLite process 23 ms)."""
-    if conn.dialect.name == "postgresql":
+@functools.cache
+def _inserting_new(dialect: str, table: sa.Table, keys: tuple[str, ...]) -> Any:
+    return upsert(dialect, table).on_conflict_do_nothing(index_elements=list(keys))
+
+
+def upsert(dialect: str, table: sa.Table) -> Any:
+    """An INSERT that can say ON CONFLICT, in the ``dialect`` of the backend (only that one is imported:
+    PostgreSQL's costs a SQLite process 23 ms)."""
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert

@@ -13,6 +13,7 @@ store answers again (``StoreErrors.save``).
 from __future__ import annotations
 
 import bisect
+import functools
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -59,11 +60,18 @@ def _add(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], k
     """INSERT … ON CONFLICT DO UPDATE: counters added to, on SQLite and PostgreSQL."""
     if not rows:
         return
-    insert = upsert(conn, table)
-    conn.execute(insert.on_conflict_do_update(
+    conn.execute(_adding(conn.dialect.name, table, tuple(key), tuple(summed), tuple(replaced)), list(rows))
+
+
+@functools.cache
+def _adding(dialect: str, table: sa.Table, key: tuple[str, ...], summed: tuple[str, ...],
+            replaced: tuple[str, ...]) -> Any:
+    """``_add``'s statement, built once per backend and table (each record's counters use it)."""
+    insert = upsert(dialect, table)
+    return insert.on_conflict_do_update(
         index_elements=list(key),
         set_={**{c: table.c[c] + insert.excluded[c] for c in summed}, **{c: insert.excluded[c] for c in replaced}},
-    ), list(rows))
+    )
 
 
 def kind_of(exc: BaseException) -> str:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -54,13 +55,8 @@ def expired(now: datetime) -> sa.ColumnElement[bool]:
 
 
 def _cancel_expired(conn: sa.Connection, now: datetime) -> dict[str, int]:
-    """``Queue.cancel_expired`` in the caller's transaction."""
-    ids = list(conn.execute(
-        d.update().where(expired(now))
-        .values(status="cancelled", cancel_reason=EXPIRED, next_attempt_at=None, lease_owner=None,
-                lease_expires_at=None, updated_at=now)
-        .returning(d.c.notice_id)
-    ).scalars())
+    """``Queue.cancel_expired`` in the caller's transaction (every claim runs it first)."""
+    ids = list(conn.execute(_expiring(), {"x_now": now}).scalars())
     if not ids:
         return {}
     refs = dict(conn.execute(sa.select(notices.c.id, notices.c.ref).where(notices.c.id.in_(set(ids)))).all())
@@ -68,6 +64,15 @@ def _cancel_expired(conn: sa.Connection, now: datetime) -> dict[str, int]:
     for notice_id in ids:
         cancelled[refs[notice_id]] = cancelled.get(refs[notice_id], 0) + 1
     return cancelled
+
+
+@functools.cache
+def _expiring() -> Any:
+    now = sa.bindparam("x_now", type_=UTCDateTime)
+    return (d.update().where(expired(now))
+            .values(status="cancelled", cancel_reason=EXPIRED, next_attempt_at=None, lease_owner=None,
+                    lease_expires_at=None, updated_at=now)
+            .returning(d.c.notice_id))
 
 
 def outlet_takes_sends(now: datetime) -> sa.ColumnElement[bool]:

@@ -77,6 +77,10 @@ def test_an_expired_lease_is_claimed_again_after_a_crash(store: Store, make_noti
     store.queue.record([AttemptRecord(claim.delivery_id, claim.outlet_id, 1, now, 5.0, "failed", 400, "HTTP 400")])
     assert store.log.deliveries()[0]["status"] == "pending"
     assert len(store.log.attempts()) == 1
+    # the new owner's answer moves it on: the owner is the store's at each record, not at its first
+    store.owner = "another-bot"
+    store.queue.record([AttemptRecord(again.delivery_id, again.outlet_id, 2, now, 5.0, "delivered", 200)])
+    assert store.log.deliveries()[0]["status"] == "delivered"
 
 
 def test_recorded_attempts_move_deliveries_on(store: Store, make_notice: Callable[..., Notice]) -> None:

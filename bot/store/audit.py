@@ -56,10 +56,10 @@ def record(conn: Connection, actor: Actor | None, action: str, subject: str | No
     """Write one audit row in the caller's transaction (nothing when there is no actor: the daemon's own work)."""
     if actor is None:
         return
-    conn.execute(audit.insert().values(
-        at=now, actor=clean_text(actor.name[:100]), role=actor.role, action=action,
-        subject=None if subject is None else clean_text(subject[:100]), source=clean_text(actor.source[:200]),
-        detail=json.dumps(detail, ensure_ascii=False, default=str)))
+    conn.execute(audit.insert(), {  # values as parameters: no statement built per row
+        "at": now, "actor": clean_text(actor.name[:100]), "role": actor.role, "action": action,
+        "subject": None if subject is None else clean_text(subject[:100]), "source": clean_text(actor.source[:200]),
+        "detail": json.dumps(detail, ensure_ascii=False, default=str)})
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -25,6 +25,8 @@ from sqlalchemy.engine import Connection, Engine
 # What the database raises when it is locked, busy, unreachable or full. The dispatcher backs off on
 # these; intake refuses the submission. Nothing of the failed transaction was kept.
 STORE_FAULTS: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.exc.InterfaceError)
+
+T = TypeVar("T")
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 WORK_CHANNEL = "debunkbot_work"  # pg NOTIFY channel: new deliveries are due
@@ -70,6 +72,7 @@ class Db:
         self.owner = owner or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.postgres = engine.dialect.name == "postgresql"
         self.clock = clock
+        self._prepared: dict[Hashable, Any] = {}
         self.skew = timedelta(0)  # the database's clock minus ours, as last seen
         database = None if self.postgres else engine.url.database
         self.writers = f"{database}-writers" if database and database != ":memory:" else None
@@ -122,6 +125,14 @@ class Db:
     def to_store_time(self, when: datetime | None) -> datetime | None:
         """A time this process measured, on the store's clock."""
         return None if when is None else when + self.skew
+
+    def prepared(self, key: Hashable, build: Callable[[], T]) -> T:
+        """A statement this store runs again and again, built once by ``build``, its values bound by name at each
+        execution: SQLAlchemy takes longer to build and key a large statement (a claim, a record) than SQLite takes
+        to run it, and it did so inside the write transaction every other writer waits for."""
+        if key not in self._prepared:
+            self._prepared[key] = build()
+        return self._prepared[key]  # type: ignore[no-any-return]
 
     def among(self, column: Any, values: Collection[str] | Collection[int]) -> Any:
         """``column IN values``. On SQLite the values go as one JSON array (``json_each``), not one parameter

@@ -26,7 +26,6 @@ FIELDS = [name for name in Health.__dataclass_fields__ if name != "outlet_id"]
 class OutletHealth:
     def __init__(self, db: Db) -> None:
         self.db = db
-        self._clean_delivered: Any = None  # after_attempts' statement for the bulk of a fan-out, built once
 
     def all(self) -> dict[str, Health]:
         """Every outlet that has been tried, by id; an outlet without a row is ok and untried."""
@@ -87,14 +86,13 @@ class OutletHealth:
         # breaker shut, not paused) move last_success_at alone and raise nothing, in one statement
         delivered = {r.outlet_id for r in records} - {r.outlet_id for r in records if r.outcome != "delivered"}
         if delivered:
-            if self._clean_delivered is None:
-                self._clean_delivered = (
-                    h.update().where(self.db.among_param(h.c.outlet_id, "h_outlets"), h.c.status == "ok",
-                                     h.c.consecutive_failures == 0, h.c.failing_since.is_(None),
-                                     h.c.open_until.is_(None), h.c.paused_at.is_(None))
-                    .values(last_success_at=sa.bindparam("h_now", type_=UTCDateTime)).returning(h.c.outlet_id))
-            done = set(conn.execute(self._clean_delivered, {
-                "h_outlets": self.db.among_value(sorted(delivered)), "h_now": now}).scalars())
+            clean = self.db.prepared("clean delivered outlets", lambda: (
+                h.update().where(self.db.among_param(h.c.outlet_id, "h_outlets"), h.c.status == "ok",
+                                 h.c.consecutive_failures == 0, h.c.failing_since.is_(None), h.c.open_until.is_(None),
+                                 h.c.paused_at.is_(None))
+                .values(last_success_at=sa.bindparam("h_now", type_=UTCDateTime)).returning(h.c.outlet_id)))
+            done = set(conn.execute(clean, {"h_outlets": self.db.among_value(sorted(delivered)), "h_now": now})
+                       .scalars())
             records = [r for r in records if r.outlet_id not in done]
             if not records:
                 return

@@ -170,8 +170,6 @@ EXPIRED = "expired"  # the cancel_reason of a delivery whose notice expired befo
 class Queue:
     def __init__(self, db: Db, health: OutletHealth, lifecycle: Lifecycle | None = None) -> None:
         self.db = db
-        self._claims: dict[bool, Any] = {}  # the claim statements without rate limits, by whether outlets are named
-        self._record_statements: tuple[Any, Any] | None = None
         self.health = health
         self.lifecycle = lifecycle or Lifecycle(db)
 
@@ -294,10 +292,8 @@ class Queue:
             if window is None and (outlets is not None or not skip_outlets):
                 # the same statement every claim without rate limits: built and keyed for the statement cache
                 # once, not inside every claim's write transaction (they were most of its time)
-                key = outlets is not None
-                statement = self._claims.get(key)
-                if statement is None:
-                    statement = self._claims[key] = self._claim_statement(outlets is not None, (), None)[0]
+                among = outlets is not None
+                statement = self.db.prepared(("claim", among), lambda: self._claim_statement(among, (), None)[0])
             else:
                 statement, busy = self._claim_statement(outlets is not None, skip_outlets, window)
             rows = conn.execute(statement, values).all()
@@ -432,7 +428,7 @@ class Queue:
                     for r in tried
                 ])
             # what each delivery carries now: a correction or retraction may have come while its try was in flight
-            carried, moved = self._recording()
+            carried, moved = self.db.prepared("record", self._recording)
             rows = {row.id: row for row in conn.execute(
                 carried, {"b_ids": self.db.among_value({r.delivery_id for r in records})})}
             settled = {r.delivery_id: settle(STATUS_AFTER[r.outcome], r.version, r.carries, rows[r.delivery_id].version,
@@ -461,34 +457,31 @@ class Queue:
             add_latencies(conn, ((r.channel, r.latency_ms) for r in tried))
 
     def _recording(self) -> tuple[Any, Any]:
-        """``record``'s look-up of what each delivery carries and its UPDATE, built once per store (SQLAlchemy
-        took longer to build and key them than SQLite to run them), their values bound at each execution."""
-        if self._record_statements is None:
-            carried = (sa.select(d.c.id, d.c.version, d.c.sent_version, notices.c.retracted_at)
-                       .select_from(d.join(notices, notices.c.id == d.c.notice_id))
-                       .where(self.db.among_param(d.c.id, "b_ids")))
-            moved = (
-                d.update()
-                .where(d.c.id == sa.bindparam("b_id"), d.c.status == "pending",
-                       d.c.lease_owner == sa.bindparam("b_owner", type_=sa.String))
-                .values(
-                    status=sa.bindparam("b_status"), attempts=sa.bindparam("b_attempts"),
-                    next_attempt_at=sa.bindparam("b_next"), lease_owner=None, lease_expires_at=None,
-                    sent_version=sa.bindparam("b_sent", type_=sa.Integer), carries=sa.bindparam("b_carries"),
-                    # a newer version or the retraction is a new message: its own retry schedule
-                    schedule_start=sa.case((sa.bindparam("b_again", type_=sa.Boolean), sa.bindparam("b_attempts")),
-                                           else_=d.c.schedule_start),
-                    # a cancellation keeps the last try's answer: why it had not gone out before it expired
-                    http_status=sa.case((sa.bindparam("b_status") == "cancelled", d.c.http_status),
-                                        else_=sa.bindparam("b_http")),
-                    error=sa.case((sa.bindparam("b_status") == "cancelled", d.c.error), else_=sa.bindparam("b_error")),
-                    delivered_at=sa.bindparam("b_delivered"), updated_at=sa.bindparam("b_now", type_=UTCDateTime),
-                    cancel_reason=sa.bindparam("b_cancel", type_=sa.String),
-                    # kept across versions: a channel tells its messages apart (wechat_mp updates an unpublished draft)
-                    channel_state=sa.func.coalesce(sa.bindparam("b_state", type_=sa.Text), d.c.channel_state),
-                ))
-            self._record_statements = (carried, moved)
-        return self._record_statements
+        """``record``'s look-up of what each delivery carries now (``b_ids``) and its UPDATE (``Db.prepared``)."""
+        carried = (sa.select(d.c.id, d.c.version, d.c.sent_version, notices.c.retracted_at)
+                   .select_from(d.join(notices, notices.c.id == d.c.notice_id))
+                   .where(self.db.among_param(d.c.id, "b_ids")))
+        moved = (
+            d.update()
+            .where(d.c.id == sa.bindparam("b_id"), d.c.status == "pending",
+                   d.c.lease_owner == sa.bindparam("b_owner", type_=sa.String))
+            .values(
+                status=sa.bindparam("b_status"), attempts=sa.bindparam("b_attempts"),
+                next_attempt_at=sa.bindparam("b_next"), lease_owner=None, lease_expires_at=None,
+                sent_version=sa.bindparam("b_sent", type_=sa.Integer), carries=sa.bindparam("b_carries"),
+                # a newer version or the retraction is a new message: its own retry schedule
+                schedule_start=sa.case((sa.bindparam("b_again", type_=sa.Boolean), sa.bindparam("b_attempts")),
+                                       else_=d.c.schedule_start),
+                # a cancellation keeps the last try's answer: why it had not gone out before it expired
+                http_status=sa.case((sa.bindparam("b_status") == "cancelled", d.c.http_status),
+                                    else_=sa.bindparam("b_http")),
+                error=sa.case((sa.bindparam("b_status") == "cancelled", d.c.error), else_=sa.bindparam("b_error")),
+                delivered_at=sa.bindparam("b_delivered"), updated_at=sa.bindparam("b_now", type_=UTCDateTime),
+                cancel_reason=sa.bindparam("b_cancel", type_=sa.String),
+                # kept across versions: a channel tells its messages apart (wechat_mp updates an unpublished draft)
+                channel_state=sa.func.coalesce(sa.bindparam("b_state", type_=sa.Text), d.c.channel_state),
+            ))
+        return carried, moved
 
     def record_fetch(self, outlet_id: str, listed: Mapping[int, tuple[int, bool]], latency_ms: float = 0.0,
                      now: datetime | None = None) -> int:

@@ -132,7 +132,7 @@ class Db:
         to run it, and it did so inside the write transaction every other writer waits for."""
         if key not in self._prepared:
             self._prepared[key] = build()
-        return self._prepared[key]  # type: ignore[no-any-return]
+        return self._prepared[key]
 
     def among(self, column: Any, values: Collection[str] | Collection[int]) -> Any:
         """``column IN values``. On SQLite the values go as one JSON array (``json_each``), not one parameter

@@ -75,13 +75,16 @@ def _expiring() -> Any:
             .returning(d.c.notice_id))
 
 
-def outlet_takes_sends(now: datetime) -> sa.ColumnElement[bool]:
+def outlet_open(now: datetime) -> sa.ColumnElement[bool]:
     """The outlet (joined as ``outlet_health``, maybe without a row) is in the matrix (no reload took it out)
-    and not paused, its breaker is not open (a cooled-down breaker lets a probe through) and its rate limit is
-    not used up."""
+    and not paused, and its breaker is not open (a cooled-down breaker lets a probe through)."""
     return sa.and_(h.c.removed_at.is_(None), h.c.paused_at.is_(None),
-                   sa.or_(h.c.open_until.is_(None), h.c.open_until <= now),
-                   sa.or_(h.c.rate_limited_until.is_(None), h.c.rate_limited_until <= now))
+                   sa.or_(h.c.open_until.is_(None), h.c.open_until <= now))
+
+
+def outlet_takes_sends(now: datetime) -> sa.ColumnElement[bool]:
+    """``outlet_open``, and its rate limit is not used up."""
+    return sa.and_(outlet_open(now), sa.or_(h.c.rate_limited_until.is_(None), h.c.rate_limited_until <= now))
 
 
 class RefConflict(ValueError):
@@ -385,12 +388,13 @@ class Queue:
 
     def _wait_for_rate_windows(self, conn: sa.Connection, window: Any, busy: Any, now: datetime) -> None:
         """Outlets with due deliveries and no room left in a rate window wait until the window frees. (``busy``
-        is the claim statement's: its time is bound as ``claim_now``.)"""
+        is the claim statement's: its time is bound as ``claim_now``.) An outlet already waiting has its time
+        set again: a window filled by sends in flight gets a short guess, made good once they are recorded."""
         full = conn.execute(
             sa.select(window.c.outlet_id, window.c.oldest, window.c.seconds)
             .select_from(window.outerjoin(busy, busy.c.outlet_id == window.c.outlet_id)
                          .outerjoin(h, h.c.outlet_id == window.c.outlet_id))
-            .where(window.c.left - sa.func.coalesce(busy.c.n, 0) <= 0, outlet_takes_sends(now),
+            .where(window.c.left - sa.func.coalesce(busy.c.n, 0) <= 0, outlet_open(now),
                    sa.exists().where(d.c.outlet_id == window.c.outlet_id, claimable(now))),
             {"claim_now": now},
         ).all()

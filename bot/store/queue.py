@@ -391,7 +391,7 @@ class Queue:
         is the claim statement's: its time is bound as ``claim_now``.) An outlet already waiting has its time
         set again: a window filled by sends in flight gets a short guess, made good once they are recorded."""
         full = conn.execute(
-            sa.select(window.c.outlet_id, window.c.oldest, window.c.seconds)
+            sa.select(window.c.outlet_id, window.c.oldest, window.c.seconds, h.c.rate_limited_until)
             .select_from(window.outerjoin(busy, busy.c.outlet_id == window.c.outlet_id)
                          .outerjoin(h, h.c.outlet_id == window.c.outlet_id))
             .where(window.c.left - sa.func.coalesce(busy.c.n, 0) <= 0, outlet_open(now),
@@ -399,9 +399,15 @@ class Queue:
             {"claim_now": now},
         ).all()
         frees: dict[str, datetime] = {}
+        waiting = {row.outlet_id: row.rate_limited_until for row in full}
         for row in full:
-            free = row.oldest + timedelta(seconds=row.seconds) if row.oldest else now + timedelta(seconds=1)
+            if row.oldest:
+                free = row.oldest + timedelta(seconds=row.seconds)
+            else:  # no send of the window recorded yet: a guess, kept while it lasts
+                until = waiting[row.outlet_id]
+                free = until if until and until > now else now + timedelta(seconds=1)
             frees[row.outlet_id] = max(frees.get(row.outlet_id, free), free)
+        frees = {o: until for o, until in frees.items() if until != waiting[o]}
         if frees:
             insert_new(conn, h, [{"outlet_id": o} for o in frees], "outlet_id")
             conn.execute(h.update().where(h.c.outlet_id == sa.bindparam("b_outlet")).values(

@@ -701,7 +701,8 @@ def _secret_parts(secret: str | None) -> tuple[str, ...]:
 # Body fields that carry a credential in a signed request (Feishu/Lark put timestamp and sign in the body:
 # https://open.feishu.cn/document/client-docs/bot-v3/add-custom-bot).
 CREDENTIAL_FIELDS = ("sign", "signature", "secret", "access_token", "token")
-_CREDENTIAL_KEYS = tuple(b'"%s"' % name.encode() for name in CREDENTIAL_FIELDS)  # as they show in a JSON body
+# as they show in a JSON body: one search of the body (five searches were 1% of a delivery's CPU)
+_CREDENTIAL_KEY = re.compile(rb'"(?:%s)"' % b"|".join(name.encode() for name in CREDENTIAL_FIELDS))
 
 
 def _credentials(request: httpx.Request) -> list[tuple[str, str]]:
@@ -717,7 +718,7 @@ def _credentials(request: httpx.Request) -> list[tuple[str, str]]:
     for signature in request.headers.get("webhook-signature", "").split():
         found |= dict.fromkeys({signature, signature.removeprefix("v1,")}, "[signature]")
     content = request.content
-    if any(key in content for key in _CREDENTIAL_KEYS):
+    if _CREDENTIAL_KEY.search(content):
         try:
             body = json.loads(content)
         except ValueError:

@@ -35,6 +35,16 @@ def test_a_post_verifies_with_the_reference_library_and_fails_under_another_secr
         Verifier(whsec()).verify(request.content, headers)
 
 
+@pytest.mark.parametrize("url", ["https://push.cqnews.example/debunk", "https://Push.CQNews.example:443/d",
+                                 "http://127.0.0.1:8080/d?x=1", "http://[::1]:9000/d", "https://融媒体.重庆.example/d"])
+def test_each_post_names_its_host_as_httpx_itself_would(make_notice: Callable[..., Notice], url: str) -> None:
+    """The Host header, worked out once per outlet URL: lowercase, IDNA, the default port left out."""
+    channel, outlet = Webhook(), OUTLET.model_copy(update={"url": url})
+    request = channel.build(channel.render(make_notice(), NOW), outlet, whsec(), "msg_abc", NOW)
+    assert request.headers.get_list("host") == [httpx.Request("POST", url).headers["host"]]
+    assert request.url == httpx.URL(url)
+
+
 def test_the_payload_carries_the_notice_the_text_and_a_claim_review(make_notice: Callable[..., Notice]) -> None:
     notice = make_notice(sources=[{"title": "水利局通报", "url": "https://slj.example/1"}], regions=["渝中"])
     body = json.loads(Webhook().render(notice, NOW).body)

@@ -191,7 +191,7 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event | None = None, until_idle: bool = False) -> None:
         """Send until ``stop`` is set, or (``until_idle``) until nothing is pending or scheduled."""
         stop = stop or asyncio.Event()
-        _freeze_start_up()
+        freeze_start_up()
         flusher = asyncio.create_task(self._keep_running("the attempt recorder", self._flush_forever))
         watcher = asyncio.create_task(self._keep_running("the store watcher", self._watch_store))
         stopping = asyncio.create_task(stop.wait())
@@ -635,10 +635,11 @@ class Dispatcher:
 
 
 @functools.cache
-def _freeze_start_up() -> None:
-    """Once per process, before the first send: what start-up made (modules, the matrix, the web app: some
-    100,000 objects that live as long as the process) leaves the garbage collector's care. Its full passes
-    walked all of it again and again during a fan-out: 0.4 s of CPU in 5,000 deliveries (bench/suite.py F1)."""
+def freeze_start_up() -> None:
+    """Before the first send (the daemon: before its first jobs): what start-up made (modules, the matrix, the
+    web app: some 100,000 objects that live as long as the process) leaves the garbage collector's care. Its full
+    passes walked all of it again and again during a fan-out: 0.4 s of CPU in 5,000 deliveries (bench/suite.py
+    F1), and one of them, 50-90 ms, came in the first start-up job of a daemon with 2,000 outlets."""
     gc.freeze()
 
 

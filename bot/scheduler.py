@@ -37,7 +37,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type, wait_exponential
 
 from bot.alerts import Alerter
-from bot.dispatch import STORE_BACKOFF_MAX, Dispatcher
+from bot.dispatch import STORE_BACKOFF_MAX, Dispatcher, freeze_start_up
 from bot.http import Sender
 from bot.intake import FileResult, scan_inbox_off_loop
 from bot.logs import log_fields
@@ -151,6 +151,7 @@ class Daemon:
         if until_idle:
             self.max_wait = max_wait
             every(self.report_waiting, tick)
+        freeze_start_up()
         scheduler.start()
         try:
             if self.cluster_jobs:  # files already waiting count before an until-idle run decides it is idle
@@ -276,7 +277,7 @@ class Daemon:
                             extra=log_fields(outlet_id=outlet.id))
             outlets.append(resolved if not problems else outlet)
         pairs = list(zip(self.matrix.outlets, outlets, strict=True))
-        if any(old != new for old, new in pairs):
+        if any(old is not new for old, new in pairs):
             self.matrix = dataclasses.replace(self.matrix, outlets=tuple(outlets))
         for old, new in pairs:
             if old.region != new.region:

@@ -4,22 +4,25 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo try test bench lock messages clean
+.PHONY: compiled demo try test bench lock messages clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
-	@# pip compiles what it installs, but not an editable project: compile ours once, or (with PYTHONDONTWRITEBYTECODE
-	@# set, as on these machines) every command compiles it again before it answers.
-	$(PY) -m compileall -q bot channels >/dev/null
 	touch $@
 
-demo: $(STAMP)
+# pip compiles what it installs, but not an editable project: ours is compiled before each command (only what
+# changed since), or (with PYTHONDONTWRITEBYTECODE set, as on these machines) every process would compile each
+# module edited since the install again before it answers: a bench after an edit would time the compiler.
+compiled: $(STAMP)
+	@$(PY) -m compileall -q bot channels >/dev/null
+
+demo: compiled
 	$(VENV)/bin/debunkbot demo
 
 # The demo, then left running: simulated outlets, a store and an inbox in var/try/ to submit to and watch.
-try: $(STAMP)
+try: compiled
 	$(VENV)/bin/debunkbot demo --keep var/try
 
 # The PostgreSQL half runs when a server answers on 127.0.0.1:5432 (or DEBUNKBOT_TEST_POSTGRES_URL is set).
@@ -29,13 +32,13 @@ AXE := tests/web/axe/node_modules/.package-lock.json
 $(AXE): tests/web/axe/package-lock.json
 	npm ci --prefix tests/web/axe --no-audit --no-fund --silent
 
-test: $(STAMP)
+test: compiled
 	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory $(AXE); fi
 	@if [ -z "$$DEBUNKBOT_TEST_POSTGRES_URL" ] && command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p 5432; then \
 	  export DEBUNKBOT_TEST_POSTGRES_URL=$(PG_TEST_URL); fi; \
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+bench: compiled
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r bench/requirements.lock
 	@command -v nginx >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq nginx-light libnginx-mod-http-echo >/dev/null; } \
 	  || echo "nginx not installed: the benches use the aiohttp receiver"

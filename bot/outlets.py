@@ -236,8 +236,8 @@ def resolve_regions(outlet: Outlet, table: RegionTable, day: date) -> tuple[Outl
         if CITYWIDE in regions:
             problems.append(("regions", f"names {CITYWIDE}; citywide notices reach every outlet anyway: list "
                                         "districts, or write receive: all for every notice"))
-    if region == outlet.region and regions == outlet.regions:  # the same outlet: not copied (a copy per outlet
-        return outlet, problems                                 # was most of a 2,000-outlet daemon's first claim)
+    if region == outlet.region and regions == outlet.regions:
+        return outlet, problems  # not copied: a copy of each of 2,000 outlets cost a daemon's start up to 80 ms
     return outlet.model_copy(update={"region": region, "regions": regions}), problems
 
 

@@ -387,6 +387,31 @@ def test_the_delivery_log_says_why_each_held_delivery_waits(store: Store, make_n
     assert store.log.page(tier="city").rows == []
 
 
+def test_a_rate_window_filled_by_a_send_in_flight_waits_a_short_guess_made_good_once_the_send_is_recorded(
+    store: Store, make_notice: Callable[..., Notice]
+) -> None:
+    from bot.outlets import RateLimit
+    from bot.store.tables import outlet_health
+
+    def waits_until() -> datetime:
+        with store.engine.connect() as conn:
+            return conn.execute(sa.select(outlet_health.c.rate_limited_until)
+                                .where(outlet_health.c.outlet_id == "o0")).scalar_one()
+
+    now = datetime.now(UTC)
+    store.queue.add_notices([(make_notice(ref="a"), OUTLETS[:1]), (make_notice(ref="b", title="乙"), OUTLETS[:1])],
+                            source="t", now=now)
+    limits = {"o0": (RateLimit(1, 60),)}
+    (claim,) = store.queue.claim(10, 2, LEASE, now=now, rate_limits=limits)
+    assert waits_until() == now + timedelta(seconds=1)  # when the send will have started is not known yet
+    assert store.queue.claim(10, 2, LEASE, now=now + timedelta(seconds=0.5), rate_limits=limits) == []
+    assert waits_until() == now + timedelta(seconds=1)  # kept, not pushed on by every claim
+    store.queue.record([AttemptRecord(claim.delivery_id, "o0", 1, now, 5.0, outcome="delivered", http_status=200)],
+                       now=now)
+    assert store.queue.claim(10, 2, LEASE, now=now + timedelta(seconds=0.6), rate_limits=limits) == []
+    assert waits_until() == now + timedelta(seconds=60)  # the window's end, once its send is recorded
+
+
 def test_any_text_an_outlet_answers_is_stored_and_the_platform_code_with_it(
     store: Store, make_notice: Callable[..., Notice]
 ) -> None:

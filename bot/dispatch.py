@@ -636,10 +636,10 @@ class Dispatcher:
 
 @functools.cache
 def freeze_start_up() -> None:
-    """Before the first send (the daemon: before its first jobs): what start-up made (modules, the matrix, the
-    web app: some 100,000 objects that live as long as the process) leaves the garbage collector's care. Its full
-    passes walked all of it again and again during a fan-out: 0.4 s of CPU in 5,000 deliveries (bench/suite.py
-    F1), and one of them, 50-90 ms, came in the first start-up job of a daemon with 2,000 outlets."""
+    """Once per process, before the first send (the daemon: before its first jobs): what start-up made (modules,
+    the matrix, the web app: some 100,000 objects that live as long as the process) leaves the garbage collector's
+    care. Its full passes walked all of it again and again during a fan-out: 0.4 s of CPU in 5,000 deliveries
+    (bench/suite.py F1), and one of them, 50-90 ms, came in the first start-up job of a daemon with 2,000 outlets."""
     gc.freeze()
 
 
